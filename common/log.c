@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <systemd/sd-journal.h>
+#include <time.h>
+
+#include "log.h"
+
+static atomic_int max_level = LOG_INFO;
+static atomic_bool use_journal = false;
+static pthread_mutex_t stderr_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *const level_table[] = {
+        [LOG_ERR] = "error",
+        [LOG_WARNING] = "warning",
+        [LOG_NOTICE] = "notice",
+        [LOG_INFO] = "info",
+        [LOG_DEBUG] = "debug",
+};
+
+void log_set_max_level(int level) {
+        max_level = level;
+}
+
+int log_get_max_level(void) {
+        return max_level;
+}
+
+int log_level_from_string(const char *s) {
+        if (!s)
+                return -EINVAL;
+        for (size_t i = 0; i < ELEMENTSOF(level_table); i++)
+                if (level_table[i] && strcmp(level_table[i], s) == 0)
+                        return (int) i;
+        return -EINVAL;
+}
+
+/* $JOURNAL_STREAM is "DEV:INODE" of the stream systemd connected our stderr to; only trust it if it still is. */
+void log_open(void) {
+        const char *e = getenv("JOURNAL_STREAM");
+        unsigned long long dev, ino;
+        struct stat st;
+
+        use_journal = false;
+        if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2)
+                return;
+        if (fstat(STDERR_FILENO, &st) < 0)
+                return;
+        use_journal = st.st_dev == (dev_t) dev && st.st_ino == (ino_t) ino;
+}
+
+int log_internal(int level, int error, const char *vm, const char *file, int line, const char *fmt, ...) {
+        char buf[2048];
+        va_list ap;
+
+        if (error < 0)
+                error = -error;
+        if (level > max_level)
+                return -error;
+
+        errno = error; /* so that %m prints strerror(error) */
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+
+        if (use_journal) {
+                char lf[32];
+                (void) snprintf(lf, sizeof(lf), "CODE_LINE=%d", line);
+                if (vm)
+                        (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "VM=%s", vm,
+                                               "CODE_FILE=%s", file, lf, NULL);
+                else
+                        (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "CODE_FILE=%s", file, lf,
+                                               NULL);
+        } else {
+                struct timespec ts;
+                struct tm tm;
+                char stamp[32];
+
+                (void) clock_gettime(CLOCK_REALTIME, &ts);
+                (void) localtime_r(&ts.tv_sec, &tm);
+                (void) strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
+                pthread_mutex_lock(&stderr_lock);
+                fprintf(stderr, "%s.%03ld hydrad[%s]: %s\n", stamp, ts.tv_nsec / 1000000L,
+                        (size_t) level < ELEMENTSOF(level_table) && level_table[level] ? level_table[level] : "log",
+                        buf);
+                pthread_mutex_unlock(&stderr_lock);
+        }
+        return -error;
+}

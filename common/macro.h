@@ -1,0 +1,96 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A small copy of systemd's cleanup helpers (src/fundamental/cleanup-fundamental.h). */
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _likely_(x) (__builtin_expect(!!(x), 1))
+#define _unlikely_(x) (__builtin_expect(!!(x), 0))
+
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+
+#define TAKE_PTR(p)                        \
+        ({                                 \
+                typeof(p) _ptr_ = (p);     \
+                (p) = NULL;                \
+                _ptr_;                     \
+        })
+
+#define TAKE_FD(fd)                        \
+        ({                                 \
+                int _fd_ = (fd);           \
+                (fd) = -EBADF;             \
+                _fd_;                      \
+        })
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
+#define _cleanup_free_ _cleanup_(freep)
+
+static inline int safe_close(int fd) {
+        if (fd >= 0) {
+                int saved = errno;
+                (void) close(fd);
+                errno = saved;
+        }
+        return -EBADF;
+}
+
+static inline void closep(int *fd) {
+        *fd = safe_close(*fd);
+}
+#define _cleanup_close_ _cleanup_(closep)
+
+static inline void strv_free_contents(char **l) {
+        for (char **i = l; i && *i; i++)
+                free(*i);
+}
+
+static inline char **strv_free(char **l) {
+        strv_free_contents(l);
+        free(l);
+        return NULL;
+}
+
+static inline void strv_freep(char ***l) {
+        *l = strv_free(*l);
+}
+#define _cleanup_strv_free_ _cleanup_(strv_freep)
+
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)        \
+        static inline void func##p(type *p) {          \
+                if (*p)                                \
+                        *p = func(*p);                 \
+        }
+
+/* Map a value to and from its name through a NULL-terminated table. */
+#define DEFINE_STRING_TABLE_LOOKUP(name, type, max)                       \
+        const char *name##_to_string(type i) {                            \
+                if ((int) i < 0 || (size_t) i >= ELEMENTSOF(name##_table)) \
+                        return NULL;                                      \
+                return name##_table[i];                                   \
+        }                                                                 \
+        type name##_from_string(const char *s) {                          \
+                if (!s)                                                   \
+                        return (type) -EINVAL;                            \
+                for (size_t i = 0; i < (size_t) (max); i++)               \
+                        if (name##_table[i] && strcmp(name##_table[i], s) == 0) \
+                                return (type) i;                          \
+                return (type) -EINVAL;                                    \
+        }
+
+#define streq(a, b) (strcmp((a), (b)) == 0)
+#define isempty(s) (!(s) || !*(s))
+
+static inline const char *strempty(const char *s) {
+        return s ? s : "";
+}

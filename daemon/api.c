@@ -1,0 +1,1495 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <grp.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_posix.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/log.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "hydra/v1/hydra.pb-c.h"
+#include "log.h"
+#include "vm.h"
+
+#define SHUTDOWN_GRACE_USEC (5ULL * 1000000ULL)
+#define STREAM_QUEUE_MAX 256U
+#define MAX_REQUEST_SIZE (1024U * 1024U)
+
+typedef struct Api Api;
+typedef struct Call Call;
+typedef struct Tag Tag;
+
+/* Every operation we give gRPC carries a Tag; the completion-queue thread moves finished tags to the loop. */
+struct Tag {
+        void (*fn)(Tag *t, bool ok);
+        bool ok;
+        Tag *next;
+};
+
+typedef struct Method {
+        const char *path;
+        bool streaming;
+        void (*handler)(Call *c, const uint8_t *data, size_t size);
+} Method;
+
+/* One armed grpc_server_request_registered_call per method, re-armed as soon as it fires. */
+typedef struct Slot {
+        Tag tag;
+        Api *api;
+        const Method *method;   /* NULL: the generic slot that answers unknown methods */
+        void *registered;
+        grpc_call *call;
+        gpr_timespec deadline;
+        grpc_metadata_array metadata;
+        grpc_byte_buffer *payload;
+        grpc_call_details details;
+        bool armed;
+} Slot;
+
+struct Call {
+        Api *api;
+        grpc_call *call;
+        const Method *method;
+
+        Tag close_tag;          /* RECV_CLOSE_ON_SERVER: the call is over (cancelled says how) */
+        int cancelled;
+        bool closed;
+        Tag send_tag;           /* one send batch in flight at a time */
+        bool sending;
+        grpc_byte_buffer *send_buf;
+        bool metadata_sent;
+        bool status_sent;
+
+        VmOp *op;               /* a Start/Stop/Destroy waiting on the VM */
+        Role role;
+
+        Subscription *sub;      /* WatchEvents */
+        grpc_byte_buffer *queue[STREAM_QUEUE_MAX];
+        unsigned q_head, q_len;
+        uint64_t dropped;
+        bool end_pending;
+        grpc_status_code end_code;
+        char end_message[256];
+
+        Call *next, *prev;
+};
+
+typedef struct Conn {
+        int fd;                 /* handed to gRPC: gRPC owns it; we only shut it down at exit */
+        ino_t ino;
+        dev_t dev;
+} Conn;
+
+struct Api {
+        sd_event *event;
+        Manager *manager;
+        const HydraConfig *config;
+
+        grpc_completion_queue *cq;
+        grpc_server *server;
+        grpc_server_credentials *creds;
+        pthread_t thread;
+        bool thread_started;
+        bool grpc_initialized;
+
+        pthread_mutex_t lock;
+        Tag *pending_head, *pending_tail;
+        int wake_fd;
+        sd_event_source *wake_source;
+
+        int listen_fd;
+        int lock_fd;
+        sd_event_source *listen_source;
+        char *socket_path;
+        char *lock_path;
+        dev_t socket_dev;
+        ino_t socket_ino;
+        gid_t socket_gid;
+
+        Conn *conns;
+        size_t n_conns;
+
+        Slot *slots;
+        size_t n_slots;
+        unsigned slots_armed;
+        Call *calls;
+
+        bool shutting_down;
+        Tag shutdown_tag;
+        bool shutdown_tag_pending;
+        sd_event_source *grace_timer;
+        void (*shutdown_done)(void *userdata);
+        void *shutdown_userdata;
+        sd_event_source *finish_source;
+};
+
+static void call_maybe_free(Call *c);
+static void api_maybe_finish(Api *a);
+
+/* --- the completion-queue thread --- */
+
+static void *cq_thread(void *userdata) {
+        Api *a = userdata;
+
+        for (;;) {
+                grpc_event ev = grpc_completion_queue_next(a->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+                bool was_empty;
+                Tag *t;
+
+                if (ev.type == GRPC_QUEUE_SHUTDOWN)
+                        break;
+                if (ev.type != GRPC_OP_COMPLETE)
+                        continue;
+
+                t = ev.tag;
+                t->ok = ev.success;
+                t->next = NULL;
+                pthread_mutex_lock(&a->lock);
+                was_empty = !a->pending_head;
+                if (a->pending_tail)
+                        a->pending_tail->next = t;
+                else
+                        a->pending_head = t;
+                a->pending_tail = t;
+                pthread_mutex_unlock(&a->lock);
+
+                if (was_empty) {
+                        uint64_t one = 1;
+                        (void) !write(a->wake_fd, &one, sizeof(one));
+                }
+        }
+        return NULL;
+}
+
+static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Api *a = userdata;
+        uint64_t n;
+        Tag *t;
+
+        (void) !read(fd, &n, sizeof(n));
+        pthread_mutex_lock(&a->lock);
+        t = a->pending_head;
+        a->pending_head = a->pending_tail = NULL;
+        pthread_mutex_unlock(&a->lock);
+
+        while (t) {
+                Tag *next = t->next;
+                t->fn(t, t->ok);
+                t = next;
+        }
+        return 0;
+}
+
+/* --- conversions between the core and protobuf --- */
+
+static Hydra__V1__VmState state_to_pb(VmState s) {
+        return (Hydra__V1__VmState) (s + 1); /* the proto has UNSPECIFIED at 0, then the same order */
+}
+
+static Hydra__V1__Role role_to_pb(Role r) {
+        return r == ROLE_HOST ? HYDRA__V1__ROLE__ROLE_HOST : HYDRA__V1__ROLE__ROLE_ISOLATED;
+}
+
+static int role_from_pb(Hydra__V1__Role r, Role *ret) {
+        switch (r) {
+        case HYDRA__V1__ROLE__ROLE_HOST:
+                *ret = ROLE_HOST;
+                return 0;
+        case HYDRA__V1__ROLE__ROLE_ISOLATED:
+                *ret = ROLE_ISOLATED;
+                return 0;
+        default:
+                return -EINVAL;
+        }
+}
+
+static char *pb_str(const char *s) {
+        return (char *) (s ? s : "");
+}
+
+static int dup_str(char **dst, const char *s) {
+        if (isempty(s)) {
+                *dst = NULL;
+                return 0;
+        }
+        *dst = strdup(s);
+        return *dst ? 0 : -ENOMEM;
+}
+
+/* Protobuf views of core objects: strings are borrowed, arrays owned here. */
+typedef struct SpecPb {
+        Hydra__V1__VmSpec spec;
+        Hydra__V1__KernelBoot kernel;
+        Hydra__V1__PortForward *forwards;
+        Hydra__V1__PortForward **forward_ptrs;
+} SpecPb;
+
+static int spec_pb_init(SpecPb *p, const VmSpec *s) {
+        *p = (SpecPb) { .spec = HYDRA__V1__VM_SPEC__INIT, .kernel = HYDRA__V1__KERNEL_BOOT__INIT };
+
+        p->spec.cpus = s->cpus;
+        p->spec.memory_mib = s->memory_mib;
+        p->spec.accel = (Hydra__V1__Accel) s->accel;
+        p->spec.machine = pb_str(s->machine);
+        p->spec.cpu_model = pb_str(s->cpu_model);
+        p->spec.disk = pb_str(s->disk);
+        p->spec.arch = pb_str(arch_to_string(s->arch));
+        if (s->kernel || s->initrd || s->cmdline) {
+                p->kernel.kernel = pb_str(s->kernel);
+                p->kernel.initrd = pb_str(s->initrd);
+                p->kernel.cmdline = pb_str(s->cmdline);
+                p->spec.kernel = &p->kernel;
+        }
+        if (s->n_forwards > 0) {
+                p->forwards = calloc(s->n_forwards, sizeof(*p->forwards));
+                p->forward_ptrs = calloc(s->n_forwards, sizeof(*p->forward_ptrs));
+                if (!p->forwards || !p->forward_ptrs)
+                        return -ENOMEM;
+                for (size_t i = 0; i < s->n_forwards; i++) {
+                        Hydra__V1__PortForward *f = &p->forwards[i];
+                        hydra__v1__port_forward__init(f);
+                        f->host_addr = pb_str(s->forwards[i].host_addr);
+                        f->host_port = s->forwards[i].host_port;
+                        f->guest_port = s->forwards[i].guest_port;
+                        f->protocol = pb_str(forward_protocol_to_string(s->forwards[i].protocol));
+                        p->forward_ptrs[i] = f;
+                }
+                p->spec.n_forwards = s->n_forwards;
+                p->spec.forwards = p->forward_ptrs;
+        }
+        return 0;
+}
+
+static void spec_pb_done(SpecPb *p) {
+        free(p->forwards);
+        free(p->forward_ptrs);
+}
+
+/* Returns 0, -ENOMEM, or -EINVAL with err naming the field. */
+static int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err) {
+        _cleanup_(vm_spec_done) VmSpec s = {};
+        int r;
+
+        s.cpus = p->cpus;
+        s.memory_mib = p->memory_mib;
+        if ((int) p->accel < 0 || p->accel >= (int) _ACCEL_MAX)
+                return hydra_error_set(err, -EINVAL, "accel: %d is not allowed (allowed: auto, kvm, tcg)", (int) p->accel);
+        s.accel = (Accel) p->accel;
+        if (isempty(p->arch))
+                s.arch = ARCH_X86_64;
+        else {
+                s.arch = arch_from_string(p->arch);
+                if ((int) s.arch < 0)
+                        return hydra_error_set(err, -EINVAL, "arch: '%s' is not supported (allowed: x86_64, aarch64)",
+                                               p->arch);
+        }
+        r = dup_str(&s.machine, p->machine);
+        if (r >= 0)
+                r = dup_str(&s.cpu_model, p->cpu_model);
+        if (r >= 0)
+                r = dup_str(&s.disk, p->disk);
+        if (r >= 0 && p->kernel) {
+                r = dup_str(&s.kernel, p->kernel->kernel);
+                if (r >= 0)
+                        r = dup_str(&s.initrd, p->kernel->initrd);
+                if (r >= 0)
+                        r = dup_str(&s.cmdline, p->kernel->cmdline);
+        }
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+
+        if (p->n_forwards > 0) {
+                s.forwards = calloc(p->n_forwards, sizeof(*s.forwards));
+                if (!s.forwards)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                s.n_forwards = p->n_forwards;
+                for (size_t i = 0; i < p->n_forwards; i++) {
+                        const Hydra__V1__PortForward *f = p->forwards[i];
+                        PortForward *d = &s.forwards[i];
+
+                        if (dup_str(&d->host_addr, f->host_addr) < 0)
+                                return hydra_error_set(err, -ENOMEM, "out of memory");
+                        d->host_port = f->host_port;
+                        d->guest_port = f->guest_port;
+                        if (isempty(f->protocol))
+                                d->protocol = FORWARD_TCP;
+                        else {
+                                d->protocol = forward_protocol_from_string(f->protocol);
+                                if ((int) d->protocol < 0)
+                                        return hydra_error_set(err, -EINVAL,
+                                                               "forwards[%zu].protocol: '%s' is not allowed (allowed: tcp, udp)",
+                                                               i, f->protocol);
+                        }
+                }
+        }
+        *ret = s;
+        s = (VmSpec) {};
+        return 0;
+}
+
+static int codec_encode(const VmSpec *spec, void **ret_data, size_t *ret_size) {
+        SpecPb p;
+        uint8_t *buf;
+        size_t n;
+        int r;
+
+        r = spec_pb_init(&p, spec);
+        if (r < 0) {
+                spec_pb_done(&p);
+                return r;
+        }
+        n = hydra__v1__vm_spec__get_packed_size(&p.spec);
+        buf = malloc(n ? n : 1);
+        if (!buf) {
+                spec_pb_done(&p);
+                return -ENOMEM;
+        }
+        hydra__v1__vm_spec__pack(&p.spec, buf);
+        spec_pb_done(&p);
+        *ret_data = buf;
+        *ret_size = n;
+        return 0;
+}
+
+static int codec_decode(const void *data, size_t size, VmSpec *ret) {
+        Hydra__V1__VmSpec *p;
+        int r;
+
+        p = hydra__v1__vm_spec__unpack(NULL, size, data);
+        if (!p)
+                return -EBADMSG;
+        r = spec_from_pb(p, ret, NULL);
+        hydra__v1__vm_spec__free_unpacked(p, NULL);
+        return r == -EINVAL ? -EBADMSG : r;
+}
+
+const SpecCodec api_spec_codec = {
+        .encode = codec_encode,
+        .decode = codec_decode,
+};
+
+typedef struct VmPb {
+        Hydra__V1__Vm vm;
+        Hydra__V1__ExitInfo exit;
+        SpecPb spec;
+} VmPb;
+
+static int vm_pb_init(VmPb *p, const Vm *vm) {
+        int r;
+
+        *p = (VmPb) { .vm = HYDRA__V1__VM__INIT, .exit = HYDRA__V1__EXIT_INFO__INIT };
+        r = spec_pb_init(&p->spec, &vm->spec);
+        if (r < 0)
+                return r;
+
+        p->vm.role = role_to_pb(vm->role);
+        p->vm.state = state_to_pb(vm->state);
+        p->vm.pid = vm->pid;
+        p->vm.uptime_usec = vm_uptime_usec(vm);
+        p->exit.exited = vm->last_exit.exited;
+        p->exit.code = vm->last_exit.code;
+        p->exit.signal = vm->last_exit.signal;
+        p->exit.reason = (char *) vm->last_exit.reason;
+        p->exit.time_unix_usec = (int64_t) vm->last_exit.time_usec;
+        p->vm.last_exit = &p->exit;
+        p->vm.last_error = (char *) (vm->last_error.code < 0 ? vm->last_error.message : "");
+        p->vm.restart_count = vm->restart_count;
+        p->vm.n_forwards = p->spec.spec.n_forwards;
+        p->vm.forwards = p->spec.spec.forwards;
+        p->vm.console_log = pb_str(vm->console_path);
+        p->vm.qmp_socket = pb_str(vm->qmp_path);
+        p->vm.spec = vm->registered ? &p->spec.spec : NULL;
+        p->vm.spec_generation = vm->generation;
+        return 0;
+}
+
+static void vm_pb_done(VmPb *p) {
+        spec_pb_done(&p->spec);
+}
+
+/* --- replies --- */
+
+static grpc_status_code status_from_errno(int r) {
+        switch (-r) {
+        case 0:
+                return GRPC_STATUS_OK;
+        case EINVAL:
+        case EBADMSG:
+                return GRPC_STATUS_INVALID_ARGUMENT;
+        case ENXIO: /* HYDRA_ENOTREGISTERED */
+                return GRPC_STATUS_NOT_FOUND;
+        case EBUSY:
+        case ENOENT:
+        case ENOEXEC:
+        case ENOTDIR:
+        case EISDIR:
+                return GRPC_STATUS_FAILED_PRECONDITION;
+        case ECHILD: /* HYDRA_ELAUNCH */
+        case ECANCELED:
+                return GRPC_STATUS_ABORTED;
+        case ETIMEDOUT:
+                return GRPC_STATUS_DEADLINE_EXCEEDED;
+        case EACCES:
+        case EPERM:
+                return GRPC_STATUS_PERMISSION_DENIED;
+        case ENOSPC:
+        case EDQUOT:
+        case ENOMEM:
+        case EFBIG:
+                return GRPC_STATUS_RESOURCE_EXHAUSTED;
+        case ESHUTDOWN:
+                return GRPC_STATUS_UNAVAILABLE;
+        default:
+                return GRPC_STATUS_INTERNAL;
+        }
+}
+
+static const char *status_name(grpc_status_code code) {
+        static const char *const names[] = {
+                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+                "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+        };
+        return (size_t) code < ELEMENTSOF(names) ? names[code] : "UNKNOWN";
+}
+
+static void on_send_done(Tag *t, bool ok);
+
+static int call_start_batch(Call *c, const grpc_op *ops, size_t n) {
+        grpc_call_error e;
+
+        e = grpc_call_start_batch(c->call, ops, n, &c->send_tag, NULL);
+        if (e != GRPC_CALL_OK) {
+                log_error("gRPC: start_batch on %s failed: %d", c->method ? c->method->path : "?", (int) e);
+                return -EIO;
+        }
+        c->sending = true;
+        return 0;
+}
+
+static grpc_byte_buffer *pack_message(const ProtobufCMessage *msg) {
+        size_t n = protobuf_c_message_get_packed_size(msg);
+        grpc_slice slice = grpc_slice_malloc(n);
+        grpc_byte_buffer *bb;
+
+        protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
+        bb = grpc_raw_byte_buffer_create(&slice, 1);
+        grpc_slice_unref(slice);
+        return bb;
+}
+
+/* Ends a call: the message (if code is OK and msg non-NULL) and the status, in one batch. */
+static void call_finish(Call *c, grpc_status_code code, const char *message, const ProtobufCMessage *msg) {
+        grpc_op ops[3] = {};
+        grpc_slice details;
+        size_t n = 0;
+
+        if (c->status_sent || c->closed)
+                return;
+        c->op = NULL;
+        if (!c->metadata_sent) {
+                ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+                n++;
+                c->metadata_sent = true;
+        }
+        if (code == GRPC_STATUS_OK && msg) {
+                c->send_buf = pack_message(msg);
+                ops[n].op = GRPC_OP_SEND_MESSAGE;
+                ops[n].data.send_message.send_message = c->send_buf;
+                n++;
+        }
+        details = grpc_slice_from_copied_string(message ? message : "");
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = code;
+        ops[n].data.send_status_from_server.status_details = code == GRPC_STATUS_OK ? NULL : &details;
+        n++;
+        c->status_sent = true;
+        if (call_start_batch(c, ops, n) < 0) {
+                c->status_sent = false;
+                if (c->send_buf)
+                        c->send_buf = (grpc_byte_buffer_destroy(c->send_buf), NULL);
+        }
+        grpc_slice_unref(details);
+}
+
+static void call_fail(Call *c, int r, const char *message) {
+        if (r >= 0)
+                r = -EIO;
+        log_debug("API %s: %s: %s", c->method ? c->method->path : "?", status_name(status_from_errno(r)),
+                  message);
+        call_finish(c, status_from_errno(r), message, NULL);
+}
+
+static void call_fail_error(Call *c, const HydraError *err) {
+        call_fail(c, err->code, err->message);
+}
+
+static void call_reply_vm(Call *c, const Vm *vm) {
+        VmPb p;
+
+        if (vm_pb_init(&p, vm) < 0) {
+                vm_pb_done(&p);
+                return call_fail(c, -ENOMEM, "out of memory");
+        }
+        call_finish(c, GRPC_STATUS_OK, NULL, &p.vm.base);
+        vm_pb_done(&p);
+}
+
+/* --- streams --- */
+
+static void stream_pump(Call *c) {
+        grpc_op op = {};
+
+        if (c->sending || c->status_sent || c->closed)
+                return;
+        if (c->q_len == 0) {
+                if (c->end_pending)
+                        call_finish(c, c->end_code, c->end_message, NULL);
+                return;
+        }
+        c->send_buf = c->queue[c->q_head];
+        c->queue[c->q_head] = NULL;
+        c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
+        c->q_len--;
+
+        op.op = GRPC_OP_SEND_MESSAGE;
+        op.data.send_message.send_message = c->send_buf;
+        if (call_start_batch(c, &op, 1) < 0)
+                c->send_buf = (grpc_byte_buffer_destroy(c->send_buf), NULL);
+}
+
+static void stream_push(Call *c, grpc_byte_buffer *bb) {
+        if (c->q_len == STREAM_QUEUE_MAX) {
+                /* A slow reader cannot grow our memory: drop the oldest. */
+                grpc_byte_buffer_destroy(c->queue[c->q_head]);
+                c->queue[c->q_head] = NULL;
+                c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
+                c->q_len--;
+                c->dropped++;
+        }
+        c->queue[(c->q_head + c->q_len) % STREAM_QUEUE_MAX] = bb;
+        c->q_len++;
+        stream_pump(c);
+}
+
+static void stream_end(Call *c, grpc_status_code code, const char *message) {
+        c->sub = subscription_free(c->sub);
+        c->end_pending = true;
+        c->end_code = code;
+        (void) snprintf(c->end_message, sizeof(c->end_message), "%s", message);
+        stream_pump(c);
+}
+
+static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
+        Call *c = userdata;
+        Hydra__V1__Event e = HYDRA__V1__EVENT__INIT;
+        Hydra__V1__StateChange sc = HYDRA__V1__STATE_CHANGE__INIT;
+        Hydra__V1__QmpEvent qe = HYDRA__V1__QMP_EVENT__INIT;
+        VmPb p;
+
+        e.seq = ev->seq;
+        e.time_unix_usec = (int64_t) ev->time_usec;
+        e.role = role_to_pb(ev->role);
+        if (ev->type == HYDRA_EVENT_STATE) {
+                sc.from = state_to_pb(ev->from);
+                sc.to = state_to_pb(ev->to);
+                sc.reason = pb_str(ev->reason);
+                e.kind_case = HYDRA__V1__EVENT__KIND_STATE_CHANGE;
+                e.state_change = &sc;
+        } else {
+                qe.name = pb_str(ev->qmp_name);
+                qe.data_json = pb_str(ev->qmp_data);
+                e.kind_case = HYDRA__V1__EVENT__KIND_QMP_EVENT;
+                e.qmp_event = &qe;
+        }
+        if (vm_pb_init(&p, vm) >= 0) {
+                e.vm = &p.vm;
+                stream_push(c, pack_message(&e.base));
+        }
+        vm_pb_done(&p);
+}
+
+/* --- handlers --- */
+
+#define DECODE(c, type, fn, data, size)                                                             \
+        ({                                                                                          \
+                type *_m = fn##__unpack(NULL, size, data);                                          \
+                if (!_m)                                                                            \
+                        call_fail(c, -EINVAL, "request is not a valid " #type " message");          \
+                _m;                                                                                 \
+        })
+
+/* Looks up the VM for a request's role; replies with the error itself when there is none. */
+static Vm *call_get_vm(Call *c, Hydra__V1__Role pb_role, bool must_be_registered) {
+        Role role;
+        Vm *vm;
+
+        if (role_from_pb(pb_role, &role) < 0) {
+                call_fail(c, -EINVAL, "role: must be host or isolated");
+                return NULL;
+        }
+        vm = manager_get_vm(c->api->manager, role);
+        if (must_be_registered && !vm->registered) {
+                char msg[64];
+                (void) snprintf(msg, sizeof(msg), "VM '%s' is not registered", vm->name);
+                call_fail(c, HYDRA_ENOTREGISTERED, msg);
+                return NULL;
+        }
+        c->role = role;
+        return vm;
+}
+
+static void on_op_done(Vm *vm, int r, const HydraError *err, void *userdata) {
+        Call *c = userdata;
+
+        c->op = NULL;
+        if (r < 0)
+                call_fail(c, r, err ? err->message : strerror(-r));
+        else
+                call_reply_vm(c, vm);
+}
+
+static void handle_register(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__RegisterVmRequest *req = DECODE(c, Hydra__V1__RegisterVmRequest, hydra__v1__register_vm_request,
+                                                   data, size);
+        Hydra__V1__RegisterVmResponse resp = HYDRA__V1__REGISTER_VM_RESPONSE__INIT;
+        VmSpec spec = {};
+        HydraError err;
+        bool changed;
+        VmPb p;
+        Vm *vm;
+        int r;
+
+        if (!req)
+                return;
+        hydra_error_clear(&err);
+        vm = call_get_vm(c, req->role, false);
+        if (!vm)
+                goto out;
+        if (!req->spec) {
+                call_fail(c, -EINVAL, "spec: missing");
+                goto out;
+        }
+        r = spec_from_pb(req->spec, &spec, &err);
+        if (r >= 0)
+                r = vm_register(vm, &spec, req->apply_on_next_start, &changed, &err);
+        vm_spec_done(&spec);
+        if (r < 0) {
+                call_fail_error(c, &err);
+                goto out;
+        }
+        if (vm_pb_init(&p, vm) < 0)
+                call_fail(c, -ENOMEM, "out of memory");
+        else {
+                resp.vm = &p.vm;
+                resp.changed = changed;
+                call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+        }
+        vm_pb_done(&p);
+out:
+        hydra__v1__register_vm_request__free_unpacked(req, NULL);
+}
+
+static void handle_op_result(Call *c, Vm *vm, int r, const HydraError *err) {
+        if (r < 0)
+                call_fail_error(c, err);
+        else if (r > 0)
+                call_reply_vm(c, vm);
+        /* r == 0: on_op_done replies */
+}
+
+static void handle_start(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__StartVmRequest *req = DECODE(c, Hydra__V1__StartVmRequest, hydra__v1__start_vm_request, data, size);
+        HydraError err;
+        Vm *vm;
+        int r;
+
+        if (!req)
+                return;
+        hydra_error_clear(&err);
+        vm = call_get_vm(c, req->role, true);
+        if (!vm)
+                goto out;
+        if (req->wait == HYDRA__V1__WAIT_FOR__WAIT_FOR_READY) {
+                call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "wait: WAIT_FOR_READY is not implemented yet (readiness probes come later)", NULL);
+                goto out;
+        }
+        r = vm_start(vm, (uint64_t) req->timeout_seconds * 1000000ULL, on_op_done, c, &c->op, &err);
+        handle_op_result(c, vm, r, &err);
+out:
+        hydra__v1__start_vm_request__free_unpacked(req, NULL);
+}
+
+static void handle_stop(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__StopVmRequest *req = DECODE(c, Hydra__V1__StopVmRequest, hydra__v1__stop_vm_request, data, size);
+        HydraError err;
+        Vm *vm;
+        int r;
+
+        if (!req)
+                return;
+        hydra_error_clear(&err);
+        vm = call_get_vm(c, req->role, true);
+        if (!vm)
+                goto out;
+        r = vm_stop(vm, req->force, (uint64_t) req->timeout_seconds * 1000000ULL, on_op_done, c, &c->op, &err);
+        handle_op_result(c, vm, r, &err);
+out:
+        hydra__v1__stop_vm_request__free_unpacked(req, NULL);
+}
+
+static void on_destroy_done(Vm *vm, int r, const HydraError *err, void *userdata) {
+        Call *c = userdata;
+        Hydra__V1__DestroyVmResponse resp = HYDRA__V1__DESTROY_VM_RESPONSE__INIT;
+
+        c->op = NULL;
+        if (r < 0)
+                call_fail(c, r, err ? err->message : strerror(-r));
+        else
+                call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+}
+
+static void handle_destroy(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__DestroyVmRequest *req = DECODE(c, Hydra__V1__DestroyVmRequest, hydra__v1__destroy_vm_request,
+                                                  data, size);
+        HydraError err;
+        Vm *vm;
+        int r;
+
+        if (!req)
+                return;
+        hydra_error_clear(&err);
+        vm = call_get_vm(c, req->role, true);
+        if (!vm)
+                goto out;
+        /* keep_cache: there is no download cache yet; base images will stay by default when there is. */
+        r = vm_destroy(vm, on_destroy_done, c, &c->op, &err);
+        if (r < 0)
+                call_fail_error(c, &err);
+        else if (r > 0)
+                on_destroy_done(vm, 0, NULL, c);
+out:
+        hydra__v1__destroy_vm_request__free_unpacked(req, NULL);
+}
+
+static void handle_get(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__GetVmRequest *req = DECODE(c, Hydra__V1__GetVmRequest, hydra__v1__get_vm_request, data, size);
+        Vm *vm;
+
+        if (!req)
+                return;
+        vm = call_get_vm(c, req->role, true);
+        if (vm)
+                call_reply_vm(c, vm);
+        hydra__v1__get_vm_request__free_unpacked(req, NULL);
+}
+
+static void handle_list(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__ListVmsRequest *req = DECODE(c, Hydra__V1__ListVmsRequest, hydra__v1__list_vms_request, data, size);
+        Hydra__V1__ListVmsResponse resp = HYDRA__V1__LIST_VMS_RESPONSE__INIT;
+        Hydra__V1__Vm *ptrs[_ROLE_MAX];
+        VmPb p[_ROLE_MAX] = {};
+        size_t n = 0;
+        int r = 0;
+
+        if (!req)
+                return;
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                Vm *vm = manager_get_vm(c->api->manager, role);
+                if (!vm->registered)
+                        continue;
+                r = vm_pb_init(&p[n], vm);
+                ptrs[n] = &p[n].vm;
+                n++;
+                if (r < 0)
+                        break;
+        }
+        if (r < 0)
+                call_fail(c, r, "out of memory");
+        else {
+                resp.n_vms = n;
+                resp.vms = ptrs;
+                call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+        }
+        for (size_t i = 0; i < n; i++)
+                vm_pb_done(&p[i]);
+        hydra__v1__list_vms_request__free_unpacked(req, NULL);
+}
+
+static void handle_plan(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__PlanVmRequest *req = DECODE(c, Hydra__V1__PlanVmRequest, hydra__v1__plan_vm_request, data, size);
+        Hydra__V1__PlanVmResponse resp = HYDRA__V1__PLAN_VM_RESPONSE__INIT;
+        _cleanup_strv_free_ char **argv = NULL;
+        HydraError err;
+        Vm *vm;
+        int r;
+
+        if (!req)
+                return;
+        hydra_error_clear(&err);
+        vm = call_get_vm(c, req->role, true);
+        if (!vm)
+                goto out;
+        r = vm_plan(vm, &argv, &err);
+        if (r < 0) {
+                call_fail_error(c, &err);
+                goto out;
+        }
+        while (argv[resp.n_argv])
+                resp.n_argv++;
+        resp.argv = argv;
+        call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+out:
+        hydra__v1__plan_vm_request__free_unpacked(req, NULL);
+}
+
+static void handle_watch(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__WatchEventsRequest *req = DECODE(c, Hydra__V1__WatchEventsRequest, hydra__v1__watch_events_request,
+                                                    data, size);
+        grpc_op op = {};
+        int role = -1, r;
+
+        if (!req)
+                return;
+        if (req->role != HYDRA__V1__ROLE__ROLE_UNSPECIFIED) {
+                Role ro;
+                if (role_from_pb(req->role, &ro) < 0) {
+                        call_fail(c, -EINVAL, "role: must be host, isolated or unspecified (both)");
+                        goto out;
+                }
+                role = (int) ro;
+        }
+        r = manager_subscribe(c->api->manager, role, on_event, c, &c->sub);
+        if (r < 0) {
+                call_fail(c, r, "out of memory");
+                goto out;
+        }
+        /* Headers at once, so that the client knows the stream is live before the first event. */
+        op.op = GRPC_OP_SEND_INITIAL_METADATA;
+        c->metadata_sent = true;
+        (void) call_start_batch(c, &op, 1);
+out:
+        hydra__v1__watch_events_request__free_unpacked(req, NULL);
+}
+
+static void handle_health(Call *c, const uint8_t *data, size_t size) {
+        Grpc__Health__V1__HealthCheckRequest *req = DECODE(c, Grpc__Health__V1__HealthCheckRequest,
+                                                           grpc__health__v1__health_check_request, data, size);
+        Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+
+        if (!req)
+                return;
+        if (!isempty(req->service) && !streq(req->service, "hydra.v1.Hydra"))
+                call_finish(c, GRPC_STATUS_NOT_FOUND, "unknown service", NULL);
+        else {
+                resp.status = c->api->shutting_down ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                                                    : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+                call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+        }
+        grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+}
+
+static const Method methods[] = {
+        { "/hydra.v1.Hydra/RegisterVm", false, handle_register },
+        { "/hydra.v1.Hydra/StartVm", false, handle_start },
+        { "/hydra.v1.Hydra/StopVm", false, handle_stop },
+        { "/hydra.v1.Hydra/DestroyVm", false, handle_destroy },
+        { "/hydra.v1.Hydra/GetVm", false, handle_get },
+        { "/hydra.v1.Hydra/ListVms", false, handle_list },
+        { "/hydra.v1.Hydra/WatchEvents", true, handle_watch },
+        { "/hydra.v1.Hydra/PlanVm", false, handle_plan },
+        { "/grpc.health.v1.Health/Check", false, handle_health },
+};
+
+/* --- calls --- */
+
+static void call_maybe_free(Call *c) {
+        Api *a = c->api;
+
+        if (c->sending || !c->closed)
+                return;
+
+        c->op = vm_op_cancel(c->op);
+        c->sub = subscription_free(c->sub);
+        while (c->q_len > 0) {
+                grpc_byte_buffer_destroy(c->queue[c->q_head]);
+                c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
+                c->q_len--;
+        }
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                a->calls = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        grpc_call_unref(c->call);
+        free(c);
+        api_maybe_finish(a);
+}
+
+static void on_send_done(Tag *t, bool ok) {
+        Call *c = (Call *) ((char *) t - offsetof(Call, send_tag));
+
+        c->sending = false;
+        if (c->send_buf)
+                c->send_buf = (grpc_byte_buffer_destroy(c->send_buf), NULL);
+        if (!ok && c->method && c->method->streaming && !c->status_sent) {
+                /* The client is gone: stop producing; the close tag frees us. */
+                c->sub = subscription_free(c->sub);
+        } else if (c->method && c->method->streaming)
+                stream_pump(c);
+        call_maybe_free(c);
+}
+
+static void on_close_done(Tag *t, bool ok) {
+        Call *c = (Call *) ((char *) t - offsetof(Call, close_tag));
+
+        c->closed = true;
+        if (c->cancelled && !c->status_sent)
+                log_debug("API %s: cancelled by the client", c->method ? c->method->path : "?");
+        /* Whatever was waiting has lost its listener; the VM carries on. */
+        c->op = vm_op_cancel(c->op);
+        c->sub = subscription_free(c->sub);
+        call_maybe_free(c);
+}
+
+static Call *call_new(Api *a, grpc_call *gc, const Method *method) {
+        grpc_op op = {};
+        Call *c;
+
+        c = calloc(1, sizeof(*c));
+        if (!c) {
+                grpc_call_cancel_with_status(gc, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+                grpc_call_unref(gc);
+                return NULL;
+        }
+        c->api = a;
+        c->call = gc;
+        c->method = method;
+        c->close_tag.fn = on_close_done;
+        c->send_tag.fn = on_send_done;
+        c->next = a->calls;
+        if (a->calls)
+                a->calls->prev = c;
+        a->calls = c;
+
+        /* Posted at once: it completes when the call ends, and tells us if the client cancelled. */
+        op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        op.data.recv_close_on_server.cancelled = &c->cancelled;
+        if (grpc_call_start_batch(gc, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK)
+                c->closed = true;
+        return c;
+}
+
+static int read_payload(grpc_byte_buffer *bb, uint8_t **ret, size_t *ret_size) {
+        grpc_byte_buffer_reader reader;
+        grpc_slice slice;
+        size_t n;
+
+        *ret = NULL;
+        *ret_size = 0;
+        if (!bb)
+                return 0;
+        if (!grpc_byte_buffer_reader_init(&reader, bb))
+                return -EBADMSG;
+        slice = grpc_byte_buffer_reader_readall(&reader);
+        grpc_byte_buffer_reader_destroy(&reader);
+        n = GRPC_SLICE_LENGTH(slice);
+        if (n > MAX_REQUEST_SIZE) {
+                grpc_slice_unref(slice);
+                return -EFBIG;
+        }
+        *ret = malloc(n ? n : 1);
+        if (!*ret) {
+                grpc_slice_unref(slice);
+                return -ENOMEM;
+        }
+        memcpy(*ret, GRPC_SLICE_START_PTR(slice), n);
+        *ret_size = n;
+        grpc_slice_unref(slice);
+        return 0;
+}
+
+static int slot_arm(Slot *s);
+
+static void on_slot(Tag *t, bool ok) {
+        Slot *s = (Slot *) t;
+        Api *a = s->api;
+        grpc_call *gc = s->call;
+        grpc_byte_buffer *payload = s->payload;
+        _cleanup_free_ uint8_t *data = NULL;
+        size_t size;
+        Call *c;
+        int r;
+
+        s->armed = false;
+        a->slots_armed--;
+        s->call = NULL;
+        s->payload = NULL;
+        grpc_metadata_array_destroy(&s->metadata);
+        if (!s->method)
+                grpc_call_details_destroy(&s->details);
+
+        if (!ok) {
+                /* The server is shutting down; nothing arrived. */
+                if (payload)
+                        grpc_byte_buffer_destroy(payload);
+                if (gc)
+                        grpc_call_unref(gc);
+                api_maybe_finish(a);
+                return;
+        }
+        if (!a->shutting_down)
+                (void) slot_arm(s);
+
+        c = call_new(a, gc, s->method);
+        if (!c) {
+                if (payload)
+                        grpc_byte_buffer_destroy(payload);
+                return;
+        }
+        if (!s->method) {
+                call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method", NULL);
+                call_maybe_free(c);
+                return;
+        }
+
+        r = read_payload(payload, &data, &size);
+        if (payload)
+                grpc_byte_buffer_destroy(payload);
+        if (r < 0)
+                call_fail(c, r == -EFBIG ? -EINVAL : r, r == -EFBIG ? "request too large" : "request could not be read");
+        else if (a->shutting_down)
+                call_finish(c, GRPC_STATUS_UNAVAILABLE, "hydrad is shutting down", NULL);
+        else
+                s->method->handler(c, data, size);
+        call_maybe_free(c);
+}
+
+static int slot_arm(Slot *s) {
+        Api *a = s->api;
+        grpc_call_error e;
+
+        grpc_metadata_array_init(&s->metadata);
+        if (s->method)
+                e = grpc_server_request_registered_call(a->server, s->registered, &s->call, &s->deadline, &s->metadata,
+                                                        &s->payload, a->cq, a->cq, &s->tag);
+        else {
+                grpc_call_details_init(&s->details);
+                e = grpc_server_request_call(a->server, &s->call, &s->details, &s->metadata, a->cq, a->cq, &s->tag);
+        }
+        if (e != GRPC_CALL_OK) {
+                grpc_metadata_array_destroy(&s->metadata);
+                if (!s->method)
+                        grpc_call_details_destroy(&s->details);
+                log_error("gRPC: cannot request calls for %s: %d", s->method ? s->method->path : "unknown methods", (int) e);
+                return -EIO;
+        }
+        s->armed = true;
+        a->slots_armed++;
+        return 0;
+}
+
+/* --- the socket: ours, so that we know each peer and can refuse a second daemon --- */
+
+static bool peer_allowed(Api *a, int fd) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return false;
+        return cred.uid == 0 || cred.uid == geteuid() || cred.gid == a->socket_gid;
+}
+
+static void conns_prune(Api *a) {
+        size_t j = 0;
+
+        for (size_t i = 0; i < a->n_conns; i++) {
+                struct stat st;
+                if (fstat(a->conns[i].fd, &st) == 0 && st.st_ino == a->conns[i].ino && st.st_dev == a->conns[i].dev)
+                        a->conns[j++] = a->conns[i];
+        }
+        a->n_conns = j;
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Api *a = userdata;
+
+        for (;;) {
+                int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                struct stat st;
+                Conn *n;
+
+                if (cfd < 0) {
+                        if (errno != EAGAIN && errno != EINTR)
+                                log_warning_errno(errno, "accept on '%s' failed, ignoring: %m", a->socket_path);
+                        return 0;
+                }
+                if (a->shutting_down) {
+                        safe_close(cfd);
+                        continue;
+                }
+                if (!peer_allowed(a, cfd)) {
+                        struct ucred cred = {};
+                        socklen_t len = sizeof(cred);
+                        (void) getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+                        log_warning("refusing API connection from uid %u gid %u pid %d: not root, not our user, not in the socket's group",
+                                    cred.uid, cred.gid, cred.pid);
+                        safe_close(cfd);
+                        continue;
+                }
+
+                /* Remember the connection by fd and inode: at shutdown we cut off clients that stopped reading,
+                 * and the inode tells us the fd still is that connection. */
+                conns_prune(a);
+                n = realloc(a->conns, (a->n_conns + 1) * sizeof(*a->conns));
+                if (n && fstat(cfd, &st) == 0) {
+                        a->conns = n;
+                        a->conns[a->n_conns++] = (Conn) { .fd = cfd, .ino = st.st_ino, .dev = st.st_dev };
+                } else if (n)
+                        a->conns = n;
+                grpc_server_add_channel_from_fd(a->server, cfd, a->creds);
+        }
+}
+
+static int socket_take(Api *a, HydraError *err) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -EBADF, probe = -EBADF;
+        struct stat st;
+
+        if (strlen(a->socket_path) >= sizeof(sa.sun_path))
+                return hydra_error_set(err, -ENAMETOOLONG, "socket path '%s' is too long", a->socket_path);
+        strcpy(sa.sun_path, a->socket_path);
+
+        /* The lock closes the race between two daemons starting at once; the probe tells a live daemon (that
+         * holds no lock we know of, e.g. another version) from a stale socket file. */
+        if (asprintf(&a->lock_path, "%s.lock", a->socket_path) < 0) {
+                a->lock_path = NULL;
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        a->lock_fd = open(a->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (a->lock_fd < 0)
+                return hydra_error_set(err, -errno, "open lock file '%s': %s", a->lock_path, strerror(errno));
+        if (flock(a->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+                if (errno == EWOULDBLOCK)
+                        return hydra_error_set(err, -EADDRINUSE,
+                                               "another hydrad is already serving '%s' (it holds '%s')",
+                                               a->socket_path, a->lock_path);
+                return hydra_error_set(err, -errno, "lock '%s': %s", a->lock_path, strerror(errno));
+        }
+
+        probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe < 0)
+                return hydra_error_set(err, -errno, "socket: %s", strerror(errno));
+        if (connect(probe, (struct sockaddr *) &sa, sizeof(sa)) == 0)
+                return hydra_error_set(err, -EADDRINUSE, "another process is already serving '%s'", a->socket_path);
+        if (errno == ECONNREFUSED) {
+                log_info("replacing stale socket '%s' left by a daemon that is gone", a->socket_path);
+                if (unlink(a->socket_path) < 0 && errno != ENOENT)
+                        return hydra_error_set(err, -errno, "remove stale socket '%s': %s", a->socket_path,
+                                               strerror(errno));
+        } else if (errno != ENOENT)
+                return hydra_error_set(err, -errno, "probe '%s': %s", a->socket_path, strerror(errno));
+
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return hydra_error_set(err, -errno, "socket: %s", strerror(errno));
+        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return hydra_error_set(err, -errno, "bind '%s': %s", a->socket_path, strerror(errno));
+        if (chmod(a->socket_path, 0660) < 0 ||
+            (a->socket_gid != (gid_t) -1 && chown(a->socket_path, (uid_t) -1, a->socket_gid) < 0)) {
+                int e = errno;
+                (void) unlink(a->socket_path);
+                return hydra_error_set(err, -e, "set owner and mode of '%s': %s", a->socket_path, strerror(e));
+        }
+        if (stat(a->socket_path, &st) < 0)
+                return hydra_error_set(err, -errno, "stat '%s': %s", a->socket_path, strerror(errno));
+        a->socket_dev = st.st_dev;
+        a->socket_ino = st.st_ino;
+        if (listen(fd, SOMAXCONN) < 0)
+                return hydra_error_set(err, -errno, "listen on '%s': %s", a->socket_path, strerror(errno));
+        a->listen_fd = TAKE_FD(fd);
+        return 0;
+}
+
+static void socket_release(Api *a) {
+        struct stat st;
+
+        a->listen_source = sd_event_source_disable_unref(a->listen_source);
+        a->listen_fd = safe_close(a->listen_fd);
+        /* Only if the file is still ours: a successor may have replaced it. */
+        if (a->socket_ino && stat(a->socket_path, &st) == 0 && st.st_ino == a->socket_ino && st.st_dev == a->socket_dev)
+                (void) unlink(a->socket_path);
+        a->socket_ino = 0;
+        a->lock_fd = safe_close(a->lock_fd);
+}
+
+/* --- gRPC's own logging --- */
+
+static void on_gpr_log(gpr_log_func_args *args) {
+        int level = args->severity == GPR_LOG_SEVERITY_ERROR ? LOG_ERR
+                  : args->severity == GPR_LOG_SEVERITY_INFO  ? LOG_INFO
+                                                             : LOG_DEBUG;
+        /* gRPC is chatty at info; keep it at debug unless it is an error. */
+        if (level == LOG_INFO)
+                level = LOG_DEBUG;
+        log_full(level, "gRPC: %s (%s:%d)", args->message, args->file, args->line);
+}
+
+/* --- life cycle --- */
+
+int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, HydraError *err) {
+        Api *a;
+        int r;
+
+        a = calloc(1, sizeof(*a));
+        if (!a)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        a->event = sd_event_ref(e);
+        a->manager = m;
+        a->config = config;
+        a->wake_fd = a->listen_fd = a->lock_fd = -EBADF;
+        a->socket_gid = (gid_t) -1;
+        pthread_mutex_init(&a->lock, NULL);
+        a->shutdown_tag.fn = NULL;
+
+        a->socket_path = strdup(config->socket_path);
+        if (!a->socket_path) {
+                r = hydra_error_set(err, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        if (config->socket_group) {
+                struct group *g = getgrnam(config->socket_group);
+                if (!g) {
+                        r = hydra_error_set(err, -ENOENT, "socket_group: group '%s' does not exist", config->socket_group);
+                        goto fail;
+                }
+                a->socket_gid = g->gr_gid;
+        }
+
+        r = socket_take(a, err);
+        if (r < 0)
+                goto fail;
+
+        gpr_set_log_function(on_gpr_log);
+        /* gRPC's info and debug lines are noise to an operator; GRPC_VERBOSITY still turns them on. */
+        if (!getenv("GRPC_VERBOSITY"))
+                gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
+        grpc_init();
+        a->grpc_initialized = true;
+
+        a->cq = grpc_completion_queue_create_for_next(NULL);
+        a->server = grpc_server_create(NULL, NULL);
+        grpc_server_register_completion_queue(a->server, a->cq, NULL);
+        a->creds = grpc_insecure_server_credentials_create();
+
+        a->n_slots = ELEMENTSOF(methods) + 1;
+        a->slots = calloc(a->n_slots, sizeof(*a->slots));
+        if (!a->slots) {
+                r = hydra_error_set(err, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        for (size_t i = 0; i < a->n_slots; i++) {
+                Slot *s = &a->slots[i];
+                s->tag.fn = on_slot;
+                s->api = a;
+                if (i < ELEMENTSOF(methods)) {
+                        s->method = &methods[i];
+                        s->registered = grpc_server_register_method(a->server, methods[i].path, NULL,
+                                                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+                        if (!s->registered) {
+                                r = hydra_error_set(err, -EIO, "gRPC: cannot register %s", methods[i].path);
+                                goto fail;
+                        }
+                }
+        }
+        grpc_server_start(a->server);
+
+        a->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (a->wake_fd < 0) {
+                r = hydra_error_set(err, -errno, "eventfd: %s", strerror(errno));
+                goto fail;
+        }
+        r = sd_event_add_io(e, &a->wake_source, a->wake_fd, EPOLLIN, on_wake, a);
+        if (r < 0) {
+                hydra_error_set(err, r, "watch eventfd: %s", strerror(-r));
+                goto fail;
+        }
+        (void) sd_event_source_set_description(a->wake_source, "grpc-wake");
+
+        r = pthread_create(&a->thread, NULL, cq_thread, a);
+        if (r != 0) {
+                r = hydra_error_set(err, -r, "start the gRPC thread: %s", strerror(r));
+                goto fail;
+        }
+        a->thread_started = true;
+
+        for (size_t i = 0; i < a->n_slots; i++) {
+                r = slot_arm(&a->slots[i]);
+                if (r < 0) {
+                        hydra_error_set(err, r, "gRPC: cannot wait for calls");
+                        goto fail;
+                }
+        }
+
+        r = sd_event_add_io(e, &a->listen_source, a->listen_fd, EPOLLIN, on_accept, a);
+        if (r < 0) {
+                hydra_error_set(err, r, "watch '%s': %s", a->socket_path, strerror(-r));
+                goto fail;
+        }
+        (void) sd_event_source_set_description(a->listen_source, "api-listen");
+
+        log_info("serving the API on '%s'", a->socket_path);
+        *ret = a;
+        return 0;
+
+fail:
+        api_free(a);
+        return r < 0 ? r : -EIO;
+}
+
+static int on_finish(sd_event_source *s, void *userdata) {
+        Api *a = userdata;
+        void (*done)(void *) = a->shutdown_done;
+
+        a->finish_source = sd_event_source_disable_unref(a->finish_source);
+        a->shutdown_done = NULL;
+        if (done)
+                done(a->shutdown_userdata);
+        return 0;
+}
+
+/* Done once the shutdown tag is back, every armed request has returned and every call is freed. */
+static void api_maybe_finish(Api *a) {
+        if (!a->shutting_down || a->shutdown_tag_pending || a->slots_armed > 0 || a->calls || !a->shutdown_done ||
+            a->finish_source)
+                return;
+        a->grace_timer = sd_event_source_disable_unref(a->grace_timer);
+        /* Deferred: we may be inside a call's callback. */
+        if (sd_event_add_defer(a->event, &a->finish_source, on_finish, a) < 0)
+                on_finish(NULL, a);
+}
+
+static void on_shutdown_tag(Tag *t, bool ok) {
+        Api *a = (Api *) ((char *) t - offsetof(Api, shutdown_tag));
+
+        a->shutdown_tag_pending = false;
+        api_maybe_finish(a);
+}
+
+static int on_grace(sd_event_source *s, uint64_t usec, void *userdata) {
+        Api *a = userdata;
+
+        a->grace_timer = sd_event_source_disable_unref(a->grace_timer);
+        log_info("cancelling the API calls still open after %llu s", (unsigned long long) (SHUTDOWN_GRACE_USEC / 1000000ULL));
+        for (Call *c = a->calls; c; c = c->next)
+                if (c->op)
+                        call_fail(c, -ESHUTDOWN, "hydrad is shutting down");
+        grpc_server_cancel_all_calls(a->server);
+        /* A client that stopped reading would hold a send forever: cut its connection. */
+        conns_prune(a);
+        for (size_t i = 0; i < a->n_conns; i++)
+                (void) shutdown(a->conns[i].fd, SHUT_RDWR);
+        a->n_conns = 0;
+        return 0;
+}
+
+void api_shutdown(Api *a, void (*done)(void *userdata), void *userdata) {
+        a->shutdown_done = done;
+        a->shutdown_userdata = userdata;
+        if (a->shutting_down) {
+                api_maybe_finish(a);
+                return;
+        }
+        a->shutting_down = true;
+        log_info("API shutting down: no new calls");
+        socket_release(a);
+
+        a->shutdown_tag.fn = on_shutdown_tag;
+        a->shutdown_tag_pending = true;
+        grpc_server_shutdown_and_notify(a->server, a->cq, &a->shutdown_tag);
+
+        for (Call *c = a->calls; c; c = c->next)
+                if (c->method && c->method->streaming && !c->status_sent)
+                        stream_end(c, GRPC_STATUS_UNAVAILABLE, "hydrad is shutting down");
+
+        if (sd_event_add_time_relative(a->event, &a->grace_timer, CLOCK_MONOTONIC, SHUTDOWN_GRACE_USEC, 0, on_grace,
+                                       a) >= 0)
+                (void) sd_event_source_set_description(a->grace_timer, "api-grace");
+        api_maybe_finish(a);
+}
+
+Api *api_free(Api *a) {
+        if (!a)
+                return NULL;
+
+        socket_release(a);
+        a->grace_timer = sd_event_source_disable_unref(a->grace_timer);
+        a->finish_source = sd_event_source_disable_unref(a->finish_source);
+
+        if (a->server) {
+                if (!a->shutting_down) {
+                        /* Not shut down through api_shutdown (start-up failed): drain synchronously. */
+                        grpc_server_shutdown_and_notify(a->server, a->cq, &a->shutdown_tag);
+                        grpc_server_cancel_all_calls(a->server);
+                }
+                grpc_server_destroy(a->server);
+        }
+        if (a->cq) {
+                grpc_completion_queue_shutdown(a->cq);
+                if (a->thread_started)
+                        pthread_join(a->thread, NULL);
+                else
+                        while (grpc_completion_queue_next(a->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+                               GRPC_QUEUE_SHUTDOWN)
+                                ;
+                grpc_completion_queue_destroy(a->cq);
+        }
+        /* Calls left over (start-up failure only) are gone with the server. */
+        while (a->calls) {
+                Call *c = a->calls;
+                a->calls = c->next;
+                vm_op_cancel(c->op);
+                subscription_free(c->sub);
+                while (c->q_len > 0) {
+                        grpc_byte_buffer_destroy(c->queue[c->q_head]);
+                        c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
+                        c->q_len--;
+                }
+                if (c->send_buf)
+                        grpc_byte_buffer_destroy(c->send_buf);
+                grpc_call_unref(c->call);
+                free(c);
+        }
+        for (size_t i = 0; a->slots && i < a->n_slots; i++) {
+                if (a->slots[i].payload)
+                        grpc_byte_buffer_destroy(a->slots[i].payload);
+        }
+        free(a->slots);
+        if (a->creds)
+                grpc_server_credentials_release(a->creds);
+        if (a->grpc_initialized)
+                grpc_shutdown_blocking();
+
+        a->wake_source = sd_event_source_disable_unref(a->wake_source);
+        safe_close(a->wake_fd);
+        free(a->conns);
+        free(a->socket_path);
+        free(a->lock_path);
+        pthread_mutex_destroy(&a->lock);
+        sd_event_unref(a->event);
+        free(a);
+        return NULL;
+}

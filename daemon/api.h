@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "error.h"
+#include "manager.h"
+
+/* The gRPC front end: the only module that includes grpc/ or *.pb-c.h. gRPC's completion queue runs on a thread
+ * of its own and hands every finished tag to the loop through an eventfd; all work happens on the loop. */
+
+typedef struct Api Api;
+
+/* The stored form of a spec: the packed hydra.v1.VmSpec. */
+extern const SpecCodec api_spec_codec;
+
+/* Initializes gRPC (signals must already be blocked), takes the socket's lock, refuses a live daemon on the same
+ * socket, replaces a stale socket file, binds (mode 0660) and starts serving. */
+int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, HydraError *err);
+
+/* Stops accepting, answers in-flight calls (a grace period, then cancels), ends streams with UNAVAILABLE; done is
+ * called on the loop once gRPC is fully down. */
+void api_shutdown(Api *a, void (*done)(void *userdata), void *userdata);
+
+Api *api_free(Api *a);

@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: MIT */
+#include <ini.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+
+static const char *const on_exit_table[_ON_EXIT_MAX] = {
+        [ON_EXIT_LEAVE] = "leave",
+        [ON_EXIT_STOP] = "stop",
+};
+DEFINE_STRING_TABLE_LOOKUP(on_exit, OnExit, _ON_EXIT_MAX);
+
+void config_init(HydraConfig *c) {
+        *c = (HydraConfig) {
+                .log_level = LOG_INFO,
+                .on_exit = ON_EXIT_LEAVE,
+                .stop_timeout_usec = 60ULL * 1000000ULL,
+                .qmp_timeout_usec = 5ULL * 1000000ULL,
+        };
+}
+
+void config_done(HydraConfig *c) {
+        free(c->state_dir);
+        free(c->run_dir);
+        free(c->socket_path);
+        free(c->socket_group);
+        free(c->qemu_x86_64);
+        free(c->qemu_aarch64);
+        config_init(c);
+}
+
+static int set_string(char **field, const char *value) {
+        char *s = strdup(value);
+        if (!s)
+                return -ENOMEM;
+        free(*field);
+        *field = s;
+        return 0;
+}
+
+static int set_abs_path(char **field, const char *key, const char *value, HydraError *err) {
+        if (value[0] != '/')
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an absolute path", key, value);
+        return set_string(field, value);
+}
+
+static int set_seconds(uint64_t *field, const char *key, const char *value, HydraError *err) {
+        char *end;
+        unsigned long long v;
+
+        errno = 0;
+        v = strtoull(value, &end, 10);
+        if (errno != 0 || end == value || *end || v == 0 || v > 86400)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a number of seconds (allowed: 1-86400)",
+                                       key, value);
+        *field = v * 1000000ULL;
+        return 0;
+}
+
+int config_set(HydraConfig *c, const char *key, const char *value, HydraError *err) {
+        int r;
+
+        if (streq(key, "state_dir"))
+                return set_abs_path(&c->state_dir, key, value, err);
+        if (streq(key, "run_dir"))
+                return set_abs_path(&c->run_dir, key, value, err);
+        if (streq(key, "socket"))
+                return set_abs_path(&c->socket_path, key, value, err);
+        if (streq(key, "qemu_x86_64"))
+                return set_abs_path(&c->qemu_x86_64, key, value, err);
+        if (streq(key, "qemu_aarch64"))
+                return set_abs_path(&c->qemu_aarch64, key, value, err);
+        if (streq(key, "socket_group"))
+                return set_string(&c->socket_group, value);
+        if (streq(key, "stop_timeout"))
+                return set_seconds(&c->stop_timeout_usec, key, value, err);
+        if (streq(key, "qmp_timeout"))
+                return set_seconds(&c->qmp_timeout_usec, key, value, err);
+        if (streq(key, "log_level")) {
+                r = log_level_from_string(value);
+                if (r < 0)
+                        return hydra_error_set(err, -EINVAL,
+                                               "log_level: '%s' is not a level (allowed: error, warning, info, debug)",
+                                               value);
+                c->log_level = r;
+                return 0;
+        }
+        if (streq(key, "on_exit")) {
+                OnExit o = on_exit_from_string(value);
+                if (o < 0)
+                        return hydra_error_set(err, -EINVAL, "on_exit: '%s' is not allowed (allowed: leave, stop)",
+                                               value);
+                c->on_exit = o;
+                return 0;
+        }
+        return hydra_error_set(err, -EINVAL, "unknown setting '%s'", key);
+}
+
+typedef struct ParseState {
+        HydraConfig *config;
+        HydraError *err;
+        int r;
+} ParseState;
+
+static int on_ini_value(void *userdata, const char *section, const char *name, const char *value) {
+        ParseState *s = userdata;
+
+        if (!streq(section, "hydrad")) {
+                s->r = hydra_error_set(s->err, -EINVAL, "unknown section [%s] (allowed: [hydrad])", section);
+                return 0;
+        }
+        s->r = config_set(s->config, name, value, s->err);
+        return s->r >= 0;
+}
+
+int config_load_file(HydraConfig *c, const char *path, HydraError *err) {
+        ParseState s = { .config = c, .err = err };
+        FILE *f;
+        int line;
+
+        f = fopen(path, "re");
+        if (!f)
+                return hydra_error_set(err, -errno, "open config '%s': %s", path, strerror(errno));
+        line = ini_parse_file(f, on_ini_value, &s);
+        fclose(f);
+        if (line != 0) {
+                if (s.r < 0)
+                        return hydra_error_prefix(err, "%s:%d: ", path, line);
+                return hydra_error_set(err, -EINVAL, "%s:%d: syntax error", path, line);
+        }
+        return 0;
+}
+
+int config_finish(HydraConfig *c) {
+        if (!c->state_dir && set_string(&c->state_dir, "/var/lib/hydra") < 0)
+                return -ENOMEM;
+        if (!c->run_dir && set_string(&c->run_dir, "/run/hydra") < 0)
+                return -ENOMEM;
+        if (!c->socket_path && asprintf(&c->socket_path, "%s/hydra.sock", c->run_dir) < 0) {
+                c->socket_path = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}

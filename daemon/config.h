@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Daemon settings: /etc/hydra/hydrad.conf (INI, section [hydrad]), then command-line flags on top. */
+
+typedef enum OnExit {
+        ON_EXIT_LEAVE,  /* VMs keep running when hydrad exits (a restarted hydrad re-adopts them) */
+        ON_EXIT_STOP,   /* VMs are stopped gracefully before hydrad exits */
+        _ON_EXIT_MAX,
+        _ON_EXIT_INVALID = -EINVAL,
+} OnExit;
+
+typedef struct HydraConfig {
+        char *state_dir;            /* default /var/lib/hydra */
+        char *run_dir;              /* default /run/hydra */
+        char *socket_path;          /* default RUN_DIR/hydra.sock */
+        char *socket_group;         /* group owning the API socket (mode 0660); NULL: the daemon's */
+        int log_level;              /* syslog level */
+        OnExit on_exit;
+        uint64_t stop_timeout_usec; /* graceful stop default (StopVm timeout 0, on-exit=stop) */
+        uint64_t qmp_timeout_usec;  /* per QMP command */
+        char *qemu_x86_64;          /* QEMU binaries; default found on $PATH */
+        char *qemu_aarch64;
+} HydraConfig;
+
+const char *on_exit_to_string(OnExit o);
+OnExit on_exit_from_string(const char *s);
+
+void config_init(HydraConfig *c);   /* defaults */
+void config_done(HydraConfig *c);
+
+/* Reads an INI file over the current values. Unknown keys are errors naming file:line. */
+int config_load_file(HydraConfig *c, const char *path, HydraError *err);
+
+/* Sets one key ("state_dir", "log_level", ...) from a string, as the file and the flags do. */
+int config_set(HydraConfig *c, const char *key, const char *value, HydraError *err);
+
+/* Fills what depends on other values (socket_path from run_dir). */
+int config_finish(HydraConfig *c);

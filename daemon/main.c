@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "api.h"
+#include "config.h"
+#include "log.h"
+#include "manager.h"
+
+typedef struct Daemon {
+        sd_event *event;
+        HydraConfig config;
+        Manager *manager;
+        Api *api;
+        bool exiting;
+} Daemon;
+
+static void help(void) {
+        printf("Usage: hydrad [OPTIONS]\n"
+               "Supervise the host and isolated VMs and serve the Hydra API.\n\n"
+               "  -c, --config FILE     daemon settings (INI, section [hydrad]); default /etc/hydra/hydrad.conf if present\n"
+               "      --state-dir DIR   specs, disks, logs (default /var/lib/hydra)\n"
+               "      --run-dir DIR     sockets and runtime state (default /run/hydra)\n"
+               "      --socket PATH     the API socket (default RUN_DIR/hydra.sock)\n"
+               "      --log-level LVL   error, warning, info (default), debug\n"
+               "      --on-exit WHAT    leave (default: VMs keep running) or stop\n"
+               "  -h, --help            this help\n"
+               "      --version         print the version\n");
+}
+
+static int parse_argv(int argc, char *argv[], HydraConfig *c, HydraError *err) {
+        enum { ARG_STATE_DIR = 0x100, ARG_RUN_DIR, ARG_SOCKET, ARG_LOG_LEVEL, ARG_ON_EXIT, ARG_VERSION };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "run-dir", required_argument, NULL, ARG_RUN_DIR },
+                { "socket", required_argument, NULL, ARG_SOCKET },
+                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "on-exit", required_argument, NULL, ARG_ON_EXIT },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {},
+        };
+        const char *config_file = NULL;
+        int opt, r;
+
+        /* The config file first, whatever its position, so that flags override it. */
+        opterr = 0;
+        while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) >= 0)
+                if (opt == 'c')
+                        config_file = optarg;
+        if (!config_file && access("/etc/hydra/hydrad.conf", F_OK) == 0)
+                config_file = "/etc/hydra/hydrad.conf";
+        if (config_file) {
+                r = config_load_file(c, config_file, err);
+                if (r < 0)
+                        return r;
+        }
+
+        opterr = 1;
+        optind = 0;
+        while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) >= 0) {
+                switch (opt) {
+                case 'c':
+                        break;
+                case ARG_STATE_DIR:
+                        r = config_set(c, "state_dir", optarg, err);
+                        break;
+                case ARG_RUN_DIR:
+                        r = config_set(c, "run_dir", optarg, err);
+                        break;
+                case ARG_SOCKET:
+                        r = config_set(c, "socket", optarg, err);
+                        break;
+                case ARG_LOG_LEVEL:
+                        r = config_set(c, "log_level", optarg, err);
+                        break;
+                case ARG_ON_EXIT:
+                        r = config_set(c, "on_exit", optarg, err);
+                        break;
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("hydrad 0.1.0\n");
+                        return 0;
+                default:
+                        return hydra_error_set(err, -EINVAL, "bad usage (see --help)");
+                }
+                if (r < 0)
+                        return r;
+        }
+        if (optind < argc)
+                return hydra_error_set(err, -EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+        return 1;
+}
+
+static void on_exit_done(void *userdata) {
+        Daemon *d = userdata;
+        (void) sd_event_exit(d->event, 0);
+}
+
+static void on_vms_stopped(Manager *m, void *userdata) {
+        Daemon *d = userdata;
+        log_info("all VMs stopped");
+        api_shutdown(d->api, on_exit_done, d);
+}
+
+static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Daemon *d = userdata;
+
+        if (d->exiting) {
+                log_info("received %s again while shutting down; still waiting", strsignal((int) si->ssi_signo));
+                return 0;
+        }
+        d->exiting = true;
+        log_info("received %s, shutting down (VMs: %s)", strsignal((int) si->ssi_signo),
+                 d->config.on_exit == ON_EXIT_STOP ? "stopping them" : "left running");
+        (void) sd_notify(0, "STOPPING=1");
+
+        if (d->config.on_exit == ON_EXIT_STOP && manager_stop_all(d->manager, on_vms_stopped, d) == 0)
+                return 0;
+        api_shutdown(d->api, on_exit_done, d);
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        Daemon d = {};
+        HydraError err;
+        sigset_t mask;
+        int r;
+
+        hydra_error_clear(&err);
+        log_open();
+        config_init(&d.config);
+        r = parse_argv(argc, argv, &d.config, &err);
+        if (r <= 0) {
+                if (r < 0)
+                        fprintf(stderr, "hydrad: %s\n", err.message);
+                config_done(&d.config);
+                return r < 0 ? 2 : 0;
+        }
+        if (config_finish(&d.config) < 0) {
+                fprintf(stderr, "hydrad: out of memory\n");
+                return 1;
+        }
+        log_set_max_level(d.config.log_level);
+
+        /* Before any thread exists (gRPC starts 8-10): every thread inherits this mask, so these signals reach
+         * only the loop's signalfd and sd-event's child watches. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGCHLD);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGUSR1);
+        sigaddset(&mask, SIGUSR2);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) {
+                log_error_errno(errno, "sigprocmask: %m");
+                return 1;
+        }
+        signal(SIGPIPE, SIG_IGN);
+
+        r = sd_event_default(&d.event);
+        if (r < 0) {
+                log_error_errno(r, "sd_event: %m");
+                goto out;
+        }
+        (void) sd_event_add_signal(d.event, NULL, SIGTERM, on_terminate, &d);
+        (void) sd_event_add_signal(d.event, NULL, SIGINT, on_terminate, &d);
+
+        r = manager_new(d.event, &d.config, &api_spec_codec, &d.manager);
+        if (r < 0) {
+                log_error_errno(r, "cannot create the manager: %m");
+                goto out;
+        }
+        r = manager_load(d.manager, &err);
+        if (r < 0) {
+                log_error("%s", err.message);
+                goto out;
+        }
+        r = api_new(d.event, d.manager, &d.config, &d.api, &err);
+        if (r < 0) {
+                log_error("cannot serve the API: %s", err.message);
+                goto out;
+        }
+
+        (void) sd_notify(0, "READY=1\nSTATUS=serving");
+        log_info("hydrad ready (state %s, run %s, on-exit %s)", d.config.state_dir, d.config.run_dir,
+                 on_exit_to_string(d.config.on_exit));
+
+        r = sd_event_loop(d.event);
+        if (r < 0)
+                log_error_errno(r, "event loop failed: %m");
+        else
+                log_info("hydrad exiting");
+
+out:
+        d.api = api_free(d.api);
+        d.manager = manager_free(d.manager);
+        d.event = sd_event_unref(d.event);
+        config_done(&d.config);
+        return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "process.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+int process_pidfd_open(pid_t pid) {
+        int fd = (int) syscall(SYS_pidfd_open, pid, 0);
+        return fd < 0 ? -errno : fd;
+}
+
+int process_pidfd_signal(int pidfd, int sig) {
+        if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0)
+                return -errno;
+        return 0;
+}
+
+int process_find_binary(const char *name, char **ret_path) {
+        const char *path;
+
+        if (strchr(name, '/')) {
+                if (access(name, X_OK) < 0)
+                        return -errno;
+                *ret_path = strdup(name);
+                return *ret_path ? 0 : -ENOMEM;
+        }
+
+        path = getenv("PATH");
+        if (isempty(path))
+                path = "/usr/local/bin:/usr/bin:/bin";
+
+        for (const char *p = path; *p;) {
+                size_t n = strcspn(p, ":");
+                _cleanup_free_ char *candidate = NULL;
+                struct stat st;
+
+                if (n > 0 && asprintf(&candidate, "%.*s/%s", (int) n, p, name) < 0)
+                        return -ENOMEM;
+                if (candidate && stat(candidate, &st) == 0 && S_ISREG(st.st_mode) && access(candidate, X_OK) == 0) {
+                        *ret_path = TAKE_PTR(candidate);
+                        return 0;
+                }
+                p += n;
+                if (*p == ':')
+                        p++;
+        }
+        return -ENOENT;
+}
+
+/* Runs in the forked child: only async-signal-safe calls from here to execv. Reports errno on error_fd. */
+_Noreturn static void child_exec(const ProcessSpawn *p, int null_fd, int error_fd) {
+        struct sigaction sa = { .sa_handler = SIG_DFL };
+        sigset_t none;
+        int r;
+
+        (void) setsid();
+        for (int sig = 1; sig < _NSIG; sig++)
+                (void) sigaction(sig, &sa, NULL);
+        sigemptyset(&none);
+        (void) sigprocmask(SIG_SETMASK, &none, NULL);
+
+        /* Move every fd we hand on out of the way of its target number first. */
+        int moved[16];
+        if (p->n_pass_fds > ELEMENTSOF(moved)) {
+                r = E2BIG;
+                goto fail;
+        }
+        for (size_t i = 0; i < p->n_pass_fds; i++) {
+                moved[i] = fcntl(p->pass_fds[i], F_DUPFD_CLOEXEC, 3 + (int) p->n_pass_fds + 8);
+                if (moved[i] < 0)
+                        goto fail_errno;
+        }
+        int out = p->stdout_fd >= 0 ? p->stdout_fd : null_fd;
+        int errfd = p->stderr_fd >= 0 ? p->stderr_fd : null_fd;
+        if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 || dup2(errfd, STDERR_FILENO) < 0)
+                goto fail_errno;
+        for (size_t i = 0; i < p->n_pass_fds; i++)
+                if (dup2(moved[i], 3 + (int) i) < 0)
+                        goto fail_errno;
+
+        /* Everything else closes on exec; error_fd must stay open until then. */
+        if (syscall(SYS_close_range, 3 + (unsigned) p->n_pass_fds, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+                goto fail_errno;
+
+        execv(p->path, p->argv);
+fail_errno:
+        r = errno;
+fail:
+        (void) !write(error_fd, &r, sizeof(r));
+        _exit(127);
+}
+
+int process_spawn(const ProcessSpawn *p, pid_t *ret_pid, int *ret_pidfd, HydraError *err) {
+        _cleanup_close_ int null_fd = -EBADF, pidfd = -EBADF;
+        int pipefd[2], child_errno = 0;
+        ssize_t n;
+        pid_t pid;
+
+        null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null_fd < 0)
+                return hydra_error_set(err, -errno, "open /dev/null: %s", strerror(errno));
+        if (pipe2(pipefd, O_CLOEXEC) < 0)
+                return hydra_error_set(err, -errno, "pipe: %s", strerror(errno));
+
+        pid = fork();
+        if (pid < 0) {
+                int e = errno;
+                safe_close(pipefd[0]);
+                safe_close(pipefd[1]);
+                return hydra_error_set(err, -e, "fork: %s", strerror(e));
+        }
+        if (pid == 0) {
+                safe_close(pipefd[0]);
+                child_exec(p, null_fd, pipefd[1]);
+        }
+
+        safe_close(pipefd[1]);
+        /* The child is ours and unreaped (SIGCHLD is blocked, nobody waits), so the pid cannot be reused
+         * before we hold a pidfd for it. */
+        pidfd = process_pidfd_open(pid);
+
+        /* Blocks only until the child has exec'd or failed to: microseconds. */
+        do
+                n = read(pipefd[0], &child_errno, sizeof(child_errno));
+        while (n < 0 && errno == EINTR);
+        safe_close(pipefd[0]);
+
+        if (n == sizeof(child_errno)) {
+                (void) waitpid(pid, NULL, 0);
+                return hydra_error_set(err, -child_errno, "exec '%s': %s", p->path, strerror(child_errno));
+        }
+        if (pidfd < 0) {
+                int r = pidfd;
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                return hydra_error_set(err, r, "pidfd_open: %s", strerror(-r));
+        }
+
+        *ret_pid = pid;
+        *ret_pidfd = TAKE_FD(pidfd);
+        return 0;
+}
+
+int process_get_start_time(pid_t pid, uint64_t *ret) {
+        char path[64], buf[4096];
+        _cleanup_close_ int fd = -EBADF;
+        unsigned long long start;
+        const char *p;
+        ssize_t n;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n < 0)
+                return -errno;
+        buf[n] = '\0';
+
+        /* comm may contain spaces and parentheses: fields restart after the last ')'. */
+        p = strrchr(buf, ')');
+        if (!p)
+                return -EIO;
+        p++;
+        /* Fields 3..21 precede starttime (22). */
+        for (int field = 3; field <= 22; field++) {
+                p += strspn(p, " ");
+                if (field == 22)
+                        break;
+                p += strcspn(p, " ");
+                if (!*p)
+                        return -EIO;
+        }
+        if (sscanf(p, "%llu", &start) != 1)
+                return -EIO;
+        *ret = start;
+        return 0;
+}

@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+/* Spawning and signalling child processes through pidfds, so that a reused PID can never fool us. */
+
+typedef struct ProcessSpawn {
+        const char *path;          /* absolute path of the binary (see process_find_binary) */
+        char *const *argv;
+        const int *pass_fds;       /* become fds 3, 4, ... in the child, close-on-exec cleared */
+        size_t n_pass_fds;
+        int stdout_fd;             /* < 0: /dev/null */
+        int stderr_fd;             /* < 0: /dev/null */
+} ProcessSpawn;
+
+/* Forks and execs. The child gets an empty signal mask, default signal dispositions, its own session (so a
+ * Ctrl-C on a foreground hydrad does not reach QEMU, and QEMU outlives hydrad), stdin from /dev/null and no
+ * other fds. Returns 0 with the pid and a pidfd, or a negative errno with err naming the step (an exec failure
+ * is reported from the child through a close-on-exec pipe). */
+int process_spawn(const ProcessSpawn *p, pid_t *ret_pid, int *ret_pidfd, HydraError *err);
+
+/* Resolves name against $PATH (or returns it if it contains '/'). Returns 0, -ENOENT, or -ENOMEM. */
+int process_find_binary(const char *name, char **ret_path);
+
+int process_pidfd_open(pid_t pid);
+int process_pidfd_signal(int pidfd, int sig);
+
+/* Field 22 of /proc/PID/stat: the start time in clock ticks since boot; with the pid, a process identity. */
+int process_get_start_time(pid_t pid, uint64_t *ret);

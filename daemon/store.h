@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+/* Files that must never be seen half-written: written to a temp file in the same directory, fsync'd, renamed
+ * over the old one, and the directory fsync'd (systemd's machine.c, crun's status.c). */
+
+/* Replaces dir/name with data atomically. On failure the old file is intact and no temp file is left.
+ * Returns 0 or a negative errno with err naming the file and step (e.g. ENOSPC on write). */
+int store_write_atomic(const char *dir, const char *name, const void *data, size_t size, mode_t mode,
+                       HydraError *err);
+
+/* Reads dir/name whole (at most max_size bytes; larger: -EFBIG). Returns 0, -ENOENT if absent, or another
+ * negative errno with err set. *ret_data is NUL-terminated for convenience. */
+int store_read(const char *dir, const char *name, size_t max_size, void **ret_data, size_t *ret_size,
+               HydraError *err);
+
+/* Removes dir/name; absent is fine. */
+int store_remove(const char *dir, const char *name);
+
+/* mkdir -p with mode for the directories it creates. */
+int mkdir_p(const char *path, mode_t mode);
+
+/* Removes a directory tree without following symlinks; absent is fine. */
+int rm_rf(const char *path);

@@ -1,0 +1,944 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "process.h"
+#include "qemu_argv.h"
+#include "store.h"
+#include "vm.h"
+
+#define SPEC_FILE "spec.pb"
+#define SPEC_MAX_SIZE (1024U * 1024U)
+#define QMP_HANDSHAKE_TIMEOUT_USEC (30ULL * 1000000ULL)
+#define STOP_QUIT_GRACE_USEC (5ULL * 1000000ULL)
+#define STOP_SIGTERM_GRACE_USEC (5ULL * 1000000ULL)
+#define STOP_SIGKILL_GRACE_USEC (10ULL * 1000000ULL)
+#define STDERR_TAIL_MAX 2048
+
+typedef enum VmOpKind {
+        VM_OP_START,
+        VM_OP_STOP,
+        VM_OP_DESTROY,
+} VmOpKind;
+
+struct VmOp {
+        Vm *vm;
+        VmOpKind kind;
+        vm_op_done_t done;
+        void *userdata;
+        sd_event_source *timer;
+        uint64_t timeout_usec;
+        VmOp *next, *prev;
+};
+
+static const char *const stop_stage_table[_STOP_STAGE_MAX] = {
+        [STOP_STAGE_NONE] = "none",
+        [STOP_STAGE_POWERDOWN] = "powerdown",
+        [STOP_STAGE_QUIT] = "quit",
+        [STOP_STAGE_SIGTERM] = "sigterm",
+        [STOP_STAGE_SIGKILL] = "sigkill",
+};
+
+const char *stop_stage_to_string(StopStage s) {
+        return s < _STOP_STAGE_MAX ? stop_stage_table[s] : NULL;
+}
+
+static uint64_t now_usec(clockid_t clock) {
+        struct timespec ts;
+        (void) clock_gettime(clock, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
+}
+
+uint64_t vm_uptime_usec(const Vm *vm) {
+        if (vm->pid <= 0 || vm->spawn_usec == 0)
+                return 0;
+        return now_usec(CLOCK_MONOTONIC) - vm->spawn_usec;
+}
+
+static int vm_error(Vm *vm, HydraError *err) {
+        if (err)
+                *err = vm->last_error;
+        return vm->last_error.code < 0 ? vm->last_error.code : -EIO;
+}
+
+/* --- ops: API calls waiting for a state --- */
+
+static void op_unlink(VmOp *op) {
+        Vm *vm = op->vm;
+
+        if (op->prev)
+                op->prev->next = op->next;
+        else if (vm->ops == op)
+                vm->ops = op->next;
+        if (op->next)
+                op->next->prev = op->prev;
+        op->next = op->prev = NULL;
+}
+
+static VmOp *op_free(VmOp *op) {
+        if (!op)
+                return NULL;
+        op_unlink(op);
+        sd_event_source_disable_unref(op->timer);
+        free(op);
+        return NULL;
+}
+
+VmOp *vm_op_cancel(VmOp *op) {
+        return op_free(op);
+}
+
+static void op_complete(VmOp *op, int r, const HydraError *err) {
+        vm_op_done_t done = op->done;
+        void *userdata = op->userdata;
+        Vm *vm = op->vm;
+
+        op_free(op);
+        done(vm, r, err, userdata);
+}
+
+static int on_op_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        VmOp *op = userdata;
+        HydraError err;
+
+        hydra_error_set(&err, -ETIMEDOUT, "VM '%s' did not reach running within %llu s (it is %s; the start goes on)",
+                        op->vm->name, (unsigned long long) (op->timeout_usec / 1000000ULL),
+                        vm_state_to_string(op->vm->state));
+        op_complete(op, err.code, &err);
+        return 0;
+}
+
+static int op_new(Vm *vm, VmOpKind kind, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret) {
+        VmOp *op;
+        int r;
+
+        op = calloc(1, sizeof(*op));
+        if (!op)
+                return -ENOMEM;
+        *op = (VmOp) { .vm = vm, .kind = kind, .done = done, .userdata = userdata, .timeout_usec = timeout_usec };
+        if (timeout_usec > 0) {
+                r = sd_event_add_time_relative(manager_get_event(vm->manager), &op->timer, CLOCK_MONOTONIC,
+                                               timeout_usec, 0, on_op_timeout, op);
+                if (r < 0) {
+                        free(op);
+                        return r;
+                }
+                (void) sd_event_source_set_description(op->timer, "vm-op-timeout");
+        }
+        op->next = vm->ops;
+        if (vm->ops)
+                vm->ops->prev = op;
+        vm->ops = op;
+        *ret = op;
+        return 0;
+}
+
+static bool vm_is_down(const Vm *vm) {
+        return !vm_state_has_process(vm->state) && vm->state != VM_STATE_PREPARING;
+}
+
+/* Completes the ops whose wait is over. Callbacks may start new ops, so restart from the head each time. */
+static void vm_check_ops(Vm *vm) {
+        bool again = true;
+
+        while (again) {
+                again = false;
+                for (VmOp *op = vm->ops; op; op = op->next) {
+                        HydraError err;
+
+                        hydra_error_clear(&err);
+                        if (op->kind == VM_OP_START) {
+                                if (vm->state == VM_STATE_RUNNING) {
+                                        op_complete(op, 0, NULL);
+                                } else if (vm->state == VM_STATE_FAILED || vm->state == VM_STATE_CRASHED) {
+                                        int r = vm_error(vm, &err);
+                                        op_complete(op, r, &err);
+                                } else if (vm->state == VM_STATE_STOPPING || vm->state == VM_STATE_STOPPED ||
+                                           !vm->registered) {
+                                        hydra_error_set(&err, -ECANCELED, "start of VM '%s' was cancelled by a %s",
+                                                        vm->name, vm->registered ? "stop" : "destroy");
+                                        op_complete(op, err.code, &err);
+                                } else
+                                        continue;
+                        } else if (op->kind == VM_OP_STOP) {
+                                if (!vm_is_down(vm))
+                                        continue;
+                                op_complete(op, 0, NULL);
+                        } else {
+                                if (vm->registered)
+                                        continue;
+                                op_complete(op, 0, NULL);
+                        }
+                        again = true;
+                        break;
+                }
+        }
+}
+
+/* --- state --- */
+
+static int vm_remove(Vm *vm);
+
+static void vm_set_state(Vm *vm, VmState next, const char *reason) {
+        VmState from = vm->state;
+        HydraEvent ev = {
+                .role = vm->role,
+                .type = HYDRA_EVENT_STATE,
+                .from = from,
+                .to = next,
+                .reason = reason,
+        };
+
+        if (from == next)
+                return;
+        vm->state = next;
+        log_vm_info(vm->name, "VM '%s': %s -> %s (%s)", vm->name, vm_state_to_string(from), vm_state_to_string(next),
+                    reason);
+        manager_emit(vm->manager, &ev, vm);
+
+        if (vm->destroy_pending && vm_is_down(vm))
+                (void) vm_remove(vm);
+        vm_check_ops(vm);
+}
+
+/* --- the process --- */
+
+static void vm_teardown_process(Vm *vm) {
+        vm->qmp = qmp_client_free(vm->qmp);
+        vm->qmp_ready = false;
+        vm->child_source = sd_event_source_disable_unref(vm->child_source);
+        vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
+        vm->stop_stage = STOP_STAGE_NONE;
+        vm->pid = 0;
+        vm->start_ticks = 0;
+        vm->spawn_usec = 0;
+        if (vm->qmp_path)
+                (void) unlink(vm->qmp_path);
+}
+
+/* The last lines QEMU wrote to stderr, on one line, for an error message. */
+static void read_stderr_tail(const char *path, char *buf, size_t size) {
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+        off_t off;
+        ssize_t n;
+
+        buf[0] = '\0';
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return;
+        off = st.st_size > (off_t) (size - 1) ? st.st_size - (off_t) (size - 1) : 0;
+        n = pread(fd, buf, size - 1, off);
+        if (n <= 0)
+                return;
+        buf[n] = '\0';
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+                buf[--n] = '\0';
+        for (char *p = buf; *p; p++)
+                if (*p == '\n')
+                        *p = ' ';
+                else if ((unsigned char) *p < 0x20)
+                        *p = '?';
+}
+
+static const char *exit_reason(Vm *vm) {
+        if (vm->guest_shutdown_seen)
+                return "guest-shutdown";
+        switch (vm->stop_stage) {
+        case STOP_STAGE_POWERDOWN:
+                return "guest-shutdown";
+        case STOP_STAGE_QUIT:
+                return "quit";
+        case STOP_STAGE_SIGTERM:
+                return "sigterm";
+        case STOP_STAGE_SIGKILL:
+                return "sigkill";
+        default:
+                return "crashed";
+        }
+}
+
+static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        Vm *vm = userdata;
+        VmState state = vm->state;
+        const char *reason;
+        VmEvent event;
+
+        vm->last_exit = (VmExit) { .exited = true, .time_usec = now_usec(CLOCK_REALTIME) };
+        if (si->si_code == CLD_EXITED)
+                vm->last_exit.code = si->si_status;
+        else
+                vm->last_exit.signal = si->si_status;
+
+        if (state == VM_STATE_STARTING) {
+                char tail[STDERR_TAIL_MAX];
+
+                reason = "launch-failed";
+                event = VM_EVENT_EXIT_UNEXPECTED;
+                read_stderr_tail(vm->stderr_path, tail, sizeof(tail));
+                if (vm->last_exit.signal)
+                        hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QEMU was killed by signal %d during start-up%s%s",
+                                        vm->last_exit.signal, *tail ? ": " : "", tail);
+                else
+                        hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QEMU exited with status %d during start-up%s%s",
+                                        vm->last_exit.code, *tail ? ": " : "", tail);
+        } else if (state == VM_STATE_STOPPING) {
+                reason = exit_reason(vm);
+                event = VM_EVENT_EXIT_CLEAN;
+        } else if (state == VM_STATE_RUNNING && vm->guest_shutdown_seen) {
+                reason = "guest-shutdown";
+                event = VM_EVENT_EXIT_CLEAN;
+        } else {
+                char tail[STDERR_TAIL_MAX];
+
+                reason = "crashed";
+                event = VM_EVENT_EXIT_UNEXPECTED;
+                read_stderr_tail(vm->stderr_path, tail, sizeof(tail));
+                if (vm_state_has_process(state))
+                        hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QEMU died unexpectedly (%s %d)%s%s",
+                                        vm->last_exit.signal ? "signal" : "status",
+                                        vm->last_exit.signal ? vm->last_exit.signal : vm->last_exit.code,
+                                        *tail ? ": " : "", tail);
+        }
+        (void) snprintf(vm->last_exit.reason, sizeof(vm->last_exit.reason), "%s", reason);
+
+        log_vm_info(vm->name, "VM '%s': QEMU (pid %d) exited: %s %d, reason %s", vm->name, (int) vm->pid,
+                    vm->last_exit.signal ? "signal" : "status",
+                    vm->last_exit.signal ? vm->last_exit.signal : vm->last_exit.code, reason);
+
+        vm_teardown_process(vm);
+        if (vm_state_has_process(state))
+                (void) vm_dispatch(vm, event, reason);
+        else
+                /* A QEMU we were already killing after a failed start: nothing changes but ops may finish. */
+                vm_check_ops(vm);
+        return 0;
+}
+
+/* --- staged stop --- */
+
+static void stop_advance(Vm *vm, StopStage stage);
+
+static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Vm *vm = userdata;
+
+        switch (vm->stop_stage) {
+        case STOP_STAGE_POWERDOWN:
+                log_vm_warning(vm->name, "VM '%s': the guest did not power off within %llu s, sending QMP quit",
+                               vm->name, (unsigned long long) (vm->stop_timeout_usec / 1000000ULL));
+                stop_advance(vm, STOP_STAGE_QUIT);
+                break;
+        case STOP_STAGE_QUIT:
+                log_vm_warning(vm->name, "VM '%s': QEMU did not exit after QMP quit, sending SIGTERM", vm->name);
+                stop_advance(vm, STOP_STAGE_SIGTERM);
+                break;
+        case STOP_STAGE_SIGTERM:
+                log_vm_warning(vm->name, "VM '%s': QEMU did not exit after SIGTERM, sending SIGKILL", vm->name);
+                stop_advance(vm, STOP_STAGE_SIGKILL);
+                break;
+        default:
+                log_vm_error(vm->name, "VM '%s': QEMU (pid %d) is still alive after SIGKILL; is it stuck in the kernel?",
+                             vm->name, (int) vm->pid);
+                vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
+        }
+        return 0;
+}
+
+static void on_stop_reply(QmpClient *q, json_t *result, int error, const char *desc, void *userdata) {
+        Vm *vm = userdata;
+
+        if (error < 0 && error != -ECANCELED && error != -ECONNRESET)
+                log_vm_warning(vm->name, "VM '%s': QMP %s failed: %s", vm->name, stop_stage_to_string(vm->stop_stage),
+                               desc ? desc : strerror(-error));
+}
+
+static void stop_advance(Vm *vm, StopStage stage) {
+        uint64_t wait = 0;
+        int r;
+
+        vm->stop_stage = stage;
+        vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
+
+        switch (stage) {
+        case STOP_STAGE_POWERDOWN:
+                if (!vm->qmp_ready)
+                        return stop_advance(vm, STOP_STAGE_QUIT);
+                log_vm_info(vm->name, "VM '%s': asking the guest to power off (ACPI), waiting up to %llu s", vm->name,
+                            (unsigned long long) (vm->stop_timeout_usec / 1000000ULL));
+                r = qmp_invoke(vm->qmp, "system_powerdown", NULL, manager_get_config(vm->manager)->qmp_timeout_usec,
+                               on_stop_reply, vm);
+                if (r < 0)
+                        return stop_advance(vm, STOP_STAGE_QUIT);
+                wait = vm->stop_timeout_usec;
+                break;
+        case STOP_STAGE_QUIT:
+                if (!vm->qmp_ready)
+                        return stop_advance(vm, STOP_STAGE_SIGTERM);
+                log_vm_info(vm->name, "VM '%s': sending QMP quit", vm->name);
+                r = qmp_invoke(vm->qmp, "quit", NULL, manager_get_config(vm->manager)->qmp_timeout_usec,
+                               on_stop_reply, vm);
+                if (r < 0)
+                        return stop_advance(vm, STOP_STAGE_SIGTERM);
+                wait = STOP_QUIT_GRACE_USEC;
+                break;
+        case STOP_STAGE_SIGTERM:
+        case STOP_STAGE_SIGKILL: {
+                int sig = stage == STOP_STAGE_SIGTERM ? SIGTERM : SIGKILL;
+
+                log_vm_info(vm->name, "VM '%s': sending %s to QEMU (pid %d)", vm->name, sig == SIGTERM ? "SIGTERM" : "SIGKILL",
+                            (int) vm->pid);
+                r = vm->child_source ? sd_event_source_send_child_signal(vm->child_source, sig, NULL, 0) : -ESRCH;
+                if (r < 0 && stage == STOP_STAGE_SIGTERM) {
+                        log_vm_warning_errno(vm->name, r, "VM '%s': SIGTERM failed: %m", vm->name);
+                        return stop_advance(vm, STOP_STAGE_SIGKILL);
+                }
+                if (r < 0)
+                        log_vm_error_errno(vm->name, r, "VM '%s': SIGKILL failed: %m", vm->name);
+                wait = stage == STOP_STAGE_SIGTERM ? STOP_SIGTERM_GRACE_USEC : STOP_SIGKILL_GRACE_USEC;
+                break;
+        }
+        default:
+                return;
+        }
+
+        r = sd_event_add_time_relative(manager_get_event(vm->manager), &vm->stop_timer, CLOCK_MONOTONIC, wait, 0,
+                                       on_stop_timer, vm);
+        if (r < 0)
+                log_vm_error_errno(vm->name, r, "VM '%s': cannot arm the stop timer: %m", vm->name);
+        else
+                (void) sd_event_source_set_description(vm->stop_timer, "vm-stop");
+}
+
+/* --- QMP --- */
+
+static void on_qmp_ready(QmpClient *q, void *userdata) {
+        Vm *vm = userdata;
+
+        vm->qmp_ready = true;
+        log_vm_debug(vm->name, "VM '%s': QMP ready", vm->name);
+        (void) vm_dispatch(vm, VM_EVENT_QMP_READY, "qmp-ready");
+}
+
+static void on_qmp_event(QmpClient *q, const char *name, json_t *data, void *userdata) {
+        _cleanup_free_ char *json = data ? json_dumps(data, JSON_COMPACT) : NULL;
+        Vm *vm = userdata;
+        HydraEvent ev = {
+                .role = vm->role,
+                .type = HYDRA_EVENT_QMP,
+                .qmp_name = name,
+                .qmp_data = json,
+        };
+
+        if (streq(name, "SHUTDOWN") && data && json_is_true(json_object_get(data, "guest")))
+                vm->guest_shutdown_seen = true;
+
+        log_vm_info(vm->name, "VM '%s': QMP event %s %s", vm->name, name, strempty(json));
+        manager_emit(vm->manager, &ev, vm);
+}
+
+static void on_qmp_disconnect(QmpClient *q, int error, void *userdata) {
+        Vm *vm = userdata;
+        bool was_ready = vm->qmp_ready;
+
+        vm->qmp = qmp_client_free(vm->qmp);
+        vm->qmp_ready = false;
+
+        if (vm->state == VM_STATE_STARTING && !was_ready) {
+                hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QMP handshake with QEMU failed: %s", strerror(-error));
+                log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "qmp-failed");
+        } else
+                log_vm_debug(vm->name, "VM '%s': QMP disconnected: %s", vm->name, strerror(-error));
+}
+
+static const QmpCallbacks qmp_callbacks = {
+        .on_ready = on_qmp_ready,
+        .on_event = on_qmp_event,
+        .on_disconnect = on_qmp_disconnect,
+};
+
+/* --- preparation and launch --- */
+
+static Accel resolve_accel(Accel a) {
+        _cleanup_close_ int fd = -EBADF;
+
+        if (a != ACCEL_AUTO)
+                return a;
+        fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+        if (fd < 0 || ioctl(fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+                return ACCEL_TCG;
+        return ACCEL_KVM;
+}
+
+static const char *probe_disk_format(const char *path) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        unsigned char magic[4];
+
+        if (fd >= 0 && read(fd, magic, sizeof(magic)) == sizeof(magic) && memcmp(magic, "QFI\xfb", 4) == 0)
+                return "qcow2";
+        return "raw";
+}
+
+static int vm_build_argv(Vm *vm, char ***ret_argv, HydraError *err) {
+        const HydraConfig *cfg = manager_get_config(vm->manager);
+        _cleanup_free_ char *binary = NULL;
+        const char *configured;
+        QemuRuntime rt;
+        int r;
+
+        configured = vm->spec.arch == ARCH_AARCH64 ? cfg->qemu_aarch64 : cfg->qemu_x86_64;
+        r = process_find_binary(configured ? configured : qemu_binary_name(vm->spec.arch), &binary);
+        if (r < 0)
+                return hydra_error_set(err, r, "cannot find QEMU '%s': %s",
+                                       configured ? configured : qemu_binary_name(vm->spec.arch), strerror(-r));
+
+        rt = (QemuRuntime) {
+                .binary = binary,
+                .name = vm->name,
+                .accel = resolve_accel(vm->spec.accel),
+                .qmp_fd = 3, /* the listening socket is the child's first passed fd */
+                .console_log = vm->console_path,
+                .disk_format = vm->spec.disk ? probe_disk_format(vm->spec.disk) : NULL,
+        };
+        return qemu_argv_build(&vm->spec, &rt, ret_argv, err);
+}
+
+int vm_plan(Vm *vm, char ***ret_argv, HydraError *err) {
+        if (!vm->registered)
+                return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
+        return vm_build_argv(vm, ret_argv, err);
+}
+
+static int check_readable(const char *field, const char *path, HydraError *err) {
+        struct stat st;
+
+        if (!path)
+                return 0;
+        if (stat(path, &st) < 0)
+                return hydra_error_set(err, -errno, "%s '%s': %s", field, path, strerror(errno));
+        if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                return hydra_error_set(err, -EINVAL, "%s '%s' is not a regular file", field, path);
+        if (access(path, R_OK) < 0)
+                return hydra_error_set(err, -errno, "%s '%s': %s", field, path, strerror(errno));
+        return 0;
+}
+
+static int vm_prepare(Vm *vm, HydraError *err) {
+        int r;
+
+        r = check_readable("kernel", vm->spec.kernel, err);
+        if (r < 0)
+                return r;
+        r = check_readable("initrd", vm->spec.initrd, err);
+        if (r < 0)
+                return r;
+        r = check_readable("disk", vm->spec.disk, err);
+        if (r < 0)
+                return r;
+        if (vm->spec.disk && access(vm->spec.disk, W_OK) < 0)
+                return hydra_error_set(err, -errno, "disk '%s' is not writable: %s", vm->spec.disk, strerror(errno));
+
+        r = mkdir_p(vm->state_dir, 0750);
+        if (r < 0)
+                return hydra_error_set(err, r, "create '%s': %s", vm->state_dir, strerror(-r));
+        r = mkdir_p(vm->run_dir, 0750);
+        if (r < 0)
+                return hydra_error_set(err, r, "create '%s': %s", vm->run_dir, strerror(-r));
+
+        vm->argv = strv_free(vm->argv);
+        return vm_build_argv(vm, &vm->argv, err);
+}
+
+static int qmp_listen(const char *path, int *ret_listen_fd, int *ret_client_fd, HydraError *err) {
+        _cleanup_close_ int lfd = -EBADF, cfd = -EBADF;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return hydra_error_set(err, -ENAMETOOLONG, "QMP socket path '%s' is too long", path);
+        strcpy(sa.sun_path, path);
+        (void) unlink(path);
+
+        lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (lfd < 0)
+                return hydra_error_set(err, -errno, "QMP socket: %s", strerror(errno));
+        if (bind(lfd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return hydra_error_set(err, -errno, "bind QMP socket '%s': %s", path, strerror(errno));
+        (void) chmod(path, 0600);
+        if (listen(lfd, 1) < 0)
+                return hydra_error_set(err, -errno, "listen on '%s': %s", path, strerror(errno));
+
+        /* Connect now: the connection waits in the backlog until QEMU's monitor accepts it, so there is no
+         * polling for the socket to appear. */
+        cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (cfd < 0)
+                return hydra_error_set(err, -errno, "QMP socket: %s", strerror(errno));
+        if (connect(cfd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return hydra_error_set(err, -errno, "connect to '%s': %s", path, strerror(errno));
+
+        *ret_listen_fd = TAKE_FD(lfd);
+        *ret_client_fd = TAKE_FD(cfd);
+        return 0;
+}
+
+static int vm_launch(Vm *vm, HydraError *err) {
+        _cleanup_close_ int lfd = -EBADF, cfd = -EBADF, efd = -EBADF, pidfd = -EBADF;
+        sd_event *e = manager_get_event(vm->manager);
+        ProcessSpawn spawn;
+        pid_t pid;
+        int r;
+
+        r = qmp_listen(vm->qmp_path, &lfd, &cfd, err);
+        if (r < 0)
+                return r;
+
+        efd = open(vm->stderr_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
+        if (efd < 0)
+                return hydra_error_set(err, -errno, "open '%s': %s", vm->stderr_path, strerror(errno));
+
+        spawn = (ProcessSpawn) {
+                .path = vm->argv[0],
+                .argv = vm->argv,
+                .pass_fds = &lfd,
+                .n_pass_fds = 1,
+                .stdout_fd = efd,
+                .stderr_fd = efd,
+        };
+        r = process_spawn(&spawn, &pid, &pidfd, err);
+        if (r < 0)
+                return hydra_error_prefix(err, "spawn QEMU: ");
+
+        vm->pid = pid;
+        vm->spawn_usec = now_usec(CLOCK_MONOTONIC);
+        vm->guest_shutdown_seen = false;
+        vm->stop_stage = STOP_STAGE_NONE;
+        (void) process_get_start_time(pid, &vm->start_ticks);
+
+        r = sd_event_add_child_pidfd(e, &vm->child_source, pidfd, WEXITED, on_qemu_exit, vm);
+        if (r < 0) {
+                (void) process_pidfd_signal(pidfd, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                vm->pid = 0;
+                return hydra_error_set(err, r, "watch QEMU (pid %d): %s", (int) pid, strerror(-r));
+        }
+        (void) sd_event_source_set_child_pidfd_own(vm->child_source, true);
+        TAKE_FD(pidfd);
+        (void) sd_event_source_set_description(vm->child_source, "qemu-exit");
+
+        log_vm_info(vm->name, "VM '%s': QEMU started (pid %d)", vm->name, (int) pid);
+
+        r = qmp_client_new(e, TAKE_FD(cfd), vm->name, QMP_HANDSHAKE_TIMEOUT_USEC, &qmp_callbacks, vm, &vm->qmp);
+        if (r < 0)
+                return hydra_error_set(err, r, "QMP client: %s", strerror(-r));
+        return 0;
+}
+
+/* --- the executor --- */
+
+static int vm_act(Vm *vm, VmAction action) {
+        HydraError err;
+        int r;
+
+        hydra_error_clear(&err);
+        switch (action) {
+        case VM_ACTION_NONE:
+                return 0;
+        case VM_ACTION_PREPARE:
+                hydra_error_clear(&vm->last_error);
+                r = vm_prepare(vm, &err);
+                if (r < 0) {
+                        vm->last_error = err;
+                        log_vm_error(vm->name, "VM '%s': preparation failed: %s", vm->name, err.message);
+                        return vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "prepare-failed");
+                }
+                return vm_dispatch(vm, VM_EVENT_PREPARED, "prepared");
+        case VM_ACTION_LAUNCH:
+                r = vm_launch(vm, &err);
+                if (r < 0) {
+                        vm->last_error = err;
+                        log_vm_error(vm->name, "VM '%s': launch failed: %s", vm->name, err.message);
+                        return vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "launch-failed");
+                }
+                return 0;
+        case VM_ACTION_STOP:
+                stop_advance(vm, STOP_STAGE_POWERDOWN);
+                return 0;
+        case VM_ACTION_KILL:
+                if (vm->pid <= 0)
+                        return 0;
+                if (vm->stop_stage < STOP_STAGE_QUIT)
+                        stop_advance(vm, STOP_STAGE_QUIT);
+                return 0;
+        case VM_ACTION_CANCEL:
+                /* Preparation is synchronous for now: there is nothing in flight to cancel. */
+                return 0;
+        case VM_ACTION_REAP:
+                vm_teardown_process(vm);
+                return 0;
+        default:
+                return -EINVAL;
+        }
+}
+
+int vm_dispatch(Vm *vm, VmEvent event, const char *reason) {
+        VmTransition t;
+        int r;
+
+        r = vm_state_transition(vm->state, event, &t);
+        if (r < 0) {
+                log_vm_debug(vm->name, "VM '%s': event %s refused in state %s", vm->name, vm_event_to_string(event),
+                             vm_state_to_string(vm->state));
+                return r;
+        }
+        vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event));
+        return vm_act(vm, t.action);
+}
+
+/* --- operations --- */
+
+int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_changed, HydraError *err) {
+        const SpecCodec *codec = manager_get_codec(vm->manager);
+        _cleanup_free_ void *data = NULL;
+        size_t size;
+        int r;
+
+        r = vm_spec_apply_defaults(spec);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        r = vm_spec_validate(spec, err);
+        if (r < 0)
+                return r;
+
+        if (vm->registered && vm_spec_equal(&vm->spec, spec)) {
+                vm_spec_done(spec);
+                *ret_changed = false;
+                return 0;
+        }
+        if (vm->registered && !vm_is_down(vm) && !apply_on_next_start)
+                return hydra_error_set(err, -EBUSY,
+                                       "VM '%s' is %s: stop it first, or register with apply_on_next_start to use "
+                                       "the new spec at its next start",
+                                       vm->name, vm_state_to_string(vm->state));
+
+        r = codec->encode(spec, &data, &size);
+        if (r < 0)
+                return hydra_error_set(err, r, "encode spec: %s", strerror(-r));
+        r = mkdir_p(vm->state_dir, 0750);
+        if (r < 0)
+                return hydra_error_set(err, r, "create '%s': %s", vm->state_dir, strerror(-r));
+        r = store_write_atomic(vm->state_dir, SPEC_FILE, data, size, 0640, err);
+        if (r < 0)
+                return r;
+
+        vm_spec_done(&vm->spec);
+        vm->spec = *spec;
+        *spec = (VmSpec) {};
+        vm->generation++;
+        log_vm_info(vm->name, "VM '%s': spec registered (generation %llu)", vm->name,
+                    (unsigned long long) vm->generation);
+        if (!vm->registered) {
+                vm->registered = true;
+                vm->state = VM_STATE_DEFINED;
+                HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_STATE, .from = VM_STATE_DEFINED,
+                                  .to = VM_STATE_DEFINED, .reason = "registered" };
+                manager_emit(vm->manager, &ev, vm);
+        }
+        *ret_changed = true;
+        return 0;
+}
+
+int vm_load(Vm *vm, HydraError *err);
+
+int vm_load(Vm *vm, HydraError *err) {
+        const SpecCodec *codec = manager_get_codec(vm->manager);
+        _cleanup_free_ void *data = NULL;
+        VmSpec spec = {};
+        size_t size;
+        int r;
+
+        r = store_read(vm->state_dir, SPEC_FILE, SPEC_MAX_SIZE, &data, &size, err);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
+        r = codec->decode(data, size, &spec);
+        if (r < 0)
+                return hydra_error_set(err, r, "'%s/%s' is not a valid stored spec (truncated or corrupt)",
+                                       vm->state_dir, SPEC_FILE);
+        r = vm_spec_apply_defaults(&spec);
+        if (r >= 0)
+                r = vm_spec_validate(&spec, err);
+        if (r < 0) {
+                vm_spec_done(&spec);
+                return hydra_error_prefix(err, "'%s/%s': ", vm->state_dir, SPEC_FILE);
+        }
+        vm->spec = spec;
+        vm->generation = 1;
+        vm->registered = true;
+        vm->state = VM_STATE_DEFINED;
+        return 1;
+}
+
+int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err) {
+        int r;
+
+        if (!vm->registered)
+                return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
+        if (vm->state == VM_STATE_RUNNING)
+                return 1;
+        if (vm->pid > 0 && !vm_state_has_process(vm->state))
+                return hydra_error_set(err, -EBUSY, "the previous QEMU of VM '%s' (pid %d) is still exiting",
+                                       vm->name, (int) vm->pid);
+
+        r = vm_dispatch(vm, VM_EVENT_START, "start");
+        if (r == -EBUSY)
+                return hydra_error_set(err, r, "VM '%s' is %s; start it once it has stopped", vm->name,
+                                       vm_state_to_string(vm->state));
+        if (r < 0)
+                return hydra_error_set(err, r, "start VM '%s': %s", vm->name, strerror(-r));
+
+        if (vm->state == VM_STATE_RUNNING)
+                return 1;
+        if (vm->state == VM_STATE_FAILED)
+                return vm_error(vm, err);
+
+        r = op_new(vm, VM_OP_START, timeout_usec, done, userdata, ret_op);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        return 0;
+}
+
+int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
+            HydraError *err) {
+        int r;
+
+        if (!vm->registered)
+                return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
+        if (vm_is_down(vm))
+                return 1;
+
+        /* A later, shorter timeout never lengthens one already running; force escalates. */
+        if (vm->state != VM_STATE_STOPPING)
+                vm->stop_timeout_usec = timeout_usec > 0 ? timeout_usec : manager_get_config(vm->manager)->stop_timeout_usec;
+        r = vm_dispatch(vm, force ? VM_EVENT_STOP_FORCE : VM_EVENT_STOP, force ? "stop-force" : "stop");
+        if (r < 0)
+                return hydra_error_set(err, r, "stop VM '%s' (%s): %s", vm->name, vm_state_to_string(vm->state),
+                                       strerror(-r));
+        if (vm_is_down(vm))
+                return 1;
+
+        r = op_new(vm, VM_OP_STOP, 0, done, userdata, ret_op);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        return 0;
+}
+
+/* Forgets the VM: stored spec, disk-side state, runtime files. */
+static int vm_remove(Vm *vm) {
+        int r;
+
+        vm->destroy_pending = false;
+        r = rm_rf(vm->state_dir);
+        if (r < 0)
+                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, vm->state_dir);
+        r = rm_rf(vm->run_dir);
+        if (r < 0)
+                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, vm->run_dir);
+
+        vm_spec_done(&vm->spec);
+        vm->argv = strv_free(vm->argv);
+        vm->registered = false;
+        vm->generation = 0;
+        vm->restart_count = 0;
+        vm->last_exit = (VmExit) {};
+        hydra_error_clear(&vm->last_error);
+
+        VmState from = vm->state;
+        vm->state = VM_STATE_DEFINED;
+        log_vm_info(vm->name, "VM '%s': destroyed", vm->name);
+        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_STATE, .from = from, .to = VM_STATE_DEFINED,
+                          .reason = "destroyed" };
+        manager_emit(vm->manager, &ev, vm);
+        return 0;
+}
+
+int vm_destroy(Vm *vm, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err) {
+        int r;
+
+        if (!vm->registered)
+                return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
+        if (vm_is_down(vm)) {
+                (void) vm_remove(vm);
+                vm_check_ops(vm);
+                return 1;
+        }
+
+        r = op_new(vm, VM_OP_DESTROY, 0, done, userdata, ret_op);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        vm->destroy_pending = true;
+        r = vm_dispatch(vm, VM_EVENT_STOP_FORCE, "destroy");
+        if (r < 0) {
+                *ret_op = op_free(*ret_op);
+                vm->destroy_pending = false;
+                return hydra_error_set(err, r, "destroy VM '%s' (%s): %s", vm->name, vm_state_to_string(vm->state),
+                                       strerror(-r));
+        }
+        return 0;
+}
+
+/* --- object --- */
+
+int vm_new(Manager *m, Role role, Vm **ret) {
+        const HydraConfig *cfg = manager_get_config(m);
+        Vm *vm;
+
+        vm = calloc(1, sizeof(*vm));
+        if (!vm)
+                return -ENOMEM;
+        vm->manager = m;
+        vm->role = role;
+        vm->name = role_to_string(role);
+        vm->state = VM_STATE_DEFINED;
+
+        if (asprintf(&vm->state_dir, "%s/%s", cfg->state_dir, vm->name) < 0 ||
+            asprintf(&vm->run_dir, "%s/%s", cfg->run_dir, vm->name) < 0 ||
+            asprintf(&vm->qmp_path, "%s/qmp.sock", vm->run_dir) < 0 ||
+            asprintf(&vm->console_path, "%s/console.log", vm->state_dir) < 0 ||
+            asprintf(&vm->stderr_path, "%s/qemu.log", vm->state_dir) < 0) {
+                vm_free(vm);
+                return -ENOMEM;
+        }
+        *ret = vm;
+        return 0;
+}
+
+Vm *vm_free(Vm *vm) {
+        if (!vm)
+                return NULL;
+        while (vm->ops)
+                op_free(vm->ops);
+        /* Drop our handles only: the QEMU process keeps running (on-exit = leave). */
+        vm->qmp = qmp_client_free(vm->qmp);
+        vm->child_source = sd_event_source_disable_unref(vm->child_source);
+        vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
+        vm_spec_done(&vm->spec);
+        strv_free(vm->argv);
+        free(vm->state_dir);
+        free(vm->run_dir);
+        free(vm->qmp_path);
+        free(vm->console_path);
+        free(vm->stderr_path);
+        free(vm);
+        return NULL;
+}

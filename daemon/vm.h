@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
+
+#include "error.h"
+#include "manager.h"
+#include "qmp.h"
+#include "spec.h"
+#include "vm_state.h"
+
+/* The Vm object: one per role. It performs what the state table (vm_state.c) asks, through one entry point,
+ * vm_dispatch(). API operations that wait for a state (start until running, stop until stopped) are VmOps. */
+
+/* Returned by operations on a role that has no registered spec; the API maps it to NOT_FOUND. */
+#define HYDRA_ENOTREGISTERED (-ENXIO)
+/* A start that failed because QEMU exited or never answered QMP; the API maps it to ABORTED. */
+#define HYDRA_ELAUNCH (-ECHILD)
+
+typedef enum StopStage {
+        STOP_STAGE_NONE,
+        STOP_STAGE_POWERDOWN,  /* QMP system_powerdown, wait up to the stop timeout */
+        STOP_STAGE_QUIT,       /* QMP quit */
+        STOP_STAGE_SIGTERM,
+        STOP_STAGE_SIGKILL,
+        _STOP_STAGE_MAX,
+} StopStage;
+
+typedef struct VmExit {
+        bool exited;
+        int code;
+        int signal;
+        char reason[32];       /* guest-shutdown, quit, sigterm, sigkill, crashed, launch-failed */
+        uint64_t time_usec;    /* CLOCK_REALTIME */
+} VmExit;
+
+typedef struct VmOp VmOp;
+
+/* r: 0 on success or a negative errno; err: what failed (valid during the call). */
+typedef void (*vm_op_done_t)(Vm *vm, int r, const HydraError *err, void *userdata);
+
+struct Vm {
+        Manager *manager;          /* borrowed */
+        Role role;
+        const char *name;          /* "host" / "isolated" (static) */
+
+        VmState state;
+        bool registered;
+        VmSpec spec;
+        uint64_t generation;
+
+        char *state_dir;           /* STATE_DIR/ROLE: spec.pb, console.log, qemu.log */
+        char *run_dir;             /* RUN_DIR/ROLE: qmp.sock */
+        char *qmp_path;
+        char *console_path;
+        char *stderr_path;
+
+        /* The QEMU process, while there is one. */
+        pid_t pid;
+        uint64_t start_ticks;      /* /proc/PID/stat start time: the process identity with pid */
+        uint64_t spawn_usec;       /* CLOCK_MONOTONIC */
+        sd_event_source *child_source;
+        QmpClient *qmp;
+        bool qmp_ready;
+        bool guest_shutdown_seen;
+        char **argv;               /* as prepared for launch */
+
+        StopStage stop_stage;
+        sd_event_source *stop_timer;
+        uint64_t stop_timeout_usec;
+        bool destroy_pending;
+
+        VmExit last_exit;
+        HydraError last_error;     /* code 0: none */
+        unsigned restart_count;
+
+        VmOp *ops;
+};
+
+int vm_new(Manager *m, Role role, Vm **ret);
+Vm *vm_free(Vm *vm);  /* leaves a running QEMU running */
+
+/* Applies the table: looks the cell up, logs "VM 'isolated': running -> stopping (stop)", changes state, acts.
+ * Returns 0, or -EBUSY if the event is refused in this state. */
+int vm_dispatch(Vm *vm, VmEvent event, const char *reason);
+
+/* Validates and stores the spec (taking ownership of its contents). Returns 0 with *ret_changed, -EINVAL with
+ * err naming the field, -EBUSY if the VM is not stopped and !apply_on_next_start, or a store error. */
+int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_changed, HydraError *err);
+
+/* The operations below return 1 when already done (done is not called), 0 when pending (done will be called
+ * exactly once, unless the op is cancelled first; *ret_op is the handle), or a negative errno with err set. */
+int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
+int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
+            HydraError *err);
+int vm_destroy(Vm *vm, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
+
+/* The caller lost interest (the client went away): done will not be called. The VM carries on. */
+VmOp *vm_op_cancel(VmOp *op);
+
+/* The exact argv a start would run now (PlanVm). */
+int vm_plan(Vm *vm, char ***ret_argv, HydraError *err);
+
+uint64_t vm_uptime_usec(const Vm *vm);
+const char *stop_stage_to_string(StopStage s);
