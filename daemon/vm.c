@@ -25,6 +25,7 @@
 #define STOP_SIGTERM_GRACE_USEC (5ULL * 1000000ULL)
 #define STOP_SIGKILL_GRACE_USEC (10ULL * 1000000ULL)
 #define STDERR_TAIL_MAX 2048
+#define QMP_LOST_GRACE_USEC (5ULL * 1000000ULL)
 
 typedef enum VmOpKind {
         VM_OP_START,
@@ -219,6 +220,7 @@ static void vm_teardown_process(Vm *vm) {
         vm->qmp_ready = false;
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
+        vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
         vm->stop_stage = STOP_STAGE_NONE;
         vm->pid = 0;
         vm->start_ticks = 0;
@@ -447,6 +449,19 @@ static void on_qmp_event(QmpClient *q, const char *name, json_t *data, void *use
         manager_emit(vm->manager, &ev, vm);
 }
 
+/* QMP went away during start-up without a handshake timeout: QEMU is almost surely exiting, and its exit
+ * (with its stderr) is the better error. Give it a moment; a QEMU that lives on without QMP is failed. */
+static int on_start_qmp_lost(sd_event_source *s, uint64_t usec, void *userdata) {
+        Vm *vm = userdata;
+
+        vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
+        if (vm->state != VM_STATE_STARTING)
+                return 0;
+        log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+        (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "qmp-failed");
+        return 0;
+}
+
 static void on_qmp_disconnect(QmpClient *q, int error, void *userdata) {
         Vm *vm = userdata;
         bool was_ready = vm->qmp_ready;
@@ -454,12 +469,22 @@ static void on_qmp_disconnect(QmpClient *q, int error, void *userdata) {
         vm->qmp = qmp_client_free(vm->qmp);
         vm->qmp_ready = false;
 
-        if (vm->state == VM_STATE_STARTING && !was_ready) {
-                hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QMP handshake with QEMU failed: %s", strerror(-error));
-                log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
-                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "qmp-failed");
-        } else
+        if (vm->state != VM_STATE_STARTING || was_ready) {
                 log_vm_debug(vm->name, "VM '%s': QMP disconnected: %s", vm->name, strerror(-error));
+                return;
+        }
+
+        hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QMP handshake with QEMU failed: %s", strerror(-error));
+        if (error == -ETIMEDOUT) {
+                log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "qmp-timeout");
+                return;
+        }
+        if (sd_event_add_time_relative(manager_get_event(vm->manager), &vm->start_timer, CLOCK_MONOTONIC,
+                                       QMP_LOST_GRACE_USEC, 0, on_start_qmp_lost, vm) < 0)
+                (void) on_start_qmp_lost(NULL, 0, vm);
+        else
+                (void) sd_event_source_set_description(vm->start_timer, "vm-qmp-lost");
 }
 
 static const QmpCallbacks qmp_callbacks = {
@@ -932,6 +957,7 @@ Vm *vm_free(Vm *vm) {
         vm->qmp = qmp_client_free(vm->qmp);
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
+        vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
         vm_spec_done(&vm->spec);
         strv_free(vm->argv);
         free(vm->state_dir);

@@ -68,6 +68,8 @@ struct Vm {
         bool guest_shutdown_seen;
         char **argv;               /* as prepared for launch */
 
+        sd_event_source *start_timer; /* QMP lost during start-up: wait for the exit before failing */
+
         StopStage stop_stage;
         sd_event_source *stop_timer;
         uint64_t stop_timeout_usec;

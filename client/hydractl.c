@@ -1,0 +1,796 @@
+/* SPDX-License-Identifier: MIT */
+/* hydractl: the thin client of hydrad. A table of subcommands; each builds one request, makes one call through
+ * rpc.c and prints the reply through output.c. Exit status: 0 success, 1 RPC error, 2 bad usage or spec file. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h> /* isfinite: a macro, no libm */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "hydra/v1/hydra.pb-c.h"
+#include "macro.h"
+#include "output.h"
+#include "rpc.h"
+#include "specfile.h"
+
+#define EXIT_RPC 1
+#define EXIT_USAGE 2
+
+#define DEFAULT_SOCKET "/run/hydra/hydra.sock"
+
+#define METHOD(name) "/hydra.v1.Hydra/" name
+#define HEALTH_CHECK "/grpc.health.v1.Health/Check"
+
+/* Call deadlines, in milliseconds, when --timeout (global) does not set one. The daemon's own limits must expire
+ * first so that its error, not ours, is what the user reads. */
+#define SEC_MS INT64_C(1000)
+#define DEADLINE_DEFAULT_MS (30 * SEC_MS)
+#define DEADLINE_START_MS (600 * SEC_MS)  /* start without --timeout: preparation may download images */
+#define DEADLINE_MARGIN_MS (30 * SEC_MS)  /* over a request's own timeout */
+#define DEADLINE_DESTROY_MS (120 * SEC_MS) /* a forced stop: quit, SIGTERM, SIGKILL */
+#define STOP_DEFAULT_TIMEOUT_SEC 60       /* StopVmRequest.timeout_seconds 0 means this */
+
+typedef struct Verb {
+        const char *name;
+        const char *args;    /* usage after the name */
+        const char *summary;
+        const char *options; /* help text for the verb's options, or NULL */
+        int (*run)(const struct Verb *verb, int argc, char *argv[]);
+        bool hidden;
+} Verb;
+
+static const char *arg_socket = NULL;
+static bool arg_json = false;
+static int64_t arg_timeout_ms = -1; /* global --timeout; -1: per command default */
+
+static RpcClient *client = NULL;
+static bool stdout_gone = false; /* watch's reader went away: do not complain about it again at exit */
+
+/* --- usage and errors --- */
+
+_printf_(2, 3) static int usage_error(const Verb *verb, const char *fmt, ...) {
+        va_list ap;
+
+        fputs("hydractl: ", stderr);
+        if (verb)
+                fprintf(stderr, "%s: ", verb->name);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        if (verb)
+                fprintf(stderr, " (see 'hydractl %s --help')\n", verb->name);
+        else
+                fputs(" (see 'hydractl --help')\n", stderr);
+        return EXIT_USAGE;
+}
+
+static int option_error(const Verb *verb, int c, char *argv[]) {
+        const char *arg = argv[optind - 1];
+
+        if (c == ':')
+                return usage_error(verb, "option '%s' needs a value", arg);
+        if (optopt > 0 && optopt < 128 && !(arg[0] == '-' && arg[1] == '-'))
+                return usage_error(verb, "unknown option '-%c'", optopt);
+        return usage_error(verb, "unknown option '%s'", arg);
+}
+
+static int rpc_error(const RpcStatus *status) {
+        fprintf(stderr, "hydractl: %s: %s\n", rpc_status_code_to_string(status->code),
+                isempty(status->message) ? "(no message)" : status->message);
+        return EXIT_RPC;
+}
+
+static void help_verb(const Verb *verb) {
+        printf("Usage: hydractl [GLOBAL OPTIONS] %s%s%s\n\n%s\n", verb->name, isempty(verb->args) ? "" : " ",
+               strempty(verb->args), verb->summary);
+        if (verb->options)
+                printf("\nOptions:\n%s", verb->options);
+        if (strstr(strempty(verb->args), "ROLE"))
+                printf("\nROLE is host or isolated.");
+        printf("\nSee 'hydractl --help' for the global options.\n");
+}
+
+/* --- argument helpers --- */
+
+static int parse_role(const Verb *verb, const char *s, Hydra__V1__Role *ret) {
+        Hydra__V1__Role role = role_from_name(s);
+
+        if (role == HYDRA__V1__ROLE__ROLE_UNSPECIFIED)
+                return usage_error(verb, "unknown role '%s' (expected host or isolated)", s);
+        *ret = role;
+        return 0;
+}
+
+/* The positional arguments left after getopt: ROLE (required or optional), nothing else. */
+static int parse_role_args(const Verb *verb, int argc, char *argv[], bool required, Hydra__V1__Role *ret) {
+        int n = argc - optind;
+
+        if (n > 1)
+                return usage_error(verb, "unexpected argument '%s'", argv[optind + 1]);
+        if (n == 0) {
+                if (required)
+                        return usage_error(verb, "missing ROLE (host or isolated)");
+                *ret = HYDRA__V1__ROLE__ROLE_UNSPECIFIED;
+                return 0;
+        }
+        return parse_role(verb, argv[optind], ret);
+}
+
+static int parse_no_args(const Verb *verb, int argc, char *argv[]) {
+        if (argc > optind)
+                return usage_error(verb, "unexpected argument '%s'", argv[optind]);
+        return 0;
+}
+
+/* Whole seconds for a request field: 1 to 2^32-1. */
+static int parse_seconds(const Verb *verb, const char *s, uint32_t *ret) {
+        char *end;
+        unsigned long long v;
+
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno != 0 || end == s || *end != '\0' || s[0] == '-' || s[0] == '+' || v == 0 || v > UINT32_MAX)
+                return usage_error(verb, "--timeout: '%s' is not a whole number of seconds (1-%" PRIu32 ")", s,
+                                   UINT32_MAX);
+        *ret = (uint32_t) v;
+        return 0;
+}
+
+static int64_t deadline_ms(int64_t default_ms) {
+        return arg_timeout_ms >= 0 ? arg_timeout_ms : default_ms;
+}
+
+/* The getopt loop of every verb: "-h" and "--json" are handled here, the rest by the verb's handler. A verb's
+ * options may come before or after ROLE (GNU getopt permutes). Returns 0 to go on, or the exit status. */
+#define COMMON_OPTIONS { "help", no_argument, NULL, 'h' }, { "json", no_argument, NULL, 'j' }
+
+static int verb_getopt(const Verb *verb, int argc, char *argv[], const struct option *options,
+                       int (*handle)(const Verb *verb, int c, const char *arg, void *userdata), void *userdata,
+                       bool *ret_help) {
+        int c, r;
+
+        optind = 0; /* GNU: full re-initialization, argv[0] is the verb */
+        opterr = 0;
+        *ret_help = false;
+        while ((c = getopt_long(argc, argv, ":hj", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        help_verb(verb);
+                        *ret_help = true;
+                        return 0;
+                case 'j':
+                        arg_json = true;
+                        break;
+                case '?':
+                case ':':
+                        return option_error(verb, c, argv);
+                default:
+                        r = handle ? handle(verb, c, optarg, userdata) : EXIT_USAGE;
+                        if (r != 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static RpcClient *get_client(void) {
+        if (!client) {
+                client = rpc_client_new(arg_socket);
+                if (!client) {
+                        fprintf(stderr, "hydractl: out of memory\n");
+                        exit(EXIT_RPC);
+                }
+        }
+        return client;
+}
+
+/* Returns 0 (and *ret_reply) or EXIT_RPC after printing the error. */
+static int call_unary(const char *method, const void *request, const ProtobufCMessageDescriptor *reply_descriptor,
+                      int64_t default_deadline_ms, void *ret_reply) {
+        RpcStatus status;
+
+        if (rpc_call_unary(get_client(), method, request, reply_descriptor, deadline_ms(default_deadline_ms),
+                           (ProtobufCMessage **) ret_reply, &status) < 0)
+                return rpc_error(&status);
+        return 0;
+}
+
+static int print_vm(const Hydra__V1__Vm *vm) {
+        if (arg_json) {
+                json_auto_t *j = json_from_vm(vm);
+                return print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+        }
+        print_vm_line(stdout, vm);
+        return 0;
+}
+
+/* --- the spec: register and spec-dump --- */
+
+typedef struct SpecArgs {
+        const char *spec_path;
+        char **sets; /* borrowed from argv */
+        size_t n_sets;
+        bool apply_on_next_start;
+} SpecArgs;
+
+static int handle_spec_option(const Verb *verb, int c, const char *arg, void *userdata) {
+        SpecArgs *a = userdata;
+        char **sets;
+
+        switch (c) {
+        case 'f':
+                if (a->spec_path)
+                        return usage_error(verb, "--spec given twice");
+                a->spec_path = arg;
+                return 0;
+        case 's':
+                sets = realloc(a->sets, (a->n_sets + 1) * sizeof(*sets));
+                if (!sets) {
+                        fprintf(stderr, "hydractl: out of memory\n");
+                        return EXIT_RPC;
+                }
+                sets[a->n_sets++] = (char *) arg;
+                a->sets = sets;
+                return 0;
+        case 'a':
+                a->apply_on_next_start = true;
+                return 0;
+        }
+        return EXIT_USAGE;
+}
+
+static const struct option spec_options[] = {
+        COMMON_OPTIONS,
+        { "spec", required_argument, NULL, 'f' },
+        { "set", required_argument, NULL, 's' },
+        { "apply-on-next-start", no_argument, NULL, 'a' },
+        {},
+};
+
+/* The spec file, then each --set in order. Spec errors are the user's input: EXIT_USAGE. */
+static int build_spec(const SpecArgs *a, Hydra__V1__VmSpec **ret) {
+        _cleanup_(spec_freep) Hydra__V1__VmSpec *spec = spec_new();
+        HydraError err = {};
+
+        if (!spec) {
+                fprintf(stderr, "hydractl: out of memory\n");
+                return EXIT_RPC;
+        }
+        if (a->spec_path && spec_load_file(spec, a->spec_path, &err) < 0) {
+                fprintf(stderr, "hydractl: %s\n", err.message);
+                return EXIT_USAGE;
+        }
+        for (size_t i = 0; i < a->n_sets; i++)
+                if (spec_apply_set(spec, a->sets[i], &err) < 0) {
+                        fprintf(stderr, "hydractl: --set '%s': %s\n", a->sets[i], err.message);
+                        return EXIT_USAGE;
+                }
+        spec_finish(spec);
+        *ret = TAKE_PTR(spec);
+        return 0;
+}
+
+static int verb_register(const Verb *verb, int argc, char *argv[]) {
+        _cleanup_(spec_freep) Hydra__V1__VmSpec *spec = NULL;
+        Hydra__V1__RegisterVmRequest req = HYDRA__V1__REGISTER_VM_REQUEST__INIT;
+        Hydra__V1__RegisterVmResponse *reply = NULL;
+        SpecArgs a = {};
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, spec_options, handle_spec_option, &a, &help_shown);
+        if (r == 0 && !help_shown)
+                r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r == 0 && !help_shown && !a.spec_path)
+                r = usage_error(verb, "missing --spec FILE");
+        if (r == 0 && !help_shown)
+                r = build_spec(&a, &spec);
+        free(a.sets);
+        if (r != 0 || help_shown)
+                return r;
+
+        req.spec = spec;
+        req.apply_on_next_start = a.apply_on_next_start;
+        r = call_unary(METHOD("RegisterVm"), &req, &hydra__v1__register_vm_response__descriptor,
+                       DEADLINE_DEFAULT_MS, &reply);
+        if (r != 0)
+                return r;
+
+        if (!reply->vm)
+                r = 0; /* nothing to show */
+        else if (arg_json) {
+                json_auto_t *j = json_from_vm(reply->vm);
+                if (j)
+                        (void) json_object_set_new(j, "changed", json_boolean(reply->changed));
+                r = print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+        } else
+                printf("%s: %s (spec generation %" PRIu64 "%s)\n", role_to_name(reply->vm->role),
+                       vm_state_to_name(reply->vm->state), reply->vm->spec_generation,
+                       reply->changed ? "" : ", unchanged");
+        hydra__v1__register_vm_response__free_unpacked(reply, NULL);
+        return r;
+}
+
+/* Hidden: the parsed spec as JSON, without a daemon. For tests of the spec file format. */
+static int verb_spec_dump(const Verb *verb, int argc, char *argv[]) {
+        _cleanup_(spec_freep) Hydra__V1__VmSpec *spec = NULL;
+        SpecArgs a = {};
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, spec_options, handle_spec_option, &a, &help_shown);
+        if (r == 0 && !help_shown)
+                r = parse_no_args(verb, argc, argv);
+        if (r == 0 && !help_shown && a.apply_on_next_start)
+                r = usage_error(verb, "--apply-on-next-start is for register");
+        if (r == 0 && !help_shown)
+                r = build_spec(&a, &spec);
+        free(a.sets);
+        if (r != 0 || help_shown)
+                return r;
+
+        json_auto_t *j = json_from_vm_spec(spec);
+        return print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+}
+
+/* --- lifecycle --- */
+
+typedef struct LifecycleArgs {
+        const char *wait;
+        uint32_t timeout_sec;
+        bool force;
+        bool keep_cache;
+} LifecycleArgs;
+
+static int handle_lifecycle_option(const Verb *verb, int c, const char *arg, void *userdata) {
+        LifecycleArgs *a = userdata;
+
+        switch (c) {
+        case 'w':
+                a->wait = arg;
+                return 0;
+        case 't':
+                return parse_seconds(verb, arg, &a->timeout_sec);
+        case 'f':
+                a->force = true;
+                return 0;
+        case 'k':
+                a->keep_cache = true;
+                return 0;
+        }
+        return EXIT_USAGE;
+}
+
+static int verb_start(const Verb *verb, int argc, char *argv[]) {
+        static const struct option options[] = {
+                COMMON_OPTIONS,
+                { "wait", required_argument, NULL, 'w' },
+                { "timeout", required_argument, NULL, 't' },
+                {},
+        };
+        Hydra__V1__StartVmRequest req = HYDRA__V1__START_VM_REQUEST__INIT;
+        Hydra__V1__Vm *vm = NULL;
+        LifecycleArgs a = {};
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r != 0)
+                return r;
+        if (a.wait && streq(a.wait, "ready"))
+                return usage_error(verb, "--wait ready is not supported yet (the API reserves WAIT_FOR_READY)");
+        if (a.wait && !streq(a.wait, "running"))
+                return usage_error(verb, "--wait: '%s' is not one of: running, ready", a.wait);
+
+        req.wait = HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
+        req.timeout_seconds = a.timeout_sec;
+        r = call_unary(METHOD("StartVm"), &req, &hydra__v1__vm__descriptor,
+                       a.timeout_sec > 0 ? a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS : DEADLINE_START_MS, &vm);
+        if (r != 0)
+                return r;
+        r = print_vm(vm);
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        return r;
+}
+
+static int verb_stop(const Verb *verb, int argc, char *argv[]) {
+        static const struct option options[] = {
+                COMMON_OPTIONS,
+                { "force", no_argument, NULL, 'f' },
+                { "timeout", required_argument, NULL, 't' },
+                {},
+        };
+        Hydra__V1__StopVmRequest req = HYDRA__V1__STOP_VM_REQUEST__INIT;
+        Hydra__V1__Vm *vm = NULL;
+        LifecycleArgs a = {};
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r != 0)
+                return r;
+
+        req.force = a.force;
+        req.timeout_seconds = a.timeout_sec;
+        r = call_unary(METHOD("StopVm"), &req, &hydra__v1__vm__descriptor,
+                       (a.timeout_sec > 0 ? a.timeout_sec : STOP_DEFAULT_TIMEOUT_SEC) * SEC_MS + DEADLINE_MARGIN_MS,
+                       &vm);
+        if (r != 0)
+                return r;
+        r = print_vm(vm);
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        return r;
+}
+
+static int verb_destroy(const Verb *verb, int argc, char *argv[]) {
+        static const struct option options[] = {
+                COMMON_OPTIONS,
+                { "keep-cache", no_argument, NULL, 'k' },
+                {},
+        };
+        Hydra__V1__DestroyVmRequest req = HYDRA__V1__DESTROY_VM_REQUEST__INIT;
+        Hydra__V1__DestroyVmResponse *reply = NULL;
+        LifecycleArgs a = {};
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r != 0)
+                return r;
+
+        req.keep_cache = a.keep_cache;
+        r = call_unary(METHOD("DestroyVm"), &req, &hydra__v1__destroy_vm_response__descriptor,
+                       DEADLINE_DESTROY_MS, &reply);
+        if (r != 0)
+                return r;
+        hydra__v1__destroy_vm_response__free_unpacked(reply, NULL);
+
+        /* DestroyVm returns nothing: the VM is gone. */
+        if (arg_json) {
+                json_auto_t *j = json_pack("{s:s, s:b}", "role", role_to_name(req.role), "destroyed", 1);
+                return print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+        }
+        printf("%s: destroyed\n", role_to_name(req.role));
+        return 0;
+}
+
+/* --- status, list --- */
+
+static int list_vms(void) {
+        Hydra__V1__ListVmsRequest req = HYDRA__V1__LIST_VMS_REQUEST__INIT;
+        Hydra__V1__ListVmsResponse *reply = NULL;
+        int r;
+
+        r = call_unary(METHOD("ListVms"), &req, &hydra__v1__list_vms_response__descriptor, DEADLINE_DEFAULT_MS,
+                       &reply);
+        if (r != 0)
+                return r;
+        if (arg_json)
+                for (size_t i = 0; i < reply->n_vms && r == 0; i++) {
+                        json_auto_t *j = json_from_vm(reply->vms[i]);
+                        r = print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+                }
+        else if (reply->n_vms == 0)
+                printf("no VMs registered\n");
+        else
+                print_vm_table(stdout, reply->vms, reply->n_vms);
+        hydra__v1__list_vms_response__free_unpacked(reply, NULL);
+        return r;
+}
+
+static int verb_status(const Verb *verb, int argc, char *argv[]) {
+        Hydra__V1__GetVmRequest req = HYDRA__V1__GET_VM_REQUEST__INIT;
+        Hydra__V1__Vm *vm = NULL;
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, (const struct option[]) { COMMON_OPTIONS, {} }, NULL, NULL, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, false, &req.role);
+        if (r != 0)
+                return r;
+        if (req.role == HYDRA__V1__ROLE__ROLE_UNSPECIFIED)
+                return list_vms();
+
+        r = call_unary(METHOD("GetVm"), &req, &hydra__v1__vm__descriptor, DEADLINE_DEFAULT_MS, &vm);
+        if (r != 0)
+                return r;
+        if (arg_json) {
+                json_auto_t *j = json_from_vm(vm);
+                r = print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+        } else
+                print_vm_block(stdout, vm);
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        return r;
+}
+
+static int verb_list(const Verb *verb, int argc, char *argv[]) {
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, (const struct option[]) { COMMON_OPTIONS, {} }, NULL, NULL, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_no_args(verb, argc, argv);
+        if (r != 0)
+                return r;
+        return list_vms();
+}
+
+/* --- watch --- */
+
+static volatile sig_atomic_t watch_interrupted = 0;
+
+static void on_watch_signal(int sig) {
+        watch_interrupted = 1;
+}
+
+static bool watch_check_interrupted(void *userdata) {
+        return watch_interrupted;
+}
+
+static int on_watch_event(const ProtobufCMessage *m, void *userdata) {
+        const Hydra__V1__Event *event = (const Hydra__V1__Event *) m;
+        int *write_error = userdata;
+
+        if (arg_json) {
+                json_auto_t *j = json_from_event(event);
+                if (print_json(stdout, j) < 0)
+                        goto fail;
+                return 0;
+        }
+        print_event_line(stdout, event);
+        if (fflush(stdout) == EOF)
+                goto fail;
+        return 0;
+
+fail:
+        /* The reader went away (watch | head -1): end quietly. */
+        *write_error = errno > 0 ? errno : EIO;
+        return 1;
+}
+
+static int verb_watch(const Verb *verb, int argc, char *argv[]) {
+        Hydra__V1__WatchEventsRequest req = HYDRA__V1__WATCH_EVENTS_REQUEST__INIT;
+        struct sigaction sa = { .sa_handler = on_watch_signal }; /* no SA_RESTART: wake the pluck */
+        RpcStatus status;
+        bool help_shown;
+        int r, write_error = 0;
+
+        r = verb_getopt(verb, argc, argv, (const struct option[]) { COMMON_OPTIONS, {} }, NULL, NULL, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, false, &req.role);
+        if (r != 0)
+                return r;
+
+        /* Interrupting a watch is how it normally ends: cancel the call, clean up, exit 0. */
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGINT, &sa, NULL);
+        (void) sigaction(SIGTERM, &sa, NULL);
+        (void) sigaction(SIGHUP, &sa, NULL);
+
+        r = rpc_call_server_stream(get_client(), METHOD("WatchEvents"), &req.base, &hydra__v1__event__descriptor,
+                                   deadline_ms(RPC_NO_DEADLINE), on_watch_event, watch_check_interrupted,
+                                   &write_error, &status);
+        if (write_error == EPIPE)
+                stdout_gone = true;
+        if (r < 0)
+                return rpc_error(&status);
+        if (r == 0 && !arg_json)
+                fprintf(stderr, "hydractl: hydrad ended the event stream\n");
+        return 0;
+}
+
+/* --- plan, health --- */
+
+static int verb_plan(const Verb *verb, int argc, char *argv[]) {
+        Hydra__V1__PlanVmRequest req = HYDRA__V1__PLAN_VM_REQUEST__INIT;
+        Hydra__V1__PlanVmResponse *plan = NULL;
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, (const struct option[]) { COMMON_OPTIONS, {} }, NULL, NULL, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r != 0)
+                return r;
+
+        r = call_unary(METHOD("PlanVm"), &req, &hydra__v1__plan_vm_response__descriptor, DEADLINE_DEFAULT_MS,
+                       &plan);
+        if (r != 0)
+                return r;
+        if (arg_json) {
+                json_auto_t *j = json_from_plan(req.role, plan);
+                r = print_json(stdout, j) < 0 ? EXIT_RPC : 0;
+        } else
+                print_plan(stdout, plan);
+        hydra__v1__plan_vm_response__free_unpacked(plan, NULL);
+        return r;
+}
+
+static int verb_health(const Verb *verb, int argc, char *argv[]) {
+        Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+        Grpc__Health__V1__HealthCheckResponse *reply = NULL;
+        const char *name;
+        bool help_shown, serving;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, (const struct option[]) { COMMON_OPTIONS, {} }, NULL, NULL, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_no_args(verb, argc, argv);
+        if (r != 0)
+                return r;
+
+        r = call_unary(HEALTH_CHECK, &req, &grpc__health__v1__health_check_response__descriptor,
+                       DEADLINE_DEFAULT_MS, &reply);
+        if (r != 0)
+                return r;
+        name = serving_status_to_name(reply->status);
+        serving = reply->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        grpc__health__v1__health_check_response__free_unpacked(reply, NULL);
+
+        if (arg_json) {
+                json_auto_t *j = json_pack("{s:s}", "status", name);
+                if (print_json(stdout, j) < 0)
+                        return EXIT_RPC;
+        } else
+                printf("%s\n", name);
+        /* A probe's answer: anything but SERVING fails. */
+        return serving ? 0 : EXIT_RPC;
+}
+
+/* --- the table --- */
+
+static const Verb verbs[] = {
+        { "register", "ROLE --spec FILE [--set SECTION.KEY=VALUE]... [--apply-on-next-start]",
+          "Validate and store the VM spec of ROLE, read from an INI file (see SPEC-FORMAT.md).",
+          "  --spec FILE               the spec file; relative paths in it are relative to its directory\n"
+          "  --set SECTION.KEY=VALUE   override a key of the file (network.forward adds a forward; an empty\n"
+          "                            value resets the key); relative paths are relative to the current directory\n"
+          "  --apply-on-next-start     replace the spec of a VM that is running; it applies at its next start\n",
+          verb_register, false },
+        { "start", "ROLE [--wait running] [--timeout SEC]",
+          "Prepare and launch the VM; return once QEMU runs and answers QMP.",
+          "  --wait running            return once QEMU runs (the default; 'ready' is not supported yet)\n"
+          "  --timeout SEC             give up the start after SEC seconds (default: no limit)\n",
+          verb_start, false },
+        { "stop", "ROLE [--force] [--timeout SEC]",
+          "Stop the VM: ACPI power-down, then QMP quit, SIGTERM, SIGKILL.",
+          "  --force                   skip the ACPI power-down step\n"
+          "  --timeout SEC             how long the guest gets to power off (default: 60)\n",
+          verb_stop, false },
+        { "destroy", "ROLE [--keep-cache]",
+          "Stop the VM (forced) and remove its disk, seed, runtime state and registration.",
+          "  --keep-cache              keep downloaded base images\n",
+          verb_destroy, false },
+        { "status", "[ROLE]", "Show the state of one VM (key: value lines), or of every VM (like list).", NULL,
+          verb_status, false },
+        { "list", "", "Show every registered VM, one row each.", NULL, verb_list, false },
+        { "watch", "[ROLE]",
+          "Print events (state changes, QMP events) as they happen, one line each (--json: one object each), until\n"
+          "      interrupted (exit 0), the global --timeout passes (exit 0), or hydrad goes away (exit 1).", NULL,
+          verb_watch, false },
+        { "plan", "ROLE", "Show the QEMU command line and the files a start would use, starting nothing.", NULL,
+          verb_plan, false },
+        { "health", "", "Ask grpc.health.v1.Health/Check; print SERVING, NOT_SERVING...; exit 1 unless SERVING.",
+          NULL, verb_health, false },
+        { "spec-dump", "[--spec FILE] [--set SECTION.KEY=VALUE]...",
+          "Print the spec a register would send, as JSON, without contacting hydrad.",
+          "  --spec FILE               the spec file\n"
+          "  --set SECTION.KEY=VALUE   override a key, as for register\n",
+          verb_spec_dump, true },
+};
+
+static const Verb *verb_find(const char *name) {
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (streq(verbs[i].name, name))
+                        return &verbs[i];
+        return NULL;
+}
+
+static void help(void) {
+        printf("Usage: hydractl [--socket PATH] [--json] [--timeout SEC] COMMAND [ARGS...]\n"
+               "\n"
+               "Drive hydrad, the Hydra VM supervisor, over its gRPC socket.\n"
+               "\n"
+               "Commands:\n");
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (!verbs[i].hidden)
+                        printf("  %s%s%s\n      %s\n", verbs[i].name, isempty(verbs[i].args) ? "" : " ",
+                               verbs[i].args, verbs[i].summary);
+        printf("\n"
+               "ROLE is host or isolated.\n"
+               "\n"
+               "Global options (before COMMAND):\n"
+               "  -s, --socket PATH   hydrad's socket (default: $HYDRA_SOCKET, else " DEFAULT_SOCKET ")\n"
+               "  -j, --json          print JSON: one object per VM or event, one per line\n"
+               "  -t, --timeout SEC   deadline of the call (default: 30 s; start: 600 s, or its --timeout + 30 s;\n"
+               "                      stop: its --timeout (60) + 30 s; watch: none, i.e. watch for SEC seconds)\n"
+               "  -h, --help          show this help ('hydractl COMMAND --help' for one command)\n"
+               "\n"
+               "Exit status: 0 success; 1 the call failed (hydractl: STATUS_CODE: message); 2 bad usage or spec.\n");
+}
+
+int main(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "timeout", required_argument, NULL, 't' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        const Verb *verb;
+        double seconds;
+        char *end;
+        int c, r;
+
+        opterr = 0;
+        /* '+': stop at COMMAND; its own options are parsed by the verb. */
+        while ((c = getopt_long(argc, argv, "+:s:jt:h", options, NULL)) >= 0)
+                switch (c) {
+                case 's':
+                        if (isempty(optarg))
+                                return usage_error(NULL, "--socket: empty path");
+                        arg_socket = optarg;
+                        break;
+                case 'j':
+                        arg_json = true;
+                        break;
+                case 't':
+                        errno = 0;
+                        seconds = strtod(optarg, &end);
+                        if (errno != 0 || end == optarg || *end != '\0' || !isfinite(seconds) || seconds <= 0 ||
+                            seconds > 1e7)
+                                return usage_error(NULL, "--timeout: '%s' is not a positive number of seconds",
+                                                   optarg);
+                        arg_timeout_ms = (int64_t) (seconds * 1000 + 0.999); /* round up: 0.0001 is not 0 */
+                        break;
+                case 'h':
+                        help();
+                        return 0;
+                default:
+                        return option_error(NULL, c, argv);
+                }
+
+        if (optind >= argc)
+                return usage_error(NULL, "missing COMMAND");
+        verb = verb_find(argv[optind]);
+        if (!verb)
+                return usage_error(NULL, "unknown command '%s'", argv[optind]);
+
+        if (!arg_socket) {
+                const char *e = getenv("HYDRA_SOCKET");
+                arg_socket = isempty(e) ? DEFAULT_SOCKET : e;
+        }
+
+        /* A closed stdout is a write error, not a silent death. */
+        (void) signal(SIGPIPE, SIG_IGN);
+
+        r = verb->run(verb, argc - optind, argv + optind);
+
+        client = rpc_client_free(client);
+        if (fflush(stdout) == EOF && r == 0 && !stdout_gone) {
+                fprintf(stderr, "hydractl: cannot write to standard output: %m\n");
+                r = EXIT_RPC;
+        }
+        return r;
+}
