@@ -90,9 +90,6 @@ def main():
     tmp = tempfile.mkdtemp(prefix="hydra-py.")
     sock = f"{tmp}/run/hydra.sock"
     cmd = [HYDRAD, "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run", "--log-level", "debug"]
-    if os.environ.get("HYDRA_VALGRIND") == "1":
-        cmd = ["valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds=definite",
-               "--show-leak-kinds=definite", "--error-exitcode=99", f"--log-file={tmp}/valgrind.%p.log"] + cmd
     log = open(f"{tmp}/hydrad.log", "w")
     daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     channel = None
@@ -238,14 +235,11 @@ def main():
         except subprocess.TimeoutExpired:
             daemon.kill()
             rc = daemon.wait()
-        check("hydrad exits 0 on SIGTERM (under valgrind: no definite leak)", rc == 0)
+        check("hydrad exits 0 on SIGTERM (an ASan build: no leak, no memory error)", rc == 0)
         subprocess.run(["pkill", "-KILL", "-f", f"{tmp}/state/"], check=False)
         if failed:
             print("--- hydrad log ---")
             print(open(f"{tmp}/hydrad.log").read()[-6000:])
-            for f in os.listdir(tmp):
-                if f.startswith("valgrind"):
-                    print(open(f"{tmp}/{f}").read())
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1

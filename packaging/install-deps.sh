@@ -1,0 +1,31 @@
+#!/bin/bash
+# Installs what Hydra needs to build, run and test on Debian 12, from Debian's packages. Run as root.
+set -euo pipefail
+
+PACKAGES=(
+    # build
+    gcc make ninja-build cmake pkg-config
+    libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
+    libsystemd-dev libjansson-dev libcurl4-openssl-dev libinih-dev check
+    # run
+    qemu-system-x86 qemu-utils
+    # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use
+    kmod cpio python3-grpcio python3-protobuf iproute2 procps util-linux
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root (apt-get install)" >&2
+    exit 1
+fi
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# The guest builder downloads linux-image-amd64 and busybox-static: it needs current package lists either way.
+echo "install-deps: apt-get update"
+apt-get update -qq
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: all dependencies present"

@@ -1,0 +1,27 @@
+#!/bin/bash
+# Builds Hydra (warnings are errors), then runs every test: Check unit tests and the integration tests on real
+# QEMU under TCG (ctest), then the integration tests once more against an ASan/UBSan build of hydrad and
+# hydractl, where a leak or a memory error fails the test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=$PWD
+GUEST=$SRC/build/guest
+
+echo "=== build (build/, -Werror)"
+cmake -S . -B build -G Ninja -DHYDRA_WERROR=ON -DHYDRA_GUEST_DIR="$GUEST" >/dev/null
+cmake --build build
+
+echo "=== unit tests"
+ctest --test-dir build -L unit -j2 --output-on-failure
+
+echo "=== integration tests (real QEMU, TCG)"
+ctest --test-dir build -L integration --output-on-failure
+
+echo "=== build (build-asan/, AddressSanitizer + UBSan)"
+cmake -S . -B build-asan -G Ninja -DHYDRA_WERROR=ON -DHYDRA_ASAN=ON -DCMAKE_BUILD_TYPE=Debug \
+    -DHYDRA_GUEST_DIR="$GUEST" >/dev/null
+cmake --build build-asan
+
+echo "=== all tests again under ASan: unit and integration"
+ctest --test-dir build-asan -L unit -j2 --output-on-failure
+ctest --test-dir build-asan --output-on-failure -L integration
