@@ -65,6 +65,8 @@ struct Call {
 
         Tag close_tag;          /* RECV_CLOSE_ON_SERVER: the call is over (cancelled says how) */
         int cancelled;
+        bool close_posted;      /* RECV_CLOSE_ON_SERVER is in flight, on its own or in the final batch */
+        bool close_in_send;     /* ... in the final batch: the send tag brings it back */
         bool closed;
         Tag send_tag;           /* one send batch in flight at a time */
         bool sending;
@@ -490,9 +492,11 @@ static grpc_byte_buffer *pack_message(const ProtobufCMessage *msg) {
         return bb;
 }
 
-/* Ends a call: the message (if code is OK and msg non-NULL) and the status, in one batch. */
+/* Ends a call: the message (if code is OK and msg non-NULL) and the status, in one batch. A call answered at
+ * once also asks for RECV_CLOSE_ON_SERVER in that batch: one tag per call instead of two, which is one fewer
+ * hop between gRPC's thread and the loop. */
 static void call_finish(Call *c, grpc_status_code code, const char *message, const ProtobufCMessage *msg) {
-        grpc_op ops[3] = {};
+        grpc_op ops[4] = {};
         grpc_slice details;
         size_t n = 0;
 
@@ -515,9 +519,16 @@ static void call_finish(Call *c, grpc_status_code code, const char *message, con
         ops[n].data.send_status_from_server.status = code;
         ops[n].data.send_status_from_server.status_details = code == GRPC_STATUS_OK ? NULL : &details;
         n++;
+        if (!c->close_posted) {
+                ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+                ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+                n++;
+                c->close_posted = c->close_in_send = true;
+        }
         c->status_sent = true;
         if (call_start_batch(c, ops, n) < 0) {
-                c->status_sent = false;
+                /* Nothing more will come back for this call: let it be freed. */
+                c->closed = true;
                 if (c->send_buf)
                         c->send_buf = (grpc_byte_buffer_destroy(c->send_buf), NULL);
         }
@@ -945,6 +956,8 @@ static void on_send_done(Tag *t, bool ok) {
         c->sending = false;
         if (c->send_buf)
                 c->send_buf = (grpc_byte_buffer_destroy(c->send_buf), NULL);
+        if (c->close_in_send)
+                c->closed = true;
         if (!ok && c->method && c->method->streaming && !c->status_sent) {
                 /* The client is gone: stop producing; the close tag frees us. */
                 c->sub = subscription_free(c->sub);
@@ -966,7 +979,6 @@ static void on_close_done(Tag *t, bool ok) {
 }
 
 static Call *call_new(Api *a, grpc_call *gc, const Method *method) {
-        grpc_op op = {};
         Call *c;
 
         c = calloc(1, sizeof(*c));
@@ -984,13 +996,22 @@ static Call *call_new(Api *a, grpc_call *gc, const Method *method) {
         if (a->calls)
                 a->calls->prev = c;
         a->calls = c;
+        return c;
+}
 
-        /* Posted at once: it completes when the call ends, and tells us if the client cancelled. */
+/* A call that was not answered at once (it waits on a VM, or streams) learns of the client's cancellation
+ * through RECV_CLOSE_ON_SERVER, posted on its own. */
+static void call_post_close(Call *c) {
+        grpc_op op = {};
+
+        if (c->close_posted || c->closed)
+                return;
         op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
         op.data.recv_close_on_server.cancelled = &c->cancelled;
-        if (grpc_call_start_batch(gc, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK)
+        if (grpc_call_start_batch(c->call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK)
                 c->closed = true;
-        return c;
+        else
+                c->close_posted = true;
 }
 
 static int read_payload(grpc_byte_buffer *bb, uint8_t **ret, size_t *ret_size) {
@@ -1062,6 +1083,7 @@ static void on_slot(Tag *t, bool ok) {
         }
         if (!s->method) {
                 call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method", NULL);
+                call_post_close(c);
                 call_maybe_free(c);
                 return;
         }
@@ -1075,6 +1097,7 @@ static void on_slot(Tag *t, bool ok) {
                 call_finish(c, GRPC_STATUS_UNAVAILABLE, "hydrad is shutting down", NULL);
         else
                 s->method->handler(c, data, size);
+        call_post_close(c);
         call_maybe_free(c);
 }
 
