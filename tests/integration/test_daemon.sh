@@ -59,6 +59,8 @@ check "... FAILED_PRECONDITION naming the kernel file" grep -q "FAILED_PRECONDIT
 SPEC3=$T/isolated.ini
 write_guest_spec "$SPEC3"
 check "register isolated" ctl register isolated --spec "$SPEC3"
+BOOTS=$(console_count isolated "hydra-guest: booted")
+OFFS=$(console_count isolated "hydra-guest: powering off")
 check "start isolated" ctl start isolated
 PID=$(ctl --json status isolated | json pid)
 check "hydrad exits 0 on SIGTERM" stop_hydrad
@@ -70,13 +72,48 @@ check "after a restart the spec is still registered" test "$(ctl --json status i
 check "... with the same kernel" grep -q "$HYDRA_GUEST_DIR/vmlinuz" <<<"$(ctl --json status isolated)"
 check "stop hydrad" stop_hydrad
 
-# on-exit = stop: SIGTERM stops the VMs gracefully first.
-start_hydrad --on-exit stop
+# A frozen QEMU (SIGSTOP): the stop escalates through every stage to SIGKILL, and the API stays responsive.
+start_hydrad
+BOOTS=$(console_count isolated "hydra-guest: booted")
+OFFS=$(console_count isolated "hydra-guest: powering off")
 check "start isolated" ctl start isolated
 PID=$(ctl --json status isolated | json pid)
-check "the guest boots" wait_until 120 console_has isolated 'hydra-guest: booted' 1
-check "hydrad --on-exit stop exits 0 on SIGTERM" stop_hydrad
+check "the guest boots" wait_until 120 console_has isolated 'hydra-guest: booted' $((BOOTS + 1))
+kill -STOP "$PID"
+ctl stop isolated --timeout 1 >"$T/stop.out" 2>&1 &
+STOPPER=$!
+check "while the stop waits, status answers: stopping" wait_until 5 sh -c "$HYDRACTL --socket $SOCK status isolated | grep -q stopping"
+T0=$SECONDS
+check "health answers during the stop" ctl health
+check "... at once" test $((SECONDS - T0)) -le 1
+check "the stop of a frozen QEMU completes" wait "$STOPPER"
+J=$(ctl --json status isolated)
+check "reason sigkill" test "$(echo "$J" | json last_exit.reason)" = sigkill
+check "killed by signal 9" test "$(echo "$J" | json last_exit.signal)" = 9
+check "each stage was logged" sh -c "grep -q 'asking the guest to power off' $HYDRAD_LOG && grep -q 'sending QMP quit' $HYDRAD_LOG && grep -q 'sending SIGTERM' $HYDRAD_LOG && grep -q 'sending SIGKILL' $HYDRAD_LOG"
+
+# Peer credentials: even with the socket opened to everyone, a user that is not root, not hydrad's user and
+# not in the socket's group is refused by hydrad itself (SO_PEERCRED).
+chmod 755 "$T" "$RUN"
+chmod 666 "$SOCK"
+set +e
+OUT=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$HYDRACTL" --socket "$SOCK" health 2>&1); RC=$?
+set -e
+check "an unprivileged peer is refused: exit 1" test $RC -eq 1
+check "... and hydrad says why" grep -q "refusing API connection from uid 65534" "$HYDRAD_LOG"
+check "root still gets in" ctl health
+check "stop hydrad" stop_hydrad
+
+# on-exit = stop (from --config): SIGTERM stops the VMs gracefully first.
+printf '[hydrad]\non_exit = stop\nlog_level = debug\n' >"$T/hydrad.conf"
+start_hydrad --config "$T/hydrad.conf"
+BOOTS=$(console_count isolated "hydra-guest: booted")
+OFFS=$(console_count isolated "hydra-guest: powering off")
+check "start isolated" ctl start isolated
+PID=$(ctl --json status isolated | json pid)
+check "the guest boots" wait_until 120 console_has isolated 'hydra-guest: booted' $((BOOTS + 1))
+check "hydrad (on_exit = stop) exits 0 on SIGTERM" stop_hydrad
 check "the VM was stopped" sh -c "! kill -0 $PID 2>/dev/null"
-check "gracefully: the guest powered off" test "$(console_count isolated 'hydra-guest: powering off')" -ge 1
+check "gracefully: the guest powered off" test "$(console_count isolated 'hydra-guest: powering off')" -eq $((OFFS + 1))
 
 finish

@@ -226,6 +226,23 @@ def main():
         h.DestroyVm(pb.DestroyVmRequest(role=pb.ROLE_ISOLATED), timeout=30)
         e = rpc_error(h.GetVm, pb.GetVmRequest(role=pb.ROLE_ISOLATED), timeout=10)
         check("destroyed: NOT_FOUND", e is not None and e.code() == grpc.StatusCode.NOT_FOUND)
+
+        # Shutdown with a stream open: the stream ends with UNAVAILABLE and hydrad still exits 0 (below).
+        ended = []
+        stream = h.WatchEvents(pb.WatchEventsRequest())
+
+        def drain():
+            try:
+                for _ in stream:
+                    pass
+            except grpc.RpcError as err:
+                ended.append(err.code())
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        daemon.send_signal(signal.SIGTERM)
+        t.join(timeout=15)
+        check("SIGTERM ends an open WatchEvents stream with UNAVAILABLE", ended == [grpc.StatusCode.UNAVAILABLE])
     finally:
         if channel:
             channel.close()
