@@ -29,8 +29,6 @@ struct Manager {
         unsigned stop_all_pending;
 };
 
-int vm_load(Vm *vm, HydraError *err); /* vm.c: reads the stored spec; 1 if loaded, 0 if none */
-
 int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, Manager **ret) {
         Manager *m;
         int r;

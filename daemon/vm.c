@@ -782,8 +782,6 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
         return 0;
 }
 
-int vm_load(Vm *vm, HydraError *err);
-
 int vm_load(Vm *vm, HydraError *err) {
         const SpecCodec *codec = manager_get_codec(vm->manager);
         _cleanup_free_ void *data = NULL;

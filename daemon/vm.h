@@ -89,6 +89,10 @@ Vm *vm_free(Vm *vm);  /* leaves a running QEMU running */
  * Returns 0, or -EBUSY if the event is refused in this state. */
 int vm_dispatch(Vm *vm, VmEvent event, const char *reason);
 
+/* Reads the stored spec at start-up. Returns 1 if loaded, 0 if there is none, or a negative errno with err
+ * naming the file (truncated, corrupt, or no longer valid). */
+int vm_load(Vm *vm, HydraError *err);
+
 /* Validates and stores the spec (taking ownership of its contents). Returns 0 with *ret_changed, -EINVAL with
  * err naming the field, -EBUSY if the VM is not stopped and !apply_on_next_start, or a store error. */
 int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_changed, HydraError *err);
