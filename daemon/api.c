@@ -926,19 +926,25 @@ static const Method methods[] = {
 
 /* --- calls --- */
 
+/* Forgets what the call waits for (a VM op, events) and the events queued for it. */
+static void call_drop_waits(Call *c) {
+        c->op = vm_op_cancel(c->op);
+        c->sub = subscription_free(c->sub);
+        while (c->q_len > 0) {
+                grpc_byte_buffer_destroy(c->queue[c->q_head]);
+                c->queue[c->q_head] = NULL;
+                c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
+                c->q_len--;
+        }
+}
+
 static void call_maybe_free(Call *c) {
         Api *a = c->api;
 
         if (c->sending || !c->closed)
                 return;
 
-        c->op = vm_op_cancel(c->op);
-        c->sub = subscription_free(c->sub);
-        while (c->q_len > 0) {
-                grpc_byte_buffer_destroy(c->queue[c->q_head]);
-                c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
-                c->q_len--;
-        }
+        call_drop_waits(c);
         if (c->prev)
                 c->prev->next = c->next;
         else
@@ -1484,13 +1490,7 @@ Api *api_free(Api *a) {
         while (a->calls) {
                 Call *c = a->calls;
                 a->calls = c->next;
-                vm_op_cancel(c->op);
-                subscription_free(c->sub);
-                while (c->q_len > 0) {
-                        grpc_byte_buffer_destroy(c->queue[c->q_head]);
-                        c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
-                        c->q_len--;
-                }
+                call_drop_waits(c);
                 if (c->send_buf)
                         grpc_byte_buffer_destroy(c->send_buf);
                 grpc_call_unref(c->call);
