@@ -12,10 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fromenv.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "hydra/v1/hydra.pb-c.h"
 #include "macro.h"
 #include "output.h"
+#include "password.h"
+#include "progress.h"
 #include "rpc.h"
 #include "specfile.h"
 
@@ -217,6 +220,8 @@ typedef struct SpecArgs {
         char **sets; /* borrowed from argv */
         size_t n_sets;
         bool apply_on_next_start;
+        bool from_env;
+        const char *preset;
 } SpecArgs;
 
 static int handle_spec_option(const Verb *verb, int c, const char *arg, void *userdata) {
@@ -241,6 +246,15 @@ static int handle_spec_option(const Verb *verb, int c, const char *arg, void *us
         case 'a':
                 a->apply_on_next_start = true;
                 return 0;
+        case 'e':
+                a->from_env = true;
+                return 0;
+        case 'p':
+                if (!fromenv_preset_known(arg))
+                        return usage_error(verb, "--preset: '%s' is not a preset (known: %s)", arg,
+                                           fromenv_preset_names());
+                a->preset = arg;
+                return 0;
         }
         return EXIT_USAGE;
 }
@@ -250,29 +264,103 @@ static const struct option spec_options[] = {
         { "spec", required_argument, NULL, 'f' },
         { "set", required_argument, NULL, 's' },
         { "apply-on-next-start", no_argument, NULL, 'a' },
+        { "from-env", no_argument, NULL, 'e' },
+        { "preset", required_argument, NULL, 'p' },
         {},
 };
 
-/* The spec file, then each --set in order. Spec errors are the user's input: EXIT_USAGE. */
+/* Where the spec comes from: exactly one of --spec and --from-env (spec-dump: --set alone is fine too). */
+static int check_spec_source(const Verb *verb, const SpecArgs *a, bool required) {
+        if (a->spec_path && a->from_env)
+                return usage_error(verb, "--spec and --from-env exclude each other");
+        if (a->preset && !a->from_env)
+                return usage_error(verb, "--preset needs --from-env");
+        if (required && !a->spec_path && !a->from_env)
+                return usage_error(verb, "missing --spec FILE (or --from-env)");
+        return 0;
+}
+
+/* The spec file or the environment, then each --set in order. Spec errors are the user's input: EXIT_USAGE. */
 static int build_spec(const SpecArgs *a, Hydra__V1__VmSpec **ret) {
         _cleanup_(spec_freep) Hydra__V1__VmSpec *spec = spec_new();
+        SpecFileInfo info = {};
         HydraError err = {};
 
         if (!spec) {
                 fprintf(stderr, "hydractl: out of memory\n");
                 return EXIT_RPC;
         }
-        if (a->spec_path && spec_load_file(spec, a->spec_path, &err) < 0) {
-                fprintf(stderr, "hydractl: %s\n", err.message);
+        if (a->spec_path) {
+                if (spec_load_file(spec, a->spec_path, &info, &err) < 0) {
+                        fprintf(stderr, "hydractl: %s\n", err.message);
+                        return EXIT_USAGE;
+                }
+                if (info.secrets_exposed)
+                        fprintf(stderr, "hydractl: warning: %s holds secrets (%s) but other users may read it (mode "
+                                "%04o): chmod 600 %s\n", a->spec_path, info.secrets, (unsigned) info.mode,
+                                a->spec_path);
+        }
+        if (a->from_env && spec_from_env(spec, a->preset, stderr, &err) < 0) {
+                fprintf(stderr, "hydractl: --from-env: %s\n", err.message);
                 return EXIT_USAGE;
         }
         for (size_t i = 0; i < a->n_sets; i++)
                 if (spec_apply_set(spec, a->sets[i], &err) < 0) {
-                        fprintf(stderr, "hydractl: --set '%s': %s\n", a->sets[i], err.message);
+                        fprintf(stderr, "hydractl: %s\n", err.message);
                         return EXIT_USAGE;
                 }
-        spec_finish(spec);
+        if (spec_finish(spec, &err) < 0) {
+                fprintf(stderr, "hydractl: %s%s%s\n", strempty(a->spec_path), a->spec_path ? ": " : "",
+                        err.message);
+                return EXIT_USAGE;
+        }
         *ret = TAKE_PTR(spec);
+        return 0;
+}
+
+/* guest.password becomes guest.password_hash: hydractl never sends a cleartext password. The hash of the spec
+ * registered now is kept when it matches the password: a new salt would read as a new guest configuration to
+ * hydrad, and reset the VM's disk. registered may be NULL. */
+static int hash_guest_password(Hydra__V1__VmSpec *spec, const Hydra__V1__VmSpec *registered) {
+        Hydra__V1__Guest *g = spec->guest;
+        const char *old = registered && registered->guest ? registered->guest->password_hash : NULL;
+        _cleanup_free_ char *hash = NULL;
+        HydraError err = {};
+        int r;
+
+        if (!g || isempty(g->password))
+                return 0;
+        if (!isempty(old) && password_verify(g->password, old))
+                hash = strdup(old);
+        else if (password_hash_yescrypt(g->password, &hash, &err) < 0) {
+                fprintf(stderr, "hydractl: guest.password: %s\n", err.message);
+                (void) spec_field_set(&g->password, NULL);
+                return EXIT_RPC;
+        }
+        r = hash ? spec_field_set(&g->password_hash, hash) : -ENOMEM;
+        /* Wiped either way: spec_field_set() zeroes a string before freeing it. */
+        (void) spec_field_set(&g->password, NULL);
+        if (r < 0) {
+                fprintf(stderr, "hydractl: out of memory\n");
+                return EXIT_RPC;
+        }
+        return 0;
+}
+
+/* The VM registered as role now, whose spec holds the password hash to reuse. *ret_vm is NULL (and 0 returned)
+ * when nothing is registered; otherwise returns EXIT_RPC after printing the error. */
+static int get_registered_vm(Hydra__V1__Role role, Hydra__V1__Vm **ret_vm) {
+        Hydra__V1__GetVmRequest req = HYDRA__V1__GET_VM_REQUEST__INIT;
+        RpcStatus status;
+
+        req.role = role;
+        *ret_vm = NULL;
+        if (rpc_call_unary(get_client(), METHOD("GetVm"), &req.base, &hydra__v1__vm__descriptor,
+                           deadline_ms(DEADLINE_DEFAULT_MS), (ProtobufCMessage **) ret_vm, &status) < 0) {
+                if (status.code == RPC_STATUS_NOT_FOUND) /* nothing registered yet */
+                        return 0;
+                return rpc_error(&status);
+        }
         return 0;
 }
 
@@ -280,6 +368,7 @@ static int verb_register(const Verb *verb, int argc, char *argv[]) {
         _cleanup_(spec_freep) Hydra__V1__VmSpec *spec = NULL;
         Hydra__V1__RegisterVmRequest req = HYDRA__V1__REGISTER_VM_REQUEST__INIT;
         Hydra__V1__RegisterVmResponse *reply = NULL;
+        Hydra__V1__Vm *registered = NULL;
         SpecArgs a = {};
         bool help_shown;
         int r;
@@ -287,13 +376,23 @@ static int verb_register(const Verb *verb, int argc, char *argv[]) {
         r = verb_getopt(verb, argc, argv, spec_options, handle_spec_option, &a, &help_shown);
         if (r == 0 && !help_shown)
                 r = parse_role_args(verb, argc, argv, true, &req.role);
-        if (r == 0 && !help_shown && !a.spec_path)
-                r = usage_error(verb, "missing --spec FILE");
+        if (r == 0 && !help_shown)
+                r = check_spec_source(verb, &a, true);
         if (r == 0 && !help_shown)
                 r = build_spec(&a, &spec);
         free(a.sets);
         if (r != 0 || help_shown)
                 return r;
+
+        if (spec->guest && !isempty(spec->guest->password)) {
+                r = get_registered_vm(req.role, &registered);
+                if (r == 0)
+                        r = hash_guest_password(spec, registered ? registered->spec : NULL);
+                if (registered)
+                        hydra__v1__vm__free_unpacked(registered, NULL);
+                if (r != 0)
+                        return r;
+        }
 
         req.spec = spec;
         req.apply_on_next_start = a.apply_on_next_start;
@@ -317,7 +416,8 @@ static int verb_register(const Verb *verb, int argc, char *argv[]) {
         return r;
 }
 
-/* Hidden: the parsed spec as JSON, without a daemon. For tests of the spec file format. */
+/* Hidden: the parsed spec as JSON, without a daemon. For tests of the spec file format and of --from-env. A
+ * password is hashed as register would (with a new salt: there is no registered hash to reuse). */
 static int verb_spec_dump(const Verb *verb, int argc, char *argv[]) {
         _cleanup_(spec_freep) Hydra__V1__VmSpec *spec = NULL;
         SpecArgs a = {};
@@ -330,9 +430,14 @@ static int verb_spec_dump(const Verb *verb, int argc, char *argv[]) {
         if (r == 0 && !help_shown && a.apply_on_next_start)
                 r = usage_error(verb, "--apply-on-next-start is for register");
         if (r == 0 && !help_shown)
+                r = check_spec_source(verb, &a, false);
+        if (r == 0 && !help_shown)
                 r = build_spec(&a, &spec);
         free(a.sets);
         if (r != 0 || help_shown)
+                return r;
+        r = hash_guest_password(spec, NULL);
+        if (r != 0)
                 return r;
 
         json_auto_t *j = json_from_vm_spec(spec);
@@ -367,6 +472,56 @@ static int handle_lifecycle_option(const Verb *verb, int c, const char *arg, voi
         return EXIT_USAGE;
 }
 
+static int on_start_event(const ProtobufCMessage *m, void *userdata) {
+        const Hydra__V1__Event *event = (const Hydra__V1__Event *) m;
+        ProgressDisplay *display = userdata;
+
+        if (event->kind_case == HYDRA__V1__EVENT__KIND_PROGRESS)
+                progress_display_update(display, event->progress);
+        else if (event->kind_case == HYDRA__V1__EVENT__KIND_NOTICE && event->notice)
+                progress_display_notice(display, event->notice->message);
+        return 0;
+}
+
+static void on_start_tick(void *userdata) {
+        progress_display_tick(userdata);
+}
+
+/* StartVm, showing the preparation's progress from WatchEvents on stderr while it runs. */
+static int start_with_progress(const Hydra__V1__StartVmRequest *req, int64_t default_deadline_ms,
+                               Hydra__V1__Vm **ret_vm) {
+        Hydra__V1__WatchEventsRequest watch = HYDRA__V1__WATCH_EVENTS_REQUEST__INIT;
+        _cleanup_(progress_display_freep) ProgressDisplay *display = NULL;
+        ProgressMode mode = progress_mode_for(stderr, arg_json);
+        RpcCompanionStream stream = {
+                .method = METHOD("WatchEvents"),
+                .request = &watch.base,
+                .reply_descriptor = &hydra__v1__event__descriptor,
+                .handler = on_start_event,
+                .tick = on_start_tick,
+        };
+        RpcStatus status;
+        int r;
+
+        if (mode == PROGRESS_NONE)
+                return call_unary(METHOD("StartVm"), req, &hydra__v1__vm__descriptor, default_deadline_ms, ret_vm);
+
+        display = progress_display_new(stderr, mode, role_to_name(req->role));
+        if (!display) {
+                fprintf(stderr, "hydractl: out of memory\n");
+                return EXIT_RPC;
+        }
+        watch.role = req->role;
+        stream.userdata = display;
+        r = rpc_call_unary_with_stream(get_client(), METHOD("StartVm"), &req->base, &hydra__v1__vm__descriptor,
+                                       deadline_ms(default_deadline_ms), (ProtobufCMessage **) ret_vm, &stream,
+                                       &status);
+        display = progress_display_free(display); /* the bar goes before the result or the error is printed */
+        if (r < 0)
+                return rpc_error(&status);
+        return 0;
+}
+
 static int verb_start(const Verb *verb, int argc, char *argv[]) {
         static const struct option options[] = {
                 COMMON_OPTIONS,
@@ -393,8 +548,8 @@ static int verb_start(const Verb *verb, int argc, char *argv[]) {
 
         req.wait = HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
         req.timeout_seconds = a.timeout_sec;
-        r = call_unary(METHOD("StartVm"), &req, &hydra__v1__vm__descriptor,
-                       a.timeout_sec > 0 ? a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS : DEADLINE_START_MS, &vm);
+        r = start_with_progress(&req, a.timeout_sec > 0 ? a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS
+                                                       : DEADLINE_START_MS, &vm);
         if (r != 0)
                 return r;
         r = print_vm(vm);
@@ -661,15 +816,22 @@ static int verb_health(const Verb *verb, int argc, char *argv[]) {
 /* --- the table --- */
 
 static const Verb verbs[] = {
-        { "register", "ROLE --spec FILE [--set SECTION.KEY=VALUE]... [--apply-on-next-start]",
-          "Validate and store the VM spec of ROLE, read from an INI file (see SPEC-FORMAT.md).",
+        { "register", "ROLE --spec FILE|--from-env [--preset NAME] [--set SECTION.KEY=VALUE]... "
+          "[--apply-on-next-start]",
+          "Validate and store the VM spec of ROLE, read from an INI file (see SPEC-FORMAT.md), or built from\n"
+          "      start-vm.sh's environment variables.",
           "  --spec FILE               the spec file; relative paths in it are relative to its directory\n"
-          "  --set SECTION.KEY=VALUE   override a key of the file (network.forward adds a forward; an empty\n"
-          "                            value resets the key); relative paths are relative to the current directory\n"
+          "  --from-env                the spec start-vm.sh would run, from its environment variables and defaults\n"
+          "  --preset NAME             with --from-env: first apply the defaults of a wrapper script: host\n"
+          "                            (run-host.sh), isolated, isolated-bare, isolated-crypt\n"
+          "  --set SECTION.KEY=VALUE   override a key (repeatable keys such as network.forward add one; an empty\n"
+          "                            value resets the key); relative paths are relative to the current directory;\n"
+          "                            secrets (passwords, tokens) are refused: put them in the file (mode 0600)\n"
           "  --apply-on-next-start     replace the spec of a VM that is running; it applies at its next start\n",
           verb_register, false },
         { "start", "ROLE [--wait running] [--timeout SEC]",
-          "Prepare and launch the VM; return once QEMU runs and answers QMP.",
+          "Prepare and launch the VM; return once QEMU runs and answers QMP. The preparation's progress\n"
+          "      (downloads, disk, seed) is shown on stderr: a bar on a terminal, else a line per step.",
           "  --wait running            return once QEMU runs (the default; 'ready' is not supported yet)\n"
           "  --timeout SEC             give up the start after SEC seconds (default: no limit)\n",
           verb_start, false },
@@ -686,16 +848,19 @@ static const Verb verbs[] = {
           verb_status, false },
         { "list", "", "Show every registered VM, one row each.", NULL, verb_list, false },
         { "watch", "[ROLE]",
-          "Print events (state changes, QMP events) as they happen, one line each (--json: one object each), until\n"
-          "      interrupted (exit 0), the global --timeout passes (exit 0), or hydrad goes away (exit 1).", NULL,
+          "Print events (state changes, progress, notices, QMP events) as they happen, one line each (--json:\n"
+          "      one object each), until interrupted (exit 0), the global --timeout passes (exit 0), or hydrad goes\n"
+          "      away (exit 1).", NULL,
           verb_watch, false },
         { "plan", "ROLE", "Show the QEMU command line and the files a start would use, starting nothing.", NULL,
           verb_plan, false },
         { "health", "", "Ask grpc.health.v1.Health/Check; print SERVING, NOT_SERVING...; exit 1 unless SERVING.",
           NULL, verb_health, false },
-        { "spec-dump", "[--spec FILE] [--set SECTION.KEY=VALUE]...",
+        { "spec-dump", "[--spec FILE | --from-env [--preset NAME]] [--set SECTION.KEY=VALUE]...",
           "Print the spec a register would send, as JSON, without contacting hydrad.",
           "  --spec FILE               the spec file\n"
+          "  --from-env                start-vm.sh's environment, as for register\n"
+          "  --preset NAME             with --from-env: a wrapper script's defaults\n"
           "  --set SECTION.KEY=VALUE   override a key, as for register\n",
           verb_spec_dump, true },
 };

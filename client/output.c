@@ -8,6 +8,7 @@
 
 #include "macro.h"
 #include "output.h"
+#include "specfile.h"
 
 static const char *const role_table[] = {
         [HYDRA__V1__ROLE__ROLE_HOST] = "host",
@@ -24,12 +25,6 @@ static const char *const vm_state_table[] = {
         [HYDRA__V1__VM_STATE__VM_STATE_STOPPED] = "stopped",
         [HYDRA__V1__VM_STATE__VM_STATE_FAILED] = "failed",
         [HYDRA__V1__VM_STATE__VM_STATE_CRASHED] = "crashed",
-};
-
-static const char *const accel_table[] = {
-        [HYDRA__V1__ACCEL__ACCEL_AUTO] = "auto",
-        [HYDRA__V1__ACCEL__ACCEL_KVM] = "kvm",
-        [HYDRA__V1__ACCEL__ACCEL_TCG] = "tcg",
 };
 
 static const char *const serving_status_table[] = {
@@ -97,6 +92,112 @@ static json_t *json_from_forwards(Hydra__V1__PortForward *const *fws, size_t n, 
         return a;
 }
 
+/* Secrets (passwords, tokens) are never shown: "(set)" or null. hydrad's replies carry "(set)" already. */
+static json_t *json_secret(const char *s) {
+        return isempty(s) ? json_null() : json_string("(set)");
+}
+
+static json_t *json_from_strv(char *const *strv, size_t n) {
+        json_t *a = json_array();
+
+        for (size_t i = 0; a && i < n; i++)
+                (void) json_array_append_new(a, json_string_or_null(strv[i]));
+        return a;
+}
+
+static json_t *json_from_source(const Hydra__V1__Source *s) {
+        if (!s)
+                return json_null();
+        return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+                         "url", json_string_or_null(s->url),
+                         "checksum", json_string_or_null(s->checksum),
+                         "sums_url", json_string_or_null(s->sums_url),
+                         "user", json_string_or_null(s->user),
+                         "password", json_secret(s->password),
+                         "token", json_secret(s->token),
+                         "token_header", json_string_or_null(s->token_header));
+}
+
+static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
+        const Hydra__V1__BareKernel *b = spec->bare;
+        const Hydra__V1__Guest *g = spec->guest;
+        const Hydra__V1__Software *sw = spec->software;
+        const Hydra__V1__Network *n = spec->network;
+        const Hydra__V1__Shares *sh = spec->shares;
+        const Hydra__V1__Devices *d = spec->devices;
+        json_t *extra;
+        int r = 0;
+
+        if (!j)
+                return NULL;
+        r |= json_object_set_new(j, "disk_size_gib", json_integer(spec->disk_size_gib));
+        r |= json_object_set_new(j, "firmware", !spec->firmware ? json_null() :
+                                 json_pack("{s:o, s:o}", "code", json_string_or_null(spec->firmware->code),
+                                           "vars", json_string_or_null(spec->firmware->vars)));
+        r |= json_object_set_new(j, "image", json_from_source(spec->image));
+        r |= json_object_set_new(j, "keep_pristine", json_boolean(spec->keep_pristine));
+        r |= json_object_set_new(j, "reuse_disk_on_change", json_boolean(spec->reuse_disk_on_change));
+        r |= json_object_set_new(j, "bare", !b ? json_null() :
+                                 json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:b}",
+                                           "artifact", json_from_source(b->artifact),
+                                           "dir", json_string_or_null(b->dir),
+                                           "kernel", json_string_or_null(b->kernel),
+                                           "kernel_version", json_string_or_null(b->kernel_version),
+                                           "initrd", json_string_or_null(b->initrd),
+                                           "rootfs", json_string_or_null(b->rootfs),
+                                           "encrypted_tools", (int) b->encrypted_tools));
+        r |= json_object_set_new(j, "guest", !g ? json_null() :
+                                 json_pack("{s:o, s:o, s:o, s:o, s:o}",
+                                           "username", json_string_or_null(g->username),
+                                           "password", json_secret(g->password),
+                                           "password_hash", json_string_or_null(g->password_hash),
+                                           "hostname", json_string_or_null(g->hostname),
+                                           "ssh_authorized_keys",
+                                           json_from_strv(g->ssh_authorized_keys, g->n_ssh_authorized_keys)));
+        r |= json_object_set_new(j, "software", !sw ? json_null() :
+                                 json_pack("{s:b, s:o, s:b, s:o, s:o, s:o, s:b}",
+                                           "disable_containerd_proxy", (int) sw->disable_containerd_proxy,
+                                           "csi_grpc_proxy_url", json_string_or_null(sw->csi_grpc_proxy_url),
+                                           "k3s_diod", (int) sw->k3s_diod,
+                                           "k3s_version", json_string_or_null(sw->k3s_version),
+                                           "kernel_package", json_string_or_null(sw->kernel_package),
+                                           "extra_debs", json_from_strv(sw->extra_debs, sw->n_extra_debs),
+                                           "reboot_after_install", (int) sw->reboot_after_install));
+        r |= json_object_set_new(j, "network", !n ? json_null() :
+                                 json_pack("{s:o, s:o, s:o, s:i, s:o}",
+                                           "guest_ip", json_string_or_null(n->guest_ip),
+                                           "gateway", json_string_or_null(n->gateway),
+                                           "dns", json_string_or_null(n->dns),
+                                           "prefix_len", (json_int_t) n->prefix_len,
+                                           "mac", json_string_or_null(n->mac)));
+        extra = sh ? json_array() : NULL;
+        for (size_t i = 0; extra && i < sh->n_extra; i++)
+                (void) json_array_append_new(extra,
+                                             json_pack("{s:o, s:o}",
+                                                       "host_path", json_string_or_null(sh->extra[i]->host_path),
+                                                       "guest_path", json_string_or_null(sh->extra[i]->guest_path)));
+        r |= json_object_set_new(j, "shares", !sh ? json_null() :
+                                 json_pack("{s:s, s:o, s:i, s:o}",
+                                           "kubelet", kubelet_shares_to_name(sh->kubelet) ?: "unknown",
+                                           "kubelet_host_dir", json_string_or_null(sh->kubelet_host_dir),
+                                           "diod_port", (json_int_t) sh->diod_port,
+                                           "extra", extra));
+        r |= json_object_set_new(j, "devices", !d ? json_null() :
+                                 json_pack("{s:b, s:i, s:b, s:i, s:s, s:i, s:o}",
+                                           "vsock", (int) d->vsock,
+                                           "vsock_cid", (json_int_t) d->vsock_cid,
+                                           "gpu", (int) d->gpu,
+                                           "gpu_vram_gib", (json_int_t) d->gpu_vram_gib,
+                                           "shmem", shmem_to_name(d->shmem) ?: "unknown",
+                                           "shmem_size_gib", (json_int_t) d->shmem_size_gib,
+                                           "shmem_path", json_string_or_null(d->shmem_path)));
+        if (r != 0) {
+                json_decref(j);
+                return NULL;
+        }
+        return j;
+}
+
 json_t *json_from_vm_spec(const Hydra__V1__VmSpec *spec) {
         json_t *kernel = json_null();
 
@@ -106,16 +207,28 @@ json_t *json_from_vm_spec(const Hydra__V1__VmSpec *spec) {
                                    "initrd", json_string_or_null(spec->kernel->initrd),
                                    "cmdline", json_string_or_null(spec->kernel->cmdline));
 
-        return json_pack("{s:i, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o}",
-                         "cpus", (json_int_t) spec->cpus,
-                         "memory_mib", (json_int_t) spec->memory_mib,
-                         "accel", TABLE_LOOKUP(accel_table, spec->accel, "unknown"),
-                         "arch", json_string_or_null(spec->arch),
-                         "machine", json_string_or_null(spec->machine),
-                         "cpu_model", json_string_or_null(spec->cpu_model),
-                         "kernel", kernel,
-                         "disk", json_string_or_null(spec->disk),
-                         "forwards", json_from_forwards(spec->forwards, spec->n_forwards, false));
+        return json_from_spec_parts(
+                spec, json_pack("{s:i, s:I, s:s, s:o, s:o, s:o, s:o, s:o, s:o}",
+                                "cpus", (json_int_t) spec->cpus,
+                                "memory_mib", (json_int_t) spec->memory_mib,
+                                "accel", accel_to_name(spec->accel) ?: "unknown",
+                                "arch", json_string_or_null(spec->arch),
+                                "machine", json_string_or_null(spec->machine),
+                                "cpu_model", json_string_or_null(spec->cpu_model),
+                                "kernel", kernel,
+                                "disk", json_string_or_null(spec->disk),
+                                "forwards", json_from_forwards(spec->forwards, spec->n_forwards, false)));
+}
+
+json_t *json_from_progress(const Hydra__V1__Progress *p) {
+        if (!p)
+                return json_null();
+        return json_pack("{s:o, s:o, s:I, s:I, s:I}",
+                         "step", json_string_or_null(p->step),
+                         "what", json_string_or_null(p->what),
+                         "bytes", (json_int_t) p->bytes,
+                         "total", (json_int_t) p->total,
+                         "rate", (json_int_t) p->rate);
 }
 
 static json_t *json_from_exit(const Hydra__V1__ExitInfo *e) {
@@ -129,7 +242,7 @@ static json_t *json_from_exit(const Hydra__V1__ExitInfo *e) {
 }
 
 json_t *json_from_vm(const Hydra__V1__Vm *vm) {
-        return json_pack("{s:s, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:o, s:o, s:o, s:I, s:o}",
+        return json_pack("{s:s, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o}",
                          "role", role_to_name(vm->role),
                          "state", vm_state_to_name(vm->state),
                          "pid", (json_int_t) vm->pid,
@@ -142,7 +255,10 @@ json_t *json_from_vm(const Hydra__V1__Vm *vm) {
                          "qmp_socket", json_string_or_null(vm->qmp_socket),
                          "forwards", json_from_forwards(vm->forwards, vm->n_forwards, true),
                          "spec_generation", (json_int_t) vm->spec_generation,
-                         "spec", vm->spec ? json_from_vm_spec(vm->spec) : json_null());
+                         "spec", vm->spec ? json_from_vm_spec(vm->spec) : json_null(),
+                         "progress", json_from_progress(vm->progress),
+                         "disk_path", json_string_or_null(vm->disk_path),
+                         "seed_path", json_string_or_null(vm->seed_path));
 }
 
 json_t *json_from_event(const Hydra__V1__Event *event) {
@@ -178,6 +294,16 @@ json_t *json_from_event(const Hydra__V1__Event *event) {
                                                         "data", data));
                 break;
         }
+        case HYDRA__V1__EVENT__KIND_PROGRESS:
+                r = json_object_set_new(j, "type", json_string("progress"));
+                if (r >= 0)
+                        r = json_object_set_new(j, "progress", json_from_progress(event->progress));
+                break;
+        case HYDRA__V1__EVENT__KIND_NOTICE:
+                r = json_object_update_new(j, json_pack("{s:s, s:o}",
+                                                        "type", "notice",
+                                                        "message", json_string_or_null(event->notice->message)));
+                break;
         default:
                 r = json_object_set_new(j, "type", json_string("unknown"));
         }
@@ -324,6 +450,64 @@ static char *format_forwards(Hydra__V1__PortForward *const *fws, size_t n) {
         return s;
 }
 
+void format_bytes(char *buf, size_t size, uint64_t bytes) {
+        static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB" };
+        double v = (double) bytes;
+        size_t u = 0;
+
+        if (bytes < 1024) {
+                snprintf(buf, size, "%" PRIu64 " B", bytes);
+                return;
+        }
+        v /= 1024;
+        while (v >= 1024 && u + 1 < ELEMENTSOF(units)) {
+                v /= 1024;
+                u++;
+        }
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+}
+
+const char *progress_what_short(const char *what) {
+        const char *slash;
+        size_t n;
+
+        if (isempty(what))
+                return "";
+        /* The last path element of a path or URL; a URL's query (if any) stays, it may be all there is. */
+        n = strlen(what);
+        while (n > 1 && what[n - 1] == '/')
+                n--;
+        slash = memrchr(what, '/', n - 1);
+        return slash ? slash + 1 : what;
+}
+
+void format_progress(char *buf, size_t size, const Hydra__V1__Progress *p) {
+        char done[32], total[32], rate[32];
+        int n;
+
+        format_bytes(done, sizeof(done), p->bytes);
+        n = snprintf(buf, size, "%s%s%s", isempty(p->step) ? "preparing" : p->step, isempty(p->what) ? "" : " ",
+                     strempty(p->what));
+        if (n < 0 || (size_t) n >= size)
+                return;
+        if (p->total > 0) {
+                format_bytes(total, sizeof(total), p->total);
+                n += snprintf(buf + n, size - (size_t) n, ": %u%% (%s of %s", (unsigned) (p->bytes > p->total ? 100 :
+                              p->bytes * 100 / p->total), done, total);
+        } else if (p->bytes > 0)
+                n += snprintf(buf + n, size - (size_t) n, ": %s (", done);
+        else
+                return;
+        if (n < 0 || (size_t) n >= size)
+                return;
+        if (p->rate > 0) {
+                format_bytes(rate, sizeof(rate), p->rate);
+                n += snprintf(buf + n, size - (size_t) n, ", %s/s", rate);
+        }
+        if (n >= 0 && (size_t) n < size)
+                snprintf(buf + n, size - (size_t) n, ")");
+}
+
 /* Prints s, continuation lines indented by indent columns (QEMU's stderr lines in last_error). */
 static void print_indented(FILE *f, const char *s, int indent) {
         for (const char *p = s; *p; p++) {
@@ -332,6 +516,8 @@ static void print_indented(FILE *f, const char *s, int indent) {
                         fprintf(f, "%*s", indent, "");
         }
 }
+
+static void print_oneline(FILE *f, const char *s);
 
 void print_vm_line(FILE *f, const Hydra__V1__Vm *vm) {
         char exit_info[256];
@@ -383,6 +569,17 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
         fprintf(f, "console log:     %s\n", isempty(vm->console_log) ? "-" : vm->console_log);
         fprintf(f, "qmp socket:      %s\n", isempty(vm->qmp_socket) ? "-" : vm->qmp_socket);
         fprintf(f, "spec generation: %" PRIu64 "\n", vm->spec_generation);
+        fprintf(f, "disk:            %s\n", isempty(vm->disk_path) ? "-" : vm->disk_path);
+        fprintf(f, "seed:            %s\n", isempty(vm->seed_path) ? "-" : vm->seed_path);
+        if (vm->progress && (!isempty(vm->progress->step) || vm->progress->total > 0)) {
+                char progress[1024];
+
+                format_progress(progress, sizeof(progress), vm->progress);
+                fputs("progress:        ", f);
+                print_oneline(f, progress);
+                fputc('\n', f);
+        } else
+                fprintf(f, "progress:        -\n");
 }
 
 void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms) {
@@ -466,6 +663,17 @@ void print_event_line(FILE *f, const Hydra__V1__Event *event) {
                         fputc(' ', f);
                         print_oneline(f, event->qmp_event->data_json);
                 }
+                break;
+        case HYDRA__V1__EVENT__KIND_PROGRESS: {
+                char progress[1024];
+
+                format_progress(progress, sizeof(progress), event->progress);
+                print_oneline(f, progress);
+                break;
+        }
+        case HYDRA__V1__EVENT__KIND_NOTICE:
+                fputs("notice: ", f);
+                print_oneline(f, strempty(event->notice->message));
                 break;
         default:
                 fprintf(f, "event #%" PRIu64, event->seq);

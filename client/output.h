@@ -20,6 +20,14 @@ json_t *json_from_vm_spec(const Hydra__V1__VmSpec *spec);
 json_t *json_from_vm(const Hydra__V1__Vm *vm);
 json_t *json_from_event(const Hydra__V1__Event *event);
 json_t *json_from_plan(Hydra__V1__Role role, const Hydra__V1__PlanVmResponse *plan);
+json_t *json_from_progress(const Hydra__V1__Progress *p); /* null for NULL */
+
+/* "512 B", "1.5 MiB", "3.2 GiB". */
+void format_bytes(char *buf, size_t size, uint64_t bytes);
+/* "download https://host/x.qcow2: 45% (150.0 MiB of 330.0 MiB, 12.3 MiB/s)"; "seed" alone when there is no count. */
+void format_progress(char *buf, size_t size, const Hydra__V1__Progress *p);
+/* The last element of a path or URL: what a progress bar has room for. */
+const char *progress_what_short(const char *what);
 
 /* One compact JSON object and a newline. Returns 0 or -errno (e.g. -EPIPE when the reader went away). */
 int print_json(FILE *f, const json_t *j);

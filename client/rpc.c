@@ -458,3 +458,236 @@ finish:
         grpc_call_unref(call);
         return r;
 }
+
+/* --- a unary call with a stream beside it --- */
+
+/* How long the call waits for the stream to be established before starting anyway. */
+#define COMPANION_SETUP_MS 2000
+
+typedef enum CompanionTag {
+        TAG_STREAM_START,  /* the stream's first batch: send the request, receive initial metadata */
+        TAG_STREAM_RECV,   /* one message of the stream */
+        TAG_STREAM_STATUS, /* the stream ended */
+        TAG_CALL,          /* the unary call's only batch */
+        _TAG_MAX,
+} CompanionTag;
+
+typedef struct Companion {
+        grpc_completion_queue *cq;
+        grpc_call *stream_call, *call;
+        grpc_byte_buffer *stream_send, *stream_recv, *send, *recv;
+        grpc_metadata_array stream_initial, initial;
+        CallStatus stream_status, status;
+        bool pending[_TAG_MAX];
+        int tags[_TAG_MAX]; /* their addresses are the tags */
+        bool call_started, stream_reading;
+} Companion;
+
+static bool companion_batch(Companion *co, grpc_call *call, const grpc_op *ops, size_t n, CompanionTag tag) {
+        if (grpc_call_start_batch(call, ops, n, &co->tags[tag], NULL) != GRPC_CALL_OK)
+                return false;
+        co->pending[tag] = true;
+        return true;
+}
+
+static void companion_post_recv(Companion *co) {
+        grpc_op op = { .op = GRPC_OP_RECV_MESSAGE };
+
+        op.data.recv_message.recv_message = &co->stream_recv;
+        co->stream_reading = companion_batch(co, co->stream_call, &op, 1, TAG_STREAM_RECV);
+        if (!co->stream_reading)
+                (void) grpc_call_cancel(co->stream_call, NULL);
+}
+
+static bool companion_start_call(Companion *co) {
+        grpc_op ops[6] = {};
+
+        co->call_started = true;
+        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[1].op = GRPC_OP_SEND_MESSAGE;
+        ops[1].data.send_message.send_message = co->send;
+        ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+        ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[3].data.recv_initial_metadata.recv_initial_metadata = &co->initial;
+        ops[4].op = GRPC_OP_RECV_MESSAGE;
+        ops[4].data.recv_message.recv_message = &co->recv;
+        ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+        ops[5].data.recv_status_on_client.trailing_metadata = &co->status.trailing;
+        ops[5].data.recv_status_on_client.status = &co->status.code;
+        ops[5].data.recv_status_on_client.status_details = &co->status.details;
+        ops[5].data.recv_status_on_client.error_string = &co->status.error_string;
+        return companion_batch(co, co->call, ops, ELEMENTSOF(ops), TAG_CALL);
+}
+
+static bool companion_busy(const Companion *co) {
+        for (size_t i = 0; i < _TAG_MAX; i++)
+                if (co->pending[i])
+                        return true;
+        return false;
+}
+
+int rpc_call_unary_with_stream(RpcClient *c, const char *method, const ProtobufCMessage *request,
+                               const ProtobufCMessageDescriptor *reply_descriptor, int64_t timeout_ms,
+                               ProtobufCMessage **ret_reply, const RpcCompanionStream *stream, RpcStatus *status) {
+        Companion co = {};
+        grpc_op sops[4] = {}, status_op = {};
+        gpr_timespec setup_deadline;
+        bool call_done = false, call_ok = false;
+        grpc_slice m;
+        int r = 0;
+
+        status->code = RPC_STATUS_OK;
+        status->message[0] = '\0';
+
+        if (pack_request(request, &co.send, status) < 0)
+                return -1;
+        if (pack_request(stream->request, &co.stream_send, status) < 0) {
+                grpc_byte_buffer_destroy(co.send);
+                return -1;
+        }
+        grpc_metadata_array_init(&co.initial);
+        grpc_metadata_array_init(&co.stream_initial);
+        call_status_init(&co.status);
+        call_status_init(&co.stream_status);
+        co.cq = grpc_completion_queue_create_for_next(NULL);
+
+        m = grpc_slice_from_copied_string(method);
+        co.call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, co.cq, m, NULL,
+                                           deadline_from_ms(timeout_ms), NULL);
+        grpc_slice_unref(m);
+        /* The stream ends with the call at the latest. */
+        m = grpc_slice_from_copied_string(stream->method);
+        co.stream_call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, co.cq, m, NULL,
+                                                  deadline_from_ms(timeout_ms), NULL);
+        grpc_slice_unref(m);
+        if (!co.call || !co.stream_call) {
+                r = status_set(status, RPC_STATUS_INTERNAL, "cannot create a call to %s", method);
+                goto finish;
+        }
+
+        sops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+        sops[1].op = GRPC_OP_SEND_MESSAGE;
+        sops[1].data.send_message.send_message = co.stream_send;
+        sops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+        sops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+        sops[3].data.recv_initial_metadata.recv_initial_metadata = &co.stream_initial;
+        status_op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+        status_op.data.recv_status_on_client.trailing_metadata = &co.stream_status.trailing;
+        status_op.data.recv_status_on_client.status = &co.stream_status.code;
+        status_op.data.recv_status_on_client.status_details = &co.stream_status.details;
+        status_op.data.recv_status_on_client.error_string = &co.stream_status.error_string;
+        if (!companion_batch(&co, co.stream_call, sops, ELEMENTSOF(sops), TAG_STREAM_START) ||
+            !companion_batch(&co, co.stream_call, &status_op, 1, TAG_STREAM_STATUS)) {
+                /* No stream then: cancel what started of it and make the call alone. */
+                (void) grpc_call_cancel(co.stream_call, NULL);
+                if (!companion_start_call(&co))
+                        r = status_set(status, RPC_STATUS_INTERNAL, "cannot start a call to %s", method);
+        }
+        setup_deadline = deadline_from_ms(COMPANION_SETUP_MS);
+
+        /* Every started batch completes exactly once (cancelled ones too): run until none is left. */
+        while (companion_busy(&co)) {
+                grpc_event ev = grpc_completion_queue_next(co.cq, deadline_from_ms(RPC_TICK_MS), NULL);
+                CompanionTag tag;
+
+                if (ev.type == GRPC_QUEUE_TIMEOUT) {
+                        if (!co.call_started && r == 0 &&
+                            gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), setup_deadline) > 0 &&
+                            !companion_start_call(&co)) {
+                                r = status_set(status, RPC_STATUS_INTERNAL, "cannot start a call to %s", method);
+                                (void) grpc_call_cancel(co.stream_call, NULL);
+                        }
+                        if (stream->tick && !call_done)
+                                stream->tick(stream->userdata);
+                        continue;
+                }
+                if (ev.type != GRPC_OP_COMPLETE)
+                        abort(); /* the queue is shut down only below */
+                tag = (CompanionTag) ((int *) ev.tag - co.tags);
+                co.pending[tag] = false;
+
+                switch (tag) {
+                case TAG_STREAM_START:
+                        if (ev.success && !call_done)
+                                companion_post_recv(&co);
+                        if (!co.call_started && r == 0 && !companion_start_call(&co)) {
+                                r = status_set(status, RPC_STATUS_INTERNAL, "cannot start a call to %s", method);
+                                (void) grpc_call_cancel(co.stream_call, NULL);
+                        }
+                        break;
+
+                case TAG_STREAM_RECV: {
+                        ProtobufCMessage *msg = NULL;
+                        RpcStatus ignored;
+
+                        co.stream_reading = false;
+                        if (!ev.success || !co.stream_recv)
+                                break; /* the stream ended: the call goes on without it */
+                        if (unpack_reply(co.stream_recv, stream->method, stream->reply_descriptor, &msg,
+                                         &ignored) < 0) {
+                                co.stream_recv = NULL;
+                                (void) grpc_call_cancel(co.stream_call, NULL);
+                                break;
+                        }
+                        co.stream_recv = NULL;
+                        /* A message that arrived with the call's reply is still shown (a notice may be in it). */
+                        if (stream->handler(msg, stream->userdata) == 0 && !call_done)
+                                companion_post_recv(&co);
+                        else
+                                (void) grpc_call_cancel(co.stream_call, NULL);
+                        protobuf_c_message_free_unpacked(msg, NULL);
+                        break;
+                }
+
+                case TAG_STREAM_STATUS:
+                        break;
+
+                case TAG_CALL:
+                        call_done = true;
+                        call_ok = ev.success;
+                        /* The stream has served its purpose. */
+                        (void) grpc_call_cancel(co.stream_call, NULL);
+                        break;
+
+                default:
+                        abort();
+                }
+        }
+
+        if (r == 0) {
+                if (!call_ok)
+                        r = status_set(status, RPC_STATUS_INTERNAL, "call to %s failed", method);
+                else if (co.status.code != GRPC_STATUS_OK) {
+                        call_status_to_status(&co.status, status);
+                        r = -1;
+                } else if (!co.recv)
+                        r = status_set(status, RPC_STATUS_INTERNAL, "%s returned OK without a reply", method);
+                else {
+                        r = unpack_reply(co.recv, method, reply_descriptor, ret_reply, status);
+                        co.recv = NULL;
+                }
+        }
+        if (r < 0 && status->code == RPC_STATUS_UNAVAILABLE)
+                explain_unavailable(c, status);
+
+finish:
+        if (co.call)
+                grpc_call_unref(co.call);
+        if (co.stream_call)
+                grpc_call_unref(co.stream_call);
+        grpc_completion_queue_shutdown(co.cq);
+        while (grpc_completion_queue_next(co.cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN)
+                ;
+        grpc_completion_queue_destroy(co.cq);
+        if (co.recv)
+                grpc_byte_buffer_destroy(co.recv);
+        if (co.stream_recv)
+                grpc_byte_buffer_destroy(co.stream_recv);
+        grpc_byte_buffer_destroy(co.send);
+        grpc_byte_buffer_destroy(co.stream_send);
+        grpc_metadata_array_destroy(&co.initial);
+        grpc_metadata_array_destroy(&co.stream_initial);
+        call_status_done(&co.status);
+        call_status_done(&co.stream_status);
+        return r;
+}

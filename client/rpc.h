@@ -22,6 +22,7 @@ typedef struct RpcStatus {
 #define RPC_STATUS_OK 0
 #define RPC_STATUS_CANCELLED 1
 #define RPC_STATUS_DEADLINE_EXCEEDED 4
+#define RPC_STATUS_NOT_FOUND 5
 #define RPC_STATUS_INTERNAL 13
 #define RPC_STATUS_UNAVAILABLE 14
 
@@ -61,5 +62,26 @@ int rpc_call_server_stream(RpcClient *c, const char *method, const ProtobufCMess
                            const ProtobufCMessageDescriptor *reply_descriptor, int64_t timeout_ms,
                            RpcStreamHandler handler, RpcInterruptCheck interrupted, void *userdata,
                            RpcStatus *status);
+
+/* What rpc_call_unary_with_stream() does with the stream beside the call. */
+typedef struct RpcCompanionStream {
+        const char *method;                    /* e.g. "/hydra.v1.Hydra/WatchEvents" */
+        const ProtobufCMessage *request;
+        const ProtobufCMessageDescriptor *reply_descriptor;
+        RpcStreamHandler handler;              /* each message; non-zero: stop reading (the call goes on) */
+        void (*tick)(void *userdata);          /* about every RPC_TICK_MS while waiting; may be NULL */
+        void *userdata;
+} RpcCompanionStream;
+
+#define RPC_TICK_MS 100
+
+/* A unary call with a server stream beside it (StartVm while WatchEvents shows its progress): opens the stream,
+ * starts the call once the stream is established (so that none of the call's events is missed), hands every
+ * stream message to the handler while the call runs, and cancels the stream when the call completes. The stream
+ * failing (say, a daemon without it) does not fail the call. Uses a completion queue of its own, so it may run
+ * while another thread uses c. Returns as rpc_call_unary(). */
+int rpc_call_unary_with_stream(RpcClient *c, const char *method, const ProtobufCMessage *request,
+                               const ProtobufCMessageDescriptor *reply_descriptor, int64_t timeout_ms,
+                               ProtobufCMessage **ret_reply, const RpcCompanionStream *stream, RpcStatus *status);
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(RpcClient *, rpc_client_free);

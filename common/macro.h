@@ -2,6 +2,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,20 @@ static inline void freep(void *p) {
 }
 #define _cleanup_free_ _cleanup_(freep)
 
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
+
+/* Frees a and moves b into it (b becomes NULL). */
+#define free_and_replace(a, b)             \
+        ({                                 \
+                free(a);                   \
+                (a) = (b);                 \
+                (b) = NULL;                \
+                0;                         \
+        })
+
 static inline int safe_close(int fd) {
         if (fd >= 0) {
                 int saved = errno;
@@ -65,6 +80,33 @@ static inline void strv_freep(char ***l) {
         *l = strv_free(*l);
 }
 #define _cleanup_strv_free_ _cleanup_(strv_freep)
+
+static inline size_t strv_length(char *const *l) {
+        size_t n = 0;
+
+        for (; l && l[n]; n++)
+                ;
+        return n;
+}
+
+static inline bool strv_isempty(char *const *l) {
+        return !l || !l[0];
+}
+
+/* A deep copy; NULL on ENOMEM. strv_copy(NULL) is an empty list. */
+static inline char **strv_copy(char *const *l) {
+        size_t n = strv_length(l);
+        char **c = calloc(n + 1, sizeof(char *));
+
+        if (!c)
+                return NULL;
+        for (size_t i = 0; i < n; i++) {
+                c[i] = strdup(l[i]);
+                if (!c[i])
+                        return strv_free(c);
+        }
+        return c;
+}
 
 #define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)        \
         static inline void func##p(type *p) {          \

@@ -234,11 +234,42 @@ static int dup_str(char **dst, const char *s) {
 typedef struct SpecPb {
         Hydra__V1__VmSpec spec;
         Hydra__V1__KernelBoot kernel;
+        Hydra__V1__Firmware firmware;
+        Hydra__V1__Source image;
+        Hydra__V1__BareKernel bare;
+        Hydra__V1__Source artifact;
+        Hydra__V1__Guest guest;
+        Hydra__V1__Software software;
+        Hydra__V1__Network network;
+        Hydra__V1__Shares shares;
+        Hydra__V1__Devices devices;
         Hydra__V1__PortForward *forwards;
         Hydra__V1__PortForward **forward_ptrs;
+        Hydra__V1__Share *extra;
+        Hydra__V1__Share **extra_ptrs;
 } SpecPb;
 
-static int spec_pb_init(SpecPb *p, const VmSpec *s) {
+#define SECRET_SHOWN "(set)"
+
+/* A secret in a reply: "(set)" or "". On disk (redact false): the value. */
+static char *pb_secret(const char *s, bool redact) {
+        if (isempty(s))
+                return (char *) "";
+        return (char *) (redact ? SECRET_SHOWN : s);
+}
+
+static void source_pb_init(Hydra__V1__Source *p, const Source *s, bool redact) {
+        hydra__v1__source__init(p);
+        p->url = pb_str(s->url);
+        p->checksum = pb_str(s->checksum);
+        p->sums_url = pb_str(s->sums_url);
+        p->user = pb_str(s->user);
+        p->password = pb_secret(s->password, redact);
+        p->token = pb_secret(s->token, redact);
+        p->token_header = pb_str(s->token_header);
+}
+
+static int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
         *p = (SpecPb) { .spec = HYDRA__V1__VM_SPEC__INIT, .kernel = HYDRA__V1__KERNEL_BOOT__INIT };
 
         p->spec.cpus = s->cpus;
@@ -271,12 +302,131 @@ static int spec_pb_init(SpecPb *p, const VmSpec *s) {
                 p->spec.n_forwards = s->n_forwards;
                 p->spec.forwards = p->forward_ptrs;
         }
+
+        p->spec.disk_size_gib = s->disk_size_gib;
+        p->spec.keep_pristine = s->keep_pristine;
+        p->spec.reuse_disk_on_change = s->reuse_disk_on_change;
+        if (s->firmware_code || s->firmware_vars) {
+                hydra__v1__firmware__init(&p->firmware);
+                p->firmware.code = pb_str(s->firmware_code);
+                p->firmware.vars = pb_str(s->firmware_vars);
+                p->spec.firmware = &p->firmware;
+        }
+        if (s->image.url) {
+                source_pb_init(&p->image, &s->image, redact);
+                p->spec.image = &p->image;
+        }
+        if (s->bare.artifact.url || s->bare.encrypted_tools) {
+                hydra__v1__bare_kernel__init(&p->bare);
+                source_pb_init(&p->artifact, &s->bare.artifact, redact);
+                p->bare.artifact = &p->artifact;
+                p->bare.dir = pb_str(s->bare.dir);
+                p->bare.kernel = pb_str(s->bare.kernel);
+                p->bare.kernel_version = pb_str(s->bare.kernel_version);
+                p->bare.initrd = pb_str(s->bare.initrd);
+                p->bare.rootfs = pb_str(s->bare.rootfs);
+                p->bare.encrypted_tools = s->bare.encrypted_tools;
+                p->spec.bare = &p->bare;
+        }
+
+        hydra__v1__guest__init(&p->guest);
+        p->guest.username = pb_str(s->guest.username);
+        p->guest.password = pb_secret(s->guest.password, redact);
+        p->guest.password_hash = pb_str(s->guest.password_hash);
+        p->guest.hostname = pb_str(s->guest.hostname);
+        p->guest.n_ssh_authorized_keys = strv_length(s->guest.ssh_authorized_keys);
+        p->guest.ssh_authorized_keys = s->guest.ssh_authorized_keys;
+        p->spec.guest = &p->guest;
+
+        hydra__v1__software__init(&p->software);
+        p->software.disable_containerd_proxy = s->software.disable_containerd_proxy;
+        p->software.csi_grpc_proxy_url = pb_str(s->software.csi_grpc_proxy_url);
+        p->software.k3s_diod = s->software.k3s_diod;
+        p->software.k3s_version = pb_str(s->software.k3s_version);
+        p->software.kernel_package = pb_str(s->software.kernel_package);
+        p->software.n_extra_debs = strv_length(s->software.extra_debs);
+        p->software.extra_debs = s->software.extra_debs;
+        p->software.reboot_after_install = s->software.reboot_after_install;
+        p->spec.software = &p->software;
+
+        hydra__v1__network__init(&p->network);
+        p->network.guest_ip = pb_str(s->network.guest_ip);
+        p->network.gateway = pb_str(s->network.gateway);
+        p->network.dns = pb_str(s->network.dns);
+        p->network.prefix_len = s->network.prefix_len;
+        p->network.mac = pb_str(s->network.mac);
+        p->spec.network = &p->network;
+
+        hydra__v1__shares__init(&p->shares);
+        p->shares.kubelet = (Hydra__V1__KubeletShares) s->shares.kubelet;
+        p->shares.kubelet_host_dir = pb_str(s->shares.kubelet_host_dir);
+        p->shares.diod_port = s->shares.diod_port;
+        if (s->shares.n_extra > 0) {
+                p->extra = calloc(s->shares.n_extra, sizeof(*p->extra));
+                p->extra_ptrs = calloc(s->shares.n_extra, sizeof(*p->extra_ptrs));
+                if (!p->extra || !p->extra_ptrs)
+                        return -ENOMEM;
+                for (size_t i = 0; i < s->shares.n_extra; i++) {
+                        hydra__v1__share__init(&p->extra[i]);
+                        p->extra[i].host_path = pb_str(s->shares.extra[i].host_path);
+                        p->extra[i].guest_path = pb_str(s->shares.extra[i].guest_path);
+                        p->extra_ptrs[i] = &p->extra[i];
+                }
+                p->shares.n_extra = s->shares.n_extra;
+                p->shares.extra = p->extra_ptrs;
+        }
+        p->spec.shares = &p->shares;
+
+        hydra__v1__devices__init(&p->devices);
+        p->devices.vsock = s->devices.vsock;
+        p->devices.vsock_cid = s->devices.vsock_cid;
+        p->devices.gpu = s->devices.gpu;
+        p->devices.gpu_vram_gib = s->devices.gpu_vram_gib;
+        p->devices.shmem = (Hydra__V1__Shmem) s->devices.shmem;
+        p->devices.shmem_size_gib = s->devices.shmem_size_gib;
+        p->devices.shmem_path = pb_str(s->devices.shmem_path);
+        p->spec.devices = &p->devices;
         return 0;
 }
 
 static void spec_pb_done(SpecPb *p) {
         free(p->forwards);
         free(p->forward_ptrs);
+        free(p->extra);
+        free(p->extra_ptrs);
+}
+
+static int dup_strv(char ***dst, char **src, size_t n) {
+        _cleanup_strv_free_ char **l = NULL;
+        size_t k = 0;
+
+        *dst = NULL;
+        if (n == 0)
+                return 0;
+        l = calloc(n + 1, sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                if (isempty(src[i]))
+                        continue;
+                l[k] = strdup(src[i]);
+                if (!l[k])
+                        return -ENOMEM;
+                k++;
+        }
+        *dst = TAKE_PTR(l);
+        return 0;
+}
+
+static int source_from_pb(const Hydra__V1__Source *p, Source *s) {
+        if (!p)
+                return 0;
+        if (dup_str(&s->url, p->url) < 0 || dup_str(&s->checksum, p->checksum) < 0 ||
+            dup_str(&s->sums_url, p->sums_url) < 0 || dup_str(&s->user, p->user) < 0 ||
+            dup_str(&s->password, p->password) < 0 || dup_str(&s->token, p->token) < 0 ||
+            dup_str(&s->token_header, p->token_header) < 0)
+                return -ENOMEM;
+        return 0;
 }
 
 /* Returns 0, -ENOMEM, or -EINVAL with err naming the field. */
@@ -336,6 +486,82 @@ static int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err
                         }
                 }
         }
+
+        s.disk_size_gib = p->disk_size_gib;
+        s.keep_pristine = p->keep_pristine;
+        s.reuse_disk_on_change = p->reuse_disk_on_change;
+        if (p->firmware && (dup_str(&s.firmware_code, p->firmware->code) < 0 ||
+                            dup_str(&s.firmware_vars, p->firmware->vars) < 0))
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        if (source_from_pb(p->image, &s.image) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        if (p->bare) {
+                if (source_from_pb(p->bare->artifact, &s.bare.artifact) < 0 ||
+                    dup_str(&s.bare.dir, p->bare->dir) < 0 || dup_str(&s.bare.kernel, p->bare->kernel) < 0 ||
+                    dup_str(&s.bare.kernel_version, p->bare->kernel_version) < 0 ||
+                    dup_str(&s.bare.initrd, p->bare->initrd) < 0 || dup_str(&s.bare.rootfs, p->bare->rootfs) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                s.bare.encrypted_tools = p->bare->encrypted_tools;
+        }
+        if (p->guest) {
+                if (dup_str(&s.guest.username, p->guest->username) < 0 ||
+                    dup_str(&s.guest.password, p->guest->password) < 0 ||
+                    dup_str(&s.guest.password_hash, p->guest->password_hash) < 0 ||
+                    dup_str(&s.guest.hostname, p->guest->hostname) < 0 ||
+                    dup_strv(&s.guest.ssh_authorized_keys, p->guest->ssh_authorized_keys,
+                             p->guest->n_ssh_authorized_keys) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (p->software) {
+                s.software.disable_containerd_proxy = p->software->disable_containerd_proxy;
+                s.software.k3s_diod = p->software->k3s_diod;
+                s.software.reboot_after_install = p->software->reboot_after_install;
+                if (dup_str(&s.software.csi_grpc_proxy_url, p->software->csi_grpc_proxy_url) < 0 ||
+                    dup_str(&s.software.k3s_version, p->software->k3s_version) < 0 ||
+                    dup_str(&s.software.kernel_package, p->software->kernel_package) < 0 ||
+                    dup_strv(&s.software.extra_debs, p->software->extra_debs, p->software->n_extra_debs) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (p->network) {
+                s.network.prefix_len = p->network->prefix_len;
+                if (dup_str(&s.network.guest_ip, p->network->guest_ip) < 0 ||
+                    dup_str(&s.network.gateway, p->network->gateway) < 0 ||
+                    dup_str(&s.network.dns, p->network->dns) < 0 || dup_str(&s.network.mac, p->network->mac) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (p->shares) {
+                if ((int) p->shares->kubelet < 0 || p->shares->kubelet >= (int) _KUBELET_SHARES_MAX)
+                        return hydra_error_set(err, -EINVAL, "shares.kubelet: %d is not allowed (allowed: virtio, "
+                                               "tcp, none)", (int) p->shares->kubelet);
+                s.shares.kubelet = (KubeletShares) p->shares->kubelet;
+                s.shares.diod_port = p->shares->diod_port;
+                if (dup_str(&s.shares.kubelet_host_dir, p->shares->kubelet_host_dir) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                if (p->shares->n_extra > 0) {
+                        s.shares.extra = calloc(p->shares->n_extra, sizeof(Share));
+                        if (!s.shares.extra)
+                                return hydra_error_set(err, -ENOMEM, "out of memory");
+                        s.shares.n_extra = p->shares->n_extra;
+                        for (size_t i = 0; i < p->shares->n_extra; i++)
+                                if (dup_str(&s.shares.extra[i].host_path, p->shares->extra[i]->host_path) < 0 ||
+                                    dup_str(&s.shares.extra[i].guest_path, p->shares->extra[i]->guest_path) < 0)
+                                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                }
+        }
+        if (p->devices) {
+                if ((int) p->devices->shmem < 0 || p->devices->shmem >= (int) _SHMEM_MAX)
+                        return hydra_error_set(err, -EINVAL, "devices.shmem: %d is not allowed (allowed: none, "
+                                               "nvdimm, ivshmem)", (int) p->devices->shmem);
+                s.devices.vsock = p->devices->vsock;
+                s.devices.vsock_cid = p->devices->vsock_cid;
+                s.devices.gpu = p->devices->gpu;
+                s.devices.gpu_vram_gib = p->devices->gpu_vram_gib;
+                s.devices.shmem = (Shmem) p->devices->shmem;
+                s.devices.shmem_size_gib = p->devices->shmem_size_gib;
+                if (dup_str(&s.devices.shmem_path, p->devices->shmem_path) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+
         *ret = s;
         s = (VmSpec) {};
         return 0;
@@ -347,7 +573,7 @@ static int codec_encode(const VmSpec *spec, void **ret_data, size_t *ret_size) {
         size_t n;
         int r;
 
-        r = spec_pb_init(&p, spec);
+        r = spec_pb_init(&p, spec, false);
         if (r < 0) {
                 spec_pb_done(&p);
                 return r;
@@ -385,14 +611,18 @@ const SpecCodec api_spec_codec = {
 typedef struct VmPb {
         Hydra__V1__Vm vm;
         Hydra__V1__ExitInfo exit;
+        Hydra__V1__Progress progress;
+        Hydra__V1__Drive *drives;
+        Hydra__V1__Drive **drive_ptrs;
         SpecPb spec;
 } VmPb;
 
 static int vm_pb_init(VmPb *p, const Vm *vm) {
         int r;
 
-        *p = (VmPb) { .vm = HYDRA__V1__VM__INIT, .exit = HYDRA__V1__EXIT_INFO__INIT };
-        r = spec_pb_init(&p->spec, &vm->spec);
+        *p = (VmPb) { .vm = HYDRA__V1__VM__INIT, .exit = HYDRA__V1__EXIT_INFO__INIT,
+                      .progress = HYDRA__V1__PROGRESS__INIT };
+        r = spec_pb_init(&p->spec, &vm->spec, true);
         if (r < 0)
                 return r;
 
@@ -414,10 +644,38 @@ static int vm_pb_init(VmPb *p, const Vm *vm) {
         p->vm.qmp_socket = pb_str(vm->qmp_path);
         p->vm.spec = vm->registered ? &p->spec.spec : NULL;
         p->vm.spec_generation = vm->generation;
+        if (vm->progress.step) {
+                p->progress.step = vm->progress.step;
+                p->progress.what = pb_str(vm->progress.what);
+                p->progress.bytes = vm->progress.bytes;
+                p->progress.total = vm->progress.total;
+                p->progress.rate = vm->progress.rate;
+                p->vm.progress = &p->progress;
+        }
+        p->vm.disk_path = pb_str(vm->prepared.disk_path);
+        p->vm.seed_path = pb_str(vm->prepared.seed_path);
+        if (vm->n_drives > 0) {
+                p->drives = calloc(vm->n_drives, sizeof(*p->drives));
+                p->drive_ptrs = calloc(vm->n_drives, sizeof(*p->drive_ptrs));
+                if (!p->drives || !p->drive_ptrs)
+                        return -ENOMEM;
+                for (size_t i = 0; i < vm->n_drives; i++) {
+                        hydra__v1__drive__init(&p->drives[i]);
+                        p->drives[i].id = pb_str(vm->drives[i].id);
+                        p->drives[i].file = pb_str(vm->drives[i].file);
+                        p->drives[i].format = pb_str(vm->drives[i].format);
+                        p->drives[i].read_only = vm->drives[i].read_only;
+                        p->drive_ptrs[i] = &p->drives[i];
+                }
+                p->vm.n_drives = vm->n_drives;
+                p->vm.drives = p->drive_ptrs;
+        }
         return 0;
 }
 
 static void vm_pb_done(VmPb *p) {
+        free(p->drives);
+        free(p->drive_ptrs);
         spec_pb_done(&p->spec);
 }
 
@@ -608,6 +866,7 @@ static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
         Hydra__V1__Event e = HYDRA__V1__EVENT__INIT;
         Hydra__V1__StateChange sc = HYDRA__V1__STATE_CHANGE__INIT;
         Hydra__V1__QmpEvent qe = HYDRA__V1__QMP_EVENT__INIT;
+        Hydra__V1__Notice ne = HYDRA__V1__NOTICE__INIT;
         VmPb p;
 
         e.seq = ev->seq;
@@ -619,6 +878,13 @@ static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
                 sc.reason = pb_str(ev->reason);
                 e.kind_case = HYDRA__V1__EVENT__KIND_STATE_CHANGE;
                 e.state_change = &sc;
+        } else if (ev->type == HYDRA_EVENT_NOTICE) {
+                ne.message = pb_str(ev->notice);
+                e.kind_case = HYDRA__V1__EVENT__KIND_NOTICE;
+                e.notice = &ne;
+        } else if (ev->type == HYDRA_EVENT_PROGRESS) {
+                e.kind_case = HYDRA__V1__EVENT__KIND_PROGRESS;
+                /* set below, from the Vm's own progress */
         } else {
                 qe.name = pb_str(ev->qmp_name);
                 qe.data_json = pb_str(ev->qmp_data);
@@ -627,6 +893,8 @@ static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
         }
         if (vm_pb_init(&p, vm) >= 0) {
                 e.vm = &p.vm;
+                if (e.kind_case == HYDRA__V1__EVENT__KIND_PROGRESS)
+                        e.progress = &p.progress;
                 stream_push(c, pack_message(&e.base));
         }
         vm_pb_done(&p);
@@ -785,8 +1053,7 @@ static void handle_destroy(Call *c, const uint8_t *data, size_t size) {
         vm = call_get_vm(c, req->role, true);
         if (!vm)
                 goto out;
-        /* keep_cache: there is no download cache yet; base images will stay by default when there is. */
-        r = vm_destroy(vm, on_destroy_done, c, &c->op, &err);
+        r = vm_destroy(vm, req->keep_cache, on_destroy_done, c, &c->op, &err);
         if (r < 0)
                 call_fail_error(c, &err);
         else if (r > 0)
@@ -842,6 +1109,10 @@ static void handle_list(Call *c, const uint8_t *data, size_t size) {
 static void handle_plan(Call *c, const uint8_t *data, size_t size) {
         Hydra__V1__PlanVmRequest *req = DECODE(c, Hydra__V1__PlanVmRequest, hydra__v1__plan_vm_request, data, size);
         Hydra__V1__PlanVmResponse resp = HYDRA__V1__PLAN_VM_RESPONSE__INIT;
+        static const char *const names[] = { "user-data", "meta-data", "network-config", "vendor-data" };
+        _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
+        Hydra__V1__PlannedFile pf[ELEMENTSOF(names)], *pfp[ELEMENTSOF(names)];
+        char *paths[ELEMENTSOF(names)] = {};
         _cleanup_strv_free_ char **argv = NULL;
         HydraError err;
         Vm *vm;
@@ -853,15 +1124,36 @@ static void handle_plan(Call *c, const uint8_t *data, size_t size) {
         vm = call_get_vm(c, req->role, true);
         if (!vm)
                 goto out;
-        r = vm_plan(vm, &argv, &err);
+        r = vm_plan(vm, &argv, &files, &err);
         if (r < 0) {
                 call_fail_error(c, &err);
                 goto out;
         }
-        while (argv[resp.n_argv])
-                resp.n_argv++;
+        resp.n_argv = strv_length(argv);
         resp.argv = argv;
+
+        if (files.user_data) {
+                const char *contents[] = { files.user_data, files.meta_data, files.network_config, files.vendor_data };
+
+                for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                        paths[i] = vm_cloud_init_path(vm, names[i]);
+                        if (!paths[i]) {
+                                call_fail(c, -ENOMEM, "out of memory");
+                                goto free_paths;
+                        }
+                        hydra__v1__planned_file__init(&pf[i]);
+                        pf[i].path = paths[i];
+                        pf[i].content.data = (uint8_t *) strempty(contents[i]);
+                        pf[i].content.len = strlen(strempty(contents[i]));
+                        pfp[i] = &pf[i];
+                }
+                resp.n_files = ELEMENTSOF(names);
+                resp.files = pfp;
+        }
         call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+free_paths:
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                free(paths[i]);
 out:
         hydra__v1__plan_vm_request__free_unpacked(req, NULL);
 }

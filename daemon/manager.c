@@ -20,6 +20,8 @@ struct Manager {
         sd_event *event;
         const HydraConfig *config;   /* borrowed */
         const SpecCodec *codec;      /* borrowed */
+        Fetcher *fetcher;            /* downloads of both VMs */
+        char *cache_dir;
         Vm *vms[_ROLE_MAX];
         Subscription *subscriptions;
         uint64_t event_seq;
@@ -39,6 +41,11 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
         m->event = sd_event_ref(e);
         m->config = config;
         m->codec = codec;
+        r = fetcher_new(e, &m->fetcher);
+        if (r < 0 || asprintf(&m->cache_dir, "%s/cache", config->state_dir) < 0) {
+                manager_free(m);
+                return r < 0 ? r : -ENOMEM;
+        }
         for (Role role = 0; role < _ROLE_MAX; role++) {
                 r = vm_new(m, role, &m->vms[role]);
                 if (r < 0) {
@@ -57,6 +64,8 @@ Manager *manager_free(Manager *m) {
                 subscription_free(m->subscriptions);
         for (Role role = 0; role < _ROLE_MAX; role++)
                 m->vms[role] = vm_free(m->vms[role]);
+        m->fetcher = fetcher_free(m->fetcher);
+        free(m->cache_dir);
         sd_event_unref(m->event);
         free(m);
         return NULL;
@@ -103,6 +112,14 @@ const HydraConfig *manager_get_config(Manager *m) {
 
 const SpecCodec *manager_get_codec(Manager *m) {
         return m->codec;
+}
+
+Fetcher *manager_get_fetcher(Manager *m) {
+        return m->fetcher;
+}
+
+const char *manager_get_cache_dir(Manager *m) {
+        return m->cache_dir;
 }
 
 int manager_subscribe(Manager *m, int role, manager_event_handler_t handler, void *userdata, Subscription **ret) {

@@ -5,6 +5,7 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "fetch.h"
 #include "spec.h"
 #include "vm_state.h"
 
@@ -25,6 +26,8 @@ typedef struct SpecCodec {
 typedef enum HydraEventType {
         HYDRA_EVENT_STATE,
         HYDRA_EVENT_QMP,
+        HYDRA_EVENT_PROGRESS,     /* preparation progress */
+        HYDRA_EVENT_NOTICE,       /* something the user should know ("disk reset: ...") */
 } HydraEventType;
 
 typedef struct HydraEvent {
@@ -36,6 +39,8 @@ typedef struct HydraEvent {
         const char *reason;       /* HYDRA_EVENT_STATE: why ("start", "guest-shutdown", ...) */
         const char *qmp_name;     /* HYDRA_EVENT_QMP */
         const char *qmp_data;     /* HYDRA_EVENT_QMP: the event's data as JSON, or NULL */
+        const char *notice;       /* HYDRA_EVENT_NOTICE */
+        /* HYDRA_EVENT_PROGRESS: the Vm's progress fields carry it (see vm.h) */
 } HydraEvent;
 
 typedef void (*manager_event_handler_t)(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata);
@@ -53,6 +58,8 @@ Vm *manager_get_vm(Manager *m, Role role);
 sd_event *manager_get_event(Manager *m);
 const HydraConfig *manager_get_config(Manager *m);
 const SpecCodec *manager_get_codec(Manager *m);
+Fetcher *manager_get_fetcher(Manager *m);
+const char *manager_get_cache_dir(Manager *m);   /* STATE_DIR/cache */
 
 /* role < 0: both VMs. */
 int manager_subscribe(Manager *m, int role, manager_event_handler_t handler, void *userdata, Subscription **ret);

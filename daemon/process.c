@@ -64,6 +64,9 @@ _Noreturn static void child_exec(const ProcessSpawn *p, int null_fd, int error_f
         int r;
 
         (void) setsid();
+        /* Not inherited from whatever the daemon's umask is at fork time (libarchive briefly sets it to 0 on a
+         * worker thread): what QEMU and the helpers create is not world-accessible. */
+        (void) umask(0027);
         for (int sig = 1; sig < _NSIG; sig++)
                 (void) sigaction(sig, &sa, NULL);
         sigemptyset(&none);

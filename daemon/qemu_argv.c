@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,13 +10,20 @@
 
 #define SUN_PATH_SIZE sizeof(((struct sockaddr_un) {}).sun_path)
 
+/* Fixed parts of start-vm.sh's command line that the guest side relies on: cloud-init and the rimd initramfs
+ * mount the kubelet shares by tag (host0, host1; extra shares from host100), and the drive ids are what QMP
+ * query-block reports. */
+#define KUBELET_DIR "/var/lib/kubelet"
+#define PODS_LOG_DIR "/var/log/pods"
+#define EXTRA_SHARE_FIRST_TAG 100U
+#define SHMEM_SLOTS 2U
+
 const char *qemu_default_machine(Arch arch) {
         switch (arch) {
         case ARCH_X86_64:
-                return "q35";
+                return "pc"; /* start-vm.sh's: the seed goes on its IDE cdrom */
         case ARCH_AARCH64:
-                /* The best GIC the accelerator offers: GICv3 under TCG and on most KVM hosts. */
-                return "virt,gic-version=max";
+                return "virt"; /* the builder adds gic-version=max (machine_wants_gic) */
         default:
                 return NULL;
         }
@@ -146,7 +154,7 @@ static bool has_control(const char *s) {
 
 /* The runtime comes from the daemon, not from a request, but a wrong one must still fail here rather than as
  * a QEMU error (or a split golden file) later. */
-static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, HydraError *err) {
+static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, BootMode mode, HydraError *err) {
         const struct {
                 const char *field;
                 const char *value;
@@ -155,7 +163,13 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, HydraError *
                 { "name", rt->name },
                 { "qmp_path", rt->qmp_fd >= 0 ? NULL : rt->qmp_path },
                 { "console_log", rt->console_log },
-                { "disk_format", spec->disk ? rt->disk_format : NULL },
+                { "disk_path", rt->disk_path },
+                { "disk_format", rt->disk_path ? rt->disk_format : NULL },
+                { "seed_path", rt->seed_path },
+                { "kernel", rt->kernel },
+                { "initrd", rt->initrd },
+                { "firmware_vars", rt->firmware_vars },
+                { "shmem_path", rt->shmem_path },
         };
 
         if (rt->accel != ACCEL_KVM && rt->accel != ACCEL_TCG)
@@ -171,10 +185,44 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, HydraError *
                 return hydra_error_set(err, -EINVAL, "runtime qmp: neither a socket fd nor a path is set");
         if (isempty(rt->console_log))
                 return hydra_error_set(err, -EINVAL, "runtime console_log: not set");
-        if (!isempty(spec->disk) && (!rt->disk_format || (!streq(rt->disk_format, "qcow2") &&
-                                                          !streq(rt->disk_format, "raw"))))
+
+        /* What the spec asks for must have been resolved to a file by the caller. */
+        if (!isempty(spec->disk) && isempty(rt->disk_path))
+                return hydra_error_set(err, -EINVAL, "runtime disk_path: not set (the spec has a disk)");
+        if (!isempty(spec->kernel) && isempty(rt->kernel))
+                return hydra_error_set(err, -EINVAL, "runtime kernel: not set (the spec has a kernel)");
+        if (!isempty(spec->initrd) && isempty(rt->initrd))
+                return hydra_error_set(err, -EINVAL, "runtime initrd: not set (the spec has an initrd)");
+        if (mode == BOOT_CLOUD_IMAGE && isempty(rt->disk_path))
+                return hydra_error_set(err, -EINVAL, "runtime disk_path: not set (a cloud-image boot needs the disk "
+                                       "made from image.url)");
+        if (mode == BOOT_CLOUD_IMAGE && isempty(rt->seed_path))
+                return hydra_error_set(err, -EINVAL, "runtime seed_path: not set (a cloud-image boot needs the "
+                                       "cloud-init seed)");
+        if (mode == BOOT_BARE_KERNEL && !rt->bare_kernel)
+                return hydra_error_set(err, -EINVAL, "runtime bare_kernel: not set (the spec boots the bare kernel "
+                                       "of bare.artifact.url)");
+        if (mode != BOOT_BARE_KERNEL && rt->bare_kernel)
+                return hydra_error_set(err, -EINVAL, "runtime bare_kernel: set, but the spec does not boot a bare "
+                                       "kernel (allowed: only with bare.artifact.url and no image.url)");
+        if (rt->bare_kernel && (isempty(rt->kernel) || isempty(rt->initrd) || isempty(rt->disk_path)))
+                return hydra_error_set(err, -EINVAL, "runtime %s: not set (a bare-kernel boot needs the kernel, "
+                                       "initrd and rootfs of the artifact)",
+                                       isempty(rt->kernel) ? "kernel" : isempty(rt->initrd) ? "initrd" : "disk_path");
+        if (!isempty(rt->initrd) && isempty(rt->kernel))
+                return hydra_error_set(err, -EINVAL, "runtime initrd: set without a kernel");
+        if (!isempty(rt->disk_path) && (!rt->disk_format || (!streq(rt->disk_format, "qcow2") &&
+                                                             !streq(rt->disk_format, "raw"))))
                 return hydra_error_set(err, -EINVAL, "runtime disk_format: '%s' is not supported (allowed: qcow2, raw)",
                                        strempty(rt->disk_format));
+        if (!isempty(spec->firmware_vars) && isempty(rt->firmware_vars))
+                return hydra_error_set(err, -EINVAL, "runtime firmware_vars: not set (the spec has firmware vars; "
+                                       "each VM gets its own copy)");
+        if (!isempty(rt->firmware_vars) && isempty(spec->firmware_code))
+                return hydra_error_set(err, -EINVAL, "runtime firmware_vars: set without firmware code in the spec");
+        if (spec->devices.shmem != SHMEM_NONE && isempty(rt->shmem_path))
+                return hydra_error_set(err, -EINVAL, "runtime shmem_path: not set (devices.shmem is %s)",
+                                       strempty(shmem_to_string(spec->devices.shmem)));
 
         for (size_t i = 0; i < ELEMENTSOF(strings); i++)
                 if (strings[i].value && has_control(strings[i].value))
@@ -190,14 +238,339 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, HydraError *
         return 0;
 }
 
+/* The guest network, resolved: unset fields take start-vm.sh's defaults, which are also slirp's. */
+typedef struct NetConfig {
+        char guest[INET_ADDRSTRLEN];
+        char gateway[INET_ADDRSTRLEN];
+        char dns[INET_ADDRSTRLEN];
+        char network[INET_ADDRSTRLEN];
+        char netmask[INET_ADDRSTRLEN];
+        uint32_t prefix_len;
+        bool slirp_default; /* nothing to tell slirp: its own 10.0.2.0/24 layout */
+} NetConfig;
+
+static int parse_ipv4(const char *field, const char *value, const char *fallback, struct in_addr *ret,
+                      HydraError *err) {
+        if (isempty(value))
+                value = fallback;
+        if (has_control(value) || inet_pton(AF_INET, value, ret) != 1)
+                return hydra_error_set(err, -EINVAL, "%s: not an IPv4 address (allowed: a dotted quad such as %s)",
+                                       field, fallback);
+        return 0;
+}
+
+static int resolve_network(const VmSpec *spec, NetConfig *ret, HydraError *err) {
+        struct in_addr guest, gateway, dns, network, netmask;
+        uint32_t prefix_len = spec->network.prefix_len ? spec->network.prefix_len : SPEC_DEFAULT_PREFIX_LEN;
+        NetConfig c = {};
+        int r;
+
+        if (prefix_len > 30)
+                return hydra_error_set(err, -EINVAL,
+                                       "network.prefix_len: %" PRIu32 " is out of range (allowed: 1-30)", prefix_len);
+        r = parse_ipv4("network.guest_ip", spec->network.guest_ip, SPEC_DEFAULT_GUEST_IP, &guest, err);
+        if (r < 0)
+                return r;
+        r = parse_ipv4("network.gateway", spec->network.gateway, SPEC_DEFAULT_GATEWAY, &gateway, err);
+        if (r < 0)
+                return r;
+        r = parse_ipv4("network.dns", spec->network.dns, SPEC_DEFAULT_DNS, &dns, err);
+        if (r < 0)
+                return r;
+
+        netmask.s_addr = htonl(~UINT32_C(0) << (32 - prefix_len));
+        network.s_addr = guest.s_addr & netmask.s_addr;
+        if (!inet_ntop(AF_INET, &guest, c.guest, sizeof(c.guest)) ||
+            !inet_ntop(AF_INET, &gateway, c.gateway, sizeof(c.gateway)) ||
+            !inet_ntop(AF_INET, &dns, c.dns, sizeof(c.dns)) ||
+            !inet_ntop(AF_INET, &network, c.network, sizeof(c.network)) ||
+            !inet_ntop(AF_INET, &netmask, c.netmask, sizeof(c.netmask)))
+                return hydra_error_set(err, -EINVAL, "network: cannot format an address");
+
+        if ((gateway.s_addr & netmask.s_addr) != network.s_addr)
+                return hydra_error_set(err, -EINVAL,
+                                       "network.gateway: %s is not in the guest's network %s/%" PRIu32
+                                       " (allowed: an address in that network)",
+                                       c.gateway, c.network, prefix_len);
+        /* slirp refuses these at start-up ("DNS must be different from host", "DHCP must be different from host
+         * and DNS"): say it in the spec's words instead. */
+        if (gateway.s_addr == dns.s_addr)
+                return hydra_error_set(err, -EINVAL,
+                                       "network.dns: %s is the gateway's address (allowed: an address apart from "
+                                       "network.gateway)",
+                                       c.dns);
+        if (guest.s_addr == gateway.s_addr || guest.s_addr == dns.s_addr)
+                return hydra_error_set(err, -EINVAL,
+                                       "network.guest_ip: %s is the %s's address (allowed: an address apart from "
+                                       "network.gateway and network.dns)",
+                                       c.guest, guest.s_addr == gateway.s_addr ? "gateway" : "DNS server");
+
+        c.prefix_len = prefix_len;
+        c.slirp_default = streq(c.guest, SPEC_DEFAULT_GUEST_IP) && streq(c.gateway, SPEC_DEFAULT_GATEWAY) &&
+                          streq(c.dns, SPEC_DEFAULT_DNS) && prefix_len == SPEC_DEFAULT_PREFIX_LEN;
+        *ret = c;
+        return 0;
+}
+
+/* aarch64's virt board defaults to GICv2, which KVM on GICv3-only hosts cannot provide and which caps the guest
+ * at 8 vCPUs: ask for the best the accelerator has, as start-vm.sh does, unless the machine sets a version. */
+static bool machine_wants_gic(Arch arch, const char *machine) {
+        size_t type_len = strcspn(machine, ",");
+
+        if (arch != ARCH_AARCH64)
+                return false;
+        if (!(type_len == 4 && strncmp(machine, "virt", 4) == 0) && strncmp(machine, "virt-", 5) != 0)
+                return false;
+        return !strstr(machine, "gic-version=");
+}
+
+/* Sizes: what the spec says, or start-vm.sh's default where a spec without defaults applied left them 0. */
+static uint32_t shmem_size_gib(const VmSpec *spec) {
+        return spec->devices.shmem_size_gib ? spec->devices.shmem_size_gib : SPEC_DEFAULT_SHMEM_SIZE_GIB;
+}
+
+static uint32_t gpu_vram_gib(const VmSpec *spec) {
+        return spec->devices.gpu_vram_gib ? spec->devices.gpu_vram_gib : SPEC_DEFAULT_GPU_VRAM_GIB;
+}
+
 static int oom(HydraError *err) {
         return hydra_error_set(err, -ENOMEM, "qemu argv: out of memory");
 }
 
+/* Doubles the commas of a value for a key=value option. On ENOMEM the failure sticks in b and NULL comes back,
+ * which the builder functions then ignore. */
+static char *builder_escape(ArgvBuilder *b, const char *s) {
+        char *e;
+
+        if (b->r < 0)
+                return NULL;
+        e = qemu_escape_comma(s);
+        if (!e)
+                b->r = -ENOMEM;
+        return e;
+}
+
+static void add_machine(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt) {
+        const char *machine = isempty(spec->machine) ? qemu_default_machine(spec->arch) : spec->machine;
+        const char *cpu = isempty(spec->cpu_model) ? qemu_default_cpu(spec->arch, rt->accel) : spec->cpu_model;
+        uint64_t maxmem_mib;
+
+        /* machine is a validated type name (or our default): its commas, if any, are meant. The GPU's RAM must be
+         * a memfd the host's GPU stack can map; nvdimm needs the machine's ACPI NFIT. */
+        builder_add(b, "-machine");
+        builder_addf(b, "%s%s,accel=%s%s%s", machine,
+                     machine_wants_gic(spec->arch, machine) ? ",gic-version=max" : "",
+                     accel_to_string(rt->accel), spec->devices.shmem == SHMEM_NVDIMM ? ",nvdimm=on" : "",
+                     spec->devices.gpu ? ",memory-backend=mem1" : "");
+        /* cpu_model's commas separate features by design; validation allowed only MODEL(,FEATURE)*. */
+        builder_add(b, "-cpu");
+        builder_add(b, cpu);
+        builder_add(b, "-smp");
+        builder_addf(b, "%u", spec->cpus);
+        builder_add(b, "-m");
+        if (spec->devices.shmem == SHMEM_NVDIMM) {
+                /* The nvdimm sits in hot-pluggable memory: start-vm.sh leaves two slots and twice its size. */
+                maxmem_mib = spec->memory_mib + (uint64_t) SHMEM_SLOTS * shmem_size_gib(spec) * 1024;
+                builder_addf(b, "%" PRIu64 "M,slots=%u,maxmem=%" PRIu64 "M", spec->memory_mib, SHMEM_SLOTS,
+                             maxmem_mib);
+        } else
+                builder_addf(b, "%" PRIu64 "M", spec->memory_mib);
+}
+
+static void add_firmware(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt) {
+        _cleanup_free_ char *code = NULL, *vars = NULL;
+
+        if (isempty(spec->firmware_code))
+                return;
+        code = builder_escape(b, spec->firmware_code);
+        builder_add(b, "-drive");
+        builder_addf(b, "if=pflash,format=raw,readonly=on,file=%s", code);
+        if (isempty(rt->firmware_vars))
+                return;
+        vars = builder_escape(b, rt->firmware_vars);
+        builder_add(b, "-drive");
+        builder_addf(b, "if=pflash,format=raw,file=%s", vars);
+}
+
+static void add_monitor_and_console(ArgvBuilder *b, const QemuRuntime *rt) {
+        _cleanup_free_ char *qmp = NULL, *console = NULL;
+
+        builder_add(b, "-chardev");
+        if (rt->qmp_fd >= 0)
+                builder_addf(b, "socket,id=qmp,fd=%d,server=on,wait=off", rt->qmp_fd);
+        else {
+                qmp = builder_escape(b, rt->qmp_path);
+                builder_addf(b, "socket,id=qmp,path=%s,server=on,wait=off", qmp);
+        }
+        builder_add(b, "-mon");
+        builder_add(b, "chardev=qmp,mode=control");
+
+        console = builder_escape(b, rt->console_log);
+        builder_add(b, "-chardev");
+        builder_addf(b, "file,id=console,path=%s,append=on", console);
+        builder_add(b, "-serial");
+        builder_add(b, "chardev:console");
+}
+
+static void add_network(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt, const NetConfig *net) {
+        _cleanup_free_ char *netdev = NULL, *mac = NULL;
+
+        if (b->r < 0)
+                return;
+        netdev = strdup("user,id=net0");
+        if (!netdev) {
+                b->r = -ENOMEM;
+                return;
+        }
+        /* slirp's defaults are start-vm.sh's; anything else must be told, or the guest's static address (cloud-init,
+         * ip= on the kernel command line) would sit outside slirp's network. */
+        if (!net->slirp_default &&
+            strextendf(&netdev, ",net=%s/%" PRIu32 ",host=%s,dns=%s,dhcpstart=%s", net->network, net->prefix_len,
+                       net->gateway, net->dns, net->guest) < 0) {
+                b->r = -ENOMEM;
+                return;
+        }
+        for (size_t i = 0; i < spec->n_forwards; i++) {
+                const PortForward *f = &spec->forwards[i];
+
+                /* host_addr is a validated IPv4 literal: nothing to escape. Unset binds loopback, not the
+                 * script's 0.0.0.0 (containerd's API has no authentication). */
+                if (strextendf(&netdev, ",hostfwd=%s:%s:%" PRIu32 "-:%" PRIu32,
+                               forward_protocol_to_string(f->protocol),
+                               isempty(f->host_addr) ? "127.0.0.1" : f->host_addr, f->host_port, f->guest_port) < 0) {
+                        b->r = -ENOMEM;
+                        return;
+                }
+        }
+        builder_add(b, "-netdev");
+        builder_take(b, TAKE_PTR(netdev));
+
+        mac = builder_escape(b, !isempty(spec->network.mac) ? spec->network.mac
+                                : rt->bare_kernel           ? SPEC_DEFAULT_MAC_BARE
+                                                            : SPEC_DEFAULT_MAC_IMAGE);
+        builder_add(b, "-device");
+        builder_addf(b, "virtio-net-pci,netdev=net0,mac=%s", mac);
+}
+
+static void add_disks(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt) {
+        _cleanup_free_ char *disk = NULL, *seed = NULL;
+
+        /* Drive ids are an interface: hydrad and the tests find the drives by them in query-block. */
+        if (!isempty(rt->disk_path)) {
+                disk = builder_escape(b, rt->disk_path);
+                builder_add(b, "-drive");
+                builder_addf(b, "if=none,id=disk0,format=%s,file=%s,discard=unmap", rt->disk_format, disk);
+                builder_add(b, "-device");
+                builder_add(b, "virtio-blk-pci,drive=disk0");
+        }
+        if (isempty(rt->seed_path))
+                return;
+
+        /* cloud-init finds its NoCloud seed by the "cidata" label on any block device: a cdrom where the machine
+         * has IDE (x86_64's pc and q35), a read-only virtio disk on aarch64's virt, which has none. */
+        seed = builder_escape(b, rt->seed_path);
+        builder_add(b, "-drive");
+        if (spec->arch == ARCH_X86_64) {
+                builder_addf(b, "file=%s,id=seed0,if=none,format=raw,media=cdrom,readonly=on", seed);
+                builder_add(b, "-device");
+                builder_add(b, "ide-cd,drive=seed0");
+        } else {
+                builder_addf(b, "file=%s,id=seed0,if=none,format=raw,readonly=on", seed);
+                builder_add(b, "-device");
+                builder_add(b, "virtio-blk-pci,drive=seed0");
+        }
+}
+
+static void add_virtfs(ArgvBuilder *b, const char *path, const char *tag) {
+        _cleanup_free_ char *p = builder_escape(b, path);
+
+        builder_add(b, "-virtfs");
+        builder_addf(b, "local,path=%s,mount_tag=%s,security_model=passthrough,id=%s", p, tag, tag);
+}
+
+static void add_shares(ArgvBuilder *b, const VmSpec *spec) {
+        if (spec->shares.kubelet == KUBELET_SHARES_VIRTIO) {
+                _cleanup_free_ char *kubelet = NULL, *pods = NULL;
+                const char *dir = isempty(spec->shares.kubelet_host_dir) ? "/" : spec->shares.kubelet_host_dir;
+                int len = (int) strlen(dir);
+
+                /* "/" and "/srv/k3s/" must not give "//var/lib/kubelet". */
+                while (len > 0 && dir[len - 1] == '/')
+                        len--;
+                if (b->r >= 0 && (asprintf(&kubelet, "%.*s" KUBELET_DIR, len, dir) < 0 ||
+                                  asprintf(&pods, "%.*s" PODS_LOG_DIR, len, dir) < 0)) {
+                        kubelet = pods = NULL; /* asprintf leaves them undefined on failure */
+                        b->r = -ENOMEM;
+                }
+                add_virtfs(b, kubelet, "host0");
+                add_virtfs(b, pods, "host1");
+        }
+        /* KUBELET_SHARES_TCP: the guest mounts them from diod over the network; nothing to add here. */
+
+        for (size_t i = 0; i < spec->shares.n_extra; i++) {
+                char tag[32];
+
+                (void) snprintf(tag, sizeof(tag), "host%zu", EXTRA_SHARE_FIRST_TAG + i);
+                add_virtfs(b, spec->shares.extra[i].host_path, tag);
+        }
+}
+
+static void add_devices(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt) {
+        _cleanup_free_ char *shmem = NULL;
+
+        if (spec->devices.vsock) {
+                builder_add(b, "-device");
+                builder_addf(b, "vhost-vsock-pci,id=vhost-vsock-pci0,guest-cid=%" PRIu32, spec->devices.vsock_cid);
+        }
+
+        if (spec->devices.gpu) {
+                /* The guest RAM object named by -machine memory-backend=mem1. */
+                builder_add(b, "-object");
+                builder_addf(b, "memory-backend-memfd,id=mem1,size=%" PRIu64 "M", spec->memory_mib);
+                builder_add(b, "-device");
+                builder_addf(b, "virtio-gpu-gl-pci,hostmem=%" PRIu32 "G,blob=true,venus=true", gpu_vram_gib(spec));
+        }
+
+        if (spec->devices.shmem == SHMEM_NONE)
+                return;
+        shmem = builder_escape(b, rt->shmem_path);
+        builder_add(b, "-object");
+        builder_addf(b, "memory-backend-file,id=hostmem,mem-path=%s,size=%" PRIu32 "G,share=on", shmem,
+                     shmem_size_gib(spec));
+        builder_add(b, "-device");
+        builder_add(b, spec->devices.shmem == SHMEM_NVDIMM ? "nvdimm,memdev=hostmem" : "ivshmem-plain,memdev=hostmem");
+}
+
+/* -kernel, -initrd and -append take their argument whole (not key=value): no escaping. */
+static void add_kernel(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt, const NetConfig *net) {
+        if (isempty(rt->kernel))
+                return;
+        builder_add(b, "-kernel");
+        builder_add(b, rt->kernel);
+        if (!isempty(rt->initrd)) {
+                builder_add(b, "-initrd");
+                builder_add(b, rt->initrd);
+        }
+
+        if (rt->bare_kernel) {
+                /* The rimd initramfs configures itself from these: a static address ("rimd" is its host name
+                 * there), the console, sshd, and how to reach the kubelet shares. */
+                builder_add(b, "-append");
+                builder_addf(b, "ip=%s::%s:%s:rimd:eth0:off console=%s ENABLE_SSH=true 9P_TRANSPORT=%s%s%s",
+                             net->guest, net->gateway, net->netmask, spec->arch == ARCH_AARCH64 ? "ttyAMA0" : "ttyS0",
+                             spec->shares.kubelet == KUBELET_SHARES_TCP ? "tcp" : "virtio",
+                             isempty(spec->cmdline) ? "" : " ", strempty(spec->cmdline));
+        } else if (!isempty(spec->cmdline)) {
+                builder_add(b, "-append");
+                builder_add(b, spec->cmdline);
+        }
+}
+
 int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv, HydraError *err) {
-        _cleanup_free_ char *name = NULL, *qmp = NULL, *console = NULL, *netdev = NULL, *disk = NULL;
+        _cleanup_free_ char *name = NULL;
         ArgvBuilder b = {};
-        const char *machine, *cpu;
+        NetConfig net;
+        BootMode mode;
         int r;
 
         if (!spec || !rt || !ret_argv)
@@ -207,102 +580,49 @@ int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv,
         r = vm_spec_validate(spec, err);
         if (r < 0)
                 return r;
-        r = check_runtime(spec, rt, err);
+        mode = vm_spec_boot_mode(spec);
+        r = check_runtime(spec, rt, mode, err);
+        if (r < 0)
+                return r;
+        /* The switches below know these values only. */
+        if ((int) spec->shares.kubelet < 0 || spec->shares.kubelet >= _KUBELET_SHARES_MAX)
+                return hydra_error_set(err, -EINVAL, "shares.kubelet: %d is not known (allowed: virtio, tcp, none)",
+                                       (int) spec->shares.kubelet);
+        if ((int) spec->devices.shmem < 0 || spec->devices.shmem >= _SHMEM_MAX)
+                return hydra_error_set(err, -EINVAL, "devices.shmem: %d is not known (allowed: none, nvdimm, ivshmem)",
+                                       (int) spec->devices.shmem);
+        /* Spliced whole into -append after our own words: one line, whatever the validator let through. */
+        if (rt->bare_kernel && !isempty(spec->cmdline) && has_control(spec->cmdline))
+                return hydra_error_set(err, -EINVAL, "cmdline: contains a control character (not allowed)");
+        r = resolve_network(spec, &net, err);
         if (r < 0)
                 return r;
 
-        machine = spec->machine;
-        if (isempty(machine) || (spec->arch == ARCH_AARCH64 && streq(machine, "virt")))
-                machine = qemu_default_machine(spec->arch);
-        cpu = isempty(spec->cpu_model) ? qemu_default_cpu(spec->arch, rt->accel) : spec->cpu_model;
-
-        name = qemu_escape_comma(rt->name);
-        console = qemu_escape_comma(rt->console_log);
-        if (!name || !console)
-                return oom(err);
-        if (rt->qmp_fd < 0) {
-                qmp = qemu_escape_comma(rt->qmp_path);
-                if (!qmp)
-                        return oom(err);
-        }
-
-        netdev = strdup("user,id=net0");
-        if (!netdev)
-                return oom(err);
-        for (size_t i = 0; i < spec->n_forwards; i++) {
-                const PortForward *f = &spec->forwards[i];
-
-                /* host_addr is a validated IPv4 literal: nothing to escape. */
-                r = strextendf(&netdev, ",hostfwd=%s:%s:%" PRIu32 "-:%" PRIu32, forward_protocol_to_string(f->protocol),
-                               isempty(f->host_addr) ? "127.0.0.1" : f->host_addr, f->host_port, f->guest_port);
-                if (r < 0)
-                        return oom(err);
-        }
-
-        if (!isempty(spec->disk)) {
-                disk = qemu_escape_comma(spec->disk);
-                if (!disk)
-                        return oom(err);
-        }
-
         builder_add(&b, rt->binary);
+        name = builder_escape(&b, rt->name);
         builder_add(&b, "-name");
         builder_addf(&b, "guest=%s,debug-threads=on", name);
         builder_add(&b, "-nodefaults");
         builder_add(&b, "-no-user-config");
+        /* hydrad runs on a headless device: the GPU renders through EGL without a window (the script's gtk,gl=on
+         * needs a desktop). */
         builder_add(&b, "-display");
-        builder_add(&b, "none");
+        builder_add(&b, spec->devices.gpu ? "egl-headless" : "none");
 
-        /* machine is a validated type name (or our default): no comma to escape. */
-        builder_add(&b, "-machine");
-        builder_addf(&b, "%s,accel=%s", machine, accel_to_string(rt->accel));
-        /* cpu_model's commas separate features by design; validation allowed only MODEL(,FEATURE)*. */
-        builder_add(&b, "-cpu");
-        builder_add(&b, cpu);
-        builder_add(&b, "-smp");
-        builder_addf(&b, "%u", spec->cpus);
-        builder_add(&b, "-m");
-        builder_addf(&b, "%" PRIu64 "M", spec->memory_mib);
+        add_machine(&b, spec, rt);
+        add_firmware(&b, spec, rt);
+        add_monitor_and_console(&b, rt);
 
-        builder_add(&b, "-chardev");
-        if (rt->qmp_fd >= 0)
-                builder_addf(&b, "socket,id=qmp,fd=%d,server=on,wait=off", rt->qmp_fd);
-        else
-                builder_addf(&b, "socket,id=qmp,path=%s,server=on,wait=off", qmp);
-        builder_add(&b, "-mon");
-        builder_add(&b, "chardev=qmp,mode=control");
-
-        builder_add(&b, "-chardev");
-        builder_addf(&b, "file,id=console,path=%s,append=on", console);
-        builder_add(&b, "-serial");
-        builder_add(&b, "chardev:console");
-
+        builder_add(&b, "-object");
+        builder_add(&b, "rng-random,id=rng0,filename=/dev/urandom");
         builder_add(&b, "-device");
-        builder_add(&b, "virtio-rng-pci");
+        builder_add(&b, "virtio-rng-pci,rng=rng0,max-bytes=1048576,period=1000");
 
-        builder_add(&b, "-netdev");
-        builder_add(&b, netdev);
-        builder_add(&b, "-device");
-        builder_add(&b, "virtio-net-pci,netdev=net0");
-
-        if (disk) {
-                builder_add(&b, "-drive");
-                builder_addf(&b, "file=%s,if=virtio,format=%s,discard=unmap", disk, rt->disk_format);
-        }
-
-        /* -kernel, -initrd and -append take their argument whole (not key=value): no escaping. */
-        if (!isempty(spec->kernel)) {
-                builder_add(&b, "-kernel");
-                builder_add(&b, spec->kernel);
-        }
-        if (!isempty(spec->initrd)) {
-                builder_add(&b, "-initrd");
-                builder_add(&b, spec->initrd);
-        }
-        if (!isempty(spec->cmdline)) {
-                builder_add(&b, "-append");
-                builder_add(&b, spec->cmdline);
-        }
+        add_network(&b, spec, rt, &net);
+        add_disks(&b, spec, rt);
+        add_shares(&b, spec);
+        add_devices(&b, spec, rt);
+        add_kernel(&b, spec, rt, &net);
 
         if (b.r < 0) {
                 strv_free(b.v);

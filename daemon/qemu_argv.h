@@ -13,16 +13,27 @@ typedef struct QemuRuntime {
         int qmp_fd;                /* >= 0: QMP listens on this inherited, already-bound socket fd */
         const char *qmp_path;      /* used when qmp_fd < 0: -chardev socket,id=qmp,path=PATH,server=on,wait=off */
         const char *console_log;   /* serial console appended to this file */
-        const char *disk_format;   /* "qcow2" or "raw", when spec->disk is set */
+        const char *disk_path;     /* the VM's disk: made by hydrad (cloud image, bare-kernel rootfs) or spec->disk;
+                                    * NULL: no disk */
+        const char *disk_format;   /* "qcow2" or "raw", when disk_path is set */
+        const char *seed_path;     /* cloud-init NoCloud seed ISO or NULL: an IDE cdrom on x86_64, a read-only
+                                    * virtio disk on aarch64 (virt has no IDE); drive id seed0 (the disk's: disk0) */
+        const char *kernel;        /* resolved kernel: from the bare-kernel artifact or spec->kernel; NULL: none */
+        const char *initrd;        /* resolved initrd or NULL */
+        bool bare_kernel;          /* bare-kernel boot: -append gets start-vm.sh's line (ip=..., console=...,
+                                    * ENABLE_SSH=true, 9P_TRANSPORT=virtio|tcp, then spec->cmdline) */
+        const char *firmware_vars; /* the VM's own copy of spec->firmware_vars, or NULL */
+        const char *shmem_path;    /* resolved shared-memory backing file (spec->devices.shmem != NONE) */
 } QemuRuntime;
 
 /* Builds a NULL-terminated argv (strv; free with strv_free). Values spliced into QEMU's key=value option
- * strings have ',' doubled. Returns 0, -EINVAL (runtime not resolved, e.g. accel auto; err says what), or
- * -ENOMEM. */
+ * strings have ',' doubled. Returns 0, -EINVAL (the spec does not validate, or the runtime is not resolved: accel
+ * auto, a file the spec needs missing, e.g. shmem without shmem_path; err names the field), or -ENOMEM. */
 int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv, HydraError *err);
 
-/* The default -machine and -cpu for an arch and resolved accel (x86_64: q35, host under kvm, qemu64 under tcg;
- * aarch64: virt,gic-version=max, host under kvm, cortex-a76 under tcg). */
+/* The default -machine and -cpu for an arch and resolved accel (x86_64: pc, as start-vm.sh; aarch64: virt; host
+ * under kvm; qemu64 / cortex-a76 under tcg). On aarch64 the builder appends ",gic-version=max" to any virt machine
+ * type that does not set a GIC version itself. */
 const char *qemu_default_machine(Arch arch);
 const char *qemu_default_cpu(Arch arch, Accel accel);
 const char *qemu_binary_name(Arch arch); /* "qemu-system-x86_64" / "qemu-system-aarch64" */

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
+#include <crypt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,6 +33,20 @@ static const char *const forward_protocol_table[_FORWARD_PROTOCOL_MAX] = {
 };
 DEFINE_STRING_TABLE_LOOKUP(forward_protocol, ForwardProtocol, _FORWARD_PROTOCOL_MAX);
 
+static const char *const kubelet_shares_table[_KUBELET_SHARES_MAX] = {
+        [KUBELET_SHARES_VIRTIO] = "virtio",
+        [KUBELET_SHARES_TCP] = "tcp",
+        [KUBELET_SHARES_NONE] = "none",
+};
+DEFINE_STRING_TABLE_LOOKUP(kubelet_shares, KubeletShares, _KUBELET_SHARES_MAX);
+
+static const char *const shmem_table[_SHMEM_MAX] = {
+        [SHMEM_NONE] = "none",
+        [SHMEM_NVDIMM] = "nvdimm",
+        [SHMEM_IVSHMEM] = "ivshmem",
+};
+DEFINE_STRING_TABLE_LOOKUP(shmem, Shmem, _SHMEM_MAX);
+
 #define SPEC_DEFAULT_HOST_ADDR "127.0.0.1"
 #define SPEC_MAX_PATH 4095U    /* PATH_MAX - 1 */
 #define SPEC_MAX_CMDLINE 4096U
@@ -41,19 +56,45 @@ DEFINE_STRING_TABLE_LOOKUP(forward_protocol, ForwardProtocol, _FORWARD_PROTOCOL_
 /* The longest value quoted in an error message, before escaping; HydraError's buffer is 1 KiB. */
 #define QUOTE_MAX 96U
 
+/* Every string the spec owns, every scalar, every string list: copy, free and compare walk these lists, so a
+ * new field is added in one place. */
+#define SPEC_STRINGS(X)                                                                                          \
+        X(machine) X(cpu_model) X(kernel) X(initrd) X(cmdline) X(disk) X(firmware_code) X(firmware_vars)        \
+        X(image.url) X(image.checksum) X(image.sums_url) X(image.user) X(image.password) X(image.token)         \
+        X(image.token_header) X(bare.artifact.url) X(bare.artifact.checksum) X(bare.artifact.sums_url)          \
+        X(bare.artifact.user) X(bare.artifact.password) X(bare.artifact.token) X(bare.artifact.token_header)    \
+        X(bare.dir) X(bare.kernel) X(bare.kernel_version) X(bare.initrd) X(bare.rootfs) X(guest.username)        \
+        X(guest.password) X(guest.password_hash) X(guest.hostname) X(software.csi_grpc_proxy_url)                \
+        X(software.k3s_version) X(software.kernel_package) X(network.guest_ip) X(network.gateway)                \
+        X(network.dns) X(network.mac) X(shares.kubelet_host_dir) X(devices.shmem_path)
+
+#define SPEC_SCALARS(X)                                                                                          \
+        X(cpus) X(memory_mib) X(accel) X(arch) X(disk_size_gib) X(keep_pristine) X(reuse_disk_on_change)        \
+        X(bare.encrypted_tools) X(software.disable_containerd_proxy) X(software.k3s_diod)                       \
+        X(software.reboot_after_install) X(network.prefix_len) X(shares.kubelet) X(shares.diod_port)            \
+        X(devices.vsock) X(devices.vsock_cid) X(devices.gpu) X(devices.gpu_vram_gib) X(devices.shmem)           \
+        X(devices.shmem_size_gib)
+
+#define SPEC_STRVS(X) X(guest.ssh_authorized_keys) X(software.extra_debs)
+
 void vm_spec_done(VmSpec *spec) {
         if (!spec)
                 return;
 
-        free(spec->machine);
-        free(spec->cpu_model);
-        free(spec->kernel);
-        free(spec->initrd);
-        free(spec->cmdline);
-        free(spec->disk);
+#define FREE_STRING(f) free(spec->f);
+        SPEC_STRINGS(FREE_STRING)
+#undef FREE_STRING
+#define FREE_STRV(f) strv_free(spec->f);
+        SPEC_STRVS(FREE_STRV)
+#undef FREE_STRV
         for (size_t i = 0; i < spec->n_forwards; i++)
                 free(spec->forwards[i].host_addr);
         free(spec->forwards);
+        for (size_t i = 0; i < spec->shares.n_extra; i++) {
+                free(spec->shares.extra[i].host_path);
+                free(spec->shares.extra[i].guest_path);
+        }
+        free(spec->shares.extra);
         *spec = (VmSpec) {};
 }
 
@@ -66,21 +107,30 @@ static int strdup_or_null(char **dst, const char *src) {
         return *dst ? 0 : -ENOMEM;
 }
 
-int vm_spec_copy(VmSpec *dst, const VmSpec *src) {
-        _cleanup_(vm_spec_done) VmSpec copy = {
-                .cpus = src->cpus,
-                .memory_mib = src->memory_mib,
-                .accel = src->accel,
-                .arch = src->arch,
-        };
+static int strv_copy_or_null(char ***dst, char *const *src) {
+        *dst = NULL;
+        if (!src)
+                return 0;
+        *dst = strv_copy(src);
+        return *dst ? 0 : -ENOMEM;
+}
 
-        if (strdup_or_null(&copy.machine, src->machine) < 0 ||
-            strdup_or_null(&copy.cpu_model, src->cpu_model) < 0 ||
-            strdup_or_null(&copy.kernel, src->kernel) < 0 ||
-            strdup_or_null(&copy.initrd, src->initrd) < 0 ||
-            strdup_or_null(&copy.cmdline, src->cmdline) < 0 ||
-            strdup_or_null(&copy.disk, src->disk) < 0)
+int vm_spec_copy(VmSpec *dst, const VmSpec *src) {
+        _cleanup_(vm_spec_done) VmSpec copy = {};
+
+#define COPY_SCALAR(f) copy.f = src->f;
+        SPEC_SCALARS(COPY_SCALAR)
+#undef COPY_SCALAR
+#define COPY_STRING(f)                                                                                           \
+        if (strdup_or_null(&copy.f, src->f) < 0)                                                                 \
                 return -ENOMEM;
+        SPEC_STRINGS(COPY_STRING)
+#undef COPY_STRING
+#define COPY_STRV(f)                                                                                             \
+        if (strv_copy_or_null(&copy.f, src->f) < 0)                                                              \
+                return -ENOMEM;
+        SPEC_STRVS(COPY_STRV)
+#undef COPY_STRV
 
         if (src->n_forwards > 0) {
                 copy.forwards = calloc(src->n_forwards, sizeof(PortForward));
@@ -95,6 +145,17 @@ int vm_spec_copy(VmSpec *dst, const VmSpec *src) {
                                 return -ENOMEM;
                 }
         }
+        if (src->shares.n_extra > 0) {
+                copy.shares.extra = calloc(src->shares.n_extra, sizeof(Share));
+                if (!copy.shares.extra)
+                        return -ENOMEM;
+                for (size_t i = 0; i < src->shares.n_extra; i++) {
+                        copy.shares.n_extra = i + 1;
+                        if (strdup_or_null(&copy.shares.extra[i].host_path, src->shares.extra[i].host_path) < 0 ||
+                            strdup_or_null(&copy.shares.extra[i].guest_path, src->shares.extra[i].guest_path) < 0)
+                                return -ENOMEM;
+                }
+        }
 
         *dst = copy;
         copy = (VmSpec) {};
@@ -104,6 +165,17 @@ int vm_spec_copy(VmSpec *dst, const VmSpec *src) {
 /* Optional strings: NULL and "" both mean "not set" (proto3 cannot tell them apart). */
 static bool optional_streq(const char *a, const char *b) {
         return streq(strempty(a), strempty(b));
+}
+
+static bool optional_strv_equal(char *const *a, char *const *b) {
+        size_t na = strv_length((char **) a), nb = strv_length((char **) b);
+
+        if (na != nb)
+                return false;
+        for (size_t i = 0; i < na; i++)
+                if (!streq(a[i], b[i]))
+                        return false;
+        return true;
 }
 
 static const char *forward_host_addr(const PortForward *f) {
@@ -116,12 +188,21 @@ bool vm_spec_equal(const VmSpec *a, const VmSpec *b) {
         if (!a || !b)
                 return false;
 
-        if (a->cpus != b->cpus || a->memory_mib != b->memory_mib || a->accel != b->accel || a->arch != b->arch)
+#define CMP_SCALAR(f)                                                                                            \
+        if (a->f != b->f)                                                                                        \
                 return false;
-        if (!optional_streq(a->machine, b->machine) || !optional_streq(a->cpu_model, b->cpu_model) ||
-            !optional_streq(a->kernel, b->kernel) || !optional_streq(a->initrd, b->initrd) ||
-            !optional_streq(a->cmdline, b->cmdline) || !optional_streq(a->disk, b->disk))
+        SPEC_SCALARS(CMP_SCALAR)
+#undef CMP_SCALAR
+#define CMP_STRING(f)                                                                                            \
+        if (!optional_streq(a->f, b->f))                                                                         \
                 return false;
+        SPEC_STRINGS(CMP_STRING)
+#undef CMP_STRING
+#define CMP_STRV(f)                                                                                              \
+        if (!optional_strv_equal(a->f, b->f))                                                                    \
+                return false;
+        SPEC_STRVS(CMP_STRV)
+#undef CMP_STRV
 
         /* Order matters: it is the order of hostfwd= entries on the command line. */
         if (a->n_forwards != b->n_forwards)
@@ -133,7 +214,21 @@ bool vm_spec_equal(const VmSpec *a, const VmSpec *b) {
                     !streq(forward_host_addr(x), forward_host_addr(y)))
                         return false;
         }
+        if (a->shares.n_extra != b->shares.n_extra)
+                return false;
+        for (size_t i = 0; i < a->shares.n_extra; i++)
+                if (!optional_streq(a->shares.extra[i].host_path, b->shares.extra[i].host_path) ||
+                    !optional_streq(a->shares.extra[i].guest_path, b->shares.extra[i].guest_path))
+                        return false;
         return true;
+}
+
+BootMode vm_spec_boot_mode(const VmSpec *spec) {
+        if (!isempty(spec->image.url))
+                return BOOT_CLOUD_IMAGE;
+        if (!isempty(spec->bare.artifact.url))
+                return BOOT_BARE_KERNEL;
+        return BOOT_LOCAL;
 }
 
 static void empty_to_null(char **s) {
@@ -143,30 +238,89 @@ static void empty_to_null(char **s) {
         }
 }
 
+static int default_string(char **s, const char *value) {
+        char *v;
+
+        if (!isempty(*s))
+                return 0;
+        v = strdup(value);
+        if (!v)
+                return -ENOMEM;
+        free(*s);
+        *s = v;
+        return 0;
+}
+
 int vm_spec_apply_defaults(VmSpec *spec) {
+        BootMode mode;
+
         if (spec->cpus == 0)
                 spec->cpus = SPEC_DEFAULT_CPUS;
         if (spec->memory_mib == 0)
                 spec->memory_mib = SPEC_DEFAULT_MEMORY_MIB;
 
-        empty_to_null(&spec->machine);
-        empty_to_null(&spec->cpu_model);
-        empty_to_null(&spec->kernel);
-        empty_to_null(&spec->initrd);
-        empty_to_null(&spec->cmdline);
-        empty_to_null(&spec->disk);
+#define EMPTY_TO_NULL(f) empty_to_null(&spec->f);
+        SPEC_STRINGS(EMPTY_TO_NULL)
+#undef EMPTY_TO_NULL
+        if (strv_isempty(spec->guest.ssh_authorized_keys))
+                spec->guest.ssh_authorized_keys = strv_free(spec->guest.ssh_authorized_keys);
+        if (strv_isempty(spec->software.extra_debs))
+                spec->software.extra_debs = strv_free(spec->software.extra_debs);
 
-        for (size_t i = 0; i < spec->n_forwards; i++) {
-                PortForward *f = &spec->forwards[i];
-                char *addr;
-
-                if (!isempty(f->host_addr))
-                        continue;
-                addr = strdup(SPEC_DEFAULT_HOST_ADDR);
-                if (!addr)
+        for (size_t i = 0; i < spec->n_forwards; i++)
+                if (default_string(&spec->forwards[i].host_addr, SPEC_DEFAULT_HOST_ADDR) < 0)
                         return -ENOMEM;
-                free(f->host_addr);
-                f->host_addr = addr;
+
+        /* The guest-facing defaults only where they are used, so that a plain local-kernel spec stays short;
+         * such a VM gets no kubelet shares (the zero value of the field means virtio). */
+        mode = vm_spec_boot_mode(spec);
+        if (mode == BOOT_LOCAL)
+                spec->shares.kubelet = KUBELET_SHARES_NONE;
+        if (mode != BOOT_LOCAL) {
+                if (default_string(&spec->network.guest_ip, SPEC_DEFAULT_GUEST_IP) < 0 ||
+                    default_string(&spec->network.gateway, SPEC_DEFAULT_GATEWAY) < 0 ||
+                    default_string(&spec->network.dns, SPEC_DEFAULT_DNS) < 0)
+                        return -ENOMEM;
+                if (spec->network.prefix_len == 0)
+                        spec->network.prefix_len = SPEC_DEFAULT_PREFIX_LEN;
+                if (spec->shares.diod_port == 0)
+                        spec->shares.diod_port = SPEC_DEFAULT_DIOD_PORT;
+        }
+        if (mode == BOOT_CLOUD_IMAGE) {
+                if (default_string(&spec->guest.username, SPEC_DEFAULT_USERNAME) < 0 ||
+                    default_string(&spec->guest.hostname, SPEC_DEFAULT_HOSTNAME) < 0 ||
+                    default_string(&spec->software.k3s_version, SPEC_DEFAULT_K3S_VERSION) < 0 ||
+                    default_string(&spec->software.csi_grpc_proxy_url, SPEC_DEFAULT_CSI_GRPC_PROXY_URL) < 0)
+                        return -ENOMEM;
+        }
+        if (!isempty(spec->bare.artifact.url)) {
+                if (default_string(&spec->bare.kernel, SPEC_DEFAULT_BARE_KERNEL) < 0 ||
+                    default_string(&spec->bare.initrd, SPEC_DEFAULT_BARE_INITRD) < 0 ||
+                    default_string(&spec->bare.rootfs, SPEC_DEFAULT_BARE_ROOTFS) < 0)
+                        return -ENOMEM;
+        }
+        if (!isempty(spec->image.token) && default_string(&spec->image.token_header, SPEC_DEFAULT_TOKEN_HEADER) < 0)
+                return -ENOMEM;
+        if (!isempty(spec->bare.artifact.token) &&
+            default_string(&spec->bare.artifact.token_header, SPEC_DEFAULT_TOKEN_HEADER) < 0)
+                return -ENOMEM;
+
+        if (spec->devices.vsock && spec->devices.vsock_cid == 0)
+                spec->devices.vsock_cid = SPEC_DEFAULT_VSOCK_CID;
+        if (spec->devices.gpu && spec->devices.gpu_vram_gib == 0)
+                spec->devices.gpu_vram_gib = SPEC_DEFAULT_GPU_VRAM_GIB;
+        if (spec->devices.shmem != SHMEM_NONE) {
+                if (spec->devices.shmem_size_gib == 0)
+                        spec->devices.shmem_size_gib = SPEC_DEFAULT_SHMEM_SIZE_GIB;
+                if (isempty(spec->devices.shmem_path)) {
+                        char *path;
+
+                        if (asprintf(&path, "/dev/shm/shmem-%s",
+                                     spec->guest.hostname ? spec->guest.hostname : SPEC_DEFAULT_HOSTNAME) < 0)
+                                return -ENOMEM;
+                        free(spec->devices.shmem_path);
+                        spec->devices.shmem_path = path;
+                }
         }
         return 0;
 }
@@ -435,7 +589,7 @@ static int check_forwards(const VmSpec *spec, HydraError *err) {
         return 0;
 }
 
-int vm_spec_validate(const VmSpec *spec, HydraError *err) {
+static int validate_basic(const VmSpec *spec, HydraError *err) {
         char q[QUOTE_BUF_SIZE];
         int r;
 
@@ -492,10 +646,11 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
                 r = check_length("cmdline", spec->cmdline, SPEC_MAX_CMDLINE, err);
                 if (r < 0)
                         return r;
-                if (isempty(spec->kernel))
+                /* A bare kernel comes from the artifact: its cmdline is the extra part of start-vm.sh's line. */
+                if (isempty(spec->kernel) && vm_spec_boot_mode(spec) != BOOT_BARE_KERNEL)
                         return hydra_error_set(err, -EINVAL,
                                                "cmdline: '%s' given without kernel (allowed: a command line only "
-                                               "with a kernel)",
+                                               "with a kernel or a bare-kernel artifact)",
                                                quote(q, spec->cmdline));
         }
         if (!isempty(spec->disk)) {
@@ -505,4 +660,623 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
         }
 
         return check_forwards(spec, err);
+}
+
+
+/* --- the provisioning fields --- */
+
+#define SPEC_MAX_URL 4096U
+#define SPEC_MAX_SECRET 4096U
+#define SPEC_MAX_SSH_KEY 16384U
+#define SPEC_MAX_SSH_KEYS 64U
+#define SPEC_MAX_EXTRA_DEBS 64U
+#define SPEC_MAX_SHARES 64U
+#define SPEC_MAX_DISK_GIB (64U * 1024U)
+
+/* Characters that need no quoting anywhere they end up: a YAML scalar, a shell word, an fstab field, a kernel
+ * command line. Values made of other characters are refused where the field has no business holding them. */
+static bool is_plain_char(char c) {
+        return is_name_char(c) || c == '/' || c == '+' || c == ':' || c == '@' || c == '%' || c == '=' || c == '~';
+}
+
+static int check_plain(const char *field, const char *value, const char *allowed, HydraError *err) {
+        char q[QUOTE_BUF_SIZE], c[16];
+
+        for (const char *p = value; *p; p++)
+                if (!is_plain_char(*p))
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: %s)", field,
+                                               quote(q, value), describe_char(c, *p), allowed);
+        return 0;
+}
+
+/* A URL: scheme among the allowed ones, no whitespace or control characters, no quotes, a host (or an absolute
+ * path for file://). Credentials in the URL are refused: they belong in the user/password fields. */
+static int check_url(const char *field, const char *url, bool allow_file, HydraError *err) {
+        char q[QUOTE_BUF_SIZE], c[16];
+        const char *rest, *authority_end, *at;
+        int r;
+
+        r = check_no_control(field, url, err);
+        if (r < 0)
+                return r;
+        r = check_length(field, url, SPEC_MAX_URL, err);
+        if (r < 0)
+                return r;
+        for (const char *p = url; *p; p++)
+                if (*p == ' ' || *p == '"' || *p == '\'' || *p == '`' || *p == '\\' || *p == '<' || *p == '>' ||
+                    *p == '$' || (unsigned char) *p >= 0x7f)
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s: '%s' contains %s (allowed: a URL with special characters "
+                                               "percent-encoded)",
+                                               field, quote(q, url), describe_char(c, *p));
+
+        if (strncmp(url, "http://", 7) == 0)
+                rest = url + 7;
+        else if (strncmp(url, "https://", 8) == 0)
+                rest = url + 8;
+        else if (allow_file && strncmp(url, "file://", 7) == 0) {
+                if (url[7] != '/')
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s: '%s' is not a file URL with an absolute path (allowed: "
+                                               "file:///PATH)",
+                                               field, quote(q, url));
+                return 0;
+        } else
+                return hydra_error_set(err, -EINVAL, "%s: '%s' has an unsupported scheme (allowed: %s)", field,
+                                       quote(q, url), allow_file ? "http://, https://, file://" : "http://, https://");
+
+        authority_end = rest + strcspn(rest, "/?#");
+        if (authority_end == rest)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' has no host (allowed: SCHEME://HOST/PATH)", field,
+                                       quote(q, url));
+        at = memchr(rest, '@', (size_t) (authority_end - rest));
+        if (at)
+                /* Do not quote it: what precedes '@' may be a password. */
+                return hydra_error_set(err, -EINVAL,
+                                       "%s: the URL contains credentials (user@ or user:password@ before the host); "
+                                       "put them in the user and password fields, which never appear in logs",
+                                       field);
+        return 0;
+}
+
+static int check_checksum(const char *field, const char *checksum, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        const char *hex;
+        size_t want;
+
+        if (strncmp(checksum, "sha256:", 7) == 0)
+                hex = checksum + 7, want = 64;
+        else if (strncmp(checksum, "sha512:", 7) == 0)
+                hex = checksum + 7, want = 128;
+        else
+                return hydra_error_set(err, -EINVAL, "%s: '%s' has an unknown algorithm (allowed: sha256:HEX, "
+                                       "sha512:HEX)", field, quote(q, checksum));
+        if (strlen(hex) != want || strspn(hex, "0123456789abcdefABCDEF") != want)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not %zu hex digits after the algorithm", field,
+                                       quote(q, checksum), want);
+        return 0;
+}
+
+/* A secret is never quoted back: only what is wrong with it. */
+static int check_secret(const char *field, const char *value, HydraError *err) {
+        for (const char *p = value; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s: contains a control character (value not shown: it is a secret)",
+                                               field);
+        if (strlen(value) > SPEC_MAX_SECRET)
+                return hydra_error_set(err, -EINVAL, "%s: longer than %u bytes (value not shown: it is a secret)",
+                                       field, SPEC_MAX_SECRET);
+        return 0;
+}
+
+static int check_source(const char *name, const Source *src, HydraError *err) {
+        char field[64], q[QUOTE_BUF_SIZE];
+        int r;
+
+        (void) snprintf(field, sizeof(field), "%s.url", name);
+        r = check_url(field, src->url, true, err);
+        if (r < 0)
+                return r;
+        if (!isempty(src->checksum)) {
+                (void) snprintf(field, sizeof(field), "%s.checksum", name);
+                r = check_checksum(field, src->checksum, err);
+                if (r < 0)
+                        return r;
+        }
+        if (!isempty(src->sums_url)) {
+                (void) snprintf(field, sizeof(field), "%s.sums_url", name);
+                r = check_url(field, src->sums_url, true, err);
+                if (r < 0)
+                        return r;
+                if (!isempty(src->checksum))
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s.sums_url: given together with %s.checksum (allowed: one of them)",
+                                               name, name);
+        }
+        if (!isempty(src->user)) {
+                (void) snprintf(field, sizeof(field), "%s.user", name);
+                r = check_no_control(field, src->user, err);
+                if (r < 0)
+                        return r;
+                if (strchr(src->user, ':'))
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' contains ':' (allowed: a user name without "
+                                               "':')", field, quote(q, src->user));
+        }
+        if (!isempty(src->password)) {
+                (void) snprintf(field, sizeof(field), "%s.password", name);
+                r = check_secret(field, src->password, err);
+                if (r < 0)
+                        return r;
+                if (isempty(src->user))
+                        return hydra_error_set(err, -EINVAL, "%s.password: given without %s.user", name, name);
+        }
+        if (!isempty(src->token)) {
+                (void) snprintf(field, sizeof(field), "%s.token", name);
+                r = check_secret(field, src->token, err);
+                if (r < 0)
+                        return r;
+        }
+        if (!isempty(src->token_header)) {
+                (void) snprintf(field, sizeof(field), "%s.token_header", name);
+                if (strspn(src->token_header, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") !=
+                            strlen(src->token_header) ||
+                    strlen(src->token_header) > 64)
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s: '%s' is not an HTTP header name (allowed: up to 64 letters, "
+                                               "digits, '-', '_')",
+                                               field, quote(q, src->token_header));
+        }
+        return 0;
+}
+
+/* A file name inside the artifact: no directory part. */
+static int check_file_name(const char *field, const char *name, HydraError *err) {
+        char q[QUOTE_BUF_SIZE], c[16];
+        size_t n = name_span(name, SIZE_MAX);
+
+        if (name[n] && name[n] != '+')
+                return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: a file name of letters, digits, "
+                                       "'.', '_', '-', '+')", field, quote(q, name), describe_char(c, name[n]));
+        for (const char *p = name; *p; p++)
+                if (!is_name_char(*p) && *p != '+')
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: a file name of letters, "
+                                               "digits, '.', '_', '-', '+')", field, quote(q, name),
+                                               describe_char(c, *p));
+        if (streq(name, ".") || streq(name, ".."))
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a file name", field, name);
+        return 0;
+}
+
+static int check_relative_dir(const char *field, const char *dir, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+
+        if (dir[0] == '/')
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is absolute (allowed: a directory inside the archive, "
+                                       "e.g. rimdworkspace_Q2_2026_1)", field, quote(q, dir));
+        for (const char *p = dir; *p;) {
+                size_t len = strcspn(p, "/");
+                char comp[256];
+                int r;
+
+                if (len == 0 || len >= sizeof(comp))
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' has an empty or overlong component", field,
+                                               quote(q, dir));
+                memcpy(comp, p, len);
+                comp[len] = '\0';
+                r = check_file_name(field, comp, err);
+                if (r < 0)
+                        return r;
+                p += len;
+                p += *p == '/';
+        }
+        return 0;
+}
+
+static int check_ipv4(const char *field, const char *value, struct in_addr *ret, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        int r;
+
+        r = check_no_control(field, value, err);
+        if (r < 0)
+                return r;
+        if (inet_pton(AF_INET, value, ret) != 1)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an IPv4 address (allowed: a dotted quad such "
+                                       "as 10.0.2.15)", field, quote(q, value));
+        return 0;
+}
+
+static int check_network(const VmSpec *spec, HydraError *err) {
+        struct in_addr ip = {}, gw = {}, dns = {};
+        char q[QUOTE_BUF_SIZE];
+        uint32_t mask;
+        int r;
+
+        if (spec->network.prefix_len > 30)
+                return hydra_error_set(err, -EINVAL, "network.prefix_len: %" PRIu32 " is out of range (allowed: "
+                                       "1-30)", spec->network.prefix_len);
+        if (spec->network.guest_ip && (r = check_ipv4("network.guest_ip", spec->network.guest_ip, &ip, err)) < 0)
+                return r;
+        if (spec->network.gateway && (r = check_ipv4("network.gateway", spec->network.gateway, &gw, err)) < 0)
+                return r;
+        if (spec->network.dns && (r = check_ipv4("network.dns", spec->network.dns, &dns, err)) < 0)
+                return r;
+        if (spec->network.guest_ip && spec->network.gateway && spec->network.prefix_len > 0) {
+                mask = htonl(~UINT32_C(0) << (32 - spec->network.prefix_len));
+                if ((ip.s_addr & mask) != (gw.s_addr & mask))
+                        return hydra_error_set(err, -EINVAL,
+                                               "network.gateway: %s is not in the guest's network %s/%" PRIu32,
+                                               spec->network.gateway, spec->network.guest_ip,
+                                               spec->network.prefix_len);
+                if (ip.s_addr == gw.s_addr)
+                        return hydra_error_set(err, -EINVAL, "network.guest_ip: %s is the gateway's address",
+                                               spec->network.guest_ip);
+        }
+        if (spec->network.mac) {
+                unsigned b[6];
+                char end;
+
+                if (strlen(spec->network.mac) != 17 ||
+                    sscanf(spec->network.mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+                           &end) != 6 ||
+                    strspn(spec->network.mac, "0123456789abcdefABCDEF:") != 17)
+                        return hydra_error_set(err, -EINVAL, "network.mac: '%s' is not a MAC address (allowed: "
+                                               "xx:xx:xx:xx:xx:xx)", quote(q, spec->network.mac));
+                if (b[0] & 1)
+                        return hydra_error_set(err, -EINVAL, "network.mac: '%s' is a multicast address (allowed: a "
+                                               "unicast address; the first byte must be even)", spec->network.mac);
+        }
+        return 0;
+}
+
+/* RFC 1123 host name: labels of letters, digits and '-', not starting or ending with '-', dots between. */
+static int check_hostname(const char *hostname, HydraError *err) {
+        char q[QUOTE_BUF_SIZE], c[16];
+        size_t n = strlen(hostname);
+        int r;
+
+        r = check_no_control("guest.hostname", hostname, err);
+        if (r < 0)
+                return r;
+        if (n > 253)
+                return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' is longer than 253 characters",
+                                       quote(q, hostname));
+        for (const char *label = hostname; *label;) {
+                size_t len = strcspn(label, ".");
+
+                if (len == 0 || len > 63)
+                        return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' has an empty label or one longer "
+                                               "than 63 characters", quote(q, hostname));
+                for (size_t i = 0; i < len; i++) {
+                        char ch = label[i];
+
+                        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                              ch == '-'))
+                                return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' contains %s (allowed: "
+                                                       "letters, digits, '-' and '.')", quote(q, hostname),
+                                                       describe_char(c, ch));
+                }
+                if (label[0] == '-' || label[len - 1] == '-')
+                        return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' has a label starting or ending "
+                                               "with '-'", quote(q, hostname));
+                label += len;
+                label += *label == '.';
+        }
+        return 0;
+}
+
+static int check_guest(const VmSpec *spec, HydraError *err) {
+        char q[QUOTE_BUF_SIZE], field[64];
+        size_t n;
+        int r;
+
+        if (spec->guest.password)
+                return hydra_error_set(err, -EINVAL, "guest.password: a cleartext password cannot be stored; it "
+                                       "must be hashed first (value not shown: it is a secret)");
+        if (spec->guest.username) {
+                const char *u = spec->guest.username;
+
+                n = strlen(u);
+                if (n == 0 || n > 32 || !((u[0] >= 'a' && u[0] <= 'z') || u[0] == '_') ||
+                    strspn(u, "abcdefghijklmnopqrstuvwxyz0123456789_-") != n)
+                        return hydra_error_set(err, -EINVAL, "guest.username: '%s' is not a valid user name "
+                                               "(allowed: up to 32 of a-z, 0-9, '_', '-', starting with a letter "
+                                               "or '_')", quote(q, u));
+        }
+        if (spec->guest.password_hash) {
+                const char *h = spec->guest.password_hash;
+
+                n = strlen(h);
+                if (n < 4 || n > 512 || h[0] != '$' ||
+                    strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./$=+-") != n)
+                        return hydra_error_set(err, -EINVAL, "guest.password_hash: not a crypt(3) hash (allowed: "
+                                               "$id$salt$hash, e.g. from `openssl passwd -6` or mkpasswd)");
+        }
+        if (spec->guest.hostname) {
+                r = check_hostname(spec->guest.hostname, err);
+                if (r < 0)
+                        return r;
+        }
+        n = strv_length(spec->guest.ssh_authorized_keys);
+        if (n > SPEC_MAX_SSH_KEYS)
+                return hydra_error_set(err, -EINVAL, "guest.ssh_authorized_keys: %zu keys (allowed: at most %u)", n,
+                                       SPEC_MAX_SSH_KEYS);
+        for (size_t i = 0; i < n; i++) {
+                const char *k = spec->guest.ssh_authorized_keys[i];
+
+                (void) snprintf(field, sizeof(field), "guest.ssh_authorized_keys[%zu]", i);
+                r = check_no_control(field, k, err);
+                if (r < 0)
+                        return r;
+                r = check_length(field, k, SPEC_MAX_SSH_KEY, err);
+                if (r < 0)
+                        return r;
+                if (strncmp(k, "ssh-", 4) != 0 && strncmp(k, "ecdsa-", 6) != 0 && strncmp(k, "sk-", 3) != 0)
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' is not an OpenSSH public key (allowed: a "
+                                               "line starting with ssh-, ecdsa- or sk-)", field, quote(q, k));
+        }
+        return 0;
+}
+
+static int check_software(const VmSpec *spec, HydraError *err) {
+        char field[64], q[QUOTE_BUF_SIZE];
+        size_t n;
+        int r;
+
+        if (spec->software.csi_grpc_proxy_url) {
+                r = check_url("software.csi_grpc_proxy_url", spec->software.csi_grpc_proxy_url, false, err);
+                if (r < 0)
+                        return r;
+        }
+        if (spec->software.k3s_version) {
+                r = check_file_name("software.k3s_version", spec->software.k3s_version, err);
+                if (r < 0)
+                        return r;
+        }
+        if (spec->software.kernel_package) {
+                const char *p = spec->software.kernel_package;
+
+                n = strlen(p);
+                if (n < 2 || n > 128 || !((p[0] >= 'a' && p[0] <= 'z') || (p[0] >= '0' && p[0] <= '9')) ||
+                    strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789+.-") != n)
+                        return hydra_error_set(err, -EINVAL, "software.kernel_package: '%s' is not a Debian package "
+                                               "name (allowed: a-z, 0-9, '+', '.', '-')", quote(q, p));
+        }
+        n = strv_length(spec->software.extra_debs);
+        if (n > SPEC_MAX_EXTRA_DEBS)
+                return hydra_error_set(err, -EINVAL, "software.extra_debs: %zu entries (allowed: at most %u)", n,
+                                       SPEC_MAX_EXTRA_DEBS);
+        for (size_t i = 0; i < n; i++) {
+                (void) snprintf(field, sizeof(field), "software.extra_debs[%zu]", i);
+                r = check_url(field, spec->software.extra_debs[i], false, err);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int check_shares(const VmSpec *spec, HydraError *err) {
+        char field[64];
+        int r;
+
+        if ((int) spec->shares.kubelet < 0 || spec->shares.kubelet >= _KUBELET_SHARES_MAX)
+                return hydra_error_set(err, -EINVAL, "shares.kubelet: %d is not known (allowed: virtio, tcp, none)",
+                                       (int) spec->shares.kubelet);
+        if (spec->shares.kubelet_host_dir) {
+                r = check_path("shares.kubelet_host_dir", spec->shares.kubelet_host_dir, err);
+                if (r < 0)
+                        return r;
+        }
+        if (spec->shares.diod_port > 65535)
+                return hydra_error_set(err, -EINVAL, "shares.diod_port: %" PRIu32 " is out of range (allowed: "
+                                       "1-65535)", spec->shares.diod_port);
+        if (spec->shares.n_extra > SPEC_MAX_SHARES)
+                return hydra_error_set(err, -EINVAL, "shares.extra: %zu shares (allowed: at most %u)",
+                                       spec->shares.n_extra, SPEC_MAX_SHARES);
+        for (size_t i = 0; i < spec->shares.n_extra; i++) {
+                const Share *sh = &spec->shares.extra[i];
+
+                (void) snprintf(field, sizeof(field), "shares.extra[%zu].host_path", i);
+                if (isempty(sh->host_path))
+                        return hydra_error_set(err, -EINVAL, "%s: empty (allowed: an absolute path)", field);
+                r = check_path(field, sh->host_path, err);
+                if (r < 0)
+                        return r;
+                (void) snprintf(field, sizeof(field), "shares.extra[%zu].guest_path", i);
+                if (isempty(sh->guest_path))
+                        return hydra_error_set(err, -EINVAL, "%s: empty (allowed: an absolute path)", field);
+                r = check_path(field, sh->guest_path, err);
+                if (r < 0)
+                        return r;
+                /* It lands in /etc/fstab and in runcmd: no blanks, quotes or shell characters. */
+                r = check_plain(field, sh->guest_path, "letters, digits and . _ - / + : @ % = ~", err);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int check_devices(const VmSpec *spec, HydraError *err) {
+        int r;
+
+        if (spec->devices.vsock && (spec->devices.vsock_cid < 3 || spec->devices.vsock_cid == UINT32_MAX))
+                return hydra_error_set(err, -EINVAL, "devices.vsock_cid: %" PRIu32 " is reserved (allowed: "
+                                       "3-4294967294)", spec->devices.vsock_cid);
+        if (spec->devices.gpu && spec->devices.gpu_vram_gib > 64)
+                return hydra_error_set(err, -EINVAL, "devices.gpu_vram_gib: %" PRIu32 " is out of range (allowed: "
+                                       "1-64)", spec->devices.gpu_vram_gib);
+        if ((int) spec->devices.shmem < 0 || spec->devices.shmem >= _SHMEM_MAX)
+                return hydra_error_set(err, -EINVAL, "devices.shmem: %d is not known (allowed: none, nvdimm, "
+                                       "ivshmem)", (int) spec->devices.shmem);
+        if (spec->devices.shmem != SHMEM_NONE) {
+                if (spec->devices.shmem_size_gib > 1024)
+                        return hydra_error_set(err, -EINVAL, "devices.shmem_size_gib: %" PRIu32 " is out of range "
+                                               "(allowed: 1-1024)", spec->devices.shmem_size_gib);
+                if (spec->devices.shmem_path) {
+                        r = check_path("devices.shmem_path", spec->devices.shmem_path, err);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static int check_bare(const VmSpec *spec, HydraError *err) {
+        int r;
+
+        r = check_source("bare.artifact", &spec->bare.artifact, err);
+        if (r < 0)
+                return r;
+        if (spec->bare.dir && (r = check_relative_dir("bare.dir", spec->bare.dir, err)) < 0)
+                return r;
+        if (spec->bare.kernel && (r = check_file_name("bare.kernel", spec->bare.kernel, err)) < 0)
+                return r;
+        if (spec->bare.kernel_version &&
+            (r = check_file_name("bare.kernel_version", spec->bare.kernel_version, err)) < 0)
+                return r;
+        if (spec->bare.initrd && (r = check_file_name("bare.initrd", spec->bare.initrd, err)) < 0)
+                return r;
+        if (spec->bare.rootfs && (r = check_file_name("bare.rootfs", spec->bare.rootfs, err)) < 0)
+                return r;
+        return 0;
+}
+
+int vm_spec_validate(const VmSpec *spec, HydraError *err) {
+        BootMode mode = vm_spec_boot_mode(spec);
+        char q[QUOTE_BUF_SIZE];
+        int r;
+
+        r = validate_basic(spec, err);
+        if (r < 0)
+                return r;
+
+        if (spec->disk_size_gib > SPEC_MAX_DISK_GIB)
+                return hydra_error_set(err, -EINVAL, "disk_size_gib: %" PRIu32 " is out of range (allowed: 0-%u)",
+                                       spec->disk_size_gib, SPEC_MAX_DISK_GIB);
+        if (spec->firmware_code && (r = check_path("firmware.code", spec->firmware_code, err)) < 0)
+                return r;
+        if (spec->firmware_vars) {
+                r = check_path("firmware.vars", spec->firmware_vars, err);
+                if (r < 0)
+                        return r;
+                if (!spec->firmware_code)
+                        return hydra_error_set(err, -EINVAL, "firmware.vars: '%s' given without firmware.code",
+                                               quote(q, spec->firmware_vars));
+        }
+
+        if (mode == BOOT_CLOUD_IMAGE) {
+                r = check_source("image", &spec->image, err);
+                if (r < 0)
+                        return r;
+                if (spec->disk)
+                        return hydra_error_set(err, -EINVAL, "disk: '%s' given together with image.url (allowed: "
+                                               "one of them; the disk is made from the image)",
+                                               quote(q, spec->disk));
+                if (!isempty(spec->bare.artifact.url) && !spec->bare.encrypted_tools)
+                        return hydra_error_set(err, -EINVAL, "bare.artifact.url: given together with image.url "
+                                               "(allowed: with a cloud image, the artifact only supplies the "
+                                               "encrypted-container tools: set bare.encrypted_tools)");
+        }
+        if (!isempty(spec->bare.artifact.url)) {
+                r = check_bare(spec, err);
+                if (r < 0)
+                        return r;
+        }
+        if (mode == BOOT_BARE_KERNEL) {
+                if (spec->kernel)
+                        return hydra_error_set(err, -EINVAL, "kernel.kernel: '%s' given together with "
+                                               "bare.artifact.url (allowed: one of them)", quote(q, spec->kernel));
+                if (spec->disk)
+                        return hydra_error_set(err, -EINVAL, "disk: '%s' given together with bare.artifact.url "
+                                               "(allowed: one of them; the rootfs comes from the artifact)",
+                                               quote(q, spec->disk));
+        }
+        if (mode != BOOT_CLOUD_IMAGE && (spec->keep_pristine || spec->reuse_disk_on_change) &&
+            mode != BOOT_BARE_KERNEL)
+                return hydra_error_set(err, -EINVAL, "keep_pristine/reuse_disk_on_change: set without image.url or "
+                                       "bare.artifact.url (allowed: only when hydrad makes the disk)");
+        if (mode == BOOT_LOCAL && spec->disk_size_gib > 0)
+                return hydra_error_set(err, -EINVAL, "disk_size_gib: %" PRIu32 " set for a local disk (allowed: "
+                                       "only when hydrad makes the disk from image.url or bare.artifact.url)",
+                                       spec->disk_size_gib);
+
+        r = check_network(spec, err);
+        if (r < 0)
+                return r;
+        r = check_guest(spec, err);
+        if (r < 0)
+                return r;
+        r = check_software(spec, err);
+        if (r < 0)
+                return r;
+        r = check_shares(spec, err);
+        if (r < 0)
+                return r;
+        return check_devices(spec, err);
+}
+
+int vm_spec_hash_password(VmSpec *spec, HydraError *err) {
+        char setting[CRYPT_GENSALT_OUTPUT_SIZE];
+        struct crypt_data *data = NULL;
+        char *hash;
+
+        if (!spec->guest.password)
+                return 0;
+
+        data = calloc(1, sizeof(*data));
+        if (!data)
+                return hydra_error_set(err, -ENOMEM, "guest.password: out of memory");
+        if (!crypt_gensalt_rn("$y$", 0, NULL, 0, setting, sizeof(setting)) ||
+            !crypt_rn(spec->guest.password, setting, data, sizeof(*data)) || data->output[0] == '*') {
+                explicit_bzero(data, sizeof(*data));
+                free(data);
+                return hydra_error_set(err, -EIO, "guest.password: hashing with yescrypt failed");
+        }
+        hash = strdup(data->output);
+        explicit_bzero(data, sizeof(*data));
+        free(data);
+        if (!hash)
+                return hydra_error_set(err, -ENOMEM, "guest.password: out of memory");
+
+        explicit_bzero(spec->guest.password, strlen(spec->guest.password));
+        free(spec->guest.password);
+        spec->guest.password = NULL;
+        free(spec->guest.password_hash);
+        spec->guest.password_hash = hash;
+        return 0;
+}
+
+bool vm_spec_password_matches(const char *password, const char *hash) {
+        struct crypt_data *data = calloc(1, sizeof(*data));
+        bool match;
+
+        if (!data)
+                return false;
+        match = crypt_rn(password, hash, data, sizeof(*data)) && data->output[0] != '*' &&
+                streq(data->output, hash);
+        explicit_bzero(data, sizeof(*data));
+        free(data);
+        return match;
+}
+
+static int redact(char **s) {
+        char *v;
+
+        if (isempty(*s))
+                return 0;
+        v = strdup("(set)");
+        if (!v)
+                return -ENOMEM;
+        explicit_bzero(*s, strlen(*s));
+        free(*s);
+        *s = v;
+        return 0;
+}
+
+int vm_spec_redact(VmSpec *spec) {
+        if (redact(&spec->image.password) < 0 || redact(&spec->image.token) < 0 ||
+            redact(&spec->bare.artifact.password) < 0 || redact(&spec->bare.artifact.token) < 0 ||
+            redact(&spec->guest.password) < 0)
+                return -ENOMEM;
+        return 0;
 }

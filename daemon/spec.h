@@ -46,6 +46,38 @@ typedef struct PortForward {
         ForwardProtocol protocol;
 } PortForward;
 
+typedef enum KubeletShares {
+        KUBELET_SHARES_VIRTIO,     /* virtio 9p, mount tags host0 (/var/lib/kubelet) and host1 (/var/log/pods) */
+        KUBELET_SHARES_TCP,        /* 9p over TCP to diod on the gateway */
+        KUBELET_SHARES_NONE,
+        _KUBELET_SHARES_MAX,
+        _KUBELET_SHARES_INVALID = -EINVAL,
+} KubeletShares;
+
+typedef enum Shmem {
+        SHMEM_NONE,
+        SHMEM_NVDIMM,
+        SHMEM_IVSHMEM,
+        _SHMEM_MAX,
+        _SHMEM_INVALID = -EINVAL,
+} Shmem;
+
+/* A remote file. password and token are secrets: never in argv, logs or errors (see source_redacted_url). */
+typedef struct Source {
+        char *url;                 /* http://, https:// or file:///ABS; NULL: none */
+        char *checksum;            /* "sha256:HEX" / "sha512:HEX" or NULL */
+        char *sums_url;            /* SHA256SUMS / SHA512SUMS URL or NULL */
+        char *user;
+        char *password;
+        char *token;
+        char *token_header;        /* NULL: PRIVATE-TOKEN */
+} Source;
+
+typedef struct Share {
+        char *host_path;           /* absolute */
+        char *guest_path;          /* absolute */
+} Share;
+
 typedef struct VmSpec {
         unsigned cpus;             /* 1-255 */
         uint64_t memory_mib;       /* >= 64 */
@@ -53,12 +85,74 @@ typedef struct VmSpec {
         Arch arch;
         char *machine;             /* QEMU machine type, e.g. "q35"; NULL: per-arch default */
         char *cpu_model;           /* QEMU -cpu model (+ features); NULL: per-accel default */
-        char *kernel;              /* absolute path; NULL: no bare-kernel boot */
+        char *kernel;              /* absolute path; NULL: no direct kernel boot */
         char *initrd;              /* absolute path or NULL */
         char *cmdline;             /* kernel command line or NULL */
         char *disk;                /* absolute path of a local disk image or NULL */
         PortForward *forwards;
         size_t n_forwards;
+
+        uint32_t disk_size_gib;    /* grow the VM's disk to this; 0: leave it */
+        char *firmware_code;       /* absolute path or NULL */
+        char *firmware_vars;       /* absolute path (template, copied per VM) or NULL */
+
+        Source image;              /* cloud image; image.url NULL: none */
+        bool keep_pristine;        /* disk = qcow2 overlay on the cached base, else a copy */
+        bool reuse_disk_on_change;
+
+        struct {
+                Source artifact;   /* artifact.url NULL: no bare-kernel boot */
+                char *dir;
+                char *kernel;
+                char *kernel_version;
+                char *initrd;
+                char *rootfs;
+                bool encrypted_tools;
+        } bare;
+
+        struct {
+                char *username;
+                char *password;         /* cleartext: only between decode and vm_spec_hash_password() */
+                char *password_hash;
+                char *hostname;
+                char **ssh_authorized_keys;  /* strv or NULL */
+        } guest;
+
+        struct {
+                bool disable_containerd_proxy;
+                char *csi_grpc_proxy_url;
+                bool k3s_diod;
+                char *k3s_version;
+                char *kernel_package;
+                char **extra_debs;      /* strv or NULL */
+                bool reboot_after_install;
+        } software;
+
+        struct {
+                char *guest_ip;
+                char *gateway;
+                char *dns;
+                uint32_t prefix_len;
+                char *mac;
+        } network;
+
+        struct {
+                KubeletShares kubelet;
+                char *kubelet_host_dir;
+                uint32_t diod_port;
+                Share *extra;
+                size_t n_extra;
+        } shares;
+
+        struct {
+                bool vsock;
+                uint32_t vsock_cid;
+                bool gpu;
+                uint32_t gpu_vram_gib;
+                Shmem shmem;
+                uint32_t shmem_size_gib;
+                char *shmem_path;
+        } devices;
 } VmSpec;
 
 #define SPEC_DEFAULT_CPUS 2U
@@ -67,6 +161,36 @@ typedef struct VmSpec {
 #define SPEC_MAX_CPUS 255U
 #define SPEC_MAX_MEMORY_MIB (UINT64_C(16) * 1024 * 1024) /* 16 TiB */
 
+/* Defaults taken from start-vm.sh, applied by vm_spec_apply_defaults(). */
+#define SPEC_DEFAULT_USERNAME "hailhydra"
+#define SPEC_DEFAULT_HOSTNAME "hydravm"
+#define SPEC_DEFAULT_GUEST_IP "10.0.2.15"
+#define SPEC_DEFAULT_GATEWAY "10.0.2.2"
+#define SPEC_DEFAULT_DNS "10.0.2.3"
+#define SPEC_DEFAULT_PREFIX_LEN 24U
+#define SPEC_DEFAULT_MAC_IMAGE "52:54:00:08:06:8b"
+#define SPEC_DEFAULT_MAC_BARE "52:54:00:94:33:ca"
+#define SPEC_DEFAULT_K3S_VERSION "v1.32.6+k3s1"
+#define SPEC_DEFAULT_CSI_GRPC_PROXY_URL \
+        "https://github.com/democratic-csi/csi-grpc-proxy/releases/download/v0.5.6/csi-grpc-proxy-v0.5.6-linux-"
+#define SPEC_DEFAULT_DIOD_PORT 30564U
+#define SPEC_DEFAULT_VSOCK_CID 3U
+#define SPEC_DEFAULT_GPU_VRAM_GIB 4U
+#define SPEC_DEFAULT_SHMEM_SIZE_GIB 1U
+#define SPEC_DEFAULT_TOKEN_HEADER "PRIVATE-TOKEN"
+#define SPEC_DEFAULT_BARE_KERNEL "Image.gz"
+#define SPEC_DEFAULT_BARE_INITRD "initramfs.linux_arm64.cpio"
+#define SPEC_DEFAULT_BARE_ROOTFS "something.qcow2"
+
+/* What a spec boots: decided by which fields are set (see vm_spec_boot_mode). */
+typedef enum BootMode {
+        BOOT_LOCAL,                /* spec->disk and/or spec->kernel: local files only */
+        BOOT_CLOUD_IMAGE,          /* image.url: disk made from the cached image, plus a cloud-init seed */
+        BOOT_BARE_KERNEL,          /* bare.artifact.url: kernel, initrd and rootfs from the artifact */
+} BootMode;
+
+BootMode vm_spec_boot_mode(const VmSpec *spec);
+
 const char *role_to_string(Role r);
 Role role_from_string(const char *s);
 const char *accel_to_string(Accel a);
@@ -74,6 +198,10 @@ Accel accel_from_string(const char *s);
 const char *arch_to_string(Arch a);
 Arch arch_from_string(const char *s);
 const char *forward_protocol_to_string(ForwardProtocol p);
+const char *kubelet_shares_to_string(KubeletShares k);
+KubeletShares kubelet_shares_from_string(const char *s);
+const char *shmem_to_string(Shmem s);
+Shmem shmem_from_string(const char *s);
 ForwardProtocol forward_protocol_from_string(const char *s);
 
 /* Frees what the spec owns and zeroes it. Accepts a zeroed spec. */
@@ -92,3 +220,13 @@ int vm_spec_apply_defaults(VmSpec *spec);
 /* Checks every field. On failure returns -EINVAL and fills err with a message that names the field, the
  * value and what is allowed, e.g. "forwards[1].host_port: 70000 is out of range (allowed: 1-65535)". */
 int vm_spec_validate(const VmSpec *spec, HydraError *err);
+
+/* Replaces guest.password (cleartext) by a yescrypt hash in guest.password_hash and wipes the cleartext. No-op
+ * without a password. Returns 0, or -errno with err set (never quoting the password). */
+int vm_spec_hash_password(VmSpec *spec, HydraError *err);
+
+/* True if password hashes to hash (crypt(3)). */
+bool vm_spec_password_matches(const char *password, const char *hash);
+
+/* For replies: every secret (source passwords and tokens, guest.password) that is set becomes "(set)". */
+int vm_spec_redact(VmSpec *spec);

@@ -215,7 +215,10 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason) {
 
 /* --- the process --- */
 
+static void vm_drives_clear(Vm *vm);
+
 static void vm_teardown_process(Vm *vm) {
+        vm_drives_clear(vm);
         vm->qmp = qmp_client_free(vm->qmp);
         vm->qmp_ready = false;
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
@@ -424,12 +427,62 @@ static void stop_advance(Vm *vm, StopStage stage) {
 
 /* --- QMP --- */
 
+static void vm_drives_clear(Vm *vm) {
+        for (size_t i = 0; i < vm->n_drives; i++) {
+                free(vm->drives[i].id);
+                free(vm->drives[i].file);
+                free(vm->drives[i].format);
+        }
+        vm->drives = mfree(vm->drives);
+        vm->n_drives = 0;
+}
+
+static int json_strdup(json_t *o, const char *key, char **ret) {
+        const char *v = json_string_value(json_object_get(o, key));
+
+        *ret = strdup(v ? v : "");
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* The block devices QEMU has, as GetVm shows them: what a start really attached. */
+static void on_query_block(QmpClient *q, json_t *result, int error, const char *desc, void *userdata) {
+        Vm *vm = userdata;
+        size_t i, n = 0;
+        json_t *b;
+
+        vm_drives_clear(vm);
+        if (error == -ECANCELED)
+                return; /* the client is being freed: the VM is going away or hydrad is exiting */
+        if (error < 0)
+                log_vm_warning(vm->name, "VM '%s': query-block failed: %s", vm->name, desc ? desc : strerror(-error));
+        else if (json_is_array(result) && json_array_size(result) > 0) {
+                vm->drives = calloc(json_array_size(result), sizeof(VmDrive));
+                json_array_foreach(result, i, b) {
+                        json_t *ins = json_object_get(b, "inserted");
+                        VmDrive *d;
+
+                        if (!vm->drives || !json_is_object(ins))
+                                continue;
+                        d = &vm->drives[n++];
+                        vm->n_drives = n;
+                        if (json_strdup(b, "device", &d->id) < 0 || json_strdup(ins, "file", &d->file) < 0 ||
+                            json_strdup(ins, "drv", &d->format) < 0)
+                                break;
+                        d->read_only = json_is_true(json_object_get(ins, "ro"));
+                        log_vm_debug(vm->name, "VM '%s': drive %s: %s (%s%s)", vm->name, d->id, d->file, d->format,
+                                     d->read_only ? ", read-only" : "");
+                }
+        }
+        (void) vm_dispatch(vm, VM_EVENT_QMP_READY, "qmp-ready");
+}
+
 static void on_qmp_ready(QmpClient *q, void *userdata) {
         Vm *vm = userdata;
 
         vm->qmp_ready = true;
         log_vm_debug(vm->name, "VM '%s': QMP ready", vm->name);
-        (void) vm_dispatch(vm, VM_EVENT_QMP_READY, "qmp-ready");
+        if (qmp_invoke(q, "query-block", NULL, 0, on_query_block, vm) < 0)
+                (void) vm_dispatch(vm, VM_EVENT_QMP_READY, "qmp-ready");
 }
 
 static void on_qmp_event(QmpClient *q, const char *name, json_t *data, void *userdata) {
@@ -515,7 +568,7 @@ static const char *probe_disk_format(const char *path) {
         return "raw";
 }
 
-static int vm_build_argv(Vm *vm, char ***ret_argv, HydraError *err) {
+static int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, HydraError *err) {
         const HydraConfig *cfg = manager_get_config(vm->manager);
         _cleanup_free_ char *binary = NULL;
         const char *configured;
@@ -534,15 +587,52 @@ static int vm_build_argv(Vm *vm, char ***ret_argv, HydraError *err) {
                 .accel = resolve_accel(vm->spec.accel),
                 .qmp_fd = 3, /* the listening socket is the child's first passed fd */
                 .console_log = vm->console_path,
-                .disk_format = vm->spec.disk ? probe_disk_format(vm->spec.disk) : NULL,
+                .disk_path = out->disk_path ? out->disk_path : vm->spec.disk,
+                .disk_format = out->disk_path ? out->disk_format
+                                              : (vm->spec.disk ? probe_disk_format(vm->spec.disk) : NULL),
+                .seed_path = out->seed_path,
+                .kernel = out->kernel ? out->kernel : vm->spec.kernel,
+                .initrd = out->kernel ? out->initrd : vm->spec.initrd,
+                .bare_kernel = out->bare_kernel,
+                .firmware_vars = out->firmware_vars,
+                .shmem_path = out->shmem_path,
         };
         return qemu_argv_build(&vm->spec, &rt, ret_argv, err);
 }
 
-int vm_plan(Vm *vm, char ***ret_argv, HydraError *err) {
+static ProvisionContext vm_provision_context(Vm *vm) {
+        return (ProvisionContext) {
+                .event = manager_get_event(vm->manager),
+                .fetcher = manager_get_fetcher(vm->manager),
+                .name = vm->name,
+                .state_dir = vm->state_dir,
+                .cache_dir = manager_get_cache_dir(vm->manager),
+        };
+}
+
+int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err) {
+        _cleanup_(provision_output_done) ProvisionOutput out = {};
+        _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
+        ProvisionContext ctx = vm_provision_context(vm);
+        int r;
+
         if (!vm->registered)
                 return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
-        return vm_build_argv(vm, ret_argv, err);
+        r = provision_plan(&ctx, &vm->spec, &out, &files, err);
+        if (r < 0)
+                return r;
+        r = vm_build_argv(vm, &out, ret_argv, err);
+        if (r < 0)
+                return r;
+        *ret_files = files;
+        files = (CloudInitFiles) {};
+        return 0;
+}
+
+char *vm_cloud_init_path(const Vm *vm, const char *name) {
+        char *p;
+
+        return asprintf(&p, "%s/cloud-init/%s", vm->state_dir, name) < 0 ? NULL : p;
 }
 
 static int check_readable(const char *field, const char *path, HydraError *err) {
@@ -559,7 +649,71 @@ static int check_readable(const char *field, const char *path, HydraError *err) 
         return 0;
 }
 
+static void vm_progress_clear(Vm *vm) {
+        vm->progress.step = mfree(vm->progress.step);
+        vm->progress.what = mfree(vm->progress.what);
+        vm->progress.bytes = vm->progress.total = vm->progress.rate = 0;
+}
+
+static void on_provision_progress(const ProvisionProgress *pp, void *userdata) {
+        Vm *vm = userdata;
+        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_PROGRESS };
+
+        if (!vm->progress.step || !streq(vm->progress.step, pp->step)) {
+                free(vm->progress.step);
+                vm->progress.step = strdup(pp->step);
+                log_vm_info(vm->name, "VM '%s': %s %s", vm->name, pp->step, strempty(pp->what));
+        }
+        if (!vm->progress.what || !streq(vm->progress.what, strempty(pp->what))) {
+                free(vm->progress.what);
+                vm->progress.what = strdup(strempty(pp->what));
+        }
+        vm->progress.bytes = pp->bytes;
+        vm->progress.total = pp->total;
+        vm->progress.rate = pp->rate;
+        manager_emit(vm->manager, &ev, vm);
+}
+
+static void on_provision_notice(const char *message, void *userdata) {
+        Vm *vm = userdata;
+        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_NOTICE, .notice = message };
+
+        manager_emit(vm->manager, &ev, vm);
+}
+
+static void on_provision_done(int r, const HydraError *perr, ProvisionOutput *out, void *userdata) {
+        Vm *vm = userdata;
+        HydraError err;
+
+        vm->provision = NULL;
+        vm_progress_clear(vm);
+        hydra_error_clear(&err);
+        if (r >= 0) {
+                provision_output_done(&vm->prepared);
+                vm->prepared = *out;
+                *out = (ProvisionOutput) {};
+                vm->argv = strv_free(vm->argv);
+                r = vm_build_argv(vm, &vm->prepared, &vm->argv, &err);
+        } else
+                err = *perr;
+        if (r < 0) {
+                vm->last_error = err;
+                log_vm_error(vm->name, "VM '%s': preparation failed: %s", vm->name, err.message);
+                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "prepare-failed");
+                return;
+        }
+        (void) vm_dispatch(vm, VM_EVENT_PREPARED, "prepared");
+}
+
+static const ProvisionCallbacks provision_callbacks = {
+        .progress = on_provision_progress,
+        .notice = on_provision_notice,
+        .done = on_provision_done,
+};
+
+/* What can be checked at once, then the asynchronous chain (provision.c). */
 static int vm_prepare(Vm *vm, HydraError *err) {
+        ProvisionContext ctx = vm_provision_context(vm);
         int r;
 
         r = check_readable("kernel", vm->spec.kernel, err);
@@ -573,6 +727,9 @@ static int vm_prepare(Vm *vm, HydraError *err) {
                 return r;
         if (vm->spec.disk && access(vm->spec.disk, W_OK) < 0)
                 return hydra_error_set(err, -errno, "disk '%s' is not writable: %s", vm->spec.disk, strerror(errno));
+        r = check_readable("firmware.code", vm->spec.firmware_code, err);
+        if (r < 0)
+                return r;
 
         r = mkdir_p(vm->state_dir, 0750);
         if (r < 0)
@@ -580,9 +737,12 @@ static int vm_prepare(Vm *vm, HydraError *err) {
         r = mkdir_p(vm->run_dir, 0750);
         if (r < 0)
                 return hydra_error_set(err, r, "create '%s': %s", vm->run_dir, strerror(-r));
+        r = mkdir_p(ctx.cache_dir, 0750);
+        if (r < 0)
+                return hydra_error_set(err, r, "create '%s': %s", ctx.cache_dir, strerror(-r));
 
-        vm->argv = strv_free(vm->argv);
-        return vm_build_argv(vm, &vm->argv, err);
+        vm_progress_clear(vm);
+        return provision_start(&ctx, &vm->spec, &provision_callbacks, vm, &vm->provision, err);
 }
 
 static int qmp_listen(const char *path, int *ret_listen_fd, int *ret_client_fd, HydraError *err) {
@@ -686,7 +846,7 @@ static int vm_act(Vm *vm, VmAction action) {
                         log_vm_error(vm->name, "VM '%s': preparation failed: %s", vm->name, err.message);
                         return vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "prepare-failed");
                 }
-                return vm_dispatch(vm, VM_EVENT_PREPARED, "prepared");
+                return 0;
         case VM_ACTION_LAUNCH:
                 r = vm_launch(vm, &err);
                 if (r < 0) {
@@ -705,7 +865,10 @@ static int vm_act(Vm *vm, VmAction action) {
                         stop_advance(vm, STOP_STAGE_QUIT);
                 return 0;
         case VM_ACTION_CANCEL:
-                /* Preparation is synchronous for now: there is nothing in flight to cancel. */
+                /* The download, unpack or helper in flight stops and its partial files go. */
+                provision_cancel(vm->provision);
+                vm->provision = NULL;
+                vm_progress_clear(vm);
                 return 0;
         case VM_ACTION_REAP:
                 vm_teardown_process(vm);
@@ -731,11 +894,44 @@ int vm_dispatch(Vm *vm, VmEvent event, const char *reason) {
 
 /* --- operations --- */
 
+/* A client that read the spec back (GetVm) and registers it again sends secrets as "(set)": they mean "keep the
+ * one stored". */
+static int keep_secret(char **s, const char *stored) {
+        if (!*s || !streq(*s, "(set)"))
+                return 0;
+        free(*s);
+        *s = stored ? strdup(stored) : NULL;
+        return !stored || *s ? 0 : -ENOMEM;
+}
+
 int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_changed, HydraError *err) {
         const SpecCodec *codec = manager_get_codec(vm->manager);
+        const VmSpec *old = vm->registered ? &vm->spec : &(VmSpec) {};
         _cleanup_free_ void *data = NULL;
         size_t size;
         int r;
+
+        if (keep_secret(&spec->image.password, old->image.password) < 0 ||
+            keep_secret(&spec->image.token, old->image.token) < 0 ||
+            keep_secret(&spec->bare.artifact.password, old->bare.artifact.password) < 0 ||
+            keep_secret(&spec->bare.artifact.token, old->bare.artifact.token) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        if (spec->guest.password && streq(spec->guest.password, "(set)"))
+                spec->guest.password = mfree(spec->guest.password);
+        /* A cleartext password from a client other than hydractl: hashed before anything else sees it, keeping
+         * the stored hash when it is the same password (a new salt would change the guest configuration and
+         * reset the disk on every register). */
+        if (spec->guest.password && old->guest.password_hash && !spec->guest.password_hash &&
+            vm_spec_password_matches(spec->guest.password, old->guest.password_hash)) {
+                explicit_bzero(spec->guest.password, strlen(spec->guest.password));
+                spec->guest.password = mfree(spec->guest.password);
+                spec->guest.password_hash = strdup(old->guest.password_hash);
+                if (!spec->guest.password_hash)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        r = vm_spec_hash_password(spec, err);
+        if (r < 0)
+                return r;
 
         r = vm_spec_apply_defaults(spec);
         if (r < 0)
@@ -761,7 +957,8 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
         r = mkdir_p(vm->state_dir, 0750);
         if (r < 0)
                 return hydra_error_set(err, r, "create '%s': %s", vm->state_dir, strerror(-r));
-        r = store_write_atomic(vm->state_dir, SPEC_FILE, data, size, 0640, err);
+        /* 0600: the spec may hold download credentials. */
+        r = store_write_atomic(vm->state_dir, SPEC_FILE, data, size, 0600, err);
         if (r < 0)
                 return r;
 
@@ -866,11 +1063,46 @@ int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *
         return 0;
 }
 
-/* Forgets the VM: stored spec, disk-side state, runtime files. */
+static bool other_vm_uses(Vm *vm, const char *url) {
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                Vm *o = manager_get_vm(vm->manager, role);
+
+                if (o == vm || !o->registered)
+                        continue;
+                if ((o->spec.image.url && streq(o->spec.image.url, url)) ||
+                    (o->spec.bare.artifact.url && streq(o->spec.bare.artifact.url, url)))
+                        return true;
+        }
+        return false;
+}
+
+static void remove_cached(Vm *vm, const char *url) {
+        _cleanup_free_ char *entry = NULL;
+        int r;
+
+        if (isempty(url) || other_vm_uses(vm, url))
+                return;
+        entry = fetch_cache_entry(manager_get_cache_dir(vm->manager), url);
+        if (!entry)
+                return;
+        r = rm_rf(entry);
+        if (r < 0)
+                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, entry);
+        else
+                log_vm_info(vm->name, "VM '%s': removed cached download %s", vm->name, entry);
+}
+
+/* Forgets the VM: stored spec, disk-side state, runtime files, and unless asked to keep them, the downloads no
+ * other VM uses. */
 static int vm_remove(Vm *vm) {
         int r;
 
         vm->destroy_pending = false;
+        if (!vm->destroy_keep_cache) {
+                remove_cached(vm, vm->spec.image.url);
+                remove_cached(vm, vm->spec.bare.artifact.url);
+        }
+        provision_output_done(&vm->prepared);
         r = rm_rf(vm->state_dir);
         if (r < 0)
                 log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, vm->state_dir);
@@ -895,11 +1127,12 @@ static int vm_remove(Vm *vm) {
         return 0;
 }
 
-int vm_destroy(Vm *vm, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err) {
+int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err) {
         int r;
 
         if (!vm->registered)
                 return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
+        vm->destroy_keep_cache = keep_cache;
         if (vm_is_down(vm)) {
                 (void) vm_remove(vm);
                 vm_check_ops(vm);
@@ -951,6 +1184,10 @@ Vm *vm_free(Vm *vm) {
                 return NULL;
         while (vm->ops)
                 op_free(vm->ops);
+        provision_cancel(vm->provision);
+        vm_progress_clear(vm);
+        provision_output_done(&vm->prepared);
+        vm_drives_clear(vm);
         /* Drop our handles only: the QEMU process keeps running (on-exit = leave). */
         vm->qmp = qmp_client_free(vm->qmp);
         vm->child_source = sd_event_source_disable_unref(vm->child_source);

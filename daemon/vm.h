@@ -8,6 +8,7 @@
 
 #include "error.h"
 #include "manager.h"
+#include "provision.h"
 #include "qmp.h"
 #include "spec.h"
 #include "vm_state.h"
@@ -39,6 +40,13 @@ typedef struct VmExit {
 
 typedef struct VmOp VmOp;
 
+typedef struct VmDrive {
+        char *id;
+        char *file;
+        char *format;
+        bool read_only;
+} VmDrive;
+
 /* r: 0 on success or a negative errno; err: what failed (valid during the call). */
 typedef void (*vm_op_done_t)(Vm *vm, int r, const HydraError *err, void *userdata);
 
@@ -66,6 +74,8 @@ struct Vm {
         QmpClient *qmp;
         bool qmp_ready;
         bool guest_shutdown_seen;
+        VmDrive *drives;           /* query-block once QMP is ready */
+        size_t n_drives;
         char **argv;               /* as prepared for launch */
 
         sd_event_source *start_timer; /* QMP lost during start-up: wait for the exit before failing */
@@ -74,12 +84,22 @@ struct Vm {
         sd_event_source *stop_timer;
         uint64_t stop_timeout_usec;
         bool destroy_pending;
+        bool destroy_keep_cache;
 
         VmExit last_exit;
         HydraError last_error;     /* code 0: none */
         unsigned restart_count;
 
         VmOp *ops;
+
+        /* Preparation (PREPARING): the chain in flight, its last progress, what it produced. */
+        Provision *provision;
+        struct {
+                char *step;
+                char *what;
+                uint64_t bytes, total, rate;
+        } progress;
+        ProvisionOutput prepared;
 };
 
 int vm_new(Manager *m, Role role, Vm **ret);
@@ -102,13 +122,18 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
 int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
 int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
             HydraError *err);
-int vm_destroy(Vm *vm, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
+/* keep_cache: downloaded images and artifacts stay in the cache (else the ones no other VM's spec names go). */
+int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
 
 /* The caller lost interest (the client went away): done will not be called. The VM carries on. */
 VmOp *vm_op_cancel(VmOp *op);
 
-/* The exact argv a start would run now (PlanVm). */
-int vm_plan(Vm *vm, char ***ret_argv, HydraError *err);
+/* The exact argv a start would run now, and the cloud-init files it would write (PlanVm). Nothing is started,
+ * downloaded or written. */
+int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err);
+
+/* Where the seed's files live: STATE_DIR/ROLE/cloud-init/NAME. */
+char *vm_cloud_init_path(const Vm *vm, const char *name);
 
 uint64_t vm_uptime_usec(const Vm *vm);
 const char *stop_stage_to_string(StopStage s);

@@ -7,10 +7,12 @@ PACKAGES=(
     gcc make ninja-build cmake pkg-config
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
     libsystemd-dev libjansson-dev libcurl4-openssl-dev libinih-dev check
+    libarchive-dev libssl-dev libcrypt-dev
     # run
-    qemu-system-x86 qemu-utils
+    qemu-system-x86 qemu-utils genisoimage
     # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use
     kmod cpio python3-grpcio python3-protobuf iproute2 procps util-linux
+    cloud-init curl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -41,6 +41,8 @@ static void make_valid(VmSpec *s) {
         add_forward(s, NULL, 2222, 22, FORWARD_TCP);
         add_forward(s, "0.0.0.0", 5353, 53, FORWARD_UDP);
         add_forward(s, "192.168.1.10", 35000, 35000, FORWARD_TCP);
+        /* What defaults make of a local-files VM: no kubelet shares. */
+        s->shares.kubelet = KUBELET_SHARES_NONE;
 }
 
 /* Validation fails with -EINVAL, and the message names the field and the value (as printed: control characters

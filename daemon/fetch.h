@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "error.h"
+
+/* Downloads into the cache with libcurl's multi interface, driven by the sd-event loop (nothing blocks it; file
+ * writes, hashing and fsync run on one worker thread, see below). One Fetcher per daemon; one Fetch per file being
+ * fetched.
+ *
+ * Cache layout, per URL (credentials never part of the key): CACHE_DIR/<sha256 of the URL>/
+ *     data        the verified file, exactly as served
+ *     data.part   an interrupted download; resumed with a Range request
+ *     meta.json   url (without credentials), etag, last_modified, size, sha256/sha512 of data, time
+ * A file appears as data only once complete and verified (write .part, verify, rename), and is a cache hit only
+ * once fsynced and described by meta.json (see below). A failed or wrong-checksum download leaves no data file;
+ * .part is kept only when the transfer was interrupted (resume).
+ *
+ * Cache hit: with a checksum that matches meta.json, no request is made; otherwise a conditional request
+ * (If-None-Match / If-Modified-Since) revalidates it (304: hit). When the server cannot be reached the cached
+ * file is used and the done callback's notice says so.
+ *
+ * Secrets (password, token) go to libcurl through CURLOPT_USERNAME/PASSWORD and CURLOPT_HTTPHEADER only; they
+ * never appear in a path, a log line, an error or meta.json.
+ *
+ * Details of this implementation:
+ * - The bytes are written, hashed and fsynced by one worker thread per Fetcher (SHA-256 costs about as much as a
+ *   local transfer; a disk may stall): handed over through a queue, reported back to the loop through an eventfd.
+ *   The thread touches only the file and its digest; callbacks all run on the loop. When it falls behind, the
+ *   transfer pauses. On resume it also reads back and hashes the existing .part before the Range request.
+ * - Durability: the verified .part is renamed to data and the done callback runs at once; the worker then fsyncs
+ *   data and only then writes meta.json (the old one is removed, durably, before the rename). data without
+ *   meta.json is never a cache hit, so a crash before the fsync costs a download, never a torn image.
+ * - Redirects (at most 5, to http/https only) are followed by fetch.c itself rather than by libcurl, so that a
+ *   redirect to another origin (scheme, host, port) drops the password AND the token header: libcurl drops only
+ *   the former. A SUMS url gets the credentials only when it has the URL's origin.
+ * - meta.json may also hold "part": the ETag / Last-Modified of the response data.part came from, sent back as
+ *   If-Range on resume so that a file changed in between restarts from zero instead of being spliced.
+ * - A .part is kept for: a connection dropped or timed out (curl 7, 18, 28, 52, 55, 56, ...) and HTTP 5xx.
+ * - Server unreachable (connection-level failure or HTTP 5xx before any byte of a new body) while revalidating
+ *   or while fetching the SUMS url, or the download of a newer version interrupted: the cached copy is used, with
+ *   a notice.
+ * - Two fetches of the same URL in one Fetcher at a time: the second gets -EBUSY. */
+
+typedef struct Fetcher Fetcher;
+typedef struct Fetch Fetch;
+
+typedef struct FetchRequest {
+        const char *url;           /* http://, https:// or file:// */
+        const char *user;          /* basic auth, optional */
+        const char *password;
+        const char *token;         /* sent as "<token_header>: <token>" */
+        const char *token_header;  /* NULL: PRIVATE-TOKEN */
+        const char *checksum;      /* "sha256:HEX" / "sha512:HEX", optional */
+        const char *sums_url;      /* SHA256SUMS / SHA512SUMS listing the URL's file name, optional */
+        const char *cache_dir;     /* CACHE_DIR */
+} FetchRequest;
+
+typedef struct FetchProgress {
+        uint64_t bytes;            /* including what a resumed .part already had */
+        uint64_t total;            /* 0: unknown */
+        uint64_t rate;             /* bytes/s */
+} FetchProgress;
+
+typedef struct FetchResult {
+        const char *path;          /* CACHE_DIR/<key>/data */
+        const char *sha256;        /* hex digest of data */
+        bool from_cache;           /* no body was transferred (checksum match or 304) */
+        bool revalidated;          /* a conditional request answered 304 */
+        const char *notice;        /* e.g. "server unreachable, using the cached copy"; NULL if none */
+} FetchResult;
+
+/* Called at most every 250 ms while bytes arrive (the first time at the first bytes). It runs inside libcurl's
+ * write callback: it may call fetch_cancel() (any fetch), it must not call fetcher_free(). */
+typedef void (*fetch_progress_t)(Fetch *f, const FetchProgress *p, void *userdata);
+/* Called once, on the loop. r < 0: err says what failed (the URL shown without credentials). After this
+ * call the Fetch is freed by the fetcher: do not use it. */
+typedef void (*fetch_done_t)(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata);
+
+int fetcher_new(sd_event *event, Fetcher **ret);
+/* Cancels every fetch (no callbacks). Unlike fetch_cancel(), a .part is kept: a daemon that stops mid-download
+ * resumes it when it comes back. Waits for the worker to write what it was handed (at most 32 MiB, and the fsync
+ * of a finished download). May be called from a done callback, not from a progress callback. */
+Fetcher *fetcher_free(Fetcher *fr);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Fetcher *, fetcher_free);
+
+/* A transfer slower than limit bytes/s for seconds is aborted (as interrupted: .part kept). Default: 1024
+ * bytes/s for 60 s. Applies to transfers started afterwards. */
+void fetcher_set_low_speed(Fetcher *fr, unsigned long limit, unsigned long seconds);
+
+/* Starts a fetch. Copies what it needs from req. Returns 0 or -errno (err set). */
+int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress, fetch_done_t done,
+                void *userdata, Fetch **ret, HydraError *err);
+
+/* Stops a fetch: no callback follows, the .part file is removed. NULL is fine. */
+void fetch_cancel(Fetch *f);
+
+/* The cache directory entry of a URL: CACHE_DIR/<key>. Returns a new string or NULL. */
+char *fetch_cache_entry(const char *cache_dir, const char *url);
+
+/* The URL with any user:password@ removed, for messages. Returns a new string or NULL. */
+char *fetch_redact_url(const char *url);

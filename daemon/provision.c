@@ -1,0 +1,1085 @@
+/* SPDX-License-Identifier: MIT */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "child.h"
+#include "log.h"
+#include "macro.h"
+#include "provision.h"
+#include "store.h"
+#include "unpack.h"
+
+#define GIB (UINT64_C(1024) * 1024 * 1024)
+#define MIB (UINT64_C(1024) * 1024)
+
+typedef enum Step {
+        STEP_IMAGE_FETCH,
+        STEP_IMAGE_UNPACK,
+        STEP_ARTIFACT_FETCH,
+        STEP_ARTIFACT_UNPACK,
+        STEP_LOCATE,
+        STEP_SEED,
+        STEP_DISK,
+        STEP_GROW,
+        STEP_FIRMWARE,
+        STEP_SHMEM,
+        STEP_DONE,
+} Step;
+
+struct Provision {
+        ProvisionContext ctx;      /* strings owned below */
+        char *name, *state_dir, *cache_dir;
+        VmSpec spec;
+        BootMode mode;
+        ProvisionCallbacks cb;
+        void *userdata;
+
+        Step step;
+        Fetch *fetch;
+        Unpack *unpack;
+        Child *child;
+        sd_event_source *defer;
+
+        char *image_base;          /* the base the disk is made from */
+        const char *base_format;
+        char *base_identity;       /* sha256 of the downloaded file it came from (+ rootfs name) */
+        char *artifact_dir;        /* STATE/artifact */
+        char *artifact_digest;
+        char *seed_digest;         /* of the rendered cloud-init files; NULL without a seed */
+        char *progress_what;       /* owned copy for progress events */
+
+        ProvisionOutput out;
+};
+
+static void step_next(Provision *p);
+
+const char *provision_debian_arch(Arch arch) {
+        return arch == ARCH_AARCH64 ? "arm64" : "amd64";
+}
+
+void provision_output_done(ProvisionOutput *o) {
+        if (!o)
+                return;
+        free(o->disk_path);
+        free(o->seed_path);
+        free(o->kernel);
+        free(o->initrd);
+        free(o->firmware_vars);
+        free(o->shmem_path);
+        *o = (ProvisionOutput) {};
+}
+
+static Provision *provision_free(Provision *p) {
+        if (!p)
+                return NULL;
+        if (p->fetch)
+                fetch_cancel(p->fetch);
+        if (p->unpack)
+                unpack_cancel(p->unpack);
+        if (p->child)
+                child_cancel(p->child);
+        sd_event_source_disable_unref(p->defer);
+        vm_spec_done(&p->spec);
+        provision_output_done(&p->out);
+        free(p->image_base);
+        free(p->base_identity);
+        free(p->artifact_dir);
+        free(p->artifact_digest);
+        free(p->seed_digest);
+        free(p->progress_what);
+        free(p->name);
+        free(p->state_dir);
+        free(p->cache_dir);
+        free(p);
+        return NULL;
+}
+
+void provision_cancel(Provision *p) {
+        if (p)
+                log_vm_info(p->name, "VM '%s': preparation cancelled", p->name);
+        provision_free(p);
+}
+
+static void provision_fail(Provision *p, const HydraError *err) {
+        p->cb.done(err->code < 0 ? err->code : -EIO, err, NULL, p->userdata);
+        provision_free(p);
+}
+
+static void provision_succeed(Provision *p) {
+        ProvisionOutput out = p->out;
+
+        p->out = (ProvisionOutput) {};
+        p->cb.done(0, NULL, &out, p->userdata);
+        provision_output_done(&out);
+        provision_free(p);
+}
+
+static void emit_progress(Provision *p, const char *step, const char *what, uint64_t bytes, uint64_t total,
+                          uint64_t rate) {
+        if (!p->cb.progress)
+                return;
+        p->cb.progress(&(ProvisionProgress) { .step = step, .what = what, .bytes = bytes, .total = total,
+                                              .rate = rate },
+                       p->userdata);
+}
+
+static void emit_notice(Provision *p, const char *fmt, ...) _printf_(2, 3);
+static void emit_notice(Provision *p, const char *fmt, ...) {
+        _cleanup_free_ char *msg = NULL;
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&msg, fmt, ap);
+        va_end(ap);
+        if (r < 0)
+                return;
+        log_vm_info(p->name, "VM '%s': %s", p->name, msg);
+        if (p->cb.notice)
+                p->cb.notice(msg, p->userdata);
+}
+
+static char *path_join(const char *a, const char *b) {
+        char *s;
+
+        return asprintf(&s, "%s/%s", a, b) < 0 ? NULL : s;
+}
+
+static int sha256_hex(const void *data, size_t size, char ret[static 65]) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned n = 0;
+
+        if (!EVP_Digest(data, size, md, &n, EVP_sha256(), NULL) || n != 32)
+                return -EIO;
+        for (unsigned i = 0; i < n; i++)
+                sprintf(ret + 2 * i, "%02x", md[i]);
+        return 0;
+}
+
+/* What a file starts with decides whether it must be unpacked: compressed streams and archives must, an image
+ * (qcow2 or anything else) is used where it lies. */
+static bool looks_packed(const char *path) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        unsigned char b[512];
+        ssize_t n;
+
+        if (fd < 0)
+                return false;
+        n = pread(fd, b, sizeof(b), 0);
+        if (n < 6)
+                return false;
+        if (b[0] == 0x1f && b[1] == 0x8b)                        /* gzip */
+                return true;
+        if (memcmp(b, "\xfd" "7zXZ\0", 6) == 0)                   /* xz */
+                return true;
+        if (memcmp(b, "BZh", 3) == 0)                            /* bzip2 */
+                return true;
+        if (memcmp(b, "PK\x03\x04", 4) == 0)                     /* zip */
+                return true;
+        if (n >= 262 && memcmp(b + 257, "ustar", 5) == 0)        /* tar */
+                return true;
+        return false;
+}
+
+static const char *probe_format(const char *path) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        unsigned char magic[4];
+
+        if (fd >= 0 && read(fd, magic, sizeof(magic)) == sizeof(magic) && memcmp(magic, "QFI\xfb", 4) == 0)
+                return "qcow2";
+        return "raw";
+}
+
+static char *read_small(const char *dir, const char *name) {
+        void *data = NULL;
+        size_t size;
+
+        if (store_read(dir, name, 4096, &data, &size, NULL) < 0)
+                return NULL;
+        return data;
+}
+
+/* --- the cloud image --- */
+
+static void on_fetch_progress(Fetch *f, const FetchProgress *fp, void *userdata) {
+        Provision *p = userdata;
+
+        emit_progress(p, "download", p->progress_what, fp->bytes, fp->total, fp->rate);
+}
+
+static int set_progress_what(Provision *p, const char *url) {
+        free(p->progress_what);
+        p->progress_what = fetch_redact_url(url);
+        return p->progress_what ? 0 : -ENOMEM;
+}
+
+static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *userdata) {
+        Provision *p = userdata;
+        _cleanup_free_ char *entry = NULL;
+        HydraError e;
+
+        p->unpack = NULL;
+        if (r < 0) {
+                hydra_error_clear(&e);
+                (void) hydra_error_set(&e, r, "unpack %s: %s", p->progress_what, err ? err->message : strerror(-r));
+                return provision_fail(p, &e);
+        }
+        /* Remember which download it came from, so that a new download is unpacked again. */
+        entry = fetch_cache_entry(p->cache_dir, p->spec.image.url);
+        hydra_error_clear(&e);
+        if (!entry)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+        r = store_write_atomic(entry, "image.source", p->base_identity, strlen(p->base_identity), 0644, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+        p->base_format = probe_format(p->image_base);
+        p->step = STEP_ARTIFACT_FETCH;
+        step_next(p);
+}
+
+static void on_unpack_progress(Unpack *u, uint64_t in_bytes, uint64_t in_total, void *userdata) {
+        Provision *p = userdata;
+
+        emit_progress(p, "unpack", p->progress_what, in_bytes, in_total, 0);
+}
+
+static void on_image_fetched(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata) {
+        Provision *p = userdata;
+        _cleanup_free_ char *entry = NULL, *unpacked = NULL, *source = NULL;
+        HydraError e;
+
+        p->fetch = NULL;
+        if (r < 0)
+                return provision_fail(p, err);
+        if (res->notice)
+                emit_notice(p, "%s", res->notice);
+
+        free(p->base_identity);
+        p->base_identity = strdup(res->sha256);
+        if (!p->base_identity)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+
+        if (!looks_packed(res->path)) {
+                p->image_base = strdup(res->path);
+                if (!p->image_base)
+                        return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+                p->base_format = probe_format(p->image_base);
+                p->step = STEP_ARTIFACT_FETCH;
+                return step_next(p);
+        }
+
+        entry = fetch_cache_entry(p->cache_dir, p->spec.image.url);
+        unpacked = entry ? path_join(entry, "image") : NULL;
+        if (!unpacked)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+        p->image_base = TAKE_PTR(unpacked);
+
+        source = read_small(entry, "image.source");
+        if (source && streq(source, p->base_identity) && access(p->image_base, F_OK) == 0) {
+                log_vm_debug(p->name, "VM '%s': %s already unpacked", p->name, p->image_base);
+                p->base_format = probe_format(p->image_base);
+                p->step = STEP_ARTIFACT_FETCH;
+                return step_next(p);
+        }
+
+        hydra_error_clear(&e);
+        (void) store_remove(entry, "image.source");
+        p->step = STEP_IMAGE_UNPACK;
+        r = unpack_image(p->ctx.event, res->path, p->progress_what, p->image_base, on_unpack_progress,
+                         on_image_unpacked, p, &p->unpack, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+}
+
+static int start_fetch(Provision *p, const Source *src, fetch_done_t done, HydraError *err) {
+        FetchRequest req = {
+                .url = src->url,
+                .user = src->user,
+                .password = src->password,
+                .token = src->token,
+                .token_header = src->token_header,
+                .checksum = src->checksum,
+                .sums_url = src->sums_url,
+                .cache_dir = p->cache_dir,
+        };
+
+        if (set_progress_what(p, src->url) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        return fetch_start(p->ctx.fetcher, &req, on_fetch_progress, done, p, &p->fetch, err);
+}
+
+/* --- the bare-kernel artifact --- */
+
+static void on_artifact_unpacked(Unpack *u, int r, const HydraError *err, void *userdata) {
+        Provision *p = userdata;
+        HydraError e;
+
+        p->unpack = NULL;
+        hydra_error_clear(&e);
+        if (r < 0) {
+                (void) hydra_error_set(&e, r, "unpack %s: %s", p->progress_what, err ? err->message : strerror(-r));
+                return provision_fail(p, &e);
+        }
+        r = store_write_atomic(p->state_dir, "artifact.source", p->artifact_digest, strlen(p->artifact_digest),
+                               0644, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+        p->step = STEP_LOCATE;
+        step_next(p);
+}
+
+static void on_artifact_fetched(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata) {
+        Provision *p = userdata;
+        _cleanup_free_ char *source = NULL;
+        HydraError e;
+
+        p->fetch = NULL;
+        if (r < 0)
+                return provision_fail(p, err);
+        if (res->notice)
+                emit_notice(p, "%s", res->notice);
+
+        free(p->artifact_digest);
+        p->artifact_digest = strdup(res->sha256);
+        if (!p->artifact_digest)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+
+        source = read_small(p->state_dir, "artifact.source");
+        if (source && streq(source, p->artifact_digest) && access(p->artifact_dir, F_OK) == 0) {
+                p->step = STEP_LOCATE;
+                return step_next(p);
+        }
+
+        hydra_error_clear(&e);
+        (void) store_remove(p->state_dir, "artifact.source");
+        p->step = STEP_ARTIFACT_UNPACK;
+        r = unpack_tree(p->ctx.event, res->path, p->progress_what, p->artifact_dir, on_unpack_progress,
+                        on_artifact_unpacked, p, &p->unpack, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+}
+
+static bool is_file(const char *path) {
+        struct stat st;
+
+        return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* start-vm.sh's search: the versioned kernel, the initrd and the rootfs at the top of the artifact; failing
+ * that, in its subdirectory, where the kernel falls back to the name without the version. */
+static int locate_bare(const VmSpec *spec, const char *artifact_dir, bool must_exist, char **ret_kernel,
+                       char **ret_initrd, char **ret_rootfs, HydraError *err) {
+        _cleanup_free_ char *versioned = NULL, *sub = NULL, *k = NULL, *i = NULL, *r = NULL;
+        const char *kernel = spec->bare.kernel ? spec->bare.kernel : SPEC_DEFAULT_BARE_KERNEL;
+        const char *initrd = spec->bare.initrd ? spec->bare.initrd : SPEC_DEFAULT_BARE_INITRD;
+        const char *rootfs = spec->bare.rootfs ? spec->bare.rootfs : SPEC_DEFAULT_BARE_ROOTFS;
+
+        if (asprintf(&versioned, "%s%s", kernel, strempty(spec->bare.kernel_version)) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+
+        k = path_join(artifact_dir, versioned);
+        i = path_join(artifact_dir, initrd);
+        r = path_join(artifact_dir, rootfs);
+        if (!k || !i || !r)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+
+        if (!(is_file(k) && is_file(i) && is_file(r)) && spec->bare.dir) {
+                sub = path_join(artifact_dir, spec->bare.dir);
+                if (!sub)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                free(k), free(i), free(r);
+                k = path_join(sub, versioned);
+                if (k && !is_file(k) && !isempty(spec->bare.kernel_version)) {
+                        log_debug("kernel '%s' not found in '%s', trying '%s'", versioned, sub, kernel);
+                        free(k);
+                        k = path_join(sub, kernel);
+                }
+                i = path_join(sub, initrd);
+                r = path_join(sub, rootfs);
+                if (!k || !i || !r)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        } else if (!is_file(k) && !isempty(spec->bare.kernel_version)) {
+                _cleanup_free_ char *plain = path_join(artifact_dir, kernel);
+
+                if (plain && is_file(plain))
+                        free_and_replace(k, plain);
+        }
+
+        if (must_exist) {
+                const char *where = sub ? sub : artifact_dir;
+
+                if (!is_file(k))
+                        return hydra_error_set(err, -ENOENT,
+                                               "bare-kernel artifact: kernel '%s' (or '%s') not found in %s%s%s",
+                                               versioned, kernel, artifact_dir, sub ? " or " : "", sub ? sub : "");
+                if (!is_file(i))
+                        return hydra_error_set(err, -ENOENT, "bare-kernel artifact: initrd '%s' not found in %s",
+                                               initrd, where);
+                if (!is_file(r))
+                        return hydra_error_set(err, -ENOENT, "bare-kernel artifact: rootfs '%s' not found in %s",
+                                               rootfs, where);
+        }
+        *ret_kernel = TAKE_PTR(k);
+        *ret_initrd = TAKE_PTR(i);
+        *ret_rootfs = TAKE_PTR(r);
+        return 0;
+}
+
+static const char *const encrypted_tools[] = { "ctr-enc", "ctd-decoder", "rimd-keyprovider-proxy" };
+
+static int tools_dir(const VmSpec *spec, const char *artifact_dir, char **ret) {
+        char *d;
+
+        if (spec->bare.dir)
+                d = asprintf(&d, "%s/%s/executables", artifact_dir, spec->bare.dir) < 0 ? NULL : d;
+        else
+                d = path_join(artifact_dir, "executables");
+        *ret = d;
+        return d ? 0 : -ENOMEM;
+}
+
+static int step_locate(Provision *p, HydraError *err) {
+        _cleanup_free_ char *kernel = NULL, *initrd = NULL, *rootfs = NULL, *dir = NULL;
+        int r;
+
+        if (p->spec.bare.encrypted_tools) {
+                r = tools_dir(&p->spec, p->artifact_dir, &dir);
+                if (r < 0)
+                        return hydra_error_set(err, r, "out of memory");
+                for (size_t i = 0; i < ELEMENTSOF(encrypted_tools); i++) {
+                        _cleanup_free_ char *t = path_join(dir, encrypted_tools[i]);
+
+                        if (!t)
+                                return hydra_error_set(err, -ENOMEM, "out of memory");
+                        if (!is_file(t))
+                                return hydra_error_set(err, -ENOENT,
+                                                       "bare-kernel artifact: encrypted-container tool '%s' not "
+                                                       "found in %s (the artifact is incomplete)",
+                                                       encrypted_tools[i], dir);
+                }
+        }
+        if (p->mode != BOOT_BARE_KERNEL)
+                return 0;
+
+        r = locate_bare(&p->spec, p->artifact_dir, true, &kernel, &initrd, &rootfs, err);
+        if (r < 0)
+                return r;
+        p->out.kernel = TAKE_PTR(kernel);
+        p->out.initrd = TAKE_PTR(initrd);
+        p->out.bare_kernel = true;
+        free(p->image_base);
+        p->image_base = TAKE_PTR(rootfs);
+        p->base_format = probe_format(p->image_base);
+        free(p->base_identity);
+        if (asprintf(&p->base_identity, "%s:%s", p->artifact_digest, p->spec.bare.rootfs) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* --- the cloud-init seed --- */
+
+typedef struct ToolBlobs {
+        CloudInitBlob blobs[ELEMENTSOF(encrypted_tools)];
+        void *data[ELEMENTSOF(encrypted_tools)];
+        size_t n;
+} ToolBlobs;
+
+static void tool_blobs_done(ToolBlobs *t) {
+        for (size_t i = 0; i < ELEMENTSOF(t->data); i++)
+                free(t->data[i]);
+}
+
+#define TOOL_MAX_SIZE (256U * 1024U * 1024U)
+
+static int load_tool_blobs(Provision *p, ToolBlobs *t, HydraError *err) {
+        _cleanup_free_ char *dir = NULL;
+        int r;
+
+        if (!p->spec.bare.encrypted_tools || !p->artifact_dir)
+                return 0;
+        r = tools_dir(&p->spec, p->artifact_dir, &dir);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        for (size_t i = 0; i < ELEMENTSOF(encrypted_tools); i++) {
+                size_t size;
+
+                r = store_read(dir, encrypted_tools[i], TOOL_MAX_SIZE, &t->data[i], &size, err);
+                if (r < 0)
+                        return r;
+                t->blobs[i] = (CloudInitBlob) { .name = encrypted_tools[i], .data = t->data[i], .size = size };
+                t->n = i + 1;
+        }
+        return 0;
+}
+
+static int render_seed(const VmSpec *spec, const ToolBlobs *tools, CloudInitFiles *files, HydraError *err) {
+        CloudInitInput in = {
+                .spec = spec,
+                .debian_arch = provision_debian_arch(spec->arch),
+                .tools = tools && tools->n > 0 ? tools->blobs : NULL,
+                .n_tools = tools ? tools->n : 0,
+        };
+
+        return cloud_init_render(&in, files, err);
+}
+
+static const char *const seed_names[] = { "user-data", "meta-data", "network-config", "vendor-data" };
+
+static const char *seed_file(const CloudInitFiles *f, size_t i) {
+        const char *v[] = { f->user_data, f->meta_data, f->network_config, f->vendor_data };
+
+        return strempty(v[i]);
+}
+
+static int seed_digest(const CloudInitFiles *f, char ret[static 65]) {
+        _cleanup_free_ char *all = NULL;
+        size_t n = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(seed_names); i++)
+                n += strlen(seed_file(f, i)) + 1;
+        all = malloc(n + 1);
+        if (!all)
+                return -ENOMEM;
+        n = 0;
+        for (size_t i = 0; i < ELEMENTSOF(seed_names); i++) {
+                size_t len = strlen(seed_file(f, i));
+
+                memcpy(all + n, seed_file(f, i), len);
+                n += len;
+                all[n++] = '\0';
+        }
+        return sha256_hex(all, n, ret);
+}
+
+static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
+        Provision *p = userdata;
+        _cleanup_free_ char *tmp = NULL;
+        HydraError e;
+        int r;
+
+        p->child = NULL;
+        hydra_error_clear(&e);
+        tmp = path_join(p->state_dir, "seed.iso.part");
+        if (!tmp)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+        if (res->code != 0) {
+                (void) unlink(tmp);
+                child_describe_failure("genisoimage (building the cloud-init seed)", res, &e);
+                return provision_fail(p, &e);
+        }
+        if (rename(tmp, p->out.seed_path) < 0) {
+                (void) hydra_error_set(&e, -errno, "rename '%s': %m", tmp);
+                (void) unlink(tmp);
+                return provision_fail(p, &e);
+        }
+        r = store_write_atomic(p->state_dir, "seed.digest", p->seed_digest, strlen(p->seed_digest), 0600, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+        p->step = STEP_DISK;
+        step_next(p);
+}
+
+static int step_seed(Provision *p, HydraError *err) {
+        _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
+        _cleanup_(tool_blobs_done) ToolBlobs tools = {};
+        _cleanup_free_ char *dir = NULL, *tmp = NULL, *old = NULL, *iso_part = NULL;
+        char digest[65];
+        int r;
+
+        p->out.seed_path = path_join(p->state_dir, "seed.iso");
+        dir = path_join(p->state_dir, "cloud-init");
+        iso_part = path_join(p->state_dir, "seed.iso.part");
+        if (!p->out.seed_path || !dir || !iso_part)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+
+        r = load_tool_blobs(p, &tools, err);
+        if (r < 0)
+                return r;
+        r = render_seed(&p->spec, &tools, &files, err);
+        if (r < 0)
+                return r;
+        r = seed_digest(&files, digest);
+        if (r < 0)
+                return hydra_error_set(err, r, "hash the cloud-init files: %s", strerror(-r));
+        p->seed_digest = strdup(digest);
+        if (!p->seed_digest)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+
+        old = read_small(p->state_dir, "seed.digest");
+        if (old && streq(old, digest) && is_file(p->out.seed_path)) {
+                log_vm_debug(p->name, "VM '%s': cloud-init seed unchanged", p->name);
+                p->step = STEP_DISK;
+                step_next(p);
+                return 0;
+        }
+
+        /* The files the ISO is made of, written in full before the ISO is built (store_write_atomic). */
+        (void) store_remove(p->state_dir, "seed.digest");
+        r = mkdir_p(dir, 0700);
+        if (r < 0)
+                return hydra_error_set(err, r, "create '%s': %s", dir, strerror(-r));
+        for (size_t i = 0; i < ELEMENTSOF(seed_names); i++) {
+                r = store_write_atomic(dir, seed_names[i], seed_file(&files, i), strlen(seed_file(&files, i)), 0600,
+                                       err);
+                if (r < 0)
+                        return r;
+        }
+
+        emit_progress(p, "seed", p->out.seed_path, 0, 0, 0);
+        char *argv[] = {
+                (char *) "genisoimage", (char *) "-quiet", (char *) "-output", iso_part, (char *) "-volid",
+                (char *) "cidata", (char *) "-joliet", (char *) "-rock", (char *) "-input-charset", (char *) "utf-8",
+                dir, NULL,
+        };
+        (void) unlink(iso_part);
+        return child_run(p->ctx.event, argv, on_iso_built, p, &p->child, err);
+}
+
+/* --- the disk --- */
+
+static int disk_identity(Provision *p, char ret[static 65]) {
+        _cleanup_free_ char *s = NULL;
+
+        if (asprintf(&s, "base=%s\nseed=%s\npristine=%d\n", strempty(p->base_identity), strempty(p->seed_digest),
+                     p->spec.keep_pristine) < 0)
+                return -ENOMEM;
+        return sha256_hex(s, strlen(s), ret);
+}
+
+static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
+        Provision *p = userdata;
+        _cleanup_free_ char *part = NULL;
+        char identity[65];
+        HydraError e;
+        int r;
+
+        p->child = NULL;
+        hydra_error_clear(&e);
+        part = path_join(p->state_dir, "disk.qcow2.part");
+        if (!part)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+        if (res->code != 0) {
+                (void) unlink(part);
+                child_describe_failure(p->spec.keep_pristine ? "qemu-img create (overlay)" : "qemu-img convert (copy)",
+                                       res, &e);
+                return provision_fail(p, &e);
+        }
+        if (rename(part, p->out.disk_path) < 0) {
+                (void) hydra_error_set(&e, -errno, "rename '%s': %m", part);
+                (void) unlink(part);
+                return provision_fail(p, &e);
+        }
+        r = disk_identity(p, identity);
+        if (r < 0)
+                return provision_fail(p, &(HydraError) { .code = r, .message = "hash the disk identity" });
+        r = store_write_atomic(p->state_dir, "disk.identity", identity, strlen(identity), 0600, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+        p->step = STEP_GROW;
+        step_next(p);
+}
+
+static int step_disk(Provision *p, HydraError *err) {
+        _cleanup_free_ char *old = NULL, *part = NULL, *backing = NULL;
+        char identity[65];
+        int r;
+
+        p->out.disk_path = path_join(p->state_dir, "disk.qcow2");
+        part = path_join(p->state_dir, "disk.qcow2.part");
+        if (!p->out.disk_path || !part)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        p->out.disk_format = "qcow2";
+
+        r = disk_identity(p, identity);
+        if (r < 0)
+                return hydra_error_set(err, r, "hash the disk identity: %s", strerror(-r));
+
+        if (is_file(p->out.disk_path)) {
+                old = read_small(p->state_dir, "disk.identity");
+                if (old && streq(old, identity)) {
+                        p->step = STEP_GROW;
+                        step_next(p);
+                        return 0;
+                }
+                if (p->spec.reuse_disk_on_change) {
+                        emit_notice(p, "guest configuration changed; disk kept as is (reuse_disk_on_change): the "
+                                       "changes reach the guest only through a fresh disk");
+                        r = store_write_atomic(p->state_dir, "disk.identity", identity, strlen(identity), 0600, err);
+                        if (r < 0)
+                                return r;
+                        p->step = STEP_GROW;
+                        step_next(p);
+                        return 0;
+                }
+                emit_notice(p, "disk reset to pristine: %s changed since the disk was made",
+                            old ? "the guest configuration or the base image" : "the record of what it was made from");
+                if (unlink(p->out.disk_path) < 0 && errno != ENOENT)
+                        return hydra_error_set(err, -errno, "remove '%s': %m", p->out.disk_path);
+                (void) store_remove(p->state_dir, "disk.identity");
+        }
+
+        emit_progress(p, "disk", p->out.disk_path, 0, 0, 0);
+        (void) unlink(part);
+        if (p->spec.keep_pristine) {
+                /* The base stays pristine: the VM writes to an overlay that names it as backing file. */
+                char *argv[] = {
+                        (char *) "qemu-img", (char *) "create", (char *) "-q", (char *) "-f", (char *) "qcow2",
+                        (char *) "-F", (char *) p->base_format, (char *) "-b", p->image_base, part, NULL,
+                };
+                return child_run(p->ctx.event, argv, on_disk_made, p, &p->child, err);
+        }
+        char *argv[] = {
+                (char *) "qemu-img", (char *) "convert", (char *) "-q", (char *) "-f", (char *) p->base_format,
+                (char *) "-O", (char *) "qcow2", p->image_base, part, NULL,
+        };
+        return child_run(p->ctx.event, argv, on_disk_made, p, &p->child, err);
+}
+
+static void on_resized(Child *c, const ChildResult *res, void *userdata) {
+        Provision *p = userdata;
+        HydraError e;
+
+        p->child = NULL;
+        hydra_error_clear(&e);
+        if (res->code != 0) {
+                child_describe_failure("qemu-img resize", res, &e);
+                return provision_fail(p, &e);
+        }
+        p->step = STEP_FIRMWARE;
+        step_next(p);
+}
+
+static void on_disk_info(Child *c, const ChildResult *res, void *userdata) {
+        Provision *p = userdata;
+        uint64_t want = (uint64_t) p->spec.disk_size_gib * GIB, have;
+        char size[32];
+        json_t *root, *vsize;
+        HydraError e;
+        int r;
+
+        p->child = NULL;
+        hydra_error_clear(&e);
+        if (res->code != 0) {
+                child_describe_failure("qemu-img info", res, &e);
+                return provision_fail(p, &e);
+        }
+        root = json_loadb(res->out, res->out_len, 0, NULL);
+        vsize = root ? json_object_get(root, "virtual-size") : NULL;
+        if (!json_is_integer(vsize) || json_integer_value(vsize) < 0) {
+                json_decref(root);
+                (void) hydra_error_set(&e, -EBADMSG, "qemu-img info '%s': no virtual-size in its output",
+                                       p->out.disk_path);
+                return provision_fail(p, &e);
+        }
+        have = (uint64_t) json_integer_value(vsize);
+        json_decref(root);
+
+        if (have >= want) {
+                if (have > want)
+                        log_vm_info(p->name, "VM '%s': disk is %.1f GiB, not shrunk to disk_size %" PRIu32 " GiB",
+                                    p->name, (double) have / (double) GIB, p->spec.disk_size_gib);
+                p->step = STEP_FIRMWARE;
+                return step_next(p);
+        }
+
+        emit_notice(p, "growing the disk from %.1f GiB to %" PRIu32 " GiB", (double) have / (double) GIB,
+                    p->spec.disk_size_gib);
+        (void) snprintf(size, sizeof(size), "%" PRIu64, want);
+        char *argv[] = { (char *) "qemu-img", (char *) "resize", (char *) "-q", p->out.disk_path, size, NULL };
+        r = child_run(p->ctx.event, argv, on_resized, p, &p->child, &e);
+        if (r < 0)
+                return provision_fail(p, &e);
+}
+
+static int step_grow(Provision *p, HydraError *err) {
+        if (p->spec.disk_size_gib == 0) {
+                p->step = STEP_FIRMWARE;
+                step_next(p);
+                return 0;
+        }
+        char *argv[] = { (char *) "qemu-img", (char *) "info", (char *) "-U", (char *) "--output=json",
+                         p->out.disk_path, NULL };
+        return child_run(p->ctx.event, argv, on_disk_info, p, &p->child, err);
+}
+
+/* --- firmware variables and shared memory --- */
+
+static void on_vars_copied(Child *c, const ChildResult *res, void *userdata) {
+        Provision *p = userdata;
+        _cleanup_free_ char *part = NULL;
+        HydraError e;
+
+        p->child = NULL;
+        hydra_error_clear(&e);
+        part = path_join(p->state_dir, "firmware-vars.fd.part");
+        if (!part)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+        if (res->code != 0) {
+                (void) unlink(part);
+                child_describe_failure("copying the firmware variable store", res, &e);
+                return provision_fail(p, &e);
+        }
+        if (rename(part, p->out.firmware_vars) < 0) {
+                (void) hydra_error_set(&e, -errno, "rename '%s': %m", part);
+                (void) unlink(part);
+                return provision_fail(p, &e);
+        }
+        p->step = STEP_SHMEM;
+        step_next(p);
+}
+
+static int step_firmware(Provision *p, HydraError *err) {
+        _cleanup_free_ char *part = NULL;
+
+        if (!p->spec.firmware_vars) {
+                p->step = STEP_SHMEM;
+                step_next(p);
+                return 0;
+        }
+        p->out.firmware_vars = path_join(p->state_dir, "firmware-vars.fd");
+        part = path_join(p->state_dir, "firmware-vars.fd.part");
+        if (!p->out.firmware_vars || !part)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        /* The VM's variables persist across boots: copied from the template once. */
+        if (is_file(p->out.firmware_vars)) {
+                p->step = STEP_SHMEM;
+                step_next(p);
+                return 0;
+        }
+        if (access(p->spec.firmware_vars, R_OK) < 0)
+                return hydra_error_set(err, -errno, "firmware.vars '%s': %m", p->spec.firmware_vars);
+        char *argv[] = { (char *) "cp", (char *) "--sparse=auto", (char *) "--", p->spec.firmware_vars, part, NULL };
+        return child_run(p->ctx.event, argv, on_vars_copied, p, &p->child, err);
+}
+
+/* The backing file of the shared memory: created, or grown (never shrunk), sparse. start-vm.sh gives nvdimm
+ * 2 MiB more than the region, for the label area. */
+static int step_shmem(Provision *p, HydraError *err) {
+        _cleanup_close_ int fd = -EBADF;
+        uint64_t want;
+        struct stat st;
+
+        if (p->spec.devices.shmem == SHMEM_NONE)
+                return 0;
+        want = (uint64_t) p->spec.devices.shmem_size_gib * GIB;
+        if (p->spec.devices.shmem == SHMEM_NVDIMM)
+                want += 2 * MIB;
+
+        fd = open(p->spec.devices.shmem_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return hydra_error_set(err, -errno, "devices.shmem_path '%s': %m", p->spec.devices.shmem_path);
+        if (fstat(fd, &st) < 0)
+                return hydra_error_set(err, -errno, "stat '%s': %m", p->spec.devices.shmem_path);
+        if (!S_ISREG(st.st_mode))
+                return hydra_error_set(err, -EINVAL, "devices.shmem_path '%s' is not a regular file",
+                                       p->spec.devices.shmem_path);
+        if ((uint64_t) st.st_size < want) {
+                if (ftruncate(fd, (off_t) want) < 0)
+                        return hydra_error_set(err, -errno, "grow '%s' to %" PRIu64 " bytes: %m",
+                                               p->spec.devices.shmem_path, want);
+                emit_notice(p, "shared memory file %s sized to %" PRIu64 " MiB", p->spec.devices.shmem_path,
+                            want / MIB);
+        }
+        p->out.shmem_path = strdup(p->spec.devices.shmem_path);
+        return p->out.shmem_path ? 0 : hydra_error_set(err, -ENOMEM, "out of memory");
+}
+
+/* The host side of the 9p shares: the kubelet directories are made, as start-vm.sh makes them; an extra share
+ * must exist (it is the user's data, and a typo must not become an empty directory). */
+static int step_shares(Provision *p, HydraError *err) {
+        const char *base = p->spec.shares.kubelet_host_dir ? p->spec.shares.kubelet_host_dir : "";
+        static const char *const kubelet[] = { "var/lib/kubelet", "var/log/pods" };
+        struct stat st;
+        int r;
+
+        if (p->spec.shares.kubelet == KUBELET_SHARES_VIRTIO)
+                for (size_t i = 0; i < ELEMENTSOF(kubelet); i++) {
+                        _cleanup_free_ char *dir = NULL;
+
+                        if (asprintf(&dir, "%s/%s", streq(base, "/") ? "" : base, kubelet[i]) < 0)
+                                return hydra_error_set(err, -ENOMEM, "out of memory");
+                        if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+                                continue;
+                        r = mkdir_p(dir, 0755);
+                        if (r < 0)
+                                return hydra_error_set(err, r, "shares: create '%s': %s", dir, strerror(-r));
+                        emit_notice(p, "created %s for the kubelet share", dir);
+                }
+        for (size_t i = 0; i < p->spec.shares.n_extra; i++) {
+                const char *hp = p->spec.shares.extra[i].host_path;
+
+                if (stat(hp, &st) < 0)
+                        return hydra_error_set(err, -errno, "shares.extra[%zu].host_path '%s': %m", i, hp);
+                if (!S_ISDIR(st.st_mode))
+                        return hydra_error_set(err, -ENOTDIR, "shares.extra[%zu].host_path '%s' is not a directory",
+                                               i, hp);
+        }
+        return 0;
+}
+
+/* --- the chain --- */
+
+static int step_run(Provision *p, HydraError *err) {
+        int r;
+
+        switch (p->step) {
+        case STEP_IMAGE_FETCH:
+                if (p->mode != BOOT_CLOUD_IMAGE) {
+                        p->step = STEP_ARTIFACT_FETCH;
+                        return step_run(p, err);
+                }
+                return start_fetch(p, &p->spec.image, on_image_fetched, err);
+        case STEP_ARTIFACT_FETCH:
+                if (isempty(p->spec.bare.artifact.url)) {
+                        p->step = STEP_SEED;
+                        return step_run(p, err);
+                }
+                return start_fetch(p, &p->spec.bare.artifact, on_artifact_fetched, err);
+        case STEP_LOCATE:
+                r = step_locate(p, err);
+                if (r < 0)
+                        return r;
+                p->step = STEP_SEED;
+                return step_run(p, err);
+        case STEP_SEED:
+                if (p->mode != BOOT_CLOUD_IMAGE) {
+                        p->step = STEP_DISK;
+                        return step_run(p, err);
+                }
+                return step_seed(p, err);
+        case STEP_DISK:
+                if (p->mode == BOOT_LOCAL) {
+                        p->step = STEP_FIRMWARE;
+                        return step_run(p, err);
+                }
+                return step_disk(p, err);
+        case STEP_GROW:
+                return step_grow(p, err);
+        case STEP_FIRMWARE:
+                return step_firmware(p, err);
+        case STEP_SHMEM:
+                r = step_shares(p, err);
+                if (r < 0)
+                        return r;
+                r = step_shmem(p, err);
+                if (r < 0)
+                        return r;
+                p->step = STEP_DONE;
+                return step_run(p, err);
+        case STEP_DONE:
+                provision_succeed(p);
+                return 1; /* p is gone */
+        default:
+                return hydra_error_set(err, -EINVAL, "internal error: step %d", (int) p->step);
+        }
+}
+
+/* Steps chain from completion callbacks; each step that finishes synchronously continues through here. A step
+ * that returns 1 has freed p. */
+static void step_next(Provision *p) {
+        HydraError err;
+        int r;
+
+        hydra_error_clear(&err);
+        r = step_run(p, &err);
+        if (r < 0)
+                provision_fail(p, &err);
+}
+
+static int on_defer(sd_event_source *s, void *userdata) {
+        Provision *p = userdata;
+
+        p->defer = sd_event_source_disable_unref(p->defer);
+        step_next(p);
+        return 0;
+}
+
+int provision_start(const ProvisionContext *ctx, const VmSpec *spec, const ProvisionCallbacks *cb, void *userdata,
+                    Provision **ret, HydraError *err) {
+        Provision *p;
+        int r;
+
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        p->name = strdup(ctx->name);
+        p->state_dir = strdup(ctx->state_dir);
+        p->cache_dir = strdup(ctx->cache_dir);
+        p->artifact_dir = path_join(ctx->state_dir, "artifact");
+        if (!p->name || !p->state_dir || !p->cache_dir || !p->artifact_dir || vm_spec_copy(&p->spec, spec) < 0) {
+                provision_free(p);
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        p->ctx = (ProvisionContext) { .event = ctx->event, .fetcher = ctx->fetcher, .name = p->name,
+                                      .state_dir = p->state_dir, .cache_dir = p->cache_dir };
+        p->cb = *cb;
+        p->userdata = userdata;
+        p->mode = vm_spec_boot_mode(spec);
+        p->step = STEP_IMAGE_FETCH;
+
+        /* The first step runs from the loop, so that done is never called before this returns. */
+        r = sd_event_add_defer(ctx->event, &p->defer, on_defer, p);
+        if (r < 0) {
+                provision_free(p);
+                return hydra_error_set(err, r, "schedule preparation: %s", strerror(-r));
+        }
+        *ret = p;
+        return 0;
+}
+
+int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOutput *out, CloudInitFiles *files,
+                   HydraError *err) {
+        _cleanup_(provision_output_done) ProvisionOutput o = {};
+        _cleanup_(cloud_init_files_done) CloudInitFiles f = {};
+        _cleanup_free_ char *artifact = NULL, *rootfs = NULL;
+        BootMode mode = vm_spec_boot_mode(spec);
+        int r;
+
+        if (mode != BOOT_LOCAL) {
+                o.disk_path = path_join(ctx->state_dir, "disk.qcow2");
+                if (!o.disk_path)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                o.disk_format = "qcow2";
+        }
+        if (mode == BOOT_CLOUD_IMAGE) {
+                o.seed_path = path_join(ctx->state_dir, "seed.iso");
+                if (!o.seed_path)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                /* The encrypted-container tools are embedded at start, once downloaded: not in a plan. */
+                r = render_seed(spec, NULL, &f, err);
+                if (r < 0)
+                        return r;
+        }
+        if (mode == BOOT_BARE_KERNEL) {
+                artifact = path_join(ctx->state_dir, "artifact");
+                if (!artifact)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                /* Where it would be found now; before the first download, where start-vm.sh looks first. */
+                r = locate_bare(spec, artifact, false, &o.kernel, &o.initrd, &rootfs, err);
+                if (r < 0)
+                        return r;
+                o.bare_kernel = true;
+        }
+        if (spec->firmware_vars) {
+                o.firmware_vars = path_join(ctx->state_dir, "firmware-vars.fd");
+                if (!o.firmware_vars)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (spec->devices.shmem != SHMEM_NONE && spec->devices.shmem_path) {
+                o.shmem_path = strdup(spec->devices.shmem_path);
+                if (!o.shmem_path)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        *out = o;
+        o = (ProvisionOutput) {};
+        *files = f;
+        f = (CloudInitFiles) {};
+        return 0;
+}
