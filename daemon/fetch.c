@@ -9,11 +9,7 @@
  * and block every VM's QMP for as long. The hand-over is the one gRPC uses (DESIGN.md): a mutex-protected queue
  * to the worker, and an eventfd back to the loop, where everything else happens. When the worker falls behind,
  * the transfer is paused (CURL_WRITEFUNC_PAUSE) instead of the loop waiting.
- *
- * Durability without waiting for the disk: a verified .part is renamed to data at once and the done callback runs;
- * the worker then fsyncs data and only after that writes meta.json. meta.json is what makes data a cache hit, and
- * the old one is removed (durably) before the rename, so a crash before the fsync leaves data without meta.json:
- * downloaded again, never trusted. Until the worker wrote it, the loop knows the new meta.json from memory.
+
  *
  * A Fetch goes through up to three steps: the SUMS file (into memory), hashing an existing .part (resume, on the
  * worker), the download itself. Each ends on the loop, outside of libcurl's callbacks, where the next one starts
@@ -72,7 +68,7 @@ typedef enum FetchPhase {
         PHASE_SUMS,      /* the SUMS file, into memory */
         PHASE_HASH_PART, /* the worker hashes what an interrupted download left */
         PHASE_MAIN,      /* the file itself, into data.part */
-        PHASE_FINISH,    /* the transfer ended; the worker writes what is left of it */
+        PHASE_FINISH,    /* the transfer ended; the worker writes (and syncs) what is left of it */
         PHASE_DONE,      /* result known, delivered from a defer source */
 } FetchPhase;
 
@@ -113,8 +109,7 @@ typedef struct Sink {
 typedef enum JobType {
         JOB_DATA,      /* write and hash a buffer */
         JOB_HASH_FILE, /* hash the first size bytes of the file; reported back */
-        JOB_FINISH,    /* a barrier: everything before it is written; reported back */
-        JOB_COMMIT,    /* fsync the (renamed) data, then write its meta.json; reported back */
+        JOB_FINISH,    /* a barrier: everything before it is written (and synced, if asked); reported back */
 } JobType;
 
 typedef struct Job {
@@ -123,22 +118,8 @@ typedef struct Job {
         Sink *sink;
         Buffer *buf;   /* JOB_DATA */
         uint64_t size; /* JOB_HASH_FILE */
-        char *dir;     /* JOB_COMMIT: the entry */
-        char *data_path;
-        char *meta_text;
-        json_t *meta;  /* JOB_COMMIT: what the loop uses meanwhile; loop only */
-        struct Job *next_committing; /* loop only */
+        bool fsync;    /* JOB_FINISH */
 } Job;
-
-static Job *job_free(Job *j) {
-        if (!j)
-                return NULL;
-        free(j->dir);
-        free(j->data_path);
-        free(j->meta_text);
-        json_decref(j->meta);
-        return mfree(j);
-}
 
 struct Fetcher {
         unsigned n_ref;   /* the owner's, plus one per handler running (a done callback may free us) */
@@ -165,8 +146,6 @@ struct Fetcher {
         Buffer *free_buffers;
         unsigned n_buffers;
         bool want_buffer; /* a transfer is paused until a buffer comes back */
-
-        Job *committing; /* loop only: JOB_COMMITs the worker has not returned, newest first (their meta) */
 };
 
 struct Fetch {
@@ -181,8 +160,9 @@ struct Fetch {
         char *sums_url_redacted;
         char *name; /* the URL's file name, looked up in the SUMS file */
         char *user, *password, *token_line;
-        const char *secrets[3]; /* point into the above: scrubbed from every message we return */
-        char *url_password;     /* the password part of url's userinfo, if any */
+        const char *secrets[4]; /* point into the above: scrubbed from every message we return */
+        char *url_password;     /* the password parts of url's and sums_url's userinfo, if any */
+        char *sums_url_password;
         char *entry, *data_path, *part_path;
 
         DigestAlgo expected_algo;
@@ -550,32 +530,18 @@ static void scrub(const Fetch *f, char *s) {
 
 /* --- meta.json --- */
 
-/* The newest meta.json of entry the worker has yet to write, or NULL. */
-static Job *commit_pending(Fetcher *fr, const char *entry) {
-        for (Job *j = fr->committing; j; j = j->next_committing)
-                if (streq(j->dir, entry))
-                        return j;
-        return NULL;
-}
-
-static int meta_load(Fetcher *fr, Fetch *f) {
+static int meta_load(Fetch *f) {
         _cleanup_free_ void *data = NULL;
-        json_t *m = NULL, *sha, *size;
-        Job *pending;
+        json_t *m, *sha, *size;
         struct stat st;
         size_t n;
         int r;
 
         f->meta = json_unref(f->meta);
-        pending = commit_pending(fr, f->entry);
-        if (pending)
-                m = json_deep_copy(pending->meta);
-        else {
-                r = store_read(f->entry, "meta.json", FETCH_META_MAX, &data, &n, NULL);
-                if (r < 0 && r != -ENOENT)
-                        log_debug_errno(r, "Cannot read meta.json of %s, ignoring: %m", f->url_redacted);
-                m = r >= 0 ? json_loadb(data, n, 0, NULL) : NULL;
-        }
+        r = store_read(f->entry, "meta.json", FETCH_META_MAX, &data, &n, NULL);
+        if (r < 0 && r != -ENOENT)
+                log_debug_errno(r, "Cannot read meta.json of %s, ignoring: %m", f->url_redacted);
+        m = r >= 0 ? json_loadb(data, n, 0, NULL) : NULL;
         if (m && !json_is_object(m))
                 m = json_unref(m);
         f->meta = m ?: json_object();
@@ -759,25 +725,9 @@ static void job_run(Job *j) {
         }
 
         case JOB_FINISH:
+                if (j->fsync && fsync(s->fd) < 0)
+                        sink_fail(s, -errno, "sync");
                 return;
-
-        case JOB_COMMIT: {
-                HydraError e = {};
-                struct stat a, b;
-
-                if (fsync(s->fd) < 0) {
-                        log_warning_errno(errno, "Cannot sync '%s', it will be downloaded again: %m", j->data_path);
-                        return;
-                }
-                /* a newer download may have replaced (or a mismatch removed) data meanwhile: then this meta.json
-                 * does not describe it */
-                if (fstat(s->fd, &a) < 0 || stat(j->data_path, &b) < 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev)
-                        return;
-                if (store_write_atomic(j->dir, "meta.json", j->meta_text, strlen(j->meta_text), 0644, &e) < 0)
-                        log_warning("Cannot write the cache metadata, '%s' will be downloaded again: %s",
-                                    j->data_path, e.message);
-                return;
-        }
         }
 }
 
@@ -811,7 +761,7 @@ static void *worker_main(void *userdata) {
                 }
                 if (j->type == JOB_DATA) {
                         sink_unref_locked(j->sink);
-                        job_free(j);
+                        free(j);
                 } else {
                         j->next = NULL;
                         *fr->returned_tail = j;
@@ -869,13 +819,17 @@ static void worker_stop(Fetcher *fr) {
         fr->worker_running = false;
 }
 
-static int worker_queue(Fetcher *fr, Job *j) {
-        Sink *s = j->sink;
+static int worker_submit(Fetcher *fr, JobType type, Sink *s, Buffer *buf, uint64_t size, bool fsync) {
+        Job *j;
         int r;
 
         r = worker_start(fr);
         if (r < 0)
                 return r;
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        *j = (Job) { .type = type, .sink = s, .buf = buf, .size = size, .fsync = fsync };
 
         pthread_mutex_lock(&fr->lock);
         s->n_ref++;
@@ -884,19 +838,6 @@ static int worker_queue(Fetcher *fr, Job *j) {
         pthread_cond_signal(&fr->cond);
         pthread_mutex_unlock(&fr->lock);
         return 0;
-}
-
-static int worker_submit(Fetcher *fr, JobType type, Sink *s, Buffer *buf, uint64_t size) {
-        Job *j = calloc(1, sizeof(*j));
-        int r;
-
-        if (!j)
-                return -ENOMEM;
-        *j = (Job) { .type = type, .sink = s, .buf = buf, .size = size };
-        r = worker_queue(fr, j);
-        if (r < 0)
-                free(j);
-        return r;
 }
 
 /* A free buffer, or NULL: then the worker says when one is back. */
@@ -998,6 +939,7 @@ static Fetch *fetch_free(Fetch *f) {
         free_secret(f->password);
         free_secret(f->token_line);
         free_secret(f->url_password);
+        free_secret(f->sums_url_password);
         free(f->entry);
         free(f->data_path);
         free(f->part_path);
@@ -1182,9 +1124,8 @@ static BodyMode body_start(Fetch *f) {
         f->start_usec = now_usec();
         f->progress_usec = 0;
 
-        /* Remember which version of the file data.part holds, for If-Range when resuming it. Not while the
-         * worker has yet to sync data: this meta.json would vouch for it too early. */
-        if ((f->resp_etag || f->resp_last_modified) && !commit_pending(f->fetcher, f->entry)) {
+        /* Remember which version of the file data.part holds, for If-Range when resuming it. */
+        if (f->resp_etag || f->resp_last_modified) {
                 json_t *part = json_object();
                 if (part) {
                         meta_set_string(part, "etag", f->resp_etag);
@@ -1247,7 +1188,7 @@ static int buffer_submit(Fetch *f) {
                 buffer_put(f->fetcher, b);
                 return 0;
         }
-        r = worker_submit(f->fetcher, JOB_DATA, f->sink, b, 0);
+        r = worker_submit(f->fetcher, JOB_DATA, f->sink, b, 0, false);
         if (r < 0) {
                 buffer_put(f->fetcher, b);
                 return hydra_error_set(&f->error, r, "write '%s': %s", f->part_path, strerror(-r));
@@ -1616,7 +1557,7 @@ static int fetch_proceed(Fetch *f, HydraError *err) {
                         if (!f->sink)
                                 return hydra_error_set(err, -ENOMEM, "out of memory");
                         /* the digest must cover what is there: the worker reads it back first */
-                        r = worker_submit(f->fetcher, JOB_HASH_FILE, f->sink, NULL, (uint64_t) st.st_size);
+                        r = worker_submit(f->fetcher, JOB_HASH_FILE, f->sink, NULL, (uint64_t) st.st_size, false);
                         if (r < 0)
                                 return hydra_error_set(err, r, "hash '%s': %s", f->part_path, strerror(-r));
                         f->revalidate = false;
@@ -1704,9 +1645,17 @@ static int set_http_error(Fetch *f, long code, const char *url_redacted) {
                                hint);
 }
 
+/* libcurl's message for a failed transfer, scrubbed: it goes into logs as well as errors. */
+static const char *curl_error_text(Fetch *f, CURLcode cc) {
+        if (!f->errbuf[0])
+                return curl_easy_strerror(cc);
+        scrub(f, f->errbuf);
+        return f->errbuf;
+}
+
 static int set_curl_error(Fetch *f, CURLcode cc, const char *what, const char *url_redacted) {
         return hydra_error_set(&f->error, curl_code_to_errno(cc), "%s %s: %s", what, url_redacted,
-                               f->errbuf[0] ? f->errbuf : curl_easy_strerror(cc));
+                               curl_error_text(f, cc));
 }
 
 /* A 3xx: follow Location ourselves. Returns 1 if a new hop started, 0 if there is nothing to follow, <0 on
@@ -1775,7 +1724,7 @@ static void sums_done(Fetch *f, CURLcode cc) {
         if (cc != CURLE_OK) {
                 if (curl_code_transient(cc) && f->have_data) {
                         log_warning("Cannot reach %s (%s), using the cached %s", u,
-                                    f->errbuf[0] ? f->errbuf : curl_easy_strerror(cc), f->url_redacted);
+                                    curl_error_text(f, cc), f->url_redacted);
                         r = fetch_use_cache(f, false, "server unreachable, using the cached copy");
                         if (r < 0)
                                 fetch_fail(f, hydra_error_set(&f->error, r, "out of memory"));
@@ -1803,35 +1752,7 @@ static void sums_done(Fetch *f, CURLcode cc) {
         }
 }
 
-/* Hands data's fsync and the writing of its meta.json (f->meta) to the worker. On failure data stays without
- * meta.json: not a cache hit next time, which is safe. */
-static void commit_start(Fetch *f) {
-        Fetcher *fr = f->fetcher;
-        Job *j;
-
-        j = calloc(1, sizeof(*j));
-        if (j) {
-                *j = (Job) {
-                        .type = JOB_COMMIT,
-                        .sink = f->sink,
-                        .dir = strdup(f->entry),
-                        .data_path = strdup(f->data_path),
-                        .meta_text = json_dumps(f->meta, JSON_INDENT(2) | JSON_SORT_KEYS),
-                        .meta = json_incref(f->meta),
-                };
-                if (j->dir && j->data_path && j->meta_text && worker_queue(fr, j) >= 0) {
-                        j->next_committing = fr->committing;
-                        fr->committing = j;
-                        sink_release(fr, &f->sink, false);
-                        return;
-                }
-        }
-        job_free(j);
-        log_warning("Cannot sync '%s' and its metadata: it will be downloaded again next time", f->data_path);
-        sink_release(fr, &f->sink, false);
-}
-
-/* The worker has written everything: verify, then data.part becomes data. */
+/* The worker has written and synced everything: verify, then data.part becomes data. */
 static int main_finish(Fetch *f) {
         unsigned char md[EVP_MAX_MD_SIZE];
         char got[129], got512[129] = "";
@@ -1839,6 +1760,7 @@ static int main_finish(Fetch *f) {
         const char *actual;
         Sink *s = f->sink;
         json_t *m;
+        int r;
 
         if (EVP_DigestFinal_ex(s->sha256, md, &md_len) != 1)
                 return hydra_error_set(&f->error, -EIO, "digest of %s", f->url_redacted);
@@ -1860,11 +1782,13 @@ static int main_finish(Fetch *f) {
                                        f->url_redacted, algo, f->expected_hex, algo, actual);
         }
 
-        /* The old meta.json goes first, durably: whatever happens next, data is trusted only once the new one
-         * is written, which the worker does after syncing data. */
-        if (store_remove(f->entry, "meta.json") < 0 || fsync_dir(f->entry) < 0)
-                return hydra_error_set(&f->error, -errno, "remove the old metadata in '%s': %s", f->entry,
-                                       strerror(errno));
+        /* The old meta.json goes first, durably: a crash before the new one is written leaves data without
+         * meta.json (downloaded again), never data described by the metadata of another version. */
+        r = store_remove(f->entry, "meta.json");
+        if (r >= 0)
+                r = fsync_dir(f->entry);
+        if (r < 0)
+                return hydra_error_set(&f->error, r, "remove the old metadata in '%s': %s", f->entry, strerror(-r));
         if (rename(f->part_path, f->data_path) < 0)
                 return hydra_error_set(&f->error, -errno, "rename '%s' into '%s': %s", f->part_path, f->data_path,
                                        strerror(errno));
@@ -1882,7 +1806,8 @@ static int main_finish(Fetch *f) {
         (void) json_object_set_new(m, "time", json_integer((json_int_t) time(NULL)));
         json_decref(f->meta);
         f->meta = m;
-        commit_start(f);
+        sink_release(f->fetcher, &f->sink, false);
+        (void) meta_save(f); /* on failure, data is simply not a cache hit next time */
 
         memcpy(f->sha256_hex, got, sizeof(got));
         f->result.from_cache = false;
@@ -1908,7 +1833,8 @@ static int finish_start(Fetch *f, bool ok, CURLcode cc) {
         r = buffer_submit(f);
         if (r < 0)
                 return r;
-        r = worker_submit(f->fetcher, JOB_FINISH, f->sink, NULL, 0);
+        /* a finished download is synced before it is renamed: data is durable once the done callback runs */
+        r = worker_submit(f->fetcher, JOB_FINISH, f->sink, NULL, 0, ok);
         if (r < 0)
                 return hydra_error_set(&f->error, r, "write '%s': %s", f->part_path, strerror(-r));
         f->phase = PHASE_FINISH;
@@ -1956,7 +1882,7 @@ static void on_sink_done(Fetch *f, Job *j) {
         if (f->revalidate && f->have_data) {
                 /* a newer version was coming: the verified copy we have still serves */
                 log_warning("Download of a newer %s interrupted after %" PRIu64 " bytes (%s), using the cached copy",
-                            u, s->size, f->errbuf[0] ? f->errbuf : curl_easy_strerror(cc));
+                            u, s->size, curl_error_text(f, cc));
                 sink_release(f->fetcher, &f->sink, false);
                 r = fetch_use_cache(f, false, "the download of a newer version was interrupted, using the cached copy");
                 if (r < 0)
@@ -1968,7 +1894,7 @@ static void on_sink_done(Fetch *f, Job *j) {
         (void) hydra_error_set(&f->error, curl_code_to_errno(cc),
                                "download %s interrupted after %" PRIu64 " bytes%s: %s", u, s->size,
                                s->size > 0 ? " (kept for resuming)" : "",
-                               f->errbuf[0] ? f->errbuf : curl_easy_strerror(cc));
+                               curl_error_text(f, cc));
         fetch_fail(f, f->error.code);
 }
 
@@ -2055,7 +1981,7 @@ static void main_done(Fetch *f, CURLcode cc) {
         if (curl_code_transient(cc)) {
                 if (f->revalidate && f->bytes == 0) {
                         log_warning("Cannot reach %s (%s), using the cached copy", u,
-                                    f->errbuf[0] ? f->errbuf : curl_easy_strerror(cc));
+                                    curl_error_text(f, cc));
                         use_cache_or_fail(f, false, "server unreachable, using the cached copy");
                         return;
                 }
@@ -2113,14 +2039,6 @@ static void fetcher_process(Fetcher *fr) {
         }
 }
 
-static void commit_done(Fetcher *fr, Job *j) {
-        for (Job **p = &fr->committing; *p; p = &(*p)->next_committing)
-                if (*p == j) {
-                        *p = j->next_committing;
-                        break;
-                }
-}
-
 /* The worker returned jobs, or freed a buffer a paused transfer waits for. */
 static int on_worker(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         _cleanup_(fetcher_unrefp) Fetcher *fr = fetcher_ref(userdata);
@@ -2142,15 +2060,13 @@ static int on_worker(sd_event_source *s, int fd, uint32_t revents, void *userdat
         while (returned) {
                 Job *j = returned;
                 returned = j->next;
-                if (j->type == JOB_COMMIT)
-                        commit_done(fr, j);
                 /* a done callback may have freed the fetcher: then only clean up */
-                else if (!fr->dead && j->sink->fetch)
+                if (!fr->dead && j->sink->fetch)
                         on_sink_done(j->sink->fetch, j);
                 fetcher_lock(fr);
                 sink_unref_locked(j->sink);
                 fetcher_unlock(fr);
-                job_free(j);
+                free(j);
         }
 
         if (!fr->dead)
@@ -2223,13 +2139,12 @@ Fetcher *fetcher_free(Fetcher *fr) {
         }
         fr->timer = sd_event_source_disable_unref(fr->timer);
 
-        worker_stop(fr); /* after it wrote what was queued, meta.json included */
-        fr->committing = NULL;
+        worker_stop(fr);
         while (fr->returned) {
                 Job *j = fr->returned;
                 fr->returned = j->next;
                 sink_unref_locked(j->sink);
-                job_free(j);
+                free(j);
         }
         buffers_trim(fr);
         fr->efd_source = sd_event_source_disable_unref(fr->efd_source);
@@ -2340,8 +2255,10 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
                 }
                 f->sums_url = strdup(req->sums_url);
                 f->sums_url_redacted = fetch_redact_url(req->sums_url);
-                if (!f->sums_url || !f->sums_url_redacted)
+                if (!f->sums_url || !f->sums_url_redacted ||
+                    url_userinfo_password(f->sums_url, &f->sums_url_password) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
+                f->secrets[3] = f->sums_url_password;
                 if (isempty(f->name))
                         return hydra_error_set(err, -EINVAL, "fetch %s: the URL names no file to look up in %s",
                                                f->url_redacted, f->sums_url_redacted);
@@ -2354,7 +2271,7 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
         r = mkdir_p(f->entry, 0755);
         if (r < 0)
                 return hydra_error_set(err, r, "create the cache directory '%s': %s", f->entry, strerror(-r));
-        r = meta_load(fr, f);
+        r = meta_load(f);
         if (r < 0)
                 return hydra_error_set(err, r, "out of memory");
 

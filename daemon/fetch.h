@@ -15,9 +15,8 @@
  *     data        the verified file, exactly as served
  *     data.part   an interrupted download; resumed with a Range request
  *     meta.json   url (without credentials), etag, last_modified, size, sha256/sha512 of data, time
- * A file appears as data only once complete and verified (write .part, verify, rename), and is a cache hit only
- * once fsynced and described by meta.json (see below). A failed or wrong-checksum download leaves no data file;
- * .part is kept only when the transfer was interrupted (resume).
+ * A file appears as data only once complete and verified (write .part, fsync, verify, rename). A failed or
+ * wrong-checksum download leaves no data file; .part is kept only when the transfer was interrupted (resume).
  *
  * Cache hit: with a checksum that matches meta.json, no request is made; otherwise a conditional request
  * (If-None-Match / If-Modified-Since) revalidates it (304: hit). When the server cannot be reached the cached
@@ -31,9 +30,8 @@
  *   local transfer; a disk may stall): handed over through a queue, reported back to the loop through an eventfd.
  *   The thread touches only the file and its digest; callbacks all run on the loop. When it falls behind, the
  *   transfer pauses. On resume it also reads back and hashes the existing .part before the Range request.
- * - Durability: the verified .part is renamed to data and the done callback runs at once; the worker then fsyncs
- *   data and only then writes meta.json (the old one is removed, durably, before the rename). data without
- *   meta.json is never a cache hit, so a crash before the fsync costs a download, never a torn image.
+ * - The old meta.json is removed (durably) before the rename and the new one written after it: a crash in between
+ *   leaves data without meta.json, which is never a cache hit (downloaded again).
  * - Redirects (at most 5, to http/https only) are followed by fetch.c itself rather than by libcurl, so that a
  *   redirect to another origin (scheme, host, port) drops the password AND the token header: libcurl drops only
  *   the former. A SUMS url gets the credentials only when it has the URL's origin.
@@ -82,8 +80,8 @@ typedef void (*fetch_done_t)(Fetch *f, int r, const FetchResult *res, const Hydr
 
 int fetcher_new(sd_event *event, Fetcher **ret);
 /* Cancels every fetch (no callbacks). Unlike fetch_cancel(), a .part is kept: a daemon that stops mid-download
- * resumes it when it comes back. Waits for the worker to write what it was handed (at most 32 MiB, and the fsync
- * of a finished download). May be called from a done callback, not from a progress callback. */
+ * resumes it when it comes back. Waits for the worker to write what it was handed (at most 32 MiB, or an fsync
+ * in progress). May be called from a done callback, not from a progress callback. */
 Fetcher *fetcher_free(Fetcher *fr);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Fetcher *, fetcher_free);
 
