@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class Server:
     def __init__(self, tmp, root):
-        port_file = f"{tmp}/httpd.port"
+        port_file = f"{root}.port"
         self.proc = subprocess.Popen(["/usr/bin/python3", f"{ROOT}/tests/httpd.py", "--root", root, "--port-file",
                                       port_file, "--log", "/dev/null"])
         deadline = time.time() + 30
