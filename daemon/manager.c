@@ -90,8 +90,10 @@ int manager_load(Manager *m, HydraError *err) {
                 if (r < 0)
                         log_vm_error(vm->name, "VM '%s': cannot load its stored spec, leaving it unregistered: %s",
                                      vm->name, e.message);
-                else if (r > 0)
+                else if (r > 0) {
                         log_vm_info(vm->name, "VM '%s': spec loaded", vm->name);
+                        (void) vm_adopt(vm);
+                }
         }
         return 0;
 }

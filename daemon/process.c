@@ -175,6 +175,10 @@ int process_get_start_time(pid_t pid, uint64_t *ret) {
         if (!p)
                 return -EIO;
         p++;
+        /* Field 3, the state: a zombie has exited already; whoever reaps it, it is not a live process. */
+        p += strspn(p, " ");
+        if (*p == 'Z' || *p == 'X')
+                return -ESRCH;
         /* Fields 3..21 precede starttime (22). */
         for (int field = 3; field <= 22; field++) {
                 p += strspn(p, " ");

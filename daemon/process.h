@@ -29,5 +29,6 @@ int process_find_binary(const char *name, char **ret_path);
 int process_pidfd_open(pid_t pid);
 int process_pidfd_signal(int pidfd, int sig);
 
-/* Field 22 of /proc/PID/stat: the start time in clock ticks since boot; with the pid, a process identity. */
+/* Field 22 of /proc/PID/stat: the start time in clock ticks since boot; with the pid, a process identity.
+ * -ESRCH for a process that is gone or a zombie (exited, not reaped yet). */
 int process_get_start_time(pid_t pid, uint64_t *ret);

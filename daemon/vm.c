@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
+#include <jansson.h>
 #include <linux/kvm.h>
 #include <signal.h>
 #include <stdio.h>
@@ -191,6 +192,85 @@ static void vm_check_ops(Vm *vm) {
 
 static int vm_remove(Vm *vm);
 
+#define RUNTIME_FILE "runtime.json"
+#define ADOPT_QMP_TIMEOUT_USEC (10ULL * 1000000ULL)
+
+/* RUN_DIR/ROLE/runtime.json: what a restarted hydrad needs to find its QEMU again. Replaced atomically at every
+ * state with a process; removed when the process is gone. */
+static void vm_runtime_save(Vm *vm) {
+        _cleanup_free_ char *data = NULL;
+        HydraError err;
+        json_t *o;
+        int r;
+
+        o = json_pack("{s:I, s:I, s:s, s:I, s:I, s:s, s:s*, s:s*}", "pid", (json_int_t) vm->pid, "start_time",
+                      (json_int_t) vm->start_ticks, "qmp_socket", vm->qmp_path, "spec_generation",
+                      (json_int_t) vm->generation, "spawn_realtime_usec",
+                      (json_int_t) (now_usec(CLOCK_REALTIME) - (now_usec(CLOCK_MONOTONIC) - vm->spawn_usec)),
+                      "state", vm_state_to_string(vm->state), "disk_path", vm->prepared.disk_path, "seed_path",
+                      vm->prepared.seed_path);
+        data = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        hydra_error_clear(&err);
+        r = data ? store_write_atomic(vm->run_dir, RUNTIME_FILE, data, strlen(data), 0600, &err) : -ENOMEM;
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': cannot record the runtime state (a restarted hydrad will not find "
+                               "this QEMU): %s", vm->name, r == -ENOMEM ? "out of memory" : err.message);
+}
+
+#define STATE_FILE "state.json"
+
+/* STATE_DIR/ROLE/state.json: a resting state (stopped, failed, crashed) with the last exit and error, so that a
+ * restarted hydrad shows what happened instead of "defined". */
+static void vm_state_save(Vm *vm) {
+        _cleanup_free_ char *data = NULL;
+        HydraError err;
+        json_t *o;
+        int r;
+
+        o = json_pack("{s:s, s:{s:b, s:i, s:i, s:s, s:I}, s:s}", "state", vm_state_to_string(vm->state), "last_exit",
+                      "exited", vm->last_exit.exited, "code", vm->last_exit.code, "signal", vm->last_exit.signal,
+                      "reason", vm->last_exit.reason, "time_usec", (json_int_t) vm->last_exit.time_usec, "last_error",
+                      vm->last_error.code < 0 ? vm->last_error.message : "");
+        data = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        hydra_error_clear(&err);
+        r = data ? store_write_atomic(vm->state_dir, STATE_FILE, data, strlen(data), 0600, &err) : -ENOMEM;
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': cannot record its state: %s", vm->name,
+                               r == -ENOMEM ? "out of memory" : err.message);
+}
+
+static void vm_state_load(Vm *vm) {
+        _cleanup_free_ void *data = NULL;
+        const char *state = NULL, *reason = NULL, *error = NULL;
+        json_int_t time_usec = 0;
+        int exited = 0, code = 0, sig = 0;
+        VmState st;
+        size_t size;
+        json_t *o;
+
+        if (store_read(vm->state_dir, STATE_FILE, 64 * 1024, &data, &size, NULL) < 0)
+                return;
+        o = json_loadb(data, size, 0, NULL);
+        if (!o || json_unpack(o, "{s:s, s:{s:b, s:i, s:i, s:s, s:I}, s:s}", "state", &state, "last_exit", "exited",
+                              &exited, "code", &code, "signal", &sig, "reason", &reason, "time_usec", &time_usec,
+                              "last_error", &error) < 0 ||
+            (st = vm_state_from_string(state)) < 0 ||
+            (st != VM_STATE_STOPPED && st != VM_STATE_FAILED && st != VM_STATE_CRASHED)) {
+                log_vm_warning(vm->name, "VM '%s': '%s/%s' is not a valid state record; ignoring it", vm->name,
+                               vm->state_dir, STATE_FILE);
+                json_decref(o);
+                return;
+        }
+        vm->state = st;
+        vm->last_exit = (VmExit) { .exited = exited, .code = code, .signal = sig, .time_usec = (uint64_t) time_usec };
+        (void) snprintf(vm->last_exit.reason, sizeof(vm->last_exit.reason), "%s", reason);
+        if (!isempty(error))
+                (void) hydra_error_set(&vm->last_error, -EIO, "%s", error);
+        json_decref(o);
+}
+
 static void vm_set_state(Vm *vm, VmState next, const char *reason) {
         VmState from = vm->state;
         HydraEvent ev = {
@@ -206,6 +286,10 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason) {
         vm->state = next;
         log_vm_info(vm->name, "VM '%s': %s -> %s (%s)", vm->name, vm_state_to_string(from), vm_state_to_string(next),
                     reason);
+        if (vm_state_has_process(next) && vm->pid > 0)
+                vm_runtime_save(vm);
+        if (next == VM_STATE_STOPPED || next == VM_STATE_FAILED || next == VM_STATE_CRASHED)
+                vm_state_save(vm);
         manager_emit(vm->manager, &ev, vm);
 
         if (vm->destroy_pending && vm_is_down(vm))
@@ -228,8 +312,11 @@ static void vm_teardown_process(Vm *vm) {
         vm->pid = 0;
         vm->start_ticks = 0;
         vm->spawn_usec = 0;
+        vm->adopted = false;
+        vm->resume_stop = false;
         if (vm->qmp_path)
                 (void) unlink(vm->qmp_path);
+        (void) store_remove(vm->run_dir, RUNTIME_FILE);
 }
 
 /* The last lines QEMU wrote to stderr, on one line, for an error message. */
@@ -274,17 +361,14 @@ static const char *exit_reason(Vm *vm) {
         }
 }
 
-static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
-        Vm *vm = userdata;
+/* code/signal as waitid() reports them; an adopted QEMU is not our child, so its status is unknown (both -1). */
+static void vm_process_exited(Vm *vm, int code, int signal) {
         VmState state = vm->state;
         const char *reason;
         VmEvent event;
 
-        vm->last_exit = (VmExit) { .exited = true, .time_usec = now_usec(CLOCK_REALTIME) };
-        if (si->si_code == CLD_EXITED)
-                vm->last_exit.code = si->si_status;
-        else
-                vm->last_exit.signal = si->si_status;
+        vm->last_exit = (VmExit) { .exited = true, .time_usec = now_usec(CLOCK_REALTIME), .code = code,
+                                   .signal = signal > 0 ? signal : 0 };
 
         if (state == VM_STATE_STARTING) {
                 char tail[STDERR_TAIL_MAX];
@@ -318,9 +402,13 @@ static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
         }
         (void) snprintf(vm->last_exit.reason, sizeof(vm->last_exit.reason), "%s", reason);
 
-        log_vm_info(vm->name, "VM '%s': QEMU (pid %d) exited: %s %d, reason %s", vm->name, (int) vm->pid,
-                    vm->last_exit.signal ? "signal" : "status",
-                    vm->last_exit.signal ? vm->last_exit.signal : vm->last_exit.code, reason);
+        if (code < 0 && signal < 0)
+                log_vm_info(vm->name, "VM '%s': adopted QEMU (pid %d) exited (status unknown: not our child), reason "
+                            "%s", vm->name, (int) vm->pid, reason);
+        else
+                log_vm_info(vm->name, "VM '%s': QEMU (pid %d) exited: %s %d, reason %s", vm->name, (int) vm->pid,
+                            vm->last_exit.signal ? "signal" : "status",
+                            vm->last_exit.signal ? vm->last_exit.signal : vm->last_exit.code, reason);
 
         vm_teardown_process(vm);
         if (vm_state_has_process(state))
@@ -328,10 +416,31 @@ static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
         else
                 /* A QEMU we were already killing after a failed start: nothing changes but ops may finish. */
                 vm_check_ops(vm);
+}
+
+static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        if (si->si_code == CLD_EXITED)
+                vm_process_exited(userdata, si->si_status, 0);
+        else
+                vm_process_exited(userdata, -1, si->si_status);
+        return 0;
+}
+
+/* An adopted QEMU's pidfd became readable: it exited. Not our child: no status to collect. */
+static int on_adopted_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        vm_process_exited(userdata, -1, -1);
         return 0;
 }
 
 /* --- staged stop --- */
+
+static int vm_signal(Vm *vm, int sig) {
+        if (!vm->child_source)
+                return -ESRCH;
+        if (vm->adopted)
+                return process_pidfd_signal(sd_event_source_get_io_fd(vm->child_source), sig);
+        return sd_event_source_send_child_signal(vm->child_source, sig, NULL, 0);
+}
 
 static void stop_advance(Vm *vm, StopStage stage);
 
@@ -403,7 +512,7 @@ static void stop_advance(Vm *vm, StopStage stage) {
 
                 log_vm_info(vm->name, "VM '%s': sending %s to QEMU (pid %d)", vm->name, sig == SIGTERM ? "SIGTERM" : "SIGKILL",
                             (int) vm->pid);
-                r = vm->child_source ? sd_event_source_send_child_signal(vm->child_source, sig, NULL, 0) : -ESRCH;
+                r = vm_signal(vm, sig);
                 if (r < 0 && stage == STOP_STAGE_SIGTERM) {
                         log_vm_warning_errno(vm->name, r, "VM '%s': SIGTERM failed: %m", vm->name);
                         return stop_advance(vm, STOP_STAGE_SIGKILL);
@@ -473,7 +582,14 @@ static void on_query_block(QmpClient *q, json_t *result, int error, const char *
                                      d->read_only ? ", read-only" : "");
                 }
         }
-        (void) vm_dispatch(vm, VM_EVENT_QMP_READY, "qmp-ready");
+        (void) vm_dispatch(vm, VM_EVENT_QMP_READY, vm->adopted ? "adopted" : "qmp-ready");
+        if (vm->resume_stop && vm->state == VM_STATE_RUNNING) {
+                vm->resume_stop = false;
+                log_vm_info(vm->name, "VM '%s': finishing the stop that was in progress when hydrad stopped",
+                            vm->name);
+                vm->stop_timeout_usec = manager_get_config(vm->manager)->stop_timeout_usec;
+                (void) vm_dispatch(vm, VM_EVENT_STOP, "stop-resumed");
+        }
 }
 
 static void on_qmp_ready(QmpClient *q, void *userdata) {
@@ -821,11 +937,127 @@ static int vm_launch(Vm *vm, HydraError *err) {
         (void) sd_event_source_set_description(vm->child_source, "qemu-exit");
 
         log_vm_info(vm->name, "VM '%s': QEMU started (pid %d)", vm->name, (int) pid);
+        vm_runtime_save(vm);
 
         r = qmp_client_new(e, TAKE_FD(cfd), vm->name, QMP_HANDSHAKE_TIMEOUT_USEC, &qmp_callbacks, vm, &vm->qmp);
         if (r < 0)
                 return hydra_error_set(err, r, "QMP client: %s", strerror(-r));
         return 0;
+}
+
+
+/* --- re-adoption --- */
+
+static void vm_adopt_lost(Vm *vm, pid_t pid, const char *recorded_state, const char *why) {
+        bool was_stopping = recorded_state && streq(recorded_state, "stopping");
+
+        vm->last_exit = (VmExit) { .exited = true, .time_usec = now_usec(CLOCK_REALTIME), .code = -1 };
+        (void) snprintf(vm->last_exit.reason, sizeof(vm->last_exit.reason), "%s", was_stopping ? "quit" : "lost");
+        if (!was_stopping)
+                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH,
+                                       "QEMU (pid %d) of the previous hydrad %s while hydrad was not running; its "
+                                       "exit status is unknown", (int) pid, why);
+        log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) of the previous hydrad %s; not adopted", vm->name, (int) pid,
+                       why);
+        (void) store_remove(vm->run_dir, RUNTIME_FILE);
+        vm_set_state(vm, was_stopping ? VM_STATE_STOPPED : VM_STATE_CRASHED, was_stopping ? "stopped" : "lost");
+}
+
+int vm_adopt(Vm *vm) {
+        _cleanup_close_ int pidfd = -EBADF, fd = -EBADF;
+        _cleanup_free_ void *data = NULL;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        const char *qmp, *state = NULL, *disk = NULL, *seed = NULL;
+        json_int_t pid = 0, ticks = 0, spawned = 0;
+        uint64_t now_ticks = 0, mono, real;
+        HydraError err;
+        json_t *o;
+        size_t size;
+        int r;
+
+        hydra_error_clear(&err);
+        r = store_read(vm->run_dir, RUNTIME_FILE, 64 * 1024, &data, &size, &err);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0) {
+                log_vm_warning(vm->name, "VM '%s': %s; ignoring it", vm->name, err.message);
+                return 0;
+        }
+        o = json_loadb(data, size, 0, NULL);
+        if (!o || json_unpack(o, "{s:I, s:I, s:s, s?I, s?s, s?s, s?s}", "pid", &pid, "start_time", &ticks,
+                              "qmp_socket", &qmp, "spawn_realtime_usec", &spawned, "state", &state, "disk_path",
+                              &disk, "seed_path", &seed) < 0 || pid <= 1) {
+                log_vm_warning(vm->name, "VM '%s': '%s/%s' is not a valid runtime record; ignoring it", vm->name,
+                               vm->run_dir, RUNTIME_FILE);
+                json_decref(o);
+                (void) store_remove(vm->run_dir, RUNTIME_FILE);
+                return 0;
+        }
+
+        /* The identity is pid + start time, checked again once we hold a pidfd: a pid reused in between would
+         * be caught by the second check, and from then on the pidfd pins the process. */
+        pidfd = process_pidfd_open((pid_t) pid);
+        if (pidfd < 0 || process_get_start_time((pid_t) pid, &now_ticks) < 0 || now_ticks != (uint64_t) ticks) {
+                vm_adopt_lost(vm, (pid_t) pid, state, pidfd < 0 || now_ticks == 0 ? "exited" : "exited (its pid now "
+                              "belongs to another process)");
+                json_decref(o);
+                return 0;
+        }
+        if (!streq(qmp, vm->qmp_path) || strlen(qmp) >= sizeof(sa.sun_path)) {
+                log_vm_warning(vm->name, "VM '%s': the recorded QMP socket '%s' is not this hydrad's '%s'", vm->name,
+                               qmp, vm->qmp_path);
+        }
+        strcpy(sa.sun_path, vm->qmp_path);
+
+        vm->pid = (pid_t) pid;
+        vm->start_ticks = (uint64_t) ticks;
+        vm->adopted = true;
+        vm->resume_stop = state && streq(state, "stopping");
+        mono = now_usec(CLOCK_MONOTONIC);
+        real = now_usec(CLOCK_REALTIME);
+        vm->spawn_usec = spawned > 0 && (uint64_t) spawned <= real && real - (uint64_t) spawned < mono
+                                 ? mono - (real - (uint64_t) spawned)
+                                 : mono;
+        if (disk)
+                vm->prepared.disk_path = strdup(disk);
+        if (seed)
+                vm->prepared.seed_path = strdup(seed);
+        json_decref(o);
+
+        r = sd_event_add_io(manager_get_event(vm->manager), &vm->child_source, pidfd, EPOLLIN, on_adopted_exit, vm);
+        if (r < 0) {
+                log_vm_error_errno(vm->name, r, "VM '%s': cannot watch the adopted QEMU (pid %d): %m", vm->name,
+                                   (int) pid);
+                vm->pid = 0;
+                vm->adopted = false;
+                return 0;
+        }
+        (void) sd_event_source_set_io_fd_own(vm->child_source, true);
+        TAKE_FD(pidfd);
+        (void) sd_event_source_set_description(vm->child_source, "qemu-exit-adopted");
+
+        log_vm_info(vm->name, "VM '%s': adopting QEMU (pid %d) of the previous hydrad%s", vm->name, (int) pid,
+                    vm->resume_stop ? "; it was stopping" : "");
+        vm_set_state(vm, VM_STATE_STARTING, "adopting");
+
+        /* QEMU's QMP server accepts a new client once the old one (the previous hydrad) is gone. A QEMU that does
+         * not answer in time goes the way of a failed start: stopped in stages, never left behind. */
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "adopting QEMU (pid %d): cannot connect to "
+                                       "QMP at '%s': %m", (int) pid, vm->qmp_path);
+                log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "adopt-failed");
+                return 1;
+        }
+        r = qmp_client_new(manager_get_event(vm->manager), TAKE_FD(fd), vm->name, ADOPT_QMP_TIMEOUT_USEC,
+                           &qmp_callbacks, vm, &vm->qmp);
+        if (r < 0) {
+                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "adopting QEMU (pid %d): QMP client: %s",
+                                       (int) pid, strerror(-r));
+                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "adopt-failed");
+        }
+        return 1;
 }
 
 /* --- the executor --- */
@@ -1006,6 +1238,7 @@ int vm_load(Vm *vm, HydraError *err) {
         vm->generation = 1;
         vm->registered = true;
         vm->state = VM_STATE_DEFINED;
+        vm_state_load(vm);
         return 1;
 }
 

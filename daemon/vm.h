@@ -70,7 +70,9 @@ struct Vm {
         pid_t pid;
         uint64_t start_ticks;      /* /proc/PID/stat start time: the process identity with pid */
         uint64_t spawn_usec;       /* CLOCK_MONOTONIC */
-        sd_event_source *child_source;
+        sd_event_source *child_source; /* our child: a child pidfd source; adopted: an io source on its pidfd */
+        bool adopted;              /* started by an earlier hydrad: not our child, its exit status is unknown */
+        bool resume_stop;          /* adopted while a stop was in progress: finish it once QMP answers */
         QmpClient *qmp;
         bool qmp_ready;
         bool guest_shutdown_seen;
@@ -112,6 +114,12 @@ int vm_dispatch(Vm *vm, VmEvent event, const char *reason);
 /* Reads the stored spec at start-up. Returns 1 if loaded, 0 if there is none, or a negative errno with err
  * naming the file (truncated, corrupt, or no longer valid). */
 int vm_load(Vm *vm, HydraError *err);
+
+/* After vm_load: a QEMU that an earlier hydrad started and that still runs with the identity recorded in
+ * RUN_DIR/ROLE/runtime.json (pid + /proc start time) is adopted: watched through a pidfd, QMP reconnected,
+ * never restarted. A recorded QEMU that is gone, or is now another process, is recorded as such and never
+ * touched. Returns 1 if adopted, 0 if there was nothing to adopt. */
+int vm_adopt(Vm *vm);
 
 /* Validates and stores the spec (taking ownership of its contents). Returns 0 with *ret_changed, -EINVAL with
  * err naming the field, -EBUSY if the VM is not stopped and !apply_on_next_start, or a store error. */

@@ -68,7 +68,11 @@ check "the VM is left running" kill -0 "$PID"
 check "the socket file is removed on exit" test ! -e "$SOCK"
 kill -KILL "$PID"
 start_hydrad
-check "after a restart the spec is still registered" test "$(ctl --json status isolated | json state)" = defined
+# Its QEMU was killed while no hydrad ran: the new one finds the runtime record, sees the process gone, and says so
+# (tests/integration/test_adopt.sh covers adoption of a QEMU that still runs).
+J=$(ctl --json status isolated)
+check "after a restart the spec is still registered; its QEMU is recorded as lost" \
+    test "$(echo "$J" | json state)/$(echo "$J" | json last_exit.reason)" = crashed/lost
 check "... with the same kernel" grep -q "$HYDRA_GUEST_DIR/vmlinuz" <<<"$(ctl --json status isolated)"
 check "stop hydrad" stop_hydrad
 
