@@ -558,27 +558,36 @@ static int seed_digest(const CloudInitFiles *f, char ret[static 65]) {
         return sha256_hex(all, n, ret);
 }
 
+/* A helper program wrote DEST.part: on success it becomes DEST, on failure it goes. Returns 0 or -errno (err). */
+static int commit_part(const ChildResult *res, const char *what, const char *dest, HydraError *err) {
+        _cleanup_free_ char *part = NULL;
+
+        if (asprintf(&part, "%s.part", dest) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        if (res->code != 0) {
+                (void) unlink(part);
+                child_describe_failure(what, res, err);
+                return err->code;
+        }
+        if (rename(part, dest) < 0) {
+                int r = hydra_error_set(err, -errno, "rename '%s': %m", part);
+
+                (void) unlink(part);
+                return r;
+        }
+        return 0;
+}
+
 static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
         Provision *p = userdata;
-        _cleanup_free_ char *tmp = NULL;
         HydraError e;
         int r;
 
         p->child = NULL;
         hydra_error_clear(&e);
-        tmp = path_join(p->state_dir, "seed.iso.part");
-        if (!tmp)
-                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-        if (res->code != 0) {
-                (void) unlink(tmp);
-                child_describe_failure("genisoimage (building the cloud-init seed)", res, &e);
+        r = commit_part(res, "genisoimage (building the cloud-init seed)", p->out.seed_path, &e);
+        if (r < 0)
                 return provision_fail(p, &e);
-        }
-        if (rename(tmp, p->out.seed_path) < 0) {
-                (void) hydra_error_set(&e, -errno, "rename '%s': %m", tmp);
-                (void) unlink(tmp);
-                return provision_fail(p, &e);
-        }
         r = store_write_atomic(p->state_dir, "seed.digest", p->seed_digest, strlen(p->seed_digest), 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
@@ -655,27 +664,16 @@ static int disk_identity(Provision *p, char ret[static 65]) {
 
 static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
         Provision *p = userdata;
-        _cleanup_free_ char *part = NULL;
         char identity[65];
         HydraError e;
         int r;
 
         p->child = NULL;
         hydra_error_clear(&e);
-        part = path_join(p->state_dir, "disk.qcow2.part");
-        if (!part)
-                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-        if (res->code != 0) {
-                (void) unlink(part);
-                child_describe_failure(p->spec.keep_pristine ? "qemu-img create (overlay)" : "qemu-img convert (copy)",
-                                       res, &e);
+        r = commit_part(res, p->spec.keep_pristine ? "qemu-img create (overlay)" : "qemu-img convert (copy)",
+                        p->out.disk_path, &e);
+        if (r < 0)
                 return provision_fail(p, &e);
-        }
-        if (rename(part, p->out.disk_path) < 0) {
-                (void) hydra_error_set(&e, -errno, "rename '%s': %m", part);
-                (void) unlink(part);
-                return provision_fail(p, &e);
-        }
         r = disk_identity(p, identity);
         if (r < 0)
                 return provision_fail(p, &(HydraError) { .code = r, .message = "hash the disk identity" });
@@ -843,24 +841,12 @@ static int step_grow(Provision *p, HydraError *err) {
 
 static void on_vars_copied(Child *c, const ChildResult *res, void *userdata) {
         Provision *p = userdata;
-        _cleanup_free_ char *part = NULL;
         HydraError e;
 
         p->child = NULL;
         hydra_error_clear(&e);
-        part = path_join(p->state_dir, "firmware-vars.fd.part");
-        if (!part)
-                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-        if (res->code != 0) {
-                (void) unlink(part);
-                child_describe_failure("copying the firmware variable store", res, &e);
+        if (commit_part(res, "copying the firmware variable store", p->out.firmware_vars, &e) < 0)
                 return provision_fail(p, &e);
-        }
-        if (rename(part, p->out.firmware_vars) < 0) {
-                (void) hydra_error_set(&e, -errno, "rename '%s': %m", part);
-                (void) unlink(part);
-                return provision_fail(p, &e);
-        }
         p->step = STEP_SHMEM;
         step_next(p);
 }
