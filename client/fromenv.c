@@ -128,15 +128,6 @@ _printf_(2, 3) static void note(EnvContext *ctx, const char *fmt, ...) {
         va_end(ap);
 }
 
-/* Something the user asked for that will not happen. */
-_printf_(2, 3) static void warn(EnvContext *ctx, const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        say(ctx, "warning", fmt, ap);
-        va_end(ap);
-}
-
 /* Set in the environment, non-empty. */
 static const char *env_set(const char *name) {
         const char *v = getenv(name);
@@ -347,10 +338,37 @@ static void note_elsewhere(EnvContext *ctx) {
         for (size_t i = 0; i < ELEMENTSOF(table); i++)
                 if (env_set(table[i].name))
                         note(ctx, "%s %s", table[i].name, table[i].what);
-        if (env_set("HYDRA_RESTART"))
-                warn(ctx, "HYDRA_RESTART is ignored: hydrad does not support a restart policy yet");
-        if (env_set("HYDRA_AUTOSTART"))
-                warn(ctx, "HYDRA_AUTOSTART is ignored: hydrad does not support autostart yet");
+}
+
+/* hydrad's own variables (start-vm.sh has none of these): the restart policy and autostart. Unset: the spec's
+ * defaults (no restarts, no autostart). */
+static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
+        const char *restart = env_get(ctx, "HYDRA_RESTART", NULL), *autostart = env_get(ctx, "HYDRA_AUTOSTART", NULL);
+        Hydra__V1__Supervision *sv;
+        int policy = 0, on = 0;
+
+        if (!restart && !autostart)
+                return 0;
+        if (restart) {
+                policy = restart_policy_from_name(restart);
+                if (policy < 0)
+                        return hydra_error_set(ctx->err, -EINVAL, "HYDRA_RESTART: '%s' is not a restart policy "
+                                               "(allowed: no, on-failure, always)", restart);
+        }
+        if (autostart) {
+                on = spec_parse_bool(autostart);
+                if (on < 0)
+                        return hydra_error_set(ctx->err, -EINVAL, "HYDRA_AUTOSTART: '%s' is not a boolean (allowed: "
+                                               "true, false, yes, no, on, off, 1, 0)", autostart);
+        }
+        sv = spec_supervision(spec);
+        if (!sv)
+                return oom(ctx);
+        if (restart)
+                sv->restart = (Hydra__V1__RestartPolicy) policy;
+        if (autostart)
+                sv->autostart = on;
+        return 0;
 }
 
 static int map_size(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
@@ -1048,5 +1066,7 @@ int spec_from_env(Hydra__V1__VmSpec *spec, const char *preset, FILE *notes, Hydr
                 r = map_shares(&ctx, spec);
         if (r >= 0)
                 r = map_devices(&ctx, spec, run_bare != 0);
+        if (r >= 0)
+                r = map_supervision(&ctx, spec);
         return r < 0 ? r : 0;
 }

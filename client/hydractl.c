@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* hydractl: the thin client of hydrad. A table of subcommands; each builds one request, makes one call through
  * rpc.c and prints the reply through output.c. Exit status: 0 success, 1 RPC error, 2 bad usage or spec file. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "console.h"
 #include "fromenv.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "hydra/v1/hydra.pb-c.h"
@@ -35,9 +37,11 @@
 #define SEC_MS INT64_C(1000)
 #define DEADLINE_DEFAULT_MS (30 * SEC_MS)
 #define DEADLINE_START_MS (600 * SEC_MS)  /* start without --timeout: preparation may download images */
+#define DEADLINE_READY_MS (1800 * SEC_MS) /* --wait ready: a first boot may install packages, under TCG */
+#define DEADLINE_LOGS_MS (300 * SEC_MS)   /* logs without -f: the stored log, rotated files included */
 #define DEADLINE_MARGIN_MS (30 * SEC_MS)  /* over a request's own timeout */
 #define DEADLINE_DESTROY_MS (120 * SEC_MS) /* a forced stop: quit, SIGTERM, SIGKILL */
-#define STOP_DEFAULT_TIMEOUT_SEC 60       /* StopVmRequest.timeout_seconds 0 means this */
+#define STOP_DEFAULT_TIMEOUT_SEC 60       /* StopVmRequest.timeout_seconds 0: hydrad's default (or the spec's) */
 
 typedef struct Verb {
         const char *name;
@@ -153,15 +157,19 @@ static int64_t deadline_ms(int64_t default_ms) {
  * options may come before or after ROLE (GNU getopt permutes). Returns 0 to go on, or the exit status. */
 #define COMMON_OPTIONS { "help", no_argument, NULL, 'h' }, { "json", no_argument, NULL, 'j' }
 
-static int verb_getopt(const Verb *verb, int argc, char *argv[], const struct option *options,
-                       int (*handle)(const Verb *verb, int c, const char *arg, void *userdata), void *userdata,
-                       bool *ret_help) {
+typedef int (*OptionHandler)(const Verb *verb, int c, const char *arg, void *userdata);
+
+/* shortopts: the verb's own short options in getopt's syntax ("f" for -f), besides -h and -j. */
+static int verb_getopt_short(const Verb *verb, int argc, char *argv[], const char *shortopts,
+                             const struct option *options, OptionHandler handle, void *userdata, bool *ret_help) {
+        char optstring[32];
         int c, r;
 
+        (void) snprintf(optstring, sizeof(optstring), ":hj%s", shortopts);
         optind = 0; /* GNU: full re-initialization, argv[0] is the verb */
         opterr = 0;
         *ret_help = false;
-        while ((c = getopt_long(argc, argv, ":hj", options, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, optstring, options, NULL)) >= 0) {
                 switch (c) {
                 case 'h':
                         help_verb(verb);
@@ -180,6 +188,11 @@ static int verb_getopt(const Verb *verb, int argc, char *argv[], const struct op
                 }
         }
         return 0;
+}
+
+static int verb_getopt(const Verb *verb, int argc, char *argv[], const struct option *options,
+                       OptionHandler handle, void *userdata, bool *ret_help) {
+        return verb_getopt_short(verb, argc, argv, "", options, handle, userdata, ret_help);
 }
 
 static RpcClient *get_client(void) {
@@ -532,7 +545,7 @@ static int verb_start(const Verb *verb, int argc, char *argv[]) {
         Hydra__V1__StartVmRequest req = HYDRA__V1__START_VM_REQUEST__INIT;
         Hydra__V1__Vm *vm = NULL;
         LifecycleArgs a = {};
-        bool help_shown;
+        bool help_shown, ready;
         int r;
 
         r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
@@ -541,20 +554,38 @@ static int verb_start(const Verb *verb, int argc, char *argv[]) {
         r = parse_role_args(verb, argc, argv, true, &req.role);
         if (r != 0)
                 return r;
-        if (a.wait && streq(a.wait, "ready"))
-                return usage_error(verb, "--wait ready is not supported yet (the API reserves WAIT_FOR_READY)");
-        if (a.wait && !streq(a.wait, "running"))
+        if (a.wait && !streq(a.wait, "running") && !streq(a.wait, "ready"))
                 return usage_error(verb, "--wait: '%s' is not one of: running, ready", a.wait);
 
-        req.wait = HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
+        ready = a.wait && streq(a.wait, "ready");
+        req.wait = ready ? HYDRA__V1__WAIT_FOR__WAIT_FOR_READY : HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
         req.timeout_seconds = a.timeout_sec;
         r = start_with_progress(&req, a.timeout_sec > 0 ? a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS
-                                                       : DEADLINE_START_MS, &vm);
+                                      : ready           ? DEADLINE_READY_MS
+                                                        : DEADLINE_START_MS, &vm);
         if (r != 0)
                 return r;
         r = print_vm(vm);
         hydra__v1__vm__free_unpacked(vm, NULL);
         return r;
+}
+
+/* How long hydrad gives the guest when StopVm says 0: the spec's [supervision] stop_timeout, else hydrad's own
+ * setting (assumed to be its default, 60 s). Our deadline must outlast it. Any failure here is StopVm's to report. */
+static uint32_t spec_stop_timeout(Hydra__V1__Role role) {
+        Hydra__V1__GetVmRequest req = HYDRA__V1__GET_VM_REQUEST__INIT;
+        Hydra__V1__Vm *vm = NULL;
+        uint32_t sec = STOP_DEFAULT_TIMEOUT_SEC;
+        RpcStatus status;
+
+        req.role = role;
+        if (rpc_call_unary(get_client(), METHOD("GetVm"), &req.base, &hydra__v1__vm__descriptor,
+                           deadline_ms(DEADLINE_DEFAULT_MS), (ProtobufCMessage **) &vm, &status) < 0)
+                return sec;
+        if (vm->spec && vm->spec->supervision && vm->spec->supervision->stop_timeout_seconds > 0)
+                sec = vm->spec->supervision->stop_timeout_seconds;
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        return sec;
 }
 
 static int verb_stop(const Verb *verb, int argc, char *argv[]) {
@@ -567,6 +598,7 @@ static int verb_stop(const Verb *verb, int argc, char *argv[]) {
         Hydra__V1__StopVmRequest req = HYDRA__V1__STOP_VM_REQUEST__INIT;
         Hydra__V1__Vm *vm = NULL;
         LifecycleArgs a = {};
+        uint32_t wait_sec;
         bool help_shown;
         int r;
 
@@ -579,9 +611,12 @@ static int verb_stop(const Verb *verb, int argc, char *argv[]) {
 
         req.force = a.force;
         req.timeout_seconds = a.timeout_sec;
+        /* The global --timeout, when given, is the deadline whatever the guest gets: no need to ask. */
+        wait_sec = a.timeout_sec > 0 ? a.timeout_sec
+                   : arg_timeout_ms < 0 ? spec_stop_timeout(req.role)
+                                        : STOP_DEFAULT_TIMEOUT_SEC;
         r = call_unary(METHOD("StopVm"), &req, &hydra__v1__vm__descriptor,
-                       (a.timeout_sec > 0 ? a.timeout_sec : STOP_DEFAULT_TIMEOUT_SEC) * SEC_MS + DEADLINE_MARGIN_MS,
-                       &vm);
+                       (int64_t) wait_sec * SEC_MS + DEADLINE_MARGIN_MS, &vm);
         if (r != 0)
                 return r;
         r = print_vm(vm);
@@ -688,22 +723,37 @@ static int verb_list(const Verb *verb, int argc, char *argv[]) {
         return list_vms();
 }
 
-/* --- watch --- */
+/* --- watch, logs --- */
 
-static volatile sig_atomic_t watch_interrupted = 0;
+static volatile sig_atomic_t stream_interrupted = 0;
 
-static void on_watch_signal(int sig) {
-        watch_interrupted = 1;
+static void on_stream_signal(int sig) {
+        stream_interrupted = 1;
 }
 
-static bool watch_check_interrupted(void *userdata) {
-        return watch_interrupted;
+static bool stream_check_interrupted(void *userdata) {
+        return stream_interrupted;
+}
+
+/* Interrupting a stream that runs until then (watch, logs -f) is how it normally ends: cancel the call, clean
+ * up, exit 0. */
+static void stream_catch_signals(void) {
+        struct sigaction sa = { .sa_handler = on_stream_signal }; /* no SA_RESTART: wake the pluck */
+
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGINT, &sa, NULL);
+        (void) sigaction(SIGTERM, &sa, NULL);
+        (void) sigaction(SIGHUP, &sa, NULL);
 }
 
 static int on_watch_event(const ProtobufCMessage *m, void *userdata) {
         const Hydra__V1__Event *event = (const Hydra__V1__Event *) m;
         int *write_error = userdata;
 
+        /* rpc.c polls stream_check_interrupted() only while no message arrives: a stream that never pauses ends
+         * here. */
+        if (stream_interrupted)
+                return 1;
         if (arg_json) {
                 json_auto_t *j = json_from_event(event);
                 if (print_json(stdout, j) < 0)
@@ -723,7 +773,6 @@ fail:
 
 static int verb_watch(const Verb *verb, int argc, char *argv[]) {
         Hydra__V1__WatchEventsRequest req = HYDRA__V1__WATCH_EVENTS_REQUEST__INIT;
-        struct sigaction sa = { .sa_handler = on_watch_signal }; /* no SA_RESTART: wake the pluck */
         RpcStatus status;
         bool help_shown;
         int r, write_error = 0;
@@ -735,14 +784,9 @@ static int verb_watch(const Verb *verb, int argc, char *argv[]) {
         if (r != 0)
                 return r;
 
-        /* Interrupting a watch is how it normally ends: cancel the call, clean up, exit 0. */
-        sigemptyset(&sa.sa_mask);
-        (void) sigaction(SIGINT, &sa, NULL);
-        (void) sigaction(SIGTERM, &sa, NULL);
-        (void) sigaction(SIGHUP, &sa, NULL);
-
+        stream_catch_signals();
         r = rpc_call_server_stream(get_client(), METHOD("WatchEvents"), &req.base, &hydra__v1__event__descriptor,
-                                   deadline_ms(RPC_NO_DEADLINE), on_watch_event, watch_check_interrupted,
+                                   deadline_ms(RPC_NO_DEADLINE), on_watch_event, stream_check_interrupted,
                                    &write_error, &status);
         if (write_error == EPIPE)
                 stdout_gone = true;
@@ -751,6 +795,170 @@ static int verb_watch(const Verb *verb, int argc, char *argv[]) {
         if (r == 0 && !arg_json)
                 fprintf(stderr, "hydractl: hydrad ended the event stream\n");
         return 0;
+}
+
+typedef struct LogsArgs {
+        bool follow;
+        uint64_t tail_bytes;
+} LogsArgs;
+
+/* A number of bytes, optionally with K, M or G (binary units): 1 or more. */
+static int parse_bytes(const Verb *verb, const char *s, uint64_t *ret) {
+        static const char units[] = "KMG";
+        unsigned long long v;
+        const char *u;
+        char *end;
+        int shift = 0;
+
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno == 0 && end != s && *end != '\0' && end[1] == '\0' &&
+            (u = strchr(units, toupper((unsigned char) *end)))) {
+                shift = 10 * (int) (u - units + 1);
+                end++;
+        }
+        if (errno != 0 || end == s || *end != '\0' || !(s[0] >= '0' && s[0] <= '9') || v == 0 ||
+            v > (UINT64_MAX >> shift))
+                return usage_error(verb, "--tail: '%s' is not a number of bytes (1 or more; K, M or G may follow, "
+                                   "e.g. 64K)", s);
+        *ret = (uint64_t) v << shift;
+        return 0;
+}
+
+static int handle_logs_option(const Verb *verb, int c, const char *arg, void *userdata) {
+        LogsArgs *a = userdata;
+
+        switch (c) {
+        case 'f':
+                a->follow = true;
+                return 0;
+        case 'n':
+                return parse_bytes(verb, arg, &a->tail_bytes);
+        }
+        return EXIT_USAGE;
+}
+
+static int on_log_chunk(const ProtobufCMessage *m, void *userdata) {
+        const Hydra__V1__ConsoleChunk *chunk = (const Hydra__V1__ConsoleChunk *) m;
+        int *write_error = userdata;
+
+        if (stream_interrupted) /* as in on_watch_event() */
+                return 1;
+        /* The guest's bytes exactly as it printed them: escape sequences, CRs and all. */
+        if ((chunk->data.len > 0 && fwrite(chunk->data.data, 1, chunk->data.len, stdout) != chunk->data.len) ||
+            fflush(stdout) == EOF) {
+                /* The reader went away (logs | head): end quietly. */
+                *write_error = errno > 0 ? errno : EIO;
+                return 1;
+        }
+        return 0;
+}
+
+static int verb_logs(const Verb *verb, int argc, char *argv[]) {
+        static const struct option options[] = {
+                COMMON_OPTIONS,
+                { "follow", no_argument, NULL, 'f' },
+                { "tail", required_argument, NULL, 'n' },
+                {},
+        };
+        Hydra__V1__ConsoleLogRequest req = HYDRA__V1__CONSOLE_LOG_REQUEST__INIT;
+        LogsArgs a = {};
+        RpcStatus status;
+        bool help_shown;
+        int r, write_error = 0;
+
+        r = verb_getopt_short(verb, argc, argv, "f", options, handle_logs_option, &a, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r != 0)
+                return r;
+        if (arg_json)
+                return usage_error(verb, "--json is not supported: the log is the guest's bytes, printed as they "
+                                   "are");
+
+        req.follow = a.follow;
+        req.tail_bytes = a.tail_bytes;
+        if (a.follow)
+                stream_catch_signals();
+        r = rpc_call_server_stream(get_client(), METHOD("ConsoleLog"), &req.base,
+                                   &hydra__v1__console_chunk__descriptor,
+                                   deadline_ms(a.follow ? RPC_NO_DEADLINE : DEADLINE_LOGS_MS), on_log_chunk,
+                                   a.follow ? stream_check_interrupted : NULL, &write_error, &status);
+        if (write_error == EPIPE)
+                stdout_gone = true;
+        else if (write_error != 0) {
+                fprintf(stderr, "hydractl: cannot write to standard output: %s\n", strerror(write_error));
+                return EXIT_RPC;
+        }
+        if (r < 0)
+                return rpc_error(&status);
+        if (r == 2 && !a.follow) {
+                /* Without -f the deadline cut the log short: say so. With -f it is the global --timeout. */
+                fprintf(stderr, "hydractl: DEADLINE_EXCEEDED: the log was not complete after %" PRId64 " s\n",
+                        deadline_ms(DEADLINE_LOGS_MS) / SEC_MS);
+                return EXIT_RPC;
+        }
+        return 0;
+}
+
+/* --- console --- */
+
+static int handle_console_option(const Verb *verb, int c, const char *arg, void *userdata) {
+        double *linger = userdata;
+        char *end;
+
+        if (c != 'l')
+                return EXIT_USAGE;
+        errno = 0;
+        *linger = strtod(arg, &end);
+        if (errno != 0 || end == arg || *end != '\0' || !isfinite(*linger) || *linger > 1e7 ||
+            (*linger < 0 && *linger != -1))
+                return usage_error(verb, "--linger: '%s' is not a number of seconds (0 or more, or -1: until "
+                                   "hydrad closes the console)", arg);
+        return 0;
+}
+
+static int verb_console(const Verb *verb, int argc, char *argv[]) {
+        static const struct option options[] = {
+                COMMON_OPTIONS,
+                { "linger", required_argument, NULL, 'l' },
+                {},
+        };
+        Hydra__V1__GetVmRequest req = HYDRA__V1__GET_VM_REQUEST__INIT;
+        _cleanup_free_ char *path = NULL;
+        Hydra__V1__Vm *vm = NULL;
+        double linger = 1;
+        bool help_shown;
+        int r;
+
+        r = verb_getopt(verb, argc, argv, options, handle_console_option, &linger, &help_shown);
+        if (r != 0 || help_shown)
+                return r;
+        r = parse_role_args(verb, argc, argv, true, &req.role);
+        if (r != 0)
+                return r;
+        if (arg_json)
+                return usage_error(verb, "--json is not supported: the console is a terminal");
+
+        r = call_unary(METHOD("GetVm"), &req, &hydra__v1__vm__descriptor, DEADLINE_DEFAULT_MS, &vm);
+        if (r != 0)
+                return r;
+        path = isempty(vm->console_socket) ? NULL : strdup(vm->console_socket);
+        r = !isempty(vm->console_socket) && !path ? -ENOMEM : 0;
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        if (r < 0) {
+                fprintf(stderr, "hydractl: out of memory\n");
+                return EXIT_RPC;
+        }
+        if (!path) {
+                fprintf(stderr, "hydractl: VM '%s' has no console socket (it is not running under this hydrad)\n",
+                        role_to_name(req.role));
+                return EXIT_RPC;
+        }
+        /* The console is a plain socket, not gRPC: the channel is not needed any more. */
+        client = rpc_client_free(client);
+        return console_attach(path, role_to_name(req.role), linger);
 }
 
 /* --- plan, health --- */
@@ -829,16 +1037,19 @@ static const Verb verbs[] = {
           "                            secrets (passwords, tokens) are refused: put them in the file (mode 0600)\n"
           "  --apply-on-next-start     replace the spec of a VM that is running; it applies at its next start\n",
           verb_register, false },
-        { "start", "ROLE [--wait running] [--timeout SEC]",
-          "Prepare and launch the VM; return once QEMU runs and answers QMP. The preparation's progress\n"
-          "      (downloads, disk, seed) is shown on stderr: a bar on a terminal, else a line per step.",
-          "  --wait running            return once QEMU runs (the default; 'ready' is not supported yet)\n"
+        { "start", "ROLE [--wait running|ready] [--timeout SEC]",
+          "Prepare and launch the VM; return once QEMU runs and answers QMP (or, with --wait ready, once the\n"
+          "      guest's readiness probe passes). The preparation's progress (downloads, disk, seed) is shown on\n"
+          "      stderr: a bar on a terminal, else a line per step.",
+          "  --wait running            return once QEMU runs and answers QMP (the default)\n"
+          "  --wait ready              return once the readiness probe ([supervision] probe) passes\n"
           "  --timeout SEC             give up the start after SEC seconds (default: no limit)\n",
           verb_start, false },
         { "stop", "ROLE [--force] [--timeout SEC]",
           "Stop the VM: ACPI power-down, then QMP quit, SIGTERM, SIGKILL.",
           "  --force                   skip the ACPI power-down step\n"
-          "  --timeout SEC             how long the guest gets to power off (default: 60)\n",
+          "  --timeout SEC             how long the guest gets to power off (default: [supervision] stop_timeout,\n"
+          "                            else hydrad's stop_timeout, 60 s)\n",
           verb_stop, false },
         { "destroy", "ROLE [--keep-cache]",
           "Stop the VM (forced) and remove its disk, seed, runtime state and registration.",
@@ -852,6 +1063,19 @@ static const Verb verbs[] = {
           "      one object each), until interrupted (exit 0), the global --timeout passes (exit 0), or hydrad goes\n"
           "      away (exit 1).", NULL,
           verb_watch, false },
+        { "logs", "ROLE [-f|--follow] [--tail BYTES]",
+          "Print the serial console log (rotated files first) as the guest wrote it; with -f, then what the\n"
+          "      guest prints, until interrupted (exit 0).",
+          "  -f, --follow              keep printing what the guest prints next\n"
+          "  --tail BYTES              only the last BYTES of the stored log (K, M or G may follow: 64K)\n",
+          verb_logs, false },
+        { "console", "ROLE [--linger SEC]",
+          "Attach to the serial console (Ctrl-] detaches).",
+          "  --linger SEC              standard input not a terminal: it is sent to the guest; after its end, keep\n"
+          "                            printing the guest's output this long (default: 1; 0: not at all; -1: until\n"
+          "                            hydrad closes the console), e.g.\n"
+          "                            printf 'uname -a\\n' | hydractl console host --linger 2\n",
+          verb_console, false },
         { "plan", "ROLE", "Show the QEMU command line and the files a start would use, starting nothing.", NULL,
           verb_plan, false },
         { "health", "", "Ask grpc.health.v1.Health/Check; print SERVING, NOT_SERVING...; exit 1 unless SERVING.",
@@ -888,8 +1112,10 @@ static void help(void) {
                "Global options (before COMMAND):\n"
                "  -s, --socket PATH   hydrad's socket (default: $HYDRA_SOCKET, else " DEFAULT_SOCKET ")\n"
                "  -j, --json          print JSON: one object per VM or event, one per line\n"
-               "  -t, --timeout SEC   deadline of the call (default: 30 s; start: 600 s, or its --timeout + 30 s;\n"
-               "                      stop: its --timeout (60) + 30 s; watch: none, i.e. watch for SEC seconds)\n"
+               "  -t, --timeout SEC   deadline of the call (default: 30 s; start: 600 s (--wait ready: 1800 s), or\n"
+               "                      its --timeout + 30 s; stop: its --timeout (else the spec's stop_timeout, else\n"
+               "                      60) + 30 s; logs: 300 s; watch and logs -f: none, i.e. follow for SEC\n"
+               "                      seconds)\n"
                "  -h, --help          show this help ('hydractl COMMAND --help' for one command)\n"
                "\n"
                "Exit status: 0 success; 1 the call failed (hydractl: STATUS_CODE: message); 2 bad usage or spec.\n");

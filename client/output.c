@@ -125,6 +125,7 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
         const Hydra__V1__Network *n = spec->network;
         const Hydra__V1__Shares *sh = spec->shares;
         const Hydra__V1__Devices *d = spec->devices;
+        const Hydra__V1__Supervision *sv = spec->supervision;
         json_t *extra;
         int r = 0;
 
@@ -191,6 +192,17 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "shmem", shmem_to_name(d->shmem) ?: "unknown",
                                            "shmem_size_gib", (json_int_t) d->shmem_size_gib,
                                            "shmem_path", json_string_or_null(d->shmem_path)));
+        /* The spec file's names: durations in seconds, as restart_window and stop_timeout. */
+        r |= json_object_set_new(j, "supervision", !sv ? json_null() :
+                                 json_pack("{s:s, s:i, s:i, s:b, s:i, s:s, s:o, s:i}",
+                                           "restart", restart_policy_to_name(sv->restart) ?: "unknown",
+                                           "max_restarts", (json_int_t) sv->max_restarts,
+                                           "restart_window", (json_int_t) sv->restart_window_seconds,
+                                           "autostart", (int) sv->autostart,
+                                           "stop_timeout", (json_int_t) sv->stop_timeout_seconds,
+                                           "probe", probe_kind_to_name(sv->probe) ?: "unknown",
+                                           "probe_pattern", json_string_or_null(sv->probe_pattern),
+                                           "probe_port", (json_int_t) sv->probe_port));
         if (r != 0) {
                 json_decref(j);
                 return NULL;
@@ -242,7 +254,9 @@ static json_t *json_from_exit(const Hydra__V1__ExitInfo *e) {
 }
 
 json_t *json_from_vm(const Hydra__V1__Vm *vm) {
-        return json_pack("{s:s, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o}",
+        json_t *j;
+
+        j = json_pack("{s:s, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:o, s:o, s:o, s:I, s:o, s:o, s:o, s:o}",
                          "role", role_to_name(vm->role),
                          "state", vm_state_to_name(vm->state),
                          "pid", (json_int_t) vm->pid,
@@ -259,6 +273,19 @@ json_t *json_from_vm(const Hydra__V1__Vm *vm) {
                          "progress", json_from_progress(vm->progress),
                          "disk_path", json_string_or_null(vm->disk_path),
                          "seed_path", json_string_or_null(vm->seed_path));
+        /* Readiness and supervision: a second object merged in, so that each format string stays checkable. */
+        if (j && json_object_update_new(j, json_pack("{s:b, s:I, s:o, s:o, s:o, s:I}",
+                                                     "ready", (int) vm->ready,
+                                                     "ready_since_unix_usec", (json_int_t) vm->ready_since_unix_usec,
+                                                     "ready_detail", json_string_or_null(vm->ready_detail),
+                                                     "console_socket", json_string_or_null(vm->console_socket),
+                                                     "cri_socket", json_string_or_null(vm->cri_socket),
+                                                     "next_restart_unix_usec",
+                                                     (json_int_t) vm->next_restart_unix_usec)) < 0) {
+                json_decref(j);
+                return NULL;
+        }
+        return j;
 }
 
 json_t *json_from_event(const Hydra__V1__Event *event) {
@@ -303,6 +330,17 @@ json_t *json_from_event(const Hydra__V1__Event *event) {
                 r = json_object_update_new(j, json_pack("{s:s, s:o}",
                                                         "type", "notice",
                                                         "message", json_string_or_null(event->notice->message)));
+                break;
+        case HYDRA__V1__EVENT__KIND_READINESS:
+                r = json_object_update_new(j, json_pack("{s:s, s:b, s:o}",
+                                                        "type", "readiness",
+                                                        "ready", (int) event->readiness->ready,
+                                                        "detail", json_string_or_null(event->readiness->detail)));
+                break;
+        case HYDRA__V1__EVENT__KIND_LOST:
+                r = json_object_update_new(j, json_pack("{s:s, s:I}",
+                                                        "type", "lost",
+                                                        "count", (json_int_t) event->lost->count));
                 break;
         default:
                 r = json_object_set_new(j, "type", json_string("unknown"));
@@ -519,12 +557,20 @@ static void print_indented(FILE *f, const char *s, int indent) {
 
 static void print_oneline(FILE *f, const char *s);
 
+/* "yes", "no" or "-": the probe's verdict means something only while QEMU runs. */
+static const char *ready_word(const Hydra__V1__Vm *vm) {
+        if (vm->state != HYDRA__V1__VM_STATE__VM_STATE_RUNNING)
+                return "-";
+        return vm->ready ? "yes" : "no";
+}
+
 void print_vm_line(FILE *f, const Hydra__V1__Vm *vm) {
         char exit_info[256];
 
         fprintf(f, "%s: %s", role_to_name(vm->role), vm_state_to_name(vm->state));
         if (vm->pid > 0)
-                fprintf(f, " (pid %d)", (int) vm->pid);
+                fprintf(f, " (pid %d%s)", (int) vm->pid,
+                        vm->ready && vm->state == HYDRA__V1__VM_STATE__VM_STATE_RUNNING ? ", ready" : "");
         else if (vm->state == HYDRA__V1__VM_STATE__VM_STATE_FAILED && !isempty(vm->last_error)) {
                 fputs(" (", f);
                 print_indented(f, vm->last_error, 2);
@@ -554,6 +600,16 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
                 fprintf(f, "uptime:          %s\n", buf);
         } else
                 fprintf(f, "uptime:          -\n");
+        fprintf(f, "ready:           %s", ready_word(vm));
+        if (vm->state == HYDRA__V1__VM_STATE__VM_STATE_RUNNING && vm->ready && vm->ready_since_unix_usec > 0) {
+                format_time(buf, sizeof(buf), vm->ready_since_unix_usec, false);
+                fprintf(f, " (since %s)", buf);
+        } else if (vm->state == HYDRA__V1__VM_STATE__VM_STATE_RUNNING && !vm->ready && !isempty(vm->ready_detail)) {
+                fputs(" (", f);
+                print_oneline(f, vm->ready_detail);
+                fputc(')', f);
+        }
+        fputc('\n', f);
         format_exit(buf, sizeof(buf), vm->last_exit);
         fprintf(f, "last exit:       %s", buf);
         if (vm->last_exit && vm->last_exit->exited && vm->last_exit->time_unix_usec > 0) {
@@ -565,9 +621,16 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
         print_indented(f, isempty(vm->last_error) ? "-" : vm->last_error, 17);
         fputc('\n', f);
         fprintf(f, "restarts:        %u\n", vm->restart_count);
+        if (vm->next_restart_unix_usec > 0) {
+                format_time(buf, sizeof(buf), vm->next_restart_unix_usec, false);
+                fprintf(f, "next restart:    %s\n", buf);
+        } else
+                fprintf(f, "next restart:    -\n");
         fprintf(f, "forwards:        %s\n", strempty(forwards));
         fprintf(f, "console log:     %s\n", isempty(vm->console_log) ? "-" : vm->console_log);
         fprintf(f, "qmp socket:      %s\n", isempty(vm->qmp_socket) ? "-" : vm->qmp_socket);
+        fprintf(f, "console socket:  %s\n", isempty(vm->console_socket) ? "-" : vm->console_socket);
+        fprintf(f, "cri socket:      %s\n", isempty(vm->cri_socket) ? "-" : vm->cri_socket);
         fprintf(f, "spec generation: %" PRIu64 "\n", vm->spec_generation);
         fprintf(f, "disk:            %s\n", isempty(vm->disk_path) ? "-" : vm->disk_path);
         fprintf(f, "seed:            %s\n", isempty(vm->seed_path) ? "-" : vm->seed_path);
@@ -583,9 +646,9 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
 }
 
 void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms) {
-        enum { COL_ROLE, COL_STATE, COL_PID, COL_UPTIME, COL_RESTARTS, COL_EXIT, COL_FORWARDS, _COL_MAX };
-        static const char *const header[_COL_MAX] = { "ROLE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT",
-                                                      "FORWARDS" };
+        enum { COL_ROLE, COL_STATE, COL_READY, COL_PID, COL_UPTIME, COL_RESTARTS, COL_EXIT, COL_FORWARDS, _COL_MAX };
+        static const char *const header[_COL_MAX] = { "ROLE", "STATE", "READY", "PID", "UPTIME", "RESTARTS",
+                                                      "LAST EXIT", "FORWARDS" };
         int width[_COL_MAX];
         char cells[n_vms + 1][_COL_MAX][256];
 
@@ -600,6 +663,7 @@ void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms) {
 
                 snprintf(row[COL_ROLE], 256, "%s", role_to_name(vm->role));
                 snprintf(row[COL_STATE], 256, "%s", vm_state_to_name(vm->state));
+                snprintf(row[COL_READY], 256, "%s", ready_word(vm));
                 if (vm->pid > 0)
                         snprintf(row[COL_PID], 256, "%d", (int) vm->pid);
                 else
@@ -674,6 +738,20 @@ void print_event_line(FILE *f, const Hydra__V1__Event *event) {
         case HYDRA__V1__EVENT__KIND_NOTICE:
                 fputs("notice: ", f);
                 print_oneline(f, strempty(event->notice->message));
+                break;
+        case HYDRA__V1__EVENT__KIND_READINESS:
+                if (event->readiness->ready)
+                        fputs("ready", f);
+                else {
+                        fputs("not ready", f);
+                        if (!isempty(event->readiness->detail)) {
+                                fputs(": ", f);
+                                print_oneline(f, event->readiness->detail);
+                        }
+                }
+                break;
+        case HYDRA__V1__EVENT__KIND_LOST:
+                fprintf(f, "lost %" PRIu64 " event%s", event->lost->count, event->lost->count == 1 ? "" : "s");
                 break;
         default:
                 fprintf(f, "event #%" PRIu64, event->seq);

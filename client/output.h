@@ -32,13 +32,15 @@ const char *progress_what_short(const char *what);
 /* One compact JSON object and a newline. Returns 0 or -errno (e.g. -EPIPE when the reader went away). */
 int print_json(FILE *f, const json_t *j);
 
-/* "isolated: running (pid 1234)", "host: stopped (guest-shutdown, exit code 0)", "isolated: failed (...)". */
+/* "isolated: running (pid 1234)", "isolated: running (pid 1234, ready)", "host: stopped (guest-shutdown, exit code
+ * 0)", "isolated: failed (...)". */
 void print_vm_line(FILE *f, const Hydra__V1__Vm *vm);
-/* key: value lines, everything GetVm says. */
+/* key: value lines, everything GetVm says (ready, sockets and the next restart included). */
 void print_vm_block(FILE *f, const Hydra__V1__Vm *vm);
 /* A table, one row per VM, then the last error of each VM that has one. */
 void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms);
-/* One line: local time, role, what happened. */
+/* One line: local time, role, what happened ("running -> stopped (...)", "ready", "not ready: DETAIL",
+ * "lost 3 events"...). */
 void print_event_line(FILE *f, const Hydra__V1__Event *event);
 /* The argv, an option and its value on one line; then every planned file. */
 void print_plan(FILE *f, const Hydra__V1__PlanVmResponse *plan);

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
+#include <inttypes.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -54,6 +56,11 @@ typedef enum ValueType {
         VT_SSH_KEY,
         VT_SSH_KEY_FILE,
         VT_URL_LIST,
+        VT_RESTART,       /* no, on-failure, always */
+        VT_PROBE,         /* console, tcp, containerd, none */
+        VT_MAX_RESTARTS,  /* 1-1000 */
+        VT_DURATION,      /* seconds: a plain number or with a unit (s, m, h, d); 1 to the key's max */
+        VT_REGEX,         /* a POSIX extended regular expression, one line */
 } ValueType;
 
 typedef enum SpecKey {
@@ -124,12 +131,21 @@ typedef enum SpecKey {
         KEY_DEVICES_SHMEM,
         KEY_DEVICES_SHMEM_SIZE,
         KEY_DEVICES_SHMEM_PATH,
+        KEY_SUPERVISION_RESTART,
+        KEY_SUPERVISION_MAX_RESTARTS,
+        KEY_SUPERVISION_RESTART_WINDOW,
+        KEY_SUPERVISION_AUTOSTART,
+        KEY_SUPERVISION_STOP_TIMEOUT,
+        KEY_SUPERVISION_PROBE,
+        KEY_SUPERVISION_PROBE_PATTERN,
+        KEY_SUPERVISION_PROBE_PORT,
         _KEY_MAX,
         _KEY_INVALID = -EINVAL,
 } SpecKey;
 
 static const char *const section_table[] = {
-        "vm", "kernel", "disk", "firmware", "image", "bare", "guest", "software", "network", "shares", "devices",
+        "vm",    "kernel",   "disk",    "firmware", "image",   "bare",
+        "guest", "software", "network", "shares",   "devices", "supervision",
 };
 
 static const struct {
@@ -137,6 +153,7 @@ static const struct {
         const char *name;
         ValueType type;
         bool secret; /* refused by --set; wiped from memory; never quoted */
+        uint32_t max; /* VT_DURATION: the largest value, in seconds (hydrad's limit) */
 } key_table[_KEY_MAX] = {
         [KEY_VM_CPUS] = { "vm", "cpus", VT_CPUS },
         [KEY_VM_MEMORY] = { "vm", "memory", VT_MEMORY },
@@ -204,6 +221,14 @@ static const struct {
         [KEY_DEVICES_SHMEM] = { "devices", "shmem", VT_SHMEM },
         [KEY_DEVICES_SHMEM_SIZE] = { "devices", "shmem_size", VT_SIZE_GIB },
         [KEY_DEVICES_SHMEM_PATH] = { "devices", "shmem_path", VT_PATH },
+        [KEY_SUPERVISION_RESTART] = { "supervision", "restart", VT_RESTART },
+        [KEY_SUPERVISION_MAX_RESTARTS] = { "supervision", "max_restarts", VT_MAX_RESTARTS },
+        [KEY_SUPERVISION_RESTART_WINDOW] = { "supervision", "restart_window", VT_DURATION, .max = 7 * 86400 },
+        [KEY_SUPERVISION_AUTOSTART] = { "supervision", "autostart", VT_BOOL },
+        [KEY_SUPERVISION_STOP_TIMEOUT] = { "supervision", "stop_timeout", VT_DURATION, .max = 3600 },
+        [KEY_SUPERVISION_PROBE] = { "supervision", "probe", VT_PROBE },
+        [KEY_SUPERVISION_PROBE_PATTERN] = { "supervision", "probe_pattern", VT_REGEX },
+        [KEY_SUPERVISION_PROBE_PORT] = { "supervision", "probe_port", VT_PORT },
 };
 
 static bool type_is_list(ValueType t) {
@@ -240,6 +265,19 @@ static const char *const shmem_table[] = {
         [HYDRA__V1__SHMEM__SHMEM_IVSHMEM] = "ivshmem",
 };
 
+static const char *const restart_policy_table[] = {
+        [HYDRA__V1__RESTART_POLICY__RESTART_NO] = "no",
+        [HYDRA__V1__RESTART_POLICY__RESTART_ON_FAILURE] = "on-failure",
+        [HYDRA__V1__RESTART_POLICY__RESTART_ALWAYS] = "always",
+};
+
+static const char *const probe_kind_table[] = {
+        [HYDRA__V1__PROBE_KIND__PROBE_CONSOLE] = "console",
+        [HYDRA__V1__PROBE_KIND__PROBE_TCP] = "tcp",
+        [HYDRA__V1__PROBE_KIND__PROBE_CONTAINERD] = "containerd",
+        [HYDRA__V1__PROBE_KIND__PROBE_NONE] = "none",
+};
+
 static const char *const arch_table[] = { "x86_64", "aarch64" };
 
 static const char *table_name(const char *const *table, size_t n, int i) {
@@ -270,6 +308,18 @@ int kubelet_shares_from_name(const char *s) {
 }
 int shmem_from_name(const char *s) {
         return table_find(shmem_table, ELEMENTSOF(shmem_table), s);
+}
+const char *restart_policy_to_name(Hydra__V1__RestartPolicy p) {
+        return table_name(restart_policy_table, ELEMENTSOF(restart_policy_table), (int) p);
+}
+const char *probe_kind_to_name(Hydra__V1__ProbeKind k) {
+        return table_name(probe_kind_table, ELEMENTSOF(probe_kind_table), (int) k);
+}
+int restart_policy_from_name(const char *s) {
+        return table_find(restart_policy_table, ELEMENTSOF(restart_policy_table), s);
+}
+int probe_kind_from_name(const char *s) {
+        return table_find(probe_kind_table, ELEMENTSOF(probe_kind_table), s);
 }
 
 /* --- the message --- */
@@ -372,6 +422,7 @@ DEFINE_SUBMESSAGE(spec_software, Hydra__V1__Software, software, hydra__v1__softw
 DEFINE_SUBMESSAGE(spec_network, Hydra__V1__Network, network, hydra__v1__network__init)
 DEFINE_SUBMESSAGE(spec_shares, Hydra__V1__Shares, shares, hydra__v1__shares__init)
 DEFINE_SUBMESSAGE(spec_devices, Hydra__V1__Devices, devices, hydra__v1__devices__init)
+DEFINE_SUBMESSAGE(spec_supervision, Hydra__V1__Supervision, supervision, hydra__v1__supervision__init)
 
 Hydra__V1__Source *spec_bare_artifact(Hydra__V1__VmSpec *spec) {
         Hydra__V1__BareKernel *bare = spec_bare(spec);
@@ -545,7 +596,7 @@ bad:
                          "16G or 1T)");
 }
 
-static int parse_bool(const char *s) {
+int spec_parse_bool(const char *s) {
         static const char *const yes[] = { "true", "yes", "on", "1" }, *const no[] = { "false", "no", "off", "0" };
 
         for (size_t i = 0; i < ELEMENTSOF(yes); i++) {
@@ -563,6 +614,36 @@ static int parse_port_value(const char *s, uint32_t *ret) {
         if (parse_u64(s, &v) < 0 || v < 1 || v > 65535)
                 return -EINVAL;
         *ret = (uint32_t) v;
+        return 0;
+}
+
+/* Seconds: a plain number, or a number with one unit: s, m, h or d ("600", "90s", "10m", "1h"). */
+static int parse_duration(const char *s, uint64_t *ret) {
+        static const struct {
+                char unit;
+                uint64_t seconds;
+        } units[] = { { 's', 1 }, { 'm', 60 }, { 'h', 3600 }, { 'd', 86400 } };
+        _cleanup_free_ char *digits = NULL;
+        size_t len = strspn(s, "0123456789");
+        uint64_t n, mult = 1;
+
+        if (s[len] != '\0') {
+                size_t i;
+
+                if (s[len + 1] != '\0')
+                        return -EINVAL;
+                for (i = 0; i < ELEMENTSOF(units) && units[i].unit != s[len]; i++)
+                        ;
+                if (i == ELEMENTSOF(units))
+                        return -EINVAL;
+                mult = units[i].seconds;
+        }
+        digits = strndup(s, len);
+        if (!digits)
+                return -ENOMEM;
+        if (parse_u64(digits, &n) < 0 || n > UINT32_MAX)
+                return -EINVAL;
+        *ret = n * mult;
         return 0;
 }
 
@@ -916,6 +997,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
         Hydra__V1__Network *n;
         Hydra__V1__Shares *sh;
         Hydra__V1__Devices *d;
+        Hydra__V1__Supervision *sv;
 
         switch (key) {
         case KEY_VM_CPUS: return &spec->cpus;
@@ -1017,6 +1099,20 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_DEVICES_SHMEM_SIZE: return &d->shmem_size_gib;
                 default: return &d->shmem_path;
                 }
+        case KEY_SUPERVISION_RESTART ... KEY_SUPERVISION_PROBE_PORT:
+                sv = spec_supervision(spec);
+                if (!sv)
+                        return NULL;
+                switch (key) {
+                case KEY_SUPERVISION_RESTART: return &sv->restart;
+                case KEY_SUPERVISION_MAX_RESTARTS: return &sv->max_restarts;
+                case KEY_SUPERVISION_RESTART_WINDOW: return &sv->restart_window_seconds;
+                case KEY_SUPERVISION_AUTOSTART: return &sv->autostart;
+                case KEY_SUPERVISION_STOP_TIMEOUT: return &sv->stop_timeout_seconds;
+                case KEY_SUPERVISION_PROBE: return &sv->probe;
+                case KEY_SUPERVISION_PROBE_PATTERN: return &sv->probe_pattern;
+                default: return &sv->probe_port;
+                }
         default:
                 abort();
         }
@@ -1030,6 +1126,8 @@ static void key_reset(Hydra__V1__VmSpec *spec, SpecKey key, void *field) {
         case VT_PORT:
         case VT_PREFIX_LEN:
         case VT_VSOCK_CID:
+        case VT_MAX_RESTARTS:
+        case VT_DURATION:
                 *(uint32_t *) field = 0;
                 break;
         case VT_MEMORY:
@@ -1038,6 +1136,8 @@ static void key_reset(Hydra__V1__VmSpec *spec, SpecKey key, void *field) {
         case VT_ACCEL:
         case VT_KUBELET:
         case VT_SHMEM:
+        case VT_RESTART:
+        case VT_PROBE:
                 *(int *) field = 0;
                 break;
         case VT_BOOL:
@@ -1124,12 +1224,54 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 break;
         case VT_BOOL:
         case VT_BOOL_NEGATED:
-                i = parse_bool(value);
+                i = spec_parse_bool(value);
                 if (i < 0)
                         return bad_value(err, key_name, value, "is not a boolean (allowed: true, false, yes, no, "
                                          "on, off, 1, 0)");
                 *(protobuf_c_boolean *) field = type == VT_BOOL ? i : !i;
                 return 0;
+        case VT_RESTART:
+                i = restart_policy_from_name(value);
+                if (i < 0)
+                        return bad_value(err, key_name, value, "is not a restart policy (allowed: no, on-failure, "
+                                         "always)");
+                *(int *) field = i;
+                return 0;
+        case VT_PROBE:
+                i = probe_kind_from_name(value);
+                if (i < 0)
+                        return bad_value(err, key_name, value, "is not a readiness probe (allowed: console, tcp, "
+                                         "containerd, none)");
+                *(int *) field = i;
+                return 0;
+        case VT_MAX_RESTARTS:
+                if (parse_u64(value, &v) < 0 || v < 1 || v > 1000)
+                        return bad_value(err, key_name, value, "is not a number of restarts (allowed: 1-1000)");
+                *(uint32_t *) field = (uint32_t) v;
+                return 0;
+        case VT_DURATION:
+                r = parse_duration(value, &v);
+                if (r == -ENOMEM)
+                        return hydra_error_set(err, r, "out of memory");
+                if (r < 0 || v < 1 || v > key_table[key].max)
+                        return bad_value(err, key_name, value, "is not a duration (allowed: 1-%" PRIu32 " seconds, "
+                                         "a plain number or with a unit s, m, h or d, e.g. 600 or 10m)",
+                                         key_table[key].max);
+                *(uint32_t *) field = (uint32_t) v;
+                return 0;
+        case VT_REGEX: {
+                regex_t re;
+                char why[128];
+
+                r = regcomp(&re, value, REG_EXTENDED | REG_NOSUB);
+                if (r != 0) {
+                        regerror(r, &re, why, sizeof(why));
+                        return bad_value(err, key_name, value, "is not a POSIX extended regular expression (%s)",
+                                         why);
+                }
+                regfree(&re);
+                break;
+        }
         case VT_WORD:
                 if (strpbrk(value, " \t"))
                         return bad_value(err, key_name, value, "is not one word (blanks are not allowed)");
@@ -1509,5 +1651,6 @@ int spec_finish(Hydra__V1__VmSpec *spec, HydraError *err) {
         DROP_IF_EMPTY(spec->network, hydra__v1__network__free_unpacked);
         DROP_IF_EMPTY(spec->shares, hydra__v1__shares__free_unpacked);
         DROP_IF_EMPTY(spec->devices, hydra__v1__devices__free_unpacked);
+        DROP_IF_EMPTY(spec->supervision, hydra__v1__supervision__free_unpacked);
         return 0;
 }

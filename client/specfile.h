@@ -54,16 +54,25 @@ Hydra__V1__Software *spec_software(Hydra__V1__VmSpec *spec);
 Hydra__V1__Network *spec_network(Hydra__V1__VmSpec *spec);
 Hydra__V1__Shares *spec_shares(Hydra__V1__VmSpec *spec);
 Hydra__V1__Devices *spec_devices(Hydra__V1__VmSpec *spec);
+Hydra__V1__Supervision *spec_supervision(Hydra__V1__VmSpec *spec);
 
 /* Appends a forward / a share. Returns 0 or -ENOMEM. */
 int spec_add_forward(Hydra__V1__VmSpec *spec, const char *host_addr, uint32_t host_port, uint32_t guest_port,
                      const char *protocol);
 int spec_add_share(Hydra__V1__VmSpec *spec, const char *host_path, const char *guest_path);
 
-/* The words of the spec format for the API's enums: "auto", "tcp", "nvdimm"... NULL when out of range. */
+/* The words of the spec format for the API's enums: "auto", "tcp", "nvdimm", "on-failure"... NULL when out of
+ * range. */
 const char *accel_to_name(Hydra__V1__Accel a);
 const char *kubelet_shares_to_name(Hydra__V1__KubeletShares k);
 const char *shmem_to_name(Hydra__V1__Shmem s);
+const char *restart_policy_to_name(Hydra__V1__RestartPolicy p);
+const char *probe_kind_to_name(Hydra__V1__ProbeKind k);
 int accel_from_name(const char *s);          /* -EINVAL when unknown */
 int kubelet_shares_from_name(const char *s);
 int shmem_from_name(const char *s);
+int restart_policy_from_name(const char *s);
+int probe_kind_from_name(const char *s);
+
+/* A boolean of the spec format: true/false, yes/no, on/off, 1/0 (any case). Returns 1, 0, or -EINVAL. */
+int spec_parse_bool(const char *s);

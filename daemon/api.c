@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
+#include <limits.h>
 #include <grp.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "console.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "hydra/v1/hydra.pb-c.h"
 #include "log.h"
@@ -81,6 +83,8 @@ struct Call {
         grpc_byte_buffer *queue[STREAM_QUEUE_MAX];
         unsigned q_head, q_len;
         uint64_t dropped;
+        uint64_t lost;          /* dropped and not yet reported to the client (WatchEvents: a Lost event) */
+        bool report_lost;
         bool end_pending;
         grpc_status_code end_code;
         char end_message[256];
@@ -135,6 +139,10 @@ struct Api {
         void (*shutdown_done)(void *userdata);
         void *shutdown_userdata;
         sd_event_source *finish_source;
+
+        /* The last event packed for WatchEvents: every stream gets a copy of the same bytes. */
+        uint64_t event_seq;
+        grpc_byte_buffer *event_buf;
 };
 
 static void call_maybe_free(Call *c);
@@ -243,6 +251,7 @@ typedef struct SpecPb {
         Hydra__V1__Network network;
         Hydra__V1__Shares shares;
         Hydra__V1__Devices devices;
+        Hydra__V1__Supervision supervision;
         Hydra__V1__PortForward *forwards;
         Hydra__V1__PortForward **forward_ptrs;
         Hydra__V1__Share *extra;
@@ -386,6 +395,17 @@ static int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
         p->devices.shmem_size_gib = s->devices.shmem_size_gib;
         p->devices.shmem_path = pb_str(s->devices.shmem_path);
         p->spec.devices = &p->devices;
+
+        hydra__v1__supervision__init(&p->supervision);
+        p->supervision.restart = (Hydra__V1__RestartPolicy) s->supervision.restart;
+        p->supervision.max_restarts = s->supervision.max_restarts;
+        p->supervision.restart_window_seconds = s->supervision.restart_window_sec;
+        p->supervision.autostart = s->supervision.autostart;
+        p->supervision.stop_timeout_seconds = s->supervision.stop_timeout_sec;
+        p->supervision.probe = (Hydra__V1__ProbeKind) s->supervision.probe;
+        p->supervision.probe_pattern = pb_str(s->supervision.probe_pattern);
+        p->supervision.probe_port = s->supervision.probe_port;
+        p->spec.supervision = &p->supervision;
         return 0;
 }
 
@@ -561,6 +581,25 @@ static int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err
                 if (dup_str(&s.devices.shmem_path, p->devices->shmem_path) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
         }
+        if (p->supervision) {
+                const Hydra__V1__Supervision *sv = p->supervision;
+
+                if ((int) sv->restart < 0 || sv->restart >= (int) _RESTART_POLICY_MAX)
+                        return hydra_error_set(err, -EINVAL, "supervision.restart: %d is not allowed (allowed: no, "
+                                               "on-failure, always)", (int) sv->restart);
+                if ((int) sv->probe < 0 || sv->probe >= (int) _PROBE_KIND_MAX)
+                        return hydra_error_set(err, -EINVAL, "supervision.probe: %d is not allowed (allowed: "
+                                               "console, tcp, containerd, none)", (int) sv->probe);
+                s.supervision.restart = (RestartPolicy) sv->restart;
+                s.supervision.max_restarts = sv->max_restarts;
+                s.supervision.restart_window_sec = sv->restart_window_seconds;
+                s.supervision.autostart = sv->autostart;
+                s.supervision.stop_timeout_sec = sv->stop_timeout_seconds;
+                s.supervision.probe = (ProbeKind) sv->probe;
+                s.supervision.probe_port = sv->probe_port;
+                if (dup_str(&s.supervision.probe_pattern, sv->probe_pattern) < 0)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
 
         *ret = s;
         s = (VmSpec) {};
@@ -654,6 +693,12 @@ static int vm_pb_init(VmPb *p, const Vm *vm) {
         }
         p->vm.disk_path = pb_str(vm->prepared.disk_path);
         p->vm.seed_path = pb_str(vm->prepared.seed_path);
+        p->vm.ready = vm->ready;
+        p->vm.ready_since_unix_usec = vm->ready ? (int64_t) vm->ready_since_usec : 0;
+        p->vm.ready_detail = pb_str(vm->ready_detail);
+        p->vm.console_socket = vm->console ? pb_str(vm->console_sock_path) : (char *) "";
+        p->vm.cri_socket = vm->cri ? pb_str(vm->cri_path) : (char *) "";
+        p->vm.next_restart_unix_usec = (int64_t) vm->next_restart_usec;
         if (vm->n_drives > 0) {
                 p->drives = calloc(vm->n_drives, sizeof(*p->drives));
                 p->drive_ptrs = calloc(vm->n_drives, sizeof(*p->drive_ptrs));
@@ -823,15 +868,29 @@ static void stream_pump(Call *c) {
 
         if (c->sending || c->status_sent || c->closed)
                 return;
-        if (c->q_len == 0) {
+        if (c->lost > 0 && c->report_lost) {
+                /* Before the oldest event still queued: how many were dropped in front of it. */
+                Hydra__V1__Event e = HYDRA__V1__EVENT__INIT;
+                Hydra__V1__Lost lost = HYDRA__V1__LOST__INIT;
+
+                lost.count = c->lost;
+                c->lost = 0;
+                e.kind_case = HYDRA__V1__EVENT__KIND_LOST;
+                e.lost = &lost;
+                e.role = role_to_pb(c->role);
+                c->send_buf = pack_message(&e.base);
+        } else if (c->q_len == 0) {
                 if (c->end_pending)
                         call_finish(c, c->end_code, c->end_message, NULL);
                 return;
+        } else {
+                c->send_buf = c->queue[c->q_head];
+                c->queue[c->q_head] = NULL;
+                c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
+                c->q_len--;
         }
-        c->send_buf = c->queue[c->q_head];
-        c->queue[c->q_head] = NULL;
-        c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
-        c->q_len--;
+        if (!c->send_buf)
+                return;
 
         op.op = GRPC_OP_SEND_MESSAGE;
         op.data.send_message.send_message = c->send_buf;
@@ -847,6 +906,7 @@ static void stream_push(Call *c, grpc_byte_buffer *bb) {
                 c->q_head = (c->q_head + 1) % STREAM_QUEUE_MAX;
                 c->q_len--;
                 c->dropped++;
+                c->lost++;
         }
         c->queue[(c->q_head + c->q_len) % STREAM_QUEUE_MAX] = bb;
         c->q_len++;
@@ -861,13 +921,33 @@ static void stream_end(Call *c, grpc_status_code code, const char *message) {
         stream_pump(c);
 }
 
+/* One event, packed once for every WatchEvents stream: 1,000 streams cost one encoding and 1,000 references. */
+static grpc_byte_buffer *event_pack(Api *a, const HydraEvent *ev, Vm *vm);
+
 static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
         Call *c = userdata;
+        grpc_byte_buffer *bb;
+
+        if (ev->type == HYDRA_EVENT_CONSOLE)
+                return;
+        bb = event_pack(c->api, ev, vm);
+        if (bb)
+                stream_push(c, grpc_byte_buffer_copy(bb));
+}
+
+static grpc_byte_buffer *event_pack(Api *a, const HydraEvent *ev, Vm *vm) {
         Hydra__V1__Event e = HYDRA__V1__EVENT__INIT;
         Hydra__V1__StateChange sc = HYDRA__V1__STATE_CHANGE__INIT;
         Hydra__V1__QmpEvent qe = HYDRA__V1__QMP_EVENT__INIT;
         Hydra__V1__Notice ne = HYDRA__V1__NOTICE__INIT;
+        Hydra__V1__Readiness re = HYDRA__V1__READINESS__INIT;
         VmPb p;
+
+        if (a->event_buf && a->event_seq == ev->seq)
+                return a->event_buf;
+        if (a->event_buf)
+                grpc_byte_buffer_destroy(a->event_buf);
+        a->event_buf = NULL;
 
         e.seq = ev->seq;
         e.time_unix_usec = (int64_t) ev->time_usec;
@@ -885,6 +965,11 @@ static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
         } else if (ev->type == HYDRA_EVENT_PROGRESS) {
                 e.kind_case = HYDRA__V1__EVENT__KIND_PROGRESS;
                 /* set below, from the Vm's own progress */
+        } else if (ev->type == HYDRA_EVENT_READY) {
+                re.ready = vm->ready;
+                re.detail = pb_str(vm->ready_detail);
+                e.kind_case = HYDRA__V1__EVENT__KIND_READINESS;
+                e.readiness = &re;
         } else {
                 qe.name = pb_str(ev->qmp_name);
                 qe.data_json = pb_str(ev->qmp_data);
@@ -895,9 +980,11 @@ static void on_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
                 e.vm = &p.vm;
                 if (e.kind_case == HYDRA__V1__EVENT__KIND_PROGRESS)
                         e.progress = &p.progress;
-                stream_push(c, pack_message(&e.base));
+                a->event_buf = pack_message(&e.base);
+                a->event_seq = ev->seq;
         }
         vm_pb_done(&p);
+        return a->event_buf;
 }
 
 /* --- handlers --- */
@@ -1001,11 +1088,12 @@ static void handle_start(Call *c, const uint8_t *data, size_t size) {
         vm = call_get_vm(c, req->role, true);
         if (!vm)
                 goto out;
-        if (req->wait == HYDRA__V1__WAIT_FOR__WAIT_FOR_READY) {
-                call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "wait: WAIT_FOR_READY is not implemented yet (readiness probes come later)", NULL);
+        if (req->wait != HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING && req->wait != HYDRA__V1__WAIT_FOR__WAIT_FOR_READY) {
+                call_fail(c, -EINVAL, "wait: not known (allowed: WAIT_FOR_RUNNING, WAIT_FOR_READY)");
                 goto out;
         }
-        r = vm_start(vm, (uint64_t) req->timeout_seconds * 1000000ULL, on_op_done, c, &c->op, &err);
+        r = vm_start(vm, req->wait == HYDRA__V1__WAIT_FOR__WAIT_FOR_READY, (uint64_t) req->timeout_seconds * 1000000ULL,
+                     on_op_done, c, &c->op, &err);
         handle_op_result(c, vm, r, &err);
 out:
         hydra__v1__start_vm_request__free_unpacked(req, NULL);
@@ -1174,6 +1262,9 @@ static void handle_watch(Call *c, const uint8_t *data, size_t size) {
                 }
                 role = (int) ro;
         }
+        c->report_lost = true;
+        if (role >= 0)
+                c->role = (Role) role;
         r = manager_subscribe(c->api->manager, role, on_event, c, &c->sub);
         if (r < 0) {
                 call_fail(c, r, "out of memory");
@@ -1185,6 +1276,111 @@ static void handle_watch(Call *c, const uint8_t *data, size_t size) {
         (void) call_start_batch(c, &op, 1);
 out:
         hydra__v1__watch_events_request__free_unpacked(req, NULL);
+}
+
+#define CONSOLE_CHUNK_MAX (64U * 1024U)
+
+static void console_push(Call *c, const void *data, size_t size) {
+        Hydra__V1__ConsoleChunk chunk = HYDRA__V1__CONSOLE_CHUNK__INIT;
+
+        while (size > 0) {
+                size_t n = size < CONSOLE_CHUNK_MAX ? size : CONSOLE_CHUNK_MAX;
+
+                chunk.data.data = (uint8_t *) data;
+                chunk.data.len = n;
+                stream_push(c, pack_message(&chunk.base));
+                data = (const uint8_t *) data + n;
+                size -= n;
+        }
+}
+
+static void on_console_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
+        if (ev->type == HYDRA_EVENT_CONSOLE)
+                console_push(userdata, ev->data, ev->size);
+}
+
+/* Sends the stored log, oldest file first, from the file offset where the last tail_bytes begin. */
+static int console_send_stored(Call *c, const Vm *vm, uint64_t tail_bytes) {
+        _cleanup_free_ char *buf = NULL;
+        char path[PATH_MAX];
+        uint64_t sizes[CONSOLE_LOG_KEEP_DEFAULT + 1] = {}, total = 0, skip;
+        unsigned n = CONSOLE_LOG_KEEP_DEFAULT + 1;
+
+        buf = malloc(CONSOLE_CHUNK_MAX);
+        if (!buf)
+                return -ENOMEM;
+        /* index 0: console.log.KEEP (oldest) ... index KEEP: console.log */
+        for (unsigned i = 0; i < n; i++) {
+                struct stat st;
+                unsigned gen = n - 1 - i;
+
+                if (gen > 0)
+                        (void) snprintf(path, sizeof(path), "%s.%u", vm->console_path, gen);
+                else
+                        (void) snprintf(path, sizeof(path), "%s", vm->console_path);
+                if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+                        sizes[i] = (uint64_t) st.st_size;
+                total += sizes[i];
+        }
+        skip = tail_bytes > 0 && tail_bytes < total ? total - tail_bytes : 0;
+        for (unsigned i = 0; i < n; i++) {
+                _cleanup_close_ int fd = -EBADF;
+                unsigned gen = n - 1 - i;
+                off_t off;
+                ssize_t k;
+
+                if (skip >= sizes[i]) {
+                        skip -= sizes[i];
+                        continue;
+                }
+                if (gen > 0)
+                        (void) snprintf(path, sizeof(path), "%s.%u", vm->console_path, gen);
+                else
+                        (void) snprintf(path, sizeof(path), "%s", vm->console_path);
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                if (fd < 0)
+                        continue; /* rotated away meanwhile, or never there */
+                off = (off_t) skip;
+                skip = 0;
+                while ((k = pread(fd, buf, CONSOLE_CHUNK_MAX, off)) > 0) {
+                        console_push(c, buf, (size_t) k);
+                        off += k;
+                }
+        }
+        return 0;
+}
+
+static void handle_console_log(Call *c, const uint8_t *data, size_t size) {
+        Hydra__V1__ConsoleLogRequest *req = DECODE(c, Hydra__V1__ConsoleLogRequest, hydra__v1__console_log_request,
+                                                   data, size);
+        grpc_op op = {};
+        Vm *vm;
+        int r;
+
+        if (!req)
+                return;
+        vm = call_get_vm(c, req->role, true);
+        if (!vm)
+                goto out;
+        op.op = GRPC_OP_SEND_INITIAL_METADATA;
+        c->metadata_sent = true;
+        (void) call_start_batch(c, &op, 1);
+
+        /* The stored log and the subscription in the same loop iteration: no byte falls between them. */
+        r = console_send_stored(c, vm, req->tail_bytes);
+        if (r < 0) {
+                stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                goto out;
+        }
+        if (!req->follow) {
+                stream_end(c, GRPC_STATUS_OK, "");
+                goto out;
+        }
+        r = manager_subscribe(c->api->manager, (int) vm->role, on_console_event, c, &c->sub);
+        if (r < 0)
+                stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+out:
+        hydra__v1__console_log_request__free_unpacked(req, NULL);
 }
 
 static void handle_health(Call *c, const uint8_t *data, size_t size) {
@@ -1213,6 +1409,7 @@ static const Method methods[] = {
         { "/hydra.v1.Hydra/ListVms", false, handle_list },
         { "/hydra.v1.Hydra/WatchEvents", true, handle_watch },
         { "/hydra.v1.Hydra/PlanVm", false, handle_plan },
+        { "/hydra.v1.Hydra/ConsoleLog", true, handle_console_log },
         { "/grpc.health.v1.Health/Check", false, handle_health },
 };
 
@@ -1793,6 +1990,8 @@ Api *api_free(Api *a) {
                         grpc_byte_buffer_destroy(a->slots[i].payload);
         }
         free(a->slots);
+        if (a->event_buf)
+                grpc_byte_buffer_destroy(a->event_buf);
         if (a->creds)
                 grpc_server_credentials_release(a->creds);
         if (a->grpc_initialized)

@@ -8,6 +8,7 @@
 
 #include "api.h"
 #include "config.h"
+#include "grpc_probe.h"
 #include "log.h"
 #include "manager.h"
 
@@ -178,6 +179,7 @@ int main(int argc, char *argv[]) {
                 log_error_errno(r, "cannot create the manager: %m");
                 goto out;
         }
+        manager_set_grpc_prober(d.manager, &grpc_probe_prober);
         r = manager_load(d.manager, &err);
         if (r < 0) {
                 log_error("%s", err.message);
@@ -189,6 +191,7 @@ int main(int argc, char *argv[]) {
                 goto out;
         }
 
+        manager_autostart(d.manager);
         (void) sd_notify(0, "READY=1\nSTATUS=serving");
         log_info("hydrad ready (state %s, run %s, on-exit %s)", d.config.state_dir, d.config.run_dir,
                  on_exit_to_string(d.config.on_exit));

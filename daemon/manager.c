@@ -20,6 +20,7 @@ struct Manager {
         sd_event *event;
         const HydraConfig *config;   /* borrowed */
         const SpecCodec *codec;      /* borrowed */
+        const GrpcProber *grpc_prober; /* borrowed, may be NULL */
         Fetcher *fetcher;            /* downloads of both VMs */
         char *cache_dir;
         Vm *vms[_ROLE_MAX];
@@ -98,6 +99,11 @@ int manager_load(Manager *m, HydraError *err) {
         return 0;
 }
 
+void manager_autostart(Manager *m) {
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                (void) vm_autostart(m->vms[role]);
+}
+
 Vm *manager_get_vm(Manager *m, Role role) {
         if ((int) role < 0 || role >= _ROLE_MAX)
                 return NULL;
@@ -118,6 +124,14 @@ const SpecCodec *manager_get_codec(Manager *m) {
 
 Fetcher *manager_get_fetcher(Manager *m) {
         return m->fetcher;
+}
+
+void manager_set_grpc_prober(Manager *m, const GrpcProber *prober) {
+        m->grpc_prober = prober;
+}
+
+const GrpcProber *manager_get_grpc_prober(Manager *m) {
+        return m->grpc_prober;
 }
 
 const char *manager_get_cache_dir(Manager *m) {
@@ -156,7 +170,9 @@ void manager_emit(Manager *m, HydraEvent *ev, Vm *vm) {
         struct timespec ts;
 
         (void) clock_gettime(CLOCK_REALTIME, &ts);
-        ev->seq = ++m->event_seq;
+        /* Console bytes are not WatchEvents events: they take no number, so a stream's seq has no gaps but the
+         * other role's events and the ones it lost. */
+        ev->seq = ev->type == HYDRA_EVENT_CONSOLE ? 0 : ++m->event_seq;
         ev->time_usec = (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
 
         /* A handler may not free other subscriptions; it may free its own. */

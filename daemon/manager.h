@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
@@ -23,11 +25,22 @@ typedef struct SpecCodec {
         int (*decode)(const void *data, size_t size, VmSpec *ret_spec);
 } SpecCodec;
 
+/* containerd's Version over gRPC, for the readiness probe. gRPC lives outside the core (daemon/grpc_probe.c, in
+ * hydrad), so the core reaches it through this; NULL: containerd probes never pass. */
+typedef void (*grpc_prober_done_t)(void *probe, bool ready, const char *detail, void *userdata);
+typedef struct GrpcProber {
+        int (*start)(sd_event *e, const char *target, uint64_t timeout_usec, grpc_prober_done_t done,
+                     void *userdata, void **ret);
+        void (*cancel)(void *probe);
+} GrpcProber;
+
 typedef enum HydraEventType {
         HYDRA_EVENT_STATE,
         HYDRA_EVENT_QMP,
         HYDRA_EVENT_PROGRESS,     /* preparation progress */
         HYDRA_EVENT_NOTICE,       /* something the user should know ("disk reset: ...") */
+        HYDRA_EVENT_READY,        /* the readiness changed: the Vm's ready, ready_detail */
+        HYDRA_EVENT_CONSOLE,      /* bytes the guest printed (data, size); not a WatchEvents event */
 } HydraEventType;
 
 typedef struct HydraEvent {
@@ -40,6 +53,8 @@ typedef struct HydraEvent {
         const char *qmp_name;     /* HYDRA_EVENT_QMP */
         const char *qmp_data;     /* HYDRA_EVENT_QMP: the event's data as JSON, or NULL */
         const char *notice;       /* HYDRA_EVENT_NOTICE */
+        const void *data;         /* HYDRA_EVENT_CONSOLE */
+        size_t size;
         /* HYDRA_EVENT_PROGRESS: the Vm's progress fields carry it (see vm.h) */
 } HydraEvent;
 
@@ -54,11 +69,17 @@ Manager *manager_free(Manager *m);
  * is still loaded. Returns 0, or a negative errno for a state dir that cannot be created. */
 int manager_load(Manager *m, HydraError *err);
 
+/* After manager_load, once clients can watch: starts the VMs whose spec says autostart, and a VM that crashed
+ * before hydrad restarted if its restart policy says so. Failures go the way of the restart policy. */
+void manager_autostart(Manager *m);
+
 Vm *manager_get_vm(Manager *m, Role role);
 sd_event *manager_get_event(Manager *m);
 const HydraConfig *manager_get_config(Manager *m);
 const SpecCodec *manager_get_codec(Manager *m);
 Fetcher *manager_get_fetcher(Manager *m);
+void manager_set_grpc_prober(Manager *m, const GrpcProber *prober);
+const GrpcProber *manager_get_grpc_prober(Manager *m);
 const char *manager_get_cache_dir(Manager *m);   /* STATE_DIR/cache */
 
 /* role < 0: both VMs. */

@@ -162,7 +162,7 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, BootMode mod
                 { "binary", rt->binary },
                 { "name", rt->name },
                 { "qmp_path", rt->qmp_fd >= 0 ? NULL : rt->qmp_path },
-                { "console_log", rt->console_log },
+                { "console_socket", rt->console_socket },
                 { "disk_path", rt->disk_path },
                 { "disk_format", rt->disk_path ? rt->disk_format : NULL },
                 { "seed_path", rt->seed_path },
@@ -183,8 +183,8 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, BootMode mod
                 return hydra_error_set(err, -EINVAL, "runtime name: not set");
         if (rt->qmp_fd < 0 && isempty(rt->qmp_path))
                 return hydra_error_set(err, -EINVAL, "runtime qmp: neither a socket fd nor a path is set");
-        if (isempty(rt->console_log))
-                return hydra_error_set(err, -EINVAL, "runtime console_log: not set");
+        if (isempty(rt->console_socket))
+                return hydra_error_set(err, -EINVAL, "runtime console_socket: not set");
 
         /* What the spec asks for must have been resolved to a file by the caller. */
         if (!isempty(spec->disk) && isempty(rt->disk_path))
@@ -405,9 +405,11 @@ static void add_monitor_and_console(ArgvBuilder *b, const QemuRuntime *rt) {
         builder_add(b, "-mon");
         builder_add(b, "chardev=qmp,mode=control");
 
-        console = builder_escape(b, rt->console_log);
+        /* The serial console is a socket QEMU listens on and hydrad reads (console.c): hydrad keeps the log and
+         * lets people attach. wait=off: a guest never blocks on a missing reader. */
+        console = builder_escape(b, rt->console_socket);
         builder_add(b, "-chardev");
-        builder_addf(b, "file,id=console,path=%s,append=on", console);
+        builder_addf(b, "socket,id=console,path=%s,server=on,wait=off", console);
         builder_add(b, "-serial");
         builder_add(b, "chardev:console");
 }
@@ -604,6 +606,8 @@ int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv,
         builder_addf(&b, "guest=%s,debug-threads=on", name);
         builder_add(&b, "-nodefaults");
         builder_add(&b, "-no-user-config");
+        /* Paused until hydrad has the console connected and says cont: no boot output is lost. */
+        builder_add(&b, "-S");
         /* hydrad runs on a headless device: the GPU renders through EGL without a window (the script's gtk,gl=on
          * needs a desktop). */
         builder_add(&b, "-display");
@@ -617,6 +621,9 @@ int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv,
         builder_add(&b, "rng-random,id=rng0,filename=/dev/urandom");
         builder_add(&b, "-device");
         builder_add(&b, "virtio-rng-pci,rng=rng0,max-bytes=1048576,period=1000");
+        /* The guest reports a kernel panic (QMP GUEST_PANICKED): the VM is crashed, not shut down. */
+        builder_add(&b, "-device");
+        builder_add(&b, spec->arch == ARCH_AARCH64 ? "pvpanic-pci" : "pvpanic");
 
         add_network(&b, spec, rt, &net);
         add_disks(&b, spec, rt);

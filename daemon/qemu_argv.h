@@ -12,7 +12,7 @@ typedef struct QemuRuntime {
         Accel accel;               /* resolved: ACCEL_KVM or ACCEL_TCG, never ACCEL_AUTO */
         int qmp_fd;                /* >= 0: QMP listens on this inherited, already-bound socket fd */
         const char *qmp_path;      /* used when qmp_fd < 0: -chardev socket,id=qmp,path=PATH,server=on,wait=off */
-        const char *console_log;   /* serial console appended to this file */
+        const char *console_socket;   /* the serial console: a socket QEMU listens on, hydrad connects */
         const char *disk_path;     /* the VM's disk: made by hydrad (cloud image, bare-kernel rootfs) or spec->disk;
                                     * NULL: no disk */
         const char *disk_format;   /* "qcow2" or "raw", when disk_path is set */

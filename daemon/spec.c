@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <crypt.h>
 #include <inttypes.h>
+#include <regex.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -47,6 +48,21 @@ static const char *const shmem_table[_SHMEM_MAX] = {
 };
 DEFINE_STRING_TABLE_LOOKUP(shmem, Shmem, _SHMEM_MAX);
 
+static const char *const restart_policy_table[_RESTART_POLICY_MAX] = {
+        [RESTART_NO] = "no",
+        [RESTART_ON_FAILURE] = "on-failure",
+        [RESTART_ALWAYS] = "always",
+};
+DEFINE_STRING_TABLE_LOOKUP(restart_policy, RestartPolicy, _RESTART_POLICY_MAX);
+
+static const char *const probe_kind_table[_PROBE_KIND_MAX] = {
+        [PROBE_CONSOLE] = "console",
+        [PROBE_TCP] = "tcp",
+        [PROBE_CONTAINERD] = "containerd",
+        [PROBE_NONE] = "none",
+};
+DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
+
 #define SPEC_DEFAULT_HOST_ADDR "127.0.0.1"
 #define SPEC_MAX_PATH 4095U    /* PATH_MAX - 1 */
 #define SPEC_MAX_CMDLINE 4096U
@@ -66,14 +82,17 @@ DEFINE_STRING_TABLE_LOOKUP(shmem, Shmem, _SHMEM_MAX);
         X(bare.dir) X(bare.kernel) X(bare.kernel_version) X(bare.initrd) X(bare.rootfs) X(guest.username)        \
         X(guest.password) X(guest.password_hash) X(guest.hostname) X(software.csi_grpc_proxy_url)                \
         X(software.k3s_version) X(software.kernel_package) X(network.guest_ip) X(network.gateway)                \
-        X(network.dns) X(network.mac) X(shares.kubelet_host_dir) X(devices.shmem_path)
+        X(network.dns) X(network.mac) X(shares.kubelet_host_dir) X(devices.shmem_path)                          \
+        X(supervision.probe_pattern)
 
 #define SPEC_SCALARS(X)                                                                                          \
         X(cpus) X(memory_mib) X(accel) X(arch) X(disk_size_gib) X(keep_pristine) X(reuse_disk_on_change)        \
         X(bare.encrypted_tools) X(software.disable_containerd_proxy) X(software.k3s_diod)                       \
         X(software.reboot_after_install) X(network.prefix_len) X(shares.kubelet) X(shares.diod_port)            \
         X(devices.vsock) X(devices.vsock_cid) X(devices.gpu) X(devices.gpu_vram_gib) X(devices.shmem)           \
-        X(devices.shmem_size_gib)
+        X(devices.shmem_size_gib) X(supervision.restart) X(supervision.max_restarts)                             \
+        X(supervision.restart_window_sec) X(supervision.autostart) X(supervision.stop_timeout_sec)               \
+        X(supervision.probe) X(supervision.probe_port)
 
 #define SPEC_STRVS(X) X(guest.ssh_authorized_keys) X(software.extra_debs)
 
@@ -322,6 +341,15 @@ int vm_spec_apply_defaults(VmSpec *spec) {
                         spec->devices.shmem_path = path;
                 }
         }
+
+        if (spec->supervision.restart != RESTART_NO) {
+                if (spec->supervision.max_restarts == 0)
+                        spec->supervision.max_restarts = SPEC_DEFAULT_MAX_RESTARTS;
+                if (spec->supervision.restart_window_sec == 0)
+                        spec->supervision.restart_window_sec = SPEC_DEFAULT_RESTART_WINDOW_SEC;
+        }
+        if (spec->supervision.probe == PROBE_CONTAINERD && spec->supervision.probe_port == 0)
+                spec->supervision.probe_port = SPEC_DEFAULT_CONTAINERD_PORT;
         return 0;
 }
 
@@ -1121,6 +1149,71 @@ static int check_devices(const VmSpec *spec, HydraError *err) {
         return 0;
 }
 
+/* The forward that carries a probe: a TCP forward to that guest port. */
+static const PortForward *find_tcp_forward(const VmSpec *spec, uint32_t guest_port) {
+        for (size_t i = 0; i < spec->n_forwards; i++)
+                if (spec->forwards[i].protocol == FORWARD_TCP && spec->forwards[i].guest_port == guest_port)
+                        return &spec->forwards[i];
+        return NULL;
+}
+
+static int check_supervision(const VmSpec *spec, HydraError *err) {
+        const typeof(spec->supervision) *s = &spec->supervision;
+        int r;
+
+        if ((int) s->restart < 0 || s->restart >= _RESTART_POLICY_MAX)
+                return hydra_error_set(err, -EINVAL, "supervision.restart: %d is not known (allowed: no, "
+                                       "on-failure, always)", (int) s->restart);
+        if (s->max_restarts > 1000)
+                return hydra_error_set(err, -EINVAL, "supervision.max_restarts: %" PRIu32 " is out of range "
+                                       "(allowed: 1-1000)", s->max_restarts);
+        if (s->restart_window_sec > 7 * 86400)
+                return hydra_error_set(err, -EINVAL, "supervision.restart_window: %" PRIu32 " s is out of range "
+                                       "(allowed: 1-604800 s)", s->restart_window_sec);
+        if (s->stop_timeout_sec > 3600)
+                return hydra_error_set(err, -EINVAL, "supervision.stop_timeout: %" PRIu32 " s is out of range "
+                                       "(allowed: 0-3600 s; 0 is the daemon's setting)", s->stop_timeout_sec);
+        if ((int) s->probe < 0 || s->probe >= _PROBE_KIND_MAX)
+                return hydra_error_set(err, -EINVAL, "supervision.probe: %d is not known (allowed: console, tcp, "
+                                       "containerd, none)", (int) s->probe);
+
+        if (s->probe_pattern) {
+                regex_t re;
+                char msg[128];
+
+                if (s->probe != PROBE_CONSOLE)
+                        return hydra_error_set(err, -EINVAL, "supervision.probe_pattern: given for probe %s "
+                                               "(allowed: only with probe console)", probe_kind_to_string(s->probe));
+                r = check_length("supervision.probe_pattern", s->probe_pattern, SPEC_MAX_PROBE_PATTERN, err);
+                if (r < 0)
+                        return r;
+                r = check_no_control("supervision.probe_pattern", s->probe_pattern, err);
+                if (r < 0)
+                        return r;
+                r = regcomp(&re, s->probe_pattern, REG_EXTENDED | REG_NOSUB);
+                if (r != 0) {
+                        regerror(r, &re, msg, sizeof(msg));
+                        return hydra_error_set(err, -EINVAL, "supervision.probe_pattern: not a valid extended "
+                                               "regular expression: %s", msg);
+                }
+                regfree(&re);
+        }
+
+        if (s->probe == PROBE_TCP || s->probe == PROBE_CONTAINERD) {
+                if (s->probe_port == 0 || s->probe_port > 65535)
+                        return hydra_error_set(err, -EINVAL, "supervision.probe_port: %" PRIu32 " is out of range "
+                                               "(allowed: 1-65535, the guest port of a TCP forward)",
+                                               s->probe_port);
+                if (!find_tcp_forward(spec, s->probe_port))
+                        return hydra_error_set(err, -EINVAL, "supervision.probe_port: no TCP forward to guest port "
+                                               "%" PRIu32 " (allowed: the guest port of one of forwards[])",
+                                               s->probe_port);
+        } else if (s->probe_port != 0)
+                return hydra_error_set(err, -EINVAL, "supervision.probe_port: given for probe %s (allowed: only "
+                                       "with probe tcp or containerd)", probe_kind_to_string(s->probe));
+        return 0;
+}
+
 static int check_bare(const VmSpec *spec, HydraError *err) {
         int r;
 
@@ -1212,7 +1305,10 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
         r = check_shares(spec, err);
         if (r < 0)
                 return r;
-        return check_devices(spec, err);
+        r = check_devices(spec, err);
+        if (r < 0)
+                return r;
+        return check_supervision(spec, err);
 }
 
 int vm_spec_hash_password(VmSpec *spec, HydraError *err) {

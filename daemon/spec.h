@@ -62,6 +62,23 @@ typedef enum Shmem {
         _SHMEM_INVALID = -EINVAL,
 } Shmem;
 
+typedef enum RestartPolicy {
+        RESTART_NO,
+        RESTART_ON_FAILURE,        /* after a crash (QEMU died, guest panic), not after a clean shutdown */
+        RESTART_ALWAYS,            /* also after the guest shut itself down; never after StopVm */
+        _RESTART_POLICY_MAX,
+        _RESTART_POLICY_INVALID = -EINVAL,
+} RestartPolicy;
+
+typedef enum ProbeKind {
+        PROBE_CONSOLE,             /* a pattern on the serial console (default: a login prompt) */
+        PROBE_TCP,                 /* a TCP connection through the forward of probe_port that stays open */
+        PROBE_CONTAINERD,          /* containerd's Version over gRPC through the forward of probe_port */
+        PROBE_NONE,                /* never ready */
+        _PROBE_KIND_MAX,
+        _PROBE_KIND_INVALID = -EINVAL,
+} ProbeKind;
+
 /* A remote file. password and token are secrets: never in argv, logs or errors (see source_redacted_url). */
 typedef struct Source {
         char *url;                 /* http://, https:// or file:///ABS; NULL: none */
@@ -153,6 +170,17 @@ typedef struct VmSpec {
                 uint32_t shmem_size_gib;
                 char *shmem_path;
         } devices;
+
+        struct {
+                RestartPolicy restart;
+                uint32_t max_restarts;       /* deaths within the window before giving up */
+                uint32_t restart_window_sec;
+                bool autostart;              /* started when hydrad starts */
+                uint32_t stop_timeout_sec;   /* 0: the daemon's stop_timeout */
+                ProbeKind probe;
+                char *probe_pattern;         /* PROBE_CONSOLE: POSIX extended regex; NULL: a login prompt */
+                uint32_t probe_port;         /* PROBE_TCP, PROBE_CONTAINERD: the guest port of a TCP forward */
+        } supervision;
 } VmSpec;
 
 #define SPEC_DEFAULT_CPUS 2U
@@ -181,6 +209,10 @@ typedef struct VmSpec {
 #define SPEC_DEFAULT_BARE_KERNEL "Image.gz"
 #define SPEC_DEFAULT_BARE_INITRD "initramfs.linux_arm64.cpio"
 #define SPEC_DEFAULT_BARE_ROOTFS "something.qcow2"
+#define SPEC_DEFAULT_MAX_RESTARTS 5U
+#define SPEC_DEFAULT_RESTART_WINDOW_SEC 600U
+#define SPEC_DEFAULT_CONTAINERD_PORT 35000U
+#define SPEC_MAX_PROBE_PATTERN 256U
 
 /* What a spec boots: decided by which fields are set (see vm_spec_boot_mode). */
 typedef enum BootMode {
@@ -203,6 +235,10 @@ KubeletShares kubelet_shares_from_string(const char *s);
 const char *shmem_to_string(Shmem s);
 Shmem shmem_from_string(const char *s);
 ForwardProtocol forward_protocol_from_string(const char *s);
+const char *restart_policy_to_string(RestartPolicy p);
+RestartPolicy restart_policy_from_string(const char *s);
+const char *probe_kind_to_string(ProbeKind k);
+ProbeKind probe_kind_from_string(const char *s);
 
 /* Frees what the spec owns and zeroes it. Accepts a zeroed spec. */
 void vm_spec_done(VmSpec *spec);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <linux/kvm.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -18,6 +20,7 @@
 #include "qemu_argv.h"
 #include "store.h"
 #include "vm.h"
+#include "vm_services.h"
 
 #define SPEC_FILE "spec.pb"
 #define SPEC_MAX_SIZE (1024U * 1024U)
@@ -41,6 +44,7 @@ struct VmOp {
         void *userdata;
         sd_event_source *timer;
         uint64_t timeout_usec;
+        bool wait_ready;       /* VM_OP_START: until the readiness probe passes, not just running */
         VmOp *next, *prev;
 };
 
@@ -114,9 +118,11 @@ static int on_op_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         VmOp *op = userdata;
         HydraError err;
 
-        hydra_error_set(&err, -ETIMEDOUT, "VM '%s' did not reach running within %llu s (it is %s; the start goes on)",
-                        op->vm->name, (unsigned long long) (op->timeout_usec / 1000000ULL),
-                        vm_state_to_string(op->vm->state));
+        hydra_error_set(&err, -ETIMEDOUT, "VM '%s' did not become %s within %llu s (it is %s%s%s%s; the start goes on)",
+                        op->vm->name, op->wait_ready ? "ready" : "running",
+                        (unsigned long long) (op->timeout_usec / 1000000ULL), vm_state_to_string(op->vm->state),
+                        op->vm->state == VM_STATE_RUNNING && !op->vm->ready ? ", not ready" : "",
+                        op->vm->ready_detail ? ": " : "", strempty(op->vm->ready_detail));
         op_complete(op, err.code, &err);
         return 0;
 }
@@ -161,13 +167,13 @@ static void vm_check_ops(Vm *vm) {
 
                         hydra_error_clear(&err);
                         if (op->kind == VM_OP_START) {
-                                if (vm->state == VM_STATE_RUNNING) {
+                                if (vm->state == VM_STATE_RUNNING && (!op->wait_ready || vm->ready)) {
                                         op_complete(op, 0, NULL);
                                 } else if (vm->state == VM_STATE_FAILED || vm->state == VM_STATE_CRASHED) {
                                         int r = vm_error(vm, &err);
                                         op_complete(op, r, &err);
                                 } else if (vm->state == VM_STATE_STOPPING || vm->state == VM_STATE_STOPPED ||
-                                           !vm->registered) {
+                                           vm->state == VM_STATE_DEFINED || !vm->registered) {
                                         hydra_error_set(&err, -ECANCELED, "start of VM '%s' was cancelled by a %s",
                                                         vm->name, vm->registered ? "stop" : "destroy");
                                         op_complete(op, err.code, &err);
@@ -203,12 +209,12 @@ static void vm_runtime_save(Vm *vm) {
         json_t *o;
         int r;
 
-        o = json_pack("{s:I, s:I, s:s, s:I, s:I, s:s, s:s*, s:s*}", "pid", (json_int_t) vm->pid, "start_time",
+        o = json_pack("{s:I, s:I, s:s, s:I, s:I, s:s, s:s*, s:s*, s:I}", "pid", (json_int_t) vm->pid, "start_time",
                       (json_int_t) vm->start_ticks, "qmp_socket", vm->qmp_path, "spec_generation",
                       (json_int_t) vm->generation, "spawn_realtime_usec",
                       (json_int_t) (now_usec(CLOCK_REALTIME) - (now_usec(CLOCK_MONOTONIC) - vm->spawn_usec)),
                       "state", vm_state_to_string(vm->state), "disk_path", vm->prepared.disk_path, "seed_path",
-                      vm->prepared.seed_path);
+                      vm->prepared.seed_path, "ready_since_usec", (json_int_t) (vm->ready ? vm->ready_since_usec : 0));
         data = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         hydra_error_clear(&err);
@@ -216,6 +222,11 @@ static void vm_runtime_save(Vm *vm) {
         if (r < 0)
                 log_vm_warning(vm->name, "VM '%s': cannot record the runtime state (a restarted hydrad will not find "
                                "this QEMU): %s", vm->name, r == -ENOMEM ? "out of memory" : err.message);
+}
+
+void vm_runtime_update(Vm *vm) {
+        if (vm->pid > 0 && vm_state_has_process(vm->state))
+                vm_runtime_save(vm);
 }
 
 #define STATE_FILE "state.json"
@@ -271,6 +282,106 @@ static void vm_state_load(Vm *vm) {
         json_decref(o);
 }
 
+/* --- restart policy --- */
+
+static void vm_notice(Vm *vm, const char *fmt, ...) _printf_(2, 3);
+static void vm_notice(Vm *vm, const char *fmt, ...) {
+        _cleanup_free_ char *msg = NULL;
+        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_NOTICE };
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&msg, fmt, ap);
+        va_end(ap);
+        if (r < 0)
+                return;
+        log_vm_info(vm->name, "VM '%s': %s", vm->name, msg);
+        ev.notice = msg;
+        manager_emit(vm->manager, &ev, vm);
+}
+
+static void vm_restart_cancel(Vm *vm) {
+        vm->restart_timer = sd_event_source_disable_unref(vm->restart_timer);
+        vm->next_restart_usec = 0;
+}
+
+static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Vm *vm = userdata;
+        int r;
+
+        vm_restart_cancel(vm);
+        if (!vm->registered || !vm_is_down(vm) || vm->pid > 0)
+                return 0;
+        vm->restarting = true;
+        vm->restart_count++;
+        log_vm_info(vm->name, "VM '%s': restarting (restart %u, policy %s)", vm->name, vm->restart_count,
+                    restart_policy_to_string(vm->spec.supervision.restart));
+        r = vm_dispatch(vm, VM_EVENT_START, "restart");
+        if (r < 0)
+                log_vm_warning_errno(vm->name, r, "VM '%s': restart refused in state %s: %m", vm->name,
+                                     vm_state_to_string(vm->state));
+        return 0;
+}
+
+/* After a death: the policy decides between nothing, a restart after the backoff, and giving up. A client's
+ * StopVm never gets here (stopping -> stopped is not a death). */
+static void vm_consider_restart(Vm *vm, VmState from, VmState to) {
+        const typeof(vm->spec.supervision) *sv = &vm->spec.supervision;
+        uint64_t delay, now = now_usec(CLOCK_MONOTONIC);
+        RestartVerdict verdict;
+        bool failure;
+        int r;
+
+        if (!vm->registered || vm->destroy_pending)
+                return;
+        if (to == VM_STATE_CRASHED)
+                failure = true;
+        else if (to == VM_STATE_FAILED && vm->restarting)
+                failure = true;
+        else if (to == VM_STATE_STOPPED && from == VM_STATE_RUNNING)
+                failure = false; /* the guest shut itself down */
+        else
+                return;
+
+        verdict = restart_decide(&vm->restarts, sv->restart, sv->max_restarts, sv->restart_window_sec, failure, now,
+                                 to == VM_STATE_FAILED ? 0 : vm->last_up_usec, &delay);
+        switch (verdict) {
+        case RESTART_VERDICT_NONE:
+                vm->restarting = false;
+                return;
+        case RESTART_VERDICT_GIVE_UP: {
+                char last[512];
+
+                vm->restarting = false;
+                (void) snprintf(last, sizeof(last), "%.400s", vm->last_error.code < 0 ? vm->last_error.message
+                                                                                 : vm->last_exit.reason);
+                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "restart policy %s gave up: %u deaths within "
+                                       "%" PRIu32 " s (max_restarts %" PRIu32 "); last: %s",
+                                       restart_policy_to_string(sv->restart),
+                                       restart_deaths_in_window(&vm->restarts, sv->restart_window_sec, now),
+                                       sv->restart_window_sec, sv->max_restarts, last);
+                vm_state_save(vm);
+                vm_notice(vm, "%s", vm->last_error.message);
+                return;
+        }
+        case RESTART_VERDICT_SCHEDULE:
+                break;
+        }
+
+        vm_restart_cancel(vm);
+        r = sd_event_add_time_relative(manager_get_event(vm->manager), &vm->restart_timer, CLOCK_MONOTONIC, delay, 0,
+                                       on_restart_timer, vm);
+        if (r < 0) {
+                log_vm_error_errno(vm->name, r, "VM '%s': cannot schedule the restart: %m", vm->name);
+                return;
+        }
+        (void) sd_event_source_set_description(vm->restart_timer, "vm-restart");
+        vm->next_restart_usec = now_usec(CLOCK_REALTIME) + delay;
+        vm_notice(vm, "restarting in %llu s (policy %s, %s)", (unsigned long long) (delay / 1000000ULL),
+                  restart_policy_to_string(sv->restart), failure ? vm->last_exit.reason : "the guest shut down");
+}
+
 static void vm_set_state(Vm *vm, VmState next, const char *reason) {
         VmState from = vm->state;
         HydraEvent ev = {
@@ -292,8 +403,15 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason) {
                 vm_state_save(vm);
         manager_emit(vm->manager, &ev, vm);
 
+        if (next == VM_STATE_RUNNING) {
+                vm->restarting = false;
+                vm_services_up(vm);
+        } else if (from == VM_STATE_RUNNING)
+                vm_services_down(vm);
         if (vm->destroy_pending && vm_is_down(vm))
                 (void) vm_remove(vm);
+        else
+                vm_consider_restart(vm, from, next);
         vm_check_ops(vm);
 }
 
@@ -302,6 +420,10 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason) {
 static void vm_drives_clear(Vm *vm);
 
 static void vm_teardown_process(Vm *vm) {
+        vm_services_down(vm);
+        console_disconnect(vm->console);
+        if (vm->qemu_console_path)
+                (void) unlink(vm->qemu_console_path);
         vm_drives_clear(vm);
         vm->qmp = qmp_client_free(vm->qmp);
         vm->qmp_ready = false;
@@ -369,8 +491,13 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
 
         vm->last_exit = (VmExit) { .exited = true, .time_usec = now_usec(CLOCK_REALTIME), .code = code,
                                    .signal = signal > 0 ? signal : 0 };
+        vm->last_up_usec = vm_uptime_usec(vm);
 
-        if (state == VM_STATE_STARTING) {
+        if (state == VM_STATE_RUNNING && vm->guest_panicked) {
+                reason = "guest-panic";
+                event = VM_EVENT_EXIT_UNEXPECTED;
+                hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "the guest kernel panicked (QMP GUEST_PANICKED)");
+        } else if (state == VM_STATE_STARTING) {
                 char tail[STDERR_TAIL_MAX];
 
                 reason = "launch-failed";
@@ -553,6 +680,64 @@ static int json_strdup(json_t *o, const char *key, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
+static void vm_qmp_ready_done(Vm *vm);
+
+/* The console is connected before the guest runs (QEMU starts with -S), so the log has the whole boot. A
+ * console that cannot be connected costs the log, not the VM. */
+static void vm_console_attach(Vm *vm) {
+        HydraError err;
+
+        hydra_error_clear(&err);
+        if (!vm->console || console_connect(vm->console, vm->qemu_console_path, &err) < 0)
+                log_vm_warning(vm->name, "VM '%s': the serial console is not connected: %s", vm->name,
+                               vm->console ? err.message : "no console");
+}
+
+static void on_cont(QmpClient *q, json_t *result, int error, const char *desc, void *userdata) {
+        Vm *vm = userdata;
+
+        if (error == -ECANCELED)
+                return;
+        if (error < 0) {
+                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QMP cont (start the paused guest) failed: %s",
+                                       desc ? desc : strerror(-error));
+                log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+                if (vm->state == VM_STATE_STARTING)
+                        (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "cont-failed");
+                return;
+        }
+        vm_qmp_ready_done(vm);
+}
+
+/* An adopted QEMU: running as it was, unless the previous hydrad died between spawn and cont. */
+static void on_query_status(QmpClient *q, json_t *result, int error, const char *desc, void *userdata) {
+        const char *status = json_string_value(json_object_get(result, "status"));
+        Vm *vm = userdata;
+
+        if (error == -ECANCELED)
+                return;
+        if (error >= 0 && status && streq(status, "prelaunch")) {
+                log_vm_info(vm->name, "VM '%s': the adopted QEMU never ran its guest; starting it", vm->name);
+                if (qmp_invoke(q, "cont", NULL, manager_get_config(vm->manager)->qmp_timeout_usec, on_cont, vm) >= 0)
+                        return;
+        } else if (error >= 0 && status)
+                log_vm_debug(vm->name, "VM '%s': adopted QEMU status %s", vm->name, status);
+        vm_qmp_ready_done(vm);
+}
+
+static void vm_resume_guest(Vm *vm) {
+        const uint64_t timeout = manager_get_config(vm->manager)->qmp_timeout_usec;
+        int r;
+
+        vm_console_attach(vm);
+        if (vm->adopted)
+                r = qmp_invoke(vm->qmp, "query-status", NULL, timeout, on_query_status, vm);
+        else
+                r = qmp_invoke(vm->qmp, "cont", NULL, timeout, on_cont, vm);
+        if (r < 0)
+                vm_qmp_ready_done(vm);
+}
+
 /* The block devices QEMU has, as GetVm shows them: what a start really attached. */
 static void on_query_block(QmpClient *q, json_t *result, int error, const char *desc, void *userdata) {
         Vm *vm = userdata;
@@ -582,6 +767,11 @@ static void on_query_block(QmpClient *q, json_t *result, int error, const char *
                                      d->read_only ? ", read-only" : "");
                 }
         }
+        vm_resume_guest(vm);
+}
+
+/* QMP answers and the drives are known: the guest may run. */
+static void vm_qmp_ready_done(Vm *vm) {
         (void) vm_dispatch(vm, VM_EVENT_QMP_READY, vm->adopted ? "adopted" : "qmp-ready");
         if (vm->resume_stop && vm->state == VM_STATE_RUNNING) {
                 vm->resume_stop = false;
@@ -598,7 +788,7 @@ static void on_qmp_ready(QmpClient *q, void *userdata) {
         vm->qmp_ready = true;
         log_vm_debug(vm->name, "VM '%s': QMP ready", vm->name);
         if (qmp_invoke(q, "query-block", NULL, 0, on_query_block, vm) < 0)
-                (void) vm_dispatch(vm, VM_EVENT_QMP_READY, "qmp-ready");
+                vm_resume_guest(vm);
 }
 
 static void on_qmp_event(QmpClient *q, const char *name, json_t *data, void *userdata) {
@@ -613,6 +803,19 @@ static void on_qmp_event(QmpClient *q, const char *name, json_t *data, void *use
 
         if (streq(name, "SHUTDOWN") && data && json_is_true(json_object_get(data, "guest")))
                 vm->guest_shutdown_seen = true;
+        if (streq(name, "RESET") && vm->state == VM_STATE_RUNNING) {
+                /* The guest rebooted: it has to become ready again. */
+                vm_ready_begin(vm);
+                vm_services_up(vm);
+        }
+        if (streq(name, "GUEST_PANICKED") && !vm->guest_panicked) {
+                /* Whatever QEMU's panic action (shutdown, pause), a panicked guest is over: end it here so the
+                 * restart policy can act, and remember why it ended. */
+                vm->guest_panicked = true;
+                if (vm->state == VM_STATE_RUNNING)
+                        (void) qmp_invoke(q, "quit", NULL, manager_get_config(vm->manager)->qmp_timeout_usec,
+                                          NULL, NULL);
+        }
 
         log_vm_info(vm->name, "VM '%s': QMP event %s %s", vm->name, name, strempty(json));
         manager_emit(vm->manager, &ev, vm);
@@ -702,7 +905,7 @@ static int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, H
                 .name = vm->name,
                 .accel = resolve_accel(vm->spec.accel),
                 .qmp_fd = 3, /* the listening socket is the child's first passed fd */
-                .console_log = vm->console_path,
+                .console_socket = vm->qemu_console_path,
                 .disk_path = out->disk_path ? out->disk_path : vm->spec.disk,
                 .disk_format = out->disk_path ? out->disk_format
                                               : (vm->spec.disk ? probe_disk_format(vm->spec.disk) : NULL),
@@ -899,6 +1102,12 @@ static int vm_launch(Vm *vm, HydraError *err) {
         pid_t pid;
         int r;
 
+        r = vm_console_open(vm, err);
+        if (r < 0)
+                return hydra_error_prefix(err, "serial console: ");
+        (void) unlink(vm->qemu_console_path);
+        vm_ready_begin(vm);
+
         r = qmp_listen(vm->qmp_path, &lfd, &cfd, err);
         if (r < 0)
                 return r;
@@ -922,6 +1131,7 @@ static int vm_launch(Vm *vm, HydraError *err) {
         vm->pid = pid;
         vm->spawn_usec = now_usec(CLOCK_MONOTONIC);
         vm->guest_shutdown_seen = false;
+        vm->guest_panicked = false;
         vm->stop_stage = STOP_STAGE_NONE;
         (void) process_get_start_time(pid, &vm->start_ticks);
 
@@ -968,7 +1178,7 @@ int vm_adopt(Vm *vm) {
         _cleanup_free_ void *data = NULL;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         const char *qmp, *state = NULL, *disk = NULL, *seed = NULL;
-        json_int_t pid = 0, ticks = 0, spawned = 0;
+        json_int_t pid = 0, ticks = 0, spawned = 0, ready_since = 0;
         uint64_t now_ticks = 0, mono, real;
         HydraError err;
         json_t *o;
@@ -984,9 +1194,9 @@ int vm_adopt(Vm *vm) {
                 return 0;
         }
         o = json_loadb(data, size, 0, NULL);
-        if (!o || json_unpack(o, "{s:I, s:I, s:s, s?I, s?s, s?s, s?s}", "pid", &pid, "start_time", &ticks,
+        if (!o || json_unpack(o, "{s:I, s:I, s:s, s?I, s?s, s?s, s?s, s?I}", "pid", &pid, "start_time", &ticks,
                               "qmp_socket", &qmp, "spawn_realtime_usec", &spawned, "state", &state, "disk_path",
-                              &disk, "seed_path", &seed) < 0 || pid <= 1) {
+                              &disk, "seed_path", &seed, "ready_since_usec", &ready_since) < 0 || pid <= 1) {
                 log_vm_warning(vm->name, "VM '%s': '%s/%s' is not a valid runtime record; ignoring it", vm->name,
                                vm->run_dir, RUNTIME_FILE);
                 json_decref(o);
@@ -1023,6 +1233,12 @@ int vm_adopt(Vm *vm) {
         if (seed)
                 vm->prepared.seed_path = strdup(seed);
         json_decref(o);
+        if (ready_since > 0)
+                vm_services_restore_ready(vm, (uint64_t) ready_since);
+        else
+                vm_ready_begin(vm);
+        if (vm_console_open(vm, &err) < 0)
+                log_vm_warning(vm->name, "VM '%s': serial console: %s", vm->name, err.message);
 
         r = sd_event_add_io(manager_get_event(vm->manager), &vm->child_source, pidfd, EPOLLIN, on_adopted_exit, vm);
         if (r < 0) {
@@ -1242,17 +1458,31 @@ int vm_load(Vm *vm, HydraError *err) {
         return 1;
 }
 
-int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err) {
+void vm_ready_changed(Vm *vm) {
+        vm_check_ops(vm);
+}
+
+int vm_start(Vm *vm, bool wait_ready, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
+             HydraError *err) {
         int r;
 
         if (!vm->registered)
                 return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
-        if (vm->state == VM_STATE_RUNNING)
+        if (wait_ready && vm->spec.supervision.probe == PROBE_NONE)
+                return hydra_error_set(err, -EINVAL, "VM '%s' has no readiness probe (supervision.probe is none): "
+                                       "it never becomes ready; wait for running instead", vm->name);
+        if (vm->state == VM_STATE_RUNNING && (!wait_ready || vm->ready))
                 return 1;
         if (vm->pid > 0 && !vm_state_has_process(vm->state))
                 return hydra_error_set(err, -EBUSY, "the previous QEMU of VM '%s' (pid %d) is still exiting",
                                        vm->name, (int) vm->pid);
 
+        /* A client's start: now, not after the backoff, and the restart policy counts afresh. */
+        if (vm_is_down(vm)) {
+                vm_restart_cancel(vm);
+                restart_tracker_reset(&vm->restarts);
+                vm->restarting = false;
+        }
         r = vm_dispatch(vm, VM_EVENT_START, "start");
         if (r == -EBUSY)
                 return hydra_error_set(err, r, "VM '%s' is %s; start it once it has stopped", vm->name,
@@ -1260,7 +1490,7 @@ int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, V
         if (r < 0)
                 return hydra_error_set(err, r, "start VM '%s': %s", vm->name, strerror(-r));
 
-        if (vm->state == VM_STATE_RUNNING)
+        if (vm->state == VM_STATE_RUNNING && (!wait_ready || vm->ready))
                 return 1;
         if (vm->state == VM_STATE_FAILED)
                 return vm_error(vm, err);
@@ -1268,7 +1498,33 @@ int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, V
         r = op_new(vm, VM_OP_START, timeout_usec, done, userdata, ret_op);
         if (r < 0)
                 return hydra_error_set(err, r, "out of memory");
+        (*ret_op)->wait_ready = wait_ready;
         return 0;
+}
+
+int vm_autostart(Vm *vm) {
+        const char *why;
+        int r;
+
+        if (!vm->registered || !vm_is_down(vm) || vm->pid > 0)
+                return 0;
+        if (vm->spec.supervision.autostart)
+                why = "autostart";
+        else if (vm->state == VM_STATE_CRASHED && vm->spec.supervision.restart != RESTART_NO)
+                why = "restart"; /* it crashed before hydrad restarted: the policy still applies */
+        else
+                return 0;
+
+        log_vm_info(vm->name, "VM '%s': starting (%s)", vm->name, why);
+        vm->restarting = true;
+        r = vm_dispatch(vm, VM_EVENT_START, why);
+        if (r < 0) {
+                log_vm_warning_errno(vm->name, r, "VM '%s': %s refused in state %s: %m", vm->name, why,
+                                     vm_state_to_string(vm->state));
+                vm->restarting = false;
+                return 0;
+        }
+        return 1;
 }
 
 int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
@@ -1277,12 +1533,21 @@ int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *
 
         if (!vm->registered)
                 return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
+        /* A stop also means: no more restarts until the next start. */
+        if (vm->restart_timer)
+                vm_notice(vm, "restart cancelled by a stop");
+        vm_restart_cancel(vm);
+        restart_tracker_reset(&vm->restarts);
+        vm->restarting = false;
         if (vm_is_down(vm))
                 return 1;
 
         /* A later, shorter timeout never lengthens one already running; force escalates. */
         if (vm->state != VM_STATE_STOPPING)
-                vm->stop_timeout_usec = timeout_usec > 0 ? timeout_usec : manager_get_config(vm->manager)->stop_timeout_usec;
+                vm->stop_timeout_usec = timeout_usec > 0 ? timeout_usec
+                                        : vm->spec.supervision.stop_timeout_sec > 0
+                                                ? vm->spec.supervision.stop_timeout_sec * 1000000ULL
+                                                : manager_get_config(vm->manager)->stop_timeout_usec;
         r = vm_dispatch(vm, force ? VM_EVENT_STOP_FORCE : VM_EVENT_STOP, force ? "stop-force" : "stop");
         if (r < 0)
                 return hydra_error_set(err, r, "stop VM '%s' (%s): %s", vm->name, vm_state_to_string(vm->state),
@@ -1336,6 +1601,7 @@ static int vm_remove(Vm *vm) {
                 remove_cached(vm, vm->spec.bare.artifact.url);
         }
         provision_output_done(&vm->prepared);
+        vm_services_free(vm);
         r = rm_rf(vm->state_dir);
         if (r < 0)
                 log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, vm->state_dir);
@@ -1366,6 +1632,8 @@ int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp 
         if (!vm->registered)
                 return hydra_error_set(err, HYDRA_ENOTREGISTERED, "VM '%s' is not registered", vm->name);
         vm->destroy_keep_cache = keep_cache;
+        vm_restart_cancel(vm);
+        restart_tracker_reset(&vm->restarts);
         if (vm_is_down(vm)) {
                 (void) vm_remove(vm);
                 vm_check_ops(vm);
@@ -1404,7 +1672,10 @@ int vm_new(Manager *m, Role role, Vm **ret) {
             asprintf(&vm->run_dir, "%s/%s", cfg->run_dir, vm->name) < 0 ||
             asprintf(&vm->qmp_path, "%s/qmp.sock", vm->run_dir) < 0 ||
             asprintf(&vm->console_path, "%s/console.log", vm->state_dir) < 0 ||
-            asprintf(&vm->stderr_path, "%s/qemu.log", vm->state_dir) < 0) {
+            asprintf(&vm->stderr_path, "%s/qemu.log", vm->state_dir) < 0 ||
+            asprintf(&vm->console_sock_path, "%s/console.sock", vm->run_dir) < 0 ||
+            asprintf(&vm->qemu_console_path, "%s/qemu-console.sock", vm->run_dir) < 0 ||
+            asprintf(&vm->cri_path, "%s/containerd.sock", vm->run_dir) < 0) {
                 vm_free(vm);
                 return -ENOMEM;
         }
@@ -1426,8 +1697,14 @@ Vm *vm_free(Vm *vm) {
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
         vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
+        vm_restart_cancel(vm);
+        restart_tracker_done(&vm->restarts);
+        vm_services_free(vm);
         vm_spec_done(&vm->spec);
         strv_free(vm->argv);
+        free(vm->console_sock_path);
+        free(vm->qemu_console_path);
+        free(vm->cri_path);
         free(vm->state_dir);
         free(vm->run_dir);
         free(vm->qmp_path);

@@ -8,7 +8,11 @@
 
 #include "error.h"
 #include "manager.h"
+#include "console.h"
+#include "probe.h"
 #include "provision.h"
+#include "proxy.h"
+#include "restart.h"
 #include "qmp.h"
 #include "spec.h"
 #include "vm_state.h"
@@ -76,6 +80,7 @@ struct Vm {
         QmpClient *qmp;
         bool qmp_ready;
         bool guest_shutdown_seen;
+        bool guest_panicked;       /* QMP GUEST_PANICKED: the exit that follows is a crash */
         VmDrive *drives;           /* query-block once QMP is ready */
         size_t n_drives;
         char **argv;               /* as prepared for launch */
@@ -92,6 +97,13 @@ struct Vm {
         HydraError last_error;     /* code 0: none */
         unsigned restart_count;
 
+        /* Restart policy (spec.supervision): the deaths so far, the restart waiting for its backoff. */
+        RestartTracker restarts;
+        sd_event_source *restart_timer;
+        uint64_t next_restart_usec;   /* CLOCK_REALTIME; 0: none scheduled */
+        bool restarting;              /* the current start came from the policy or autostart, not a client */
+        uint64_t last_up_usec;        /* how long the last QEMU ran */
+
         VmOp *ops;
 
         /* Preparation (PREPARING): the chain in flight, its last progress, what it produced. */
@@ -102,6 +114,20 @@ struct Vm {
                 uint64_t bytes, total, rate;
         } progress;
         ProvisionOutput prepared;
+
+        /* Around the running QEMU (vm_services.c). */
+        Console *console;             /* serial console relay: console.log, console.sock */
+        char *console_sock_path;      /* RUN_DIR/ROLE/console.sock: people attach here */
+        char *qemu_console_path;      /* RUN_DIR/ROLE/qemu-console.sock: QEMU's end */
+        LineMatcher *ready_matcher;   /* probe console */
+        TcpProbe *tcp_probe;          /* probe tcp, in flight */
+        void *grpc_probe;             /* probe containerd, in flight (GrpcProber) */
+        sd_event_source *probe_timer;
+        bool ready;
+        uint64_t ready_since_usec;    /* CLOCK_REALTIME */
+        char *ready_detail;
+        Proxy *cri;                   /* isolated: RUN_DIR/isolated/containerd.sock -> containerd's forward */
+        char *cri_path;
 };
 
 int vm_new(Manager *m, Role role, Vm **ret);
@@ -127,11 +153,19 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
 
 /* The operations below return 1 when already done (done is not called), 0 when pending (done will be called
  * exactly once, unless the op is cancelled first; *ret_op is the handle), or a negative errno with err set. */
-int vm_start(Vm *vm, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
+/* wait_ready: done once the readiness probe passes (not just once QEMU runs). */
+int vm_start(Vm *vm, bool wait_ready, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
+             HydraError *err);
+/* The readiness changed (vm_services.c): ops waiting for it finish. */
+void vm_ready_changed(Vm *vm);
 int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
             HydraError *err);
 /* keep_cache: downloaded images and artifacts stay in the cache (else the ones no other VM's spec names go). */
 int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp **ret_op, HydraError *err);
+
+/* autostart (hydrad start-up) and a crashed VM with a restart policy: started as the policy would, so that a
+ * failure is retried with backoff. Returns 1 if a start began, 0 if there was nothing to do. */
+int vm_autostart(Vm *vm);
 
 /* The caller lost interest (the client went away): done will not be called. The VM carries on. */
 VmOp *vm_op_cancel(VmOp *op);
@@ -144,4 +178,6 @@ int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err
 char *vm_cloud_init_path(const Vm *vm, const char *name);
 
 uint64_t vm_uptime_usec(const Vm *vm);
+/* Rewrites RUN_DIR/ROLE/runtime.json (while there is a process): readiness is part of it. */
+void vm_runtime_update(Vm *vm);
 const char *stop_stage_to_string(StopStage s);

@@ -13,6 +13,8 @@ PACKAGES=(
     # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use
     kmod cpio python3-grpcio python3-protobuf iproute2 procps util-linux
     cloud-init curl
+    # the containerd readiness probe's unit test runs a real containerd
+    containerd
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -25,7 +25,7 @@
  * otherwise the test compares. */
 
 #define QMP_PATH "/run/hydra/isolated/qmp.sock"
-#define CONSOLE_LOG "/var/lib/hydra/isolated/console.log"
+#define CONSOLE_SOCKET "/run/hydra/isolated/qemu-console.sock"
 #define ISO "/var/lib/hydra/isolated"
 #define HOST "/var/lib/hydra/host"
 #define DEBIAN_IMAGE_URL                                                                                          \
@@ -84,7 +84,7 @@ static const GoldenCase golden_cases[] = {
                 .name = "x86_64-tcg-minimal",
                 .spec = { .cpus = 1, .memory_mib = 256, .accel = ACCEL_AUTO, .arch = ARCH_X86_64 },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = QMP_PATH, .console_log = CONSOLE_LOG },
+                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET },
         },
         {
                 /* Same as above, QMP on an inherited listening fd instead of a path, no kubelet shares. */
@@ -92,7 +92,7 @@ static const GoldenCase golden_cases[] = {
                 .spec = { .cpus = 1, .memory_mib = 256, .accel = ACCEL_AUTO, .arch = ARCH_X86_64,
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .qmp_path = QMP_PATH, .console_log = CONSOLE_LOG },
+                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET },
         },
         {
                 /* Local kernel boot: a disk whose path has a comma, forwards (default address, udp, explicit
@@ -104,7 +104,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = ISO "/disk,v2.qcow2", .forwards = forwards_full, .n_forwards = 3,
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "/usr/bin/qemu-system-x86_64", .name = "isolated", .accel = ACCEL_KVM,
-                        .qmp_fd = 3, .console_log = CONSOLE_LOG, .disk_path = ISO "/disk,v2.qcow2",
+                        .qmp_fd = 3, .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk,v2.qcow2",
                         .disk_format = "qcow2", .kernel = ISO "/vmlinuz", .initrd = ISO "/initrd.img" },
         },
         {
@@ -115,7 +115,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = "/srv/images/host.raw", .forwards = forwards_one, .n_forwards = 1,
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-x86_64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = -1,
-                        .qmp_path = "/run/hydra,a/host/qmp.sock", .console_log = "/var/lib/hydra,a/host/console.log",
+                        .qmp_path = "/run/hydra,a/host/qmp.sock", .console_socket = "/run/hydra,a/host/qemu-console.sock",
                         .disk_path = "/srv/images/host.raw", .disk_format = "raw" },
         },
         {
@@ -135,7 +135,7 @@ static const GoldenCase golden_cases[] = {
                                        .shmem = SHMEM_NVDIMM, .shmem_size_gib = 2,
                                        .shmem_path = "/dev/shm/shmem-hydravm" } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_log = CONSOLE_LOG, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
+                        .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = ISO "/seed.iso", .firmware_vars = ISO "/OVMF_VARS_4M.fd",
                         .shmem_path = "/dev/shm/shmem-hydravm" },
         },
@@ -148,7 +148,7 @@ static const GoldenCase golden_cases[] = {
                           .forwards = forwards_host_preset, .n_forwards = ELEMENTSOF(forwards_host_preset),
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-x86_64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_log = HOST "/console.log", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
+                        .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = HOST "/seed.iso" },
         },
         {
@@ -159,7 +159,7 @@ static const GoldenCase golden_cases[] = {
                           .network = { .guest_ip = "172.16.5.15", .gateway = "172.16.0.2", .dns = "172.16.0.3",
                                        .prefix_len = 16 } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .console_log = CONSOLE_LOG, .bare_kernel = true, .kernel = RIMD "/Image.gz",
+                        .console_socket = CONSOLE_SOCKET, .bare_kernel = true, .kernel = RIMD "/Image.gz",
                         .initrd = RIMD "/initramfs.linux_arm64.cpio", .disk_path = RIMD "/something.qcow2",
                         .disk_format = "qcow2" },
         },
@@ -170,7 +170,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = "/srv/images/isolated.qcow2", .shares.kubelet = KUBELET_SHARES_NONE,
                           .devices = { .shmem = SHMEM_IVSHMEM, .shmem_size_gib = 4 } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .console_log = CONSOLE_LOG, .disk_path = "/srv/images/isolated.qcow2",
+                        .console_socket = CONSOLE_SOCKET, .disk_path = "/srv/images/isolated.qcow2",
                         .disk_format = "qcow2", .shmem_path = "/dev/shm/shmem-isolated" },
         },
         {
@@ -183,7 +183,7 @@ static const GoldenCase golden_cases[] = {
                                       .extra = shares_commas, .n_extra = 1 },
                           .devices = { .shmem = SHMEM_NVDIMM, .shmem_path = "/dev/shm/shm,em" } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "iso,lated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = "/run/hydra,1/qmp.sock", .console_log = "/var/lib/hydra,1/console.log",
+                        .qmp_path = "/run/hydra,1/qmp.sock", .console_socket = "/run/hydra,1/qemu-console.sock",
                         .disk_path = "/var/lib/hydra,1/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = "/var/lib/hydra,1/seed.iso", .firmware_vars = "/var/lib/hydra,1/OVMF_VARS.fd",
                         .shmem_path = "/dev/shm/shm,em" },
@@ -195,7 +195,7 @@ static const GoldenCase golden_cases[] = {
                           .kernel = ISO "/Image", .initrd = ISO "/initrd.img", .cmdline = "console=ttyAMA0",
                           .forwards = forwards_one, .n_forwards = 1, .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = QMP_PATH, .console_log = CONSOLE_LOG, .kernel = ISO "/Image",
+                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET, .kernel = ISO "/Image",
                         .initrd = ISO "/initrd.img" },
         },
         {
@@ -204,7 +204,7 @@ static const GoldenCase golden_cases[] = {
                 .spec = { .cpus = 8, .memory_mib = 8192, .accel = ACCEL_AUTO, .arch = ARCH_AARCH64,
                           .machine = "virt", .disk = HOST "/disk.qcow2", .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = 5,
-                        .console_log = HOST "/console.log", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2" },
+                        .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2" },
         },
         {
                 /* A versioned virt gets it too; the CPU is taken as written. */
@@ -213,7 +213,7 @@ static const GoldenCase golden_cases[] = {
                           .machine = "virt-7.2", .cpu_model = "max,pauth-impdef=on",
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = QMP_PATH, .console_log = CONSOLE_LOG },
+                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET },
         },
         {
                 /* The same as x86_64-cloud-full on aarch64: the seed is a virtio disk, the network slirp's. */
@@ -227,7 +227,7 @@ static const GoldenCase golden_cases[] = {
                           .devices = { .vsock = true, .vsock_cid = 3, .gpu = true, .shmem = SHMEM_NVDIMM,
                                        .shmem_path = "/dev/shm/shmem-hydravm" } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_log = CONSOLE_LOG, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
+                        .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = ISO "/seed.iso", .firmware_vars = ISO "/AAVMF_VARS.fd",
                         .shmem_path = "/dev/shm/shmem-hydravm" },
         },
@@ -239,7 +239,7 @@ static const GoldenCase golden_cases[] = {
                           .forwards = forwards_host_preset, .n_forwards = ELEMENTSOF(forwards_host_preset),
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_log = HOST "/console.log", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
+                        .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = HOST "/seed.iso" },
         },
         {
@@ -251,7 +251,7 @@ static const GoldenCase golden_cases[] = {
                           .n_forwards = ELEMENTSOF(forwards_bare), .shares.kubelet = KUBELET_SHARES_TCP,
                           .devices = { .vsock = true, .vsock_cid = 3 } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_log = CONSOLE_LOG, .bare_kernel = true, .kernel = RIMD "/Image.gz",
+                        .console_socket = CONSOLE_SOCKET, .bare_kernel = true, .kernel = RIMD "/Image.gz",
                         .initrd = RIMD "/initramfs.linux_arm64.cpio", .disk_path = RIMD "/something.qcow2",
                         .disk_format = "qcow2" },
         },
@@ -261,7 +261,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = "/srv/images/isolated.raw", .shares.kubelet = KUBELET_SHARES_NONE,
                           .devices = { .shmem = SHMEM_IVSHMEM } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .console_log = CONSOLE_LOG, .disk_path = "/srv/images/isolated.raw", .disk_format = "raw",
+                        .console_socket = CONSOLE_SOCKET, .disk_path = "/srv/images/isolated.raw", .disk_format = "raw",
                         .shmem_path = "/dev/shm/shmem-isolated" },
         },
         {
@@ -274,7 +274,7 @@ static const GoldenCase golden_cases[] = {
                                       .extra = shares_commas, .n_extra = 1 },
                           .devices = { .shmem = SHMEM_IVSHMEM, .shmem_path = "/dev/shm/shm,em" } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "iso,lated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = "/run/hydra,1/qmp.sock", .console_log = "/var/lib/hydra,1/console.log",
+                        .qmp_path = "/run/hydra,1/qmp.sock", .console_socket = "/run/hydra,1/qemu-console.sock",
                         .bare_kernel = true, .kernel = "/var/lib/hydra,1/Image,gz",
                         .initrd = "/var/lib/hydra,1/initramfs,cpio", .disk_path = "/var/lib/hydra,1/root,fs.qcow2",
                         .disk_format = "qcow2", .firmware_vars = "/var/lib/hydra,1/AAVMF_VARS.fd",
@@ -388,7 +388,7 @@ static VmSpec minimal_spec(void) {
 
 static QemuRuntime minimal_rt(void) {
         return (QemuRuntime) { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                               .qmp_path = QMP_PATH, .console_log = CONSOLE_LOG };
+                               .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET };
 }
 
 #define assert_build_fails(spec, rt, want_code, text)                                                   \
@@ -435,14 +435,14 @@ START_TEST(test_runtime_refused) {
         rt.qmp_path = NULL;
         assert_build_fails(&s, &rt, -EINVAL, "neither a socket fd nor a path");
         rt = minimal_rt();
-        rt.console_log = "";
-        assert_build_fails(&s, &rt, -EINVAL, "console_log: not set");
+        rt.console_socket = "";
+        assert_build_fails(&s, &rt, -EINVAL, "console_socket: not set");
         rt = minimal_rt();
         rt.binary = NULL;
         assert_build_fails(&s, &rt, -EINVAL, "binary: not set");
         rt = minimal_rt();
-        rt.console_log = "/var/log/a\nb";
-        assert_build_fails(&s, &rt, -EINVAL, "console_log: contains a control character");
+        rt.console_socket = "/var/log/a\nb";
+        assert_build_fails(&s, &rt, -EINVAL, "console_socket: contains a control character");
         rt = minimal_rt();
         /* 108 bytes: one more than sun_path holds with its NUL. */
         rt.qmp_path = "/run/hydra/isolated/"
@@ -555,14 +555,14 @@ static void assert_commas_doubled(const GoldenCase *c, const char *const *paths,
 
 /* The exact option strings where escaping matters, independent of the golden files. */
 START_TEST(test_escaping_in_argv) {
-        const GoldenCase *c = find_case("x86_64-kvm-machine-cpu"); /* commas in qmp_path and console_log */
+        const GoldenCase *c = find_case("x86_64-kvm-machine-cpu"); /* commas in qmp_path and console_socket */
         const GoldenCase *full = find_case("x86_64-kvm-full");     /* comma in the disk path and cmdline */
         const GoldenCase *x86 = find_case("x86_64-commas"), *arm = find_case("aarch64-commas");
         _cleanup_strv_free_ char **a = build_ok(&c->spec, &c->rt), **b = build_ok(&full->spec, &full->rt);
         _cleanup_strv_free_ char **x = build_ok(&x86->spec, &x86->rt), **y = build_ok(&arm->spec, &arm->rt);
 
         assert_option(a, "-chardev", "socket,id=qmp,path=/run/hydra,,a/host/qmp.sock,server=on,wait=off");
-        assert_option(a, "-chardev", "file,id=console,path=/var/lib/hydra,,a/host/console.log,append=on");
+        assert_option(a, "-chardev", "socket,id=console,path=/run/hydra,,a/host/qemu-console.sock,server=on,wait=off");
 
         assert_option(b, "-drive", "if=none,id=disk0,format=qcow2,file=/var/lib/hydra/isolated/disk,,v2.qcow2,"
                                    "discard=unmap");
@@ -571,7 +571,7 @@ START_TEST(test_escaping_in_argv) {
 
         assert_option(x, "-name", "guest=iso,,lated,debug-threads=on");
         assert_option(x, "-chardev", "socket,id=qmp,path=/run/hydra,,1/qmp.sock,server=on,wait=off");
-        assert_option(x, "-chardev", "file,id=console,path=/var/lib/hydra,,1/console.log,append=on");
+        assert_option(x, "-chardev", "socket,id=console,path=/run/hydra,,1/qemu-console.sock,server=on,wait=off");
         assert_option(x, "-drive", "if=pflash,format=raw,readonly=on,file=/srv/fw,,1/OVMF_CODE.fd");
         assert_option(x, "-drive", "if=pflash,format=raw,file=/var/lib/hydra,,1/OVMF_VARS.fd");
         assert_option(x, "-drive", "if=none,id=disk0,format=qcow2,file=/var/lib/hydra,,1/disk.qcow2,discard=unmap");
@@ -595,13 +595,13 @@ START_TEST(test_escaping_in_argv) {
 
         {
                 static const char *const x86_paths[] = {
-                        "/run/hydra,1/qmp.sock",         "/var/lib/hydra,1/console.log", "/srv/fw,1/OVMF_CODE.fd",
+                        "/run/hydra,1/qmp.sock",         "/run/hydra,1/qemu-console.sock", "/srv/fw,1/OVMF_CODE.fd",
                         "/var/lib/hydra,1/OVMF_VARS.fd", "/var/lib/hydra,1/disk.qcow2",  "/var/lib/hydra,1/seed.iso",
                         "/srv/k3s,var",                  "/srv/a,b",                     "/dev/shm/shm,em",
                         "iso,lated",
                 };
                 static const char *const arm_paths[] = {
-                        "/run/hydra,1/qmp.sock",          "/var/lib/hydra,1/console.log",
+                        "/run/hydra,1/qmp.sock",          "/run/hydra,1/qemu-console.sock",
                         "/srv/fw,1/AAVMF_CODE.fd",        "/var/lib/hydra,1/AAVMF_VARS.fd",
                         "/var/lib/hydra,1/root,fs.qcow2", "/var/lib/hydra,1/Image,gz",
                         "/var/lib/hydra,1/initramfs,cpio", "/srv/k3s,var",
@@ -652,7 +652,7 @@ START_TEST(test_machine) {
                 VmSpec s = { .cpus = 1, .memory_mib = 256, .arch = cases[i].arch, .machine = (char *) cases[i].machine,
                              .shares.kubelet = KUBELET_SHARES_NONE };
                 QemuRuntime rt = { .binary = "qemu", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                                   .console_log = CONSOLE_LOG };
+                                   .console_socket = CONSOLE_SOCKET };
                 _cleanup_strv_free_ char **argv = build_ok(&s, &rt);
 
                 assert_option(argv, "-machine", cases[i].want);
@@ -983,7 +983,7 @@ static bool prepare_qemu_case(const GoldenCase *c, Scratch *s, VmSpec *spec, Qem
         rt->accel = ACCEL_TCG;
         rt->qmp_fd = -1;
         rt->qmp_path = scratch_path(s, "qmp,sock");
-        rt->console_log = scratch_path(s, "console,log");
+        rt->console_socket = scratch_path(s, "console,sock");
         /* A test host may be small: RAM is only reserved under -S, but overcommit may still refuse 8 GiB. */
         if (spec->memory_mib > 1024)
                 spec->memory_mib = 1024;
@@ -1162,6 +1162,13 @@ static bool block_has(json_t *blocks, const char *device) {
         return false;
 }
 
+static bool argv_has(char **argv, const char *arg) {
+        for (char **a = argv; *a; a++)
+                if (streq(*a, arg))
+                        return true;
+        return false;
+}
+
 START_TEST(test_qemu_accepts) {
         const GoldenCase *c = &golden_cases[_i];
         _cleanup_strv_free_ char **argv = NULL;
@@ -1189,12 +1196,12 @@ START_TEST(test_qemu_accepts) {
         want_disk = rt.disk_path, want_seed = rt.seed_path;
         want_code = spec.firmware_code, want_vars = rt.firmware_vars;
 
-        /* The builder's argv plus -S: start paused, nothing runs. */
+        /* The builder's argv has -S: QEMU starts paused, nothing runs. */
+        ck_assert_msg(argv_has(argv, "-S"), "%s: no -S in the argv", c->name);
         n = strv_length(argv);
-        full = calloc(n + 2, sizeof(char *));
+        full = calloc(n + 1, sizeof(char *));
         ck_assert_ptr_nonnull(full);
         memcpy(full, argv, n * sizeof(char *));
-        full[n] = "-S";
         args = join_lines(argv);
         ck_assert_int_ge(asprintf(&log_path, "%s/qemu.log", s.dir), 0);
         pid = spawn_qemu(full, log_path);

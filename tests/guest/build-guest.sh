@@ -34,10 +34,11 @@ KERNEL_PKG=${HYDRA_GUEST_KERNEL_PKG:-linux-image-amd64}
 # virtio_pci: the PCI transport (a module in Debian's kernels, not built in); virtio_net, virtio_blk,
 # virtio_rng, virtio_console: the devices Hydra attaches; button: the ACPI power button (a module);
 # evdev: the /dev/input/event* nodes busybox acpid reads the button from; 9p + 9pnet_virtio: host
-# shares (later); vmw_vsock_virtio_transport: vsock (later). A trailing '?' marks a module as optional:
+# shares (later); vmw_vsock_virtio_transport: vsock (later); pvpanic-mmio/-pci: the guest tells QEMU it
+# panicked (GUEST_PANICKED). A trailing '?' marks a module as optional:
 # skipped with a warning when the kernel has no such module (the cloud kernel has no 9p).
 DEFAULT_MODULES="virtio_pci virtio_net virtio_blk virtio_rng virtio_console button evdev
-    9p? 9pnet_virtio? vmw_vsock_virtio_transport?"
+    9p? 9pnet_virtio? vmw_vsock_virtio_transport? pvpanic-mmio? pvpanic-pci?"
 MODULES=${HYDRA_GUEST_MODULES:-$DEFAULT_MODULES}
 
 for tool in apt-get apt-cache dpkg-deb depmod modprobe cpio gzip flock find; do

@@ -104,7 +104,7 @@ cleanup() {
         wait "$HYDRAD_PID" 2>/dev/null || true
     fi
     # No QEMU of ours may outlive the test.
-    pkill -KILL -f -- "$STATE/" 2>/dev/null || true
+    pkill -KILL -f -- "$T/" 2>/dev/null || true
     if [ $FAIL -ne 0 ] || [ $rc -ne 0 ]; then dump_logs; fi
     [ -n "${HYDRA_KEEP_TEST_DIR:-}" ] || rm -rf "$T"
 }

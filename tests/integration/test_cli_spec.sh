@@ -2,8 +2,9 @@
 # hydractl without a daemon: the spec file format (through the hidden `hydractl spec-dump`, which prints the
 # hydra.v1.VmSpec that `register` would send, as JSON), `--from-env` (start-vm.sh's variables and the presets of
 # its wrappers), secrets, the exit codes of bad usage (2) and of an unreachable daemon (1, "hydractl: UNAVAILABLE:
-# ..."). Only needs $HYDRACTL (set by ctest). With $HYDRA_PYTHONPATH and python3-grpcio, also start's progress,
-# status, plan, watch and register's password hash against a scripted fake hydrad.
+# ..."). Only needs $HYDRACTL (set by ctest). With $HYDRA_PYTHONPATH and python3-grpcio, also start's progress and
+# --wait ready, status (readiness, sockets, next restart), list, plan, watch (readiness and lost events), logs,
+# console and register's password hash against a scripted fake hydrad.
 set -euo pipefail
 
 : "${HYDRACTL:?HYDRACTL must name the hydractl binary}"
@@ -187,8 +188,18 @@ expect_fail "register without ROLE" 2 "register: missing ROLE.*--help" -- regist
 expect_fail "register without --spec" 2 "register: missing --spec FILE" -- register isolated
 expect_fail "unknown role" 2 "unknown role 'guest' \(expected host or isolated\)" -- start guest
 expect_fail "two roles" 2 "unexpected argument 'host'" -- stop isolated host
-expect_fail "start --wait ready is not supported yet" 2 "--wait ready is not supported yet" -- start isolated --wait ready
-expect_fail "start --wait bogus" 2 "--wait: 'bogus' is not one of" -- start isolated --wait bogus
+expect_fail "start --wait ready is accepted (then the call fails: no daemon)" 1 "^hydractl: UNAVAILABLE: " \
+    -- --socket "$T/none.sock" start isolated --wait ready
+expect_fail "start --wait bogus" 2 "start: --wait: 'bogus' is not one of: running, ready" -- start isolated --wait bogus
+expect_fail "start --wait without a value" 2 "option '--wait' needs a value" -- start isolated --wait
+expect_fail "logs needs ROLE" 2 "logs: missing ROLE" -- logs
+expect_fail "logs --tail 0" 2 "logs: --tail: '0' is not a number of bytes" -- logs isolated --tail 0
+expect_fail "logs --tail lots" 2 "logs: --tail: 'lots' is not a number of bytes" -- logs isolated --tail lots
+expect_fail "logs -x" 2 "logs: unknown option '-x'" -- logs isolated -x
+expect_fail "console needs ROLE" 2 "console: missing ROLE" -- console
+expect_fail "console --linger -2" 2 "console: --linger: '-2' is not a number of seconds" -- console isolated --linger -2
+expect_fail "logs against no daemon" 1 "^hydractl: UNAVAILABLE: " -- --socket "$T/none.sock" logs isolated
+expect_fail "console against no daemon" 1 "^hydractl: UNAVAILABLE: " -- --socket "$T/none.sock" console isolated
 expect_fail "stop --timeout 0" 2 "--timeout: '0' is not a whole number of seconds" -- stop isolated --timeout 0
 expect_fail "stop --timeout -5" 2 "--timeout: '-5' is not a whole number" -- stop isolated --timeout -5
 expect_fail "unknown command option" 2 "stop: unknown option '--frce'.*hydractl stop --help" -- stop isolated --frce
@@ -197,7 +208,11 @@ expect_fail "plan needs ROLE" 2 "plan: missing ROLE" -- plan
 if "$HYDRACTL" --help | grep -q "register ROLE --spec FILE"; then ok "--help"; else not_ok "--help"; fi
 if "$HYDRACTL" register --help | grep -q -- "--from-env"; then ok "register --help names --from-env"; else
     not_ok "register --help names --from-env"; fi
-if "$HYDRACTL" start --help | grep -q -- "--wait running"; then ok "start --help"; else not_ok "start --help"; fi
+if "$HYDRACTL" start --help | grep -q -- "--wait running" && "$HYDRACTL" start --help | grep -q -- "--wait ready"; then
+    ok "start --help"; else not_ok "start --help"; fi
+if "$HYDRACTL" --help | grep -q "logs ROLE \[-f|--follow\] \[--tail BYTES\]" &&
+    "$HYDRACTL" --help | grep -q "Attach to the serial console (Ctrl-\] detaches)"; then ok "--help lists logs and console"; else
+    not_ok "--help lists logs and console"; fi
 
 # --- no daemon: exit 1, UNAVAILABLE naming the socket ---
 expect_fail "unreachable socket: exit 1, UNAVAILABLE" 1 "^hydractl: UNAVAILABLE: cannot reach hydrad at $T/none.sock: " \
@@ -293,6 +308,15 @@ gpu_vram = 8G
 shmem = ivshmem
 shmem_size = 2048M
 shmem_path = /dev/shm/hydra
+
+[supervision]
+restart = on-failure
+max_restarts = 7
+restart_window = 15m
+autostart = true
+stop_timeout = 90
+probe = console
+probe_pattern = ^hydra login: *$
 INI
 chmod 600 "$T/full/full.ini"
 if FULL=$("$HYDRACTL" spec-dump --spec "$T/full/full.ini" 2>"$T/err"); then ok "a spec with every key parses"; else
@@ -362,6 +386,14 @@ devices.gpu_vram_gib|8
 devices.shmem|ivshmem
 devices.shmem_size_gib|2
 devices.shmem_path|/dev/shm/hydra
+supervision.restart|on-failure
+supervision.max_restarts|7
+supervision.restart_window|900
+supervision.autostart|True
+supervision.stop_timeout|90
+supervision.probe|console
+supervision.probe_pattern|^hydra login: *$
+supervision.probe_port|0
 EOF
 HASH=$(json guest.password_hash <<<"$FULL")
 if [[ $HASH == '$y$'* ]] && $PY -W ignore -c 'import crypt,sys; sys.exit(crypt.crypt(sys.argv[1], sys.argv[2]) != sys.argv[2])' \
@@ -383,6 +415,43 @@ expect_value "--set guest.ssh_authorized_key= clears the keys" "[]" guest.ssh_au
 expect_value "sections whose keys were all reset are not sent" null devices \
     -- spec-dump --set devices.gpu=true --set devices.gpu=
 expect_value "password_hash given as is" '$6$salt$abc' guest.password_hash -- spec-dump --set 'guest.password_hash=$6$salt$abc'
+
+# [supervision]: every value of the enums, durations with units, --set.
+for v in no on-failure always; do
+    expect_value "supervision.restart = $v" "$v" supervision.restart -- spec-dump --set "supervision.restart=$v" \
+        --set supervision.autostart=yes
+done
+for v in console tcp containerd none; do
+    expect_value "supervision.probe = $v" "$v" supervision.probe -- spec-dump --set "supervision.probe=$v" \
+        --set supervision.autostart=yes
+done
+for pair in 600:600 45s:45 10m:600 2h:7200 7d:604800; do
+    expect_value "supervision.restart_window ${pair%%:*}" "${pair#*:}" supervision.restart_window \
+        -- spec-dump --set "supervision.restart_window=${pair%%:*}"
+done
+expect_value "supervision.stop_timeout 1h" 3600 supervision.stop_timeout -- spec-dump --set supervision.stop_timeout=1h
+expect_value "supervision.max_restarts 1000" 1000 supervision.max_restarts -- spec-dump --set supervision.max_restarts=1000
+expect_value "supervision.probe_port" 35000 supervision.probe_port \
+    -- spec-dump --set supervision.probe=containerd --set supervision.probe_port=35000
+expect_value "supervision.autostart = no and nothing else: no [supervision] sent" null supervision \
+    -- spec-dump --set supervision.autostart=no
+expect_value "supervision.restart = no and nothing else: no [supervision] sent" null supervision \
+    -- spec-dump --set supervision.restart=no
+expect_value "--set supervision.restart= resets it" null supervision \
+    -- spec-dump --set supervision.restart=always --set supervision.restart=
+expect_value "a [supervision] key set: the others are their defaults" '{"restart": "always", "max_restarts": 0, "restart_window": 0, "autostart": false, "stop_timeout": 0, "probe": "console", "probe_pattern": null, "probe_port": 0}' \
+    supervision -- spec-dump --set supervision.restart=always
+expect_fail "--set supervision.restart=sometimes" 2 \
+    "^hydractl: --set 'supervision.restart=sometimes': supervision.restart: 'sometimes' is not a restart policy \(allowed: no, on-failure, always\)$" \
+    -- spec-dump --set supervision.restart=sometimes
+expect_fail "--set supervision.retries" 2 \
+    "^hydractl: --set 'supervision.retries=3': unknown key 'retries' in \[supervision\] \(known: restart, max_restarts, restart_window, autostart, stop_timeout, probe, probe_pattern, probe_port\)$" \
+    -- spec-dump --set supervision.retries=3
+printf '[supervision]\nrestart = always\nrestart = no\n' >"$BAD"
+expect_fail "supervision.restart set twice" 2 "^hydractl: $BAD:3: supervision.restart: already set on line 2" -- spec-dump --spec "$BAD"
+printf '[supervisor]\nrestart = always\n' >"$BAD"
+expect_fail "[supervisor]: the known sections include supervision" 2 "^hydractl: $BAD:2: unknown section \[supervisor\] \(known: .*devices, supervision\)" \
+    -- spec-dump --spec "$BAD"
 
 # --- bad values: FILE:LINE, the key, the value, what is allowed ---
 while IFS='|' read -r section key value regex; do
@@ -435,6 +504,23 @@ devices|vsock_cid|2|'2' is not a guest CID \(allowed: 3-4294967294\)
 devices|gpu_vram|512M|'512M' is not a whole number of GiB
 devices|shmem|dax|'dax' is not a shared memory type \(allowed: none, nvdimm, ivshmem\)
 devices|shmem_size|1.5G|'1.5G' is not a size
+supervision|restart|on-crash|'on-crash' is not a restart policy \(allowed: no, on-failure, always\)
+supervision|restart|On-Failure|'On-Failure' is not a restart policy
+supervision|max_restarts|0|'0' is not a number of restarts \(allowed: 1-1000\)
+supervision|max_restarts|1001|'1001' is not a number of restarts \(allowed: 1-1000\)
+supervision|max_restarts|five|'five' is not a number of restarts
+supervision|restart_window|0|'0' is not a duration \(allowed: 1-604800 seconds
+supervision|restart_window|8d|'8d' is not a duration \(allowed: 1-604800 seconds
+supervision|restart_window|10 m|'10 m' is not a duration
+supervision|restart_window|1.5h|'1.5h' is not a duration
+supervision|restart_window|10x|'10x' is not a duration
+supervision|autostart|sometimes|'sometimes' is not a boolean \(allowed: true, false, yes, no, on, off, 1, 0\)
+supervision|stop_timeout|2h|'2h' is not a duration \(allowed: 1-3600 seconds
+supervision|stop_timeout|-5|'-5' is not a duration
+supervision|probe|ssh|'ssh' is not a readiness probe \(allowed: console, tcp, containerd, none\)
+supervision|probe_pattern|login: (|'login: \(' is not a POSIX extended regular expression
+supervision|probe_port|0|'0' is not a port \(allowed: 1-65535\)
+supervision|probe_port|65536|'65536' is not a port \(allowed: 1-65535\)
 EOF
 printf '[kernel]\ncmdline = a\n[bare]\ncmdline = b\n' >"$BAD"
 expect_fail "[kernel] cmdline and [bare] cmdline are one field" 2 \
@@ -718,16 +804,40 @@ env_fail "SHMEM_TYPE bogus" 2 "SHMEM_TYPE: 'dax' is not a shared memory type \(a
 
 # Daemon-level, obsolete and unsupported variables: a note each; macOS-only ones: refused.
 fromenv "" DEFAULT_DIR_IMAGE=/x DEBUG=1 PIDFILE=/x.pid KVM_DAEMONIZE=1 DRY_RUN_ONLY=1 DEFAULT_KVM_DARWIN_CPU=4 \
-    DEFAULT_KVM_UNKNOWN_MEMORY=2 HYDRA_RESTART=always HYDRA_AUTOSTART=1 >/dev/null || true
+    DEFAULT_KVM_UNKNOWN_MEMORY=2 >/dev/null || true
 for pattern in "DEFAULT_DIR_IMAGE is not used: .*state_dir" "DEBUG is not used: .*--log-level" \
     "PIDFILE is not needed: hydrad supervises" "KVM_DAEMONIZE is not needed: hydrad supervises" \
     "DRY_RUN_ONLY is not used: 'hydractl plan ROLE'" "DEFAULT_KVM_DARWIN_CPU is for macOS" \
     "DEFAULT_KVM_UNKNOWN_MEMORY is for systems other than"; do
     if grep -q "^hydractl: note: $pattern" "$T/err"; then ok "note: $pattern"; else not_ok "note: $pattern ($(cat "$T/err"))"; fi
 done
-for pattern in "HYDRA_RESTART is ignored: hydrad does not support" "HYDRA_AUTOSTART is ignored: hydrad does not support"; do
-    if grep -q "^hydractl: warning: $pattern" "$T/err"; then ok "warning: $pattern"; else not_ok "warning: $pattern"; fi
+
+# hydrad's own variables: HYDRA_RESTART, HYDRA_AUTOSTART -> [supervision].
+for v in no on-failure always; do
+    env_value "HYDRA_RESTART=$v" "$v" supervision.restart "" HYDRA_RESTART="$v" HYDRA_AUTOSTART=1
 done
+for pair in true:True false:False 1:True 0:False yes:True no:False YES:True On:True off:False; do
+    env_value "HYDRA_AUTOSTART=${pair%%:*}" "${pair#*:}" supervision.autostart "" HYDRA_AUTOSTART="${pair%%:*}" \
+        HYDRA_RESTART=always
+done
+env_value "HYDRA_RESTART=always alone: autostart stays off" False supervision.autostart "" HYDRA_RESTART=always
+env_value "HYDRA_AUTOSTART=1 alone: restart stays no" no supervision.restart "" HYDRA_AUTOSTART=1
+env_value "HYDRA_RESTART and HYDRA_AUTOSTART unset: no [supervision]" null supervision ""
+env_value "HYDRA_RESTART=no, HYDRA_AUTOSTART=0: no [supervision]" null supervision "" HYDRA_RESTART=no HYDRA_AUTOSTART=0
+env_value "HYDRA_RESTART empty counts as unset" null supervision "" HYDRA_RESTART=
+env_value "HYDRA_RESTART with a preset" on-failure supervision.restart isolated HYDRA_RESTART=on-failure
+if fromenv "" HYDRA_RESTART=always HYDRA_AUTOSTART=1 >/dev/null && ! grep -q "HYDRA_RESTART\|HYDRA_AUTOSTART" "$T/err"; then
+    ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning any more"; else not_ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning ($(cat "$T/err"))"; fi
+env_fail "HYDRA_RESTART=sometimes" 2 "^hydractl: --from-env: HYDRA_RESTART: 'sometimes' is not a restart policy \(allowed: no, on-failure, always\)$" "" \
+    HYDRA_RESTART=sometimes
+env_fail "HYDRA_RESTART=on_failure" 2 "HYDRA_RESTART: 'on_failure' is not a restart policy" "" HYDRA_RESTART=on_failure
+env_fail "HYDRA_AUTOSTART=2" 2 "^hydractl: --from-env: HYDRA_AUTOSTART: '2' is not a boolean \(allowed: true, false, yes, no, on, off, 1, 0\)$" "" \
+    HYDRA_AUTOSTART=2
+env_fail "HYDRA_AUTOSTART=maybe" 2 "HYDRA_AUTOSTART: 'maybe' is not a boolean" "" HYDRA_AUTOSTART=maybe
+OUT=$(env -i PATH="$FAKEBIN:/usr/bin:/bin" HOME="$T/home" HYDRA_RESTART=always "$HYDRACTL" spec-dump --from-env \
+    --set supervision.restart=on-failure --set supervision.max_restarts=3 2>/dev/null) || true
+if [ "$(json supervision.restart <<<"$OUT")|$(json supervision.max_restarts <<<"$OUT")" = "on-failure|3" ]; then
+    ok "--set supervision.* applies after HYDRA_RESTART"; else not_ok "--set supervision.* after HYDRA_RESTART ($OUT)"; fi
 for var in KRUNKIT_HTTP_PORT=61800 GVPROXY_HTTP_PORT=61801 DEFAULT_GVPROXY=/opt/gvproxy DEFAULT_DIR_TMP_SOCKET=/tmp/s; do
     env_fail "${var%%=*} refused" 2 "${var%%=*} is set: krunkit/gvproxy are macOS only; on Linux hydrad runs QEMU" "" "$var"
 done
@@ -749,7 +859,7 @@ if [ -n "${HYDRA_PYTHONPATH:-}" ] && $PY -c 'import grpc' 2>/dev/null; then
     FAKE=$T/fake
     mkdir -p "$FAKE"
     cat >"$FAKE/fake_hydrad.py" <<'PYEOF'
-import crypt, json, os, sys, threading, time
+import crypt, json, os, socket, sys, threading, time
 from concurrent import futures
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc
@@ -760,6 +870,11 @@ STORED_HASH = crypt.crypt("registered password", crypt.mksalt(crypt.METHOD_SHA51
 with open(state + "/stored-hash", "w") as f:
     f.write(STORED_HASH)
 starting = threading.Event()
+# The serial console log: bytes no terminal filter may touch (escape sequences, CR, invalid UTF-8, NUL).
+CONSOLE_LOG = b"\x1b[0;1mSeaBIOS\x1b[0m\r\n" + bytes(range(256)) + b"\nhydra login: "
+with open(state + "/console.log", "wb") as f:
+    f.write(CONSOLE_LOG)
+READY_SINCE, NEXT_RESTART = 1700000000 * 10**6, 1700000123 * 10**6
 
 def vm(role, st):
     v = pb.Vm(role=role, state=st, pid=4242 if st == pb.VM_STATE_RUNNING else 0, spec_generation=3,
@@ -767,13 +882,71 @@ def vm(role, st):
     v.spec.guest.password_hash = STORED_HASH
     return v
 
+def mode():
+    try:
+        with open(state + "/mode") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return "preparing"
+
 def get_vm(req, ctx):
     if os.path.exists(state + "/not-registered"):
         ctx.abort(grpc.StatusCode.NOT_FOUND, "isolated is not registered")
+    m = mode()
+    if m == "ready":  # running, the probe passed, console and CRI sockets
+        v = vm(req.role, pb.VM_STATE_RUNNING)
+        v.ready, v.ready_since_unix_usec, v.ready_detail = True, READY_SINCE, "containerd v1.7.24"
+        v.console_socket, v.cri_socket = state + "/console.sock", "/run/hydra/isolated/containerd.sock"
+        return v
+    if m == "not-ready":
+        v = vm(req.role, pb.VM_STATE_RUNNING)
+        v.ready_detail = "connection refused\nby the guest"
+        v.console_socket = state + "/console.sock"
+        return v
+    if m == "crashed":  # a restart is scheduled; a stale ready flag must not show
+        v = vm(req.role, pb.VM_STATE_CRASHED)
+        v.ready, v.next_restart_unix_usec, v.restart_count = True, NEXT_RESTART, 2
+        return v
     v = vm(req.role, pb.VM_STATE_PREPARING)
     v.progress.step, v.progress.what = "download", "https://example.com/img.qcow2"
     v.progress.bytes, v.progress.total, v.progress.rate = 50 << 20, 100 << 20, 5 << 20
     return v
+
+def list_vms(req, ctx):
+    host = vm(pb.ROLE_HOST, pb.VM_STATE_STOPPED)
+    iso = vm(pb.ROLE_ISOLATED, pb.VM_STATE_RUNNING)
+    iso.ready = True
+    return pb.ListVmsResponse(vms=[host, iso])
+
+def console_log(req, ctx):
+    with open(state + "/console-request.json", "w") as f:
+        json.dump({"role": req.role, "follow": req.follow, "tail_bytes": req.tail_bytes}, f)
+    data = CONSOLE_LOG[-req.tail_bytes:] if req.tail_bytes else CONSOLE_LOG
+    yield pb.ConsoleChunk(data=data[:7])  # split inside an escape sequence: written as is all the same
+    yield pb.ConsoleChunk(data=data[7:])
+    i = 0
+    while req.follow and ctx.is_active():
+        yield pb.ConsoleChunk(data=b"follow %d\r\n" % i)
+        i += 1
+        time.sleep(0.05)
+
+def serve_console():
+    # hydrad's console.sock: says hello, then echoes what it gets, as a guest's shell would.
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(state + "/console.sock")
+    srv.listen(4)
+    while True:
+        conn, _ = srv.accept()
+        def one(c):
+            c.sendall(b"hello from the console\r\n")
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    break
+                c.sendall(b"echo: " + d)
+            c.close()
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+threading.Thread(target=serve_console, daemon=True).start()
 
 def register(req, ctx):
     with open(state + "/registered.json", "w") as f:
@@ -781,10 +954,14 @@ def register(req, ctx):
     return pb.RegisterVmResponse(vm=vm(req.role, pb.VM_STATE_DEFINED), changed=True)
 
 def start(req, ctx):
+    with open(state + "/start-wait", "w") as f:
+        f.write(pb.WaitFor.Name(req.wait))
     starting.set()
     time.sleep(1.0)
     starting.clear()
-    return vm(req.role, pb.VM_STATE_RUNNING)
+    v = vm(req.role, pb.VM_STATE_RUNNING)
+    v.ready = req.wait == pb.WAIT_FOR_READY
+    return v
 
 def watch(req, ctx):
     ctx.send_initial_metadata(())  # as hydrad: at once
@@ -804,6 +981,9 @@ def watch(req, ctx):
     yield ev(notice=pb.Notice(message="disk reset: guest configuration changed"))
     yield ev(progress=pb.Progress(step="disk", what="/var/lib/hydra/isolated/disk.qcow2"))
     yield ev(progress=pb.Progress(step="seed", what="/var/lib/hydra/isolated/seed.iso"))
+    yield ev(readiness=pb.Readiness(ready=False, detail="connection refused"))
+    yield ev(readiness=pb.Readiness(ready=True, detail="containerd v1.7.24"))
+    yield ev(lost=pb.Lost(count=3))
     while ctx.is_active():
         time.sleep(0.05)
 
@@ -821,8 +1001,12 @@ handlers = {
     "RegisterVm": u(register, pb.RegisterVmRequest, pb.RegisterVmResponse),
     "StartVm": u(start, pb.StartVmRequest, pb.Vm),
     "PlanVm": u(plan, pb.PlanVmRequest, pb.PlanVmResponse),
+    "ListVms": u(list_vms, pb.ListVmsRequest, pb.ListVmsResponse),
     "WatchEvents": grpc.unary_stream_rpc_method_handler(watch, request_deserializer=pb.WatchEventsRequest.FromString,
                                                        response_serializer=pb.Event.SerializeToString),
+    "ConsoleLog": grpc.unary_stream_rpc_method_handler(console_log,
+                                                      request_deserializer=pb.ConsoleLogRequest.FromString,
+                                                      response_serializer=pb.ConsoleChunk.SerializeToString),
 }
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hydra.v1.Hydra", handlers),))
@@ -883,12 +1067,111 @@ PYEOF
         grep -q '"content":"#cloud-config' <<<"$J"; then ok "plan --json: argv and files"; else not_ok "plan --json ($J)"; fi
     fctl --timeout 5 watch isolated >"$T/out" 2>&1 &
     W=$!
+    fctl --json --timeout 5 watch isolated >"$T/watch.json" 2>&1 &
+    WJ=$!
     sleep 1
     fctl start isolated >/dev/null 2>&1 || true
     wait $W || true
+    wait $WJ || true
     if grep -q "isolated: download https://example.com/img.qcow2: 50% (50.0 MiB of 100.0 MiB, 20.0 MiB/s)" "$T/out" &&
         grep -q "isolated: notice: disk reset: guest configuration changed" "$T/out"; then ok "watch: progress and notices"; else
         not_ok "watch: progress and notices ($(head -c 600 "$T/out"))"; fi
+    if grep -q " isolated: not ready: connection refused$" "$T/out" && grep -q " isolated: ready$" "$T/out" &&
+        grep -q " isolated: lost 3 events$" "$T/out"; then ok "watch: readiness and lost events"; else
+        not_ok "watch: readiness and lost events ($(tail -n 4 "$T/out"))"; fi
+    if $PY - "$T/watch.json" <<'PYEOF'; then ok "watch --json: readiness and lost events"; else not_ok "watch --json: readiness and lost ($(tail -n 3 "$T/watch.json"))"; fi
+import json, sys
+evs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+want = [{"type": "readiness", "ready": False, "detail": "connection refused"},
+        {"type": "readiness", "ready": True, "detail": "containerd v1.7.24"},
+        {"type": "lost", "count": 3}]
+got = [{k: e.get(k) for k in w} for e, w in zip([e for e in evs if e["type"] in ("readiness", "lost")], want)]
+sys.exit(0 if got == want and all(e["role"] == "isolated" for e in evs) else 1)
+PYEOF
+
+    # start --wait ready sends WAIT_FOR_READY; --wait running (the default) WAIT_FOR_RUNNING.
+    if fctl start isolated --wait ready >"$T/out" 2>/dev/null && [ "$(cat "$FAKE/start-wait")" = WAIT_FOR_READY ] &&
+        grep -qx "isolated: running (pid 4242, ready)" "$T/out"; then ok "start --wait ready: WAIT_FOR_READY"; else
+        not_ok "start --wait ready: WAIT_FOR_READY ($(cat "$FAKE/start-wait") $(cat "$T/out"))"; fi
+    if fctl start isolated --wait running >/dev/null 2>&1 && [ "$(cat "$FAKE/start-wait")" = WAIT_FOR_RUNNING ]; then
+        ok "start --wait running: WAIT_FOR_RUNNING"; else not_ok "start --wait running ($(cat "$FAKE/start-wait"))"; fi
+
+    # status: readiness (only while running), the sockets, the next restart.
+    echo ready >"$FAKE/mode"
+    fctl status isolated >"$T/out" 2>&1 || true
+    SINCE=$(date -d @1700000000 '+%Y-%m-%d %H:%M:%S')
+    if grep -qx "ready:           yes (since $SINCE)" "$T/out" &&
+        grep -qx "console socket:  $FAKE/console.sock" "$T/out" &&
+        grep -qx "cri socket:      /run/hydra/isolated/containerd.sock" "$T/out" &&
+        grep -qx "next restart:    -" "$T/out"; then ok "status: ready, since when, the sockets"; else
+        not_ok "status: ready, since when, the sockets ($(cat "$T/out"))"; fi
+    J=$(fctl --json status isolated 2>&1) || true
+    if [ "$(json ready <<<"$J")|$(json ready_since_unix_usec <<<"$J")|$(json ready_detail <<<"$J")|$(json console_socket <<<"$J")|$(json cri_socket <<<"$J")|$(json next_restart_unix_usec <<<"$J")" = \
+        "True|1700000000000000|containerd v1.7.24|$FAKE/console.sock|/run/hydra/isolated/containerd.sock|0" ]; then
+        ok "status --json: ready, ready_since_unix_usec, ready_detail, console_socket, cri_socket, next_restart_unix_usec"; else
+        not_ok "status --json: the new fields ($J)"; fi
+    echo not-ready >"$FAKE/mode"
+    fctl status isolated >"$T/out" 2>&1 || true
+    if grep -qx "ready:           no (connection refused by the guest)" "$T/out" && grep -qx "cri socket:      -" "$T/out"; then
+        ok "status: not ready, with what the probe saw (one line)"; else not_ok "status: not ready ($(cat "$T/out"))"; fi
+    echo crashed >"$FAKE/mode"
+    fctl status isolated >"$T/out" 2>&1 || true
+    NEXT=$(date -d @1700000123 '+%Y-%m-%d %H:%M:%S')
+    if grep -qx "ready:           -" "$T/out" && grep -qx "next restart:    $NEXT" "$T/out" &&
+        grep -qx "console socket:  -" "$T/out" && grep -qx "restarts:        2" "$T/out"; then
+        ok "status: not running: ready '-', the next restart"; else not_ok "status: crashed ($(cat "$T/out"))"; fi
+    J=$(fctl --json status isolated 2>&1) || true
+    if [ "$(json next_restart_unix_usec <<<"$J")|$(json console_socket <<<"$J")" = "1700000123000000|null" ]; then
+        ok "status --json: next_restart_unix_usec"; else not_ok "status --json: next_restart_unix_usec ($J)"; fi
+    rm -f "$FAKE/mode"
+    fctl list >"$T/out" 2>&1 || true
+    if grep -Eq "^ROLE +STATE +READY +PID +UPTIME +RESTARTS +LAST EXIT +FORWARDS$" "$T/out" &&
+        grep -Eq "^host +stopped +- +- " "$T/out" && grep -Eq "^isolated +running +yes +4242 " "$T/out"; then
+        ok "list: a READY column"; else not_ok "list: a READY column ($(cat "$T/out"))"; fi
+
+    # logs: the stored log, byte for byte; --tail; -f until interrupted; a reader that goes away.
+    if fctl logs isolated >"$T/log.out" 2>"$T/err" && cmp -s "$T/log.out" "$FAKE/console.log" && [ ! -s "$T/err" ]; then
+        ok "logs: the console log, byte for byte"; else not_ok "logs: byte for byte ($(od -c "$T/log.out" | head -3) $(cat "$T/err"))"; fi
+    if [ "$(json follow <"$FAKE/console-request.json")|$(json tail_bytes <"$FAKE/console-request.json")|$(json role <"$FAKE/console-request.json")" = "False|0|2" ]; then
+        ok "logs: follow false, tail_bytes 0, the role"; else not_ok "logs: the request ($(cat "$FAKE/console-request.json"))"; fi
+    if fctl logs isolated --tail 20 >"$T/log.out" 2>"$T/err" && cmp -s "$T/log.out" <(tail -c 20 "$FAKE/console.log") &&
+        [ "$(json tail_bytes <"$FAKE/console-request.json")" = 20 ]; then ok "logs --tail 20"; else
+        not_ok "logs --tail 20 ($(cat "$FAKE/console-request.json") $(cat "$T/err"))"; fi
+    fctl logs host --tail 64K >/dev/null 2>&1 || true
+    if [ "$(json tail_bytes <"$FAKE/console-request.json")|$(json role <"$FAKE/console-request.json")" = "65536|1" ]; then
+        ok "logs --tail 64K"; else not_ok "logs --tail 64K ($(cat "$FAKE/console-request.json"))"; fi
+    for sig in INT TERM; do
+        # Not through fctl: $! must be hydractl itself, not a subshell around it.
+        "$HYDRACTL" --socket "$FAKE/hydra.sock" logs -f isolated >"$T/log.out" 2>"$T/err" &
+        L=$!
+        sleep 1.5
+        kill -"$sig" $L
+        RC=0
+        wait $L || RC=$?
+        if [ $RC -eq 0 ] && [ ! -s "$T/err" ] && grep -q "follow 3" "$T/log.out" &&
+            [ "$(json follow <"$FAKE/console-request.json")" = True ]; then
+            ok "logs -f: the log, then what follows, until SIG$sig (exit 0)"; else
+            not_ok "logs -f until SIG$sig (exit $RC; $(cat "$T/err"); $(tail -c 100 "$T/log.out" | od -c | head -3))"; fi
+    done
+    set +o pipefail
+    fctl logs --follow isolated 2>"$T/err" | head -c 10 >/dev/null
+    RC=${PIPESTATUS[0]}
+    set -o pipefail
+    if [ "$RC" -eq 0 ] && [ ! -s "$T/err" ]; then ok "logs -f | head: ends quietly, exit 0"; else
+        not_ok "logs -f | head (exit $RC: $(cat "$T/err"))"; fi
+    if fctl --timeout 1 logs -f isolated >"$T/log.out" 2>"$T/err" && [ ! -s "$T/err" ]; then
+        ok "logs -f with the global --timeout: follows that long, exit 0"; else not_ok "logs -f --timeout ($(cat "$T/err"))"; fi
+
+    # console: GetVm's console_socket, then console_attach().
+    expect_fail "console of a VM without a console socket: exit 1" 1 \
+        "^hydractl: VM 'isolated' has no console socket \(it is not running under this hydrad\)$" \
+        -- --socket "$FAKE/hydra.sock" console isolated
+    echo ready >"$FAKE/mode"
+    if printf 'uname -a\n' | fctl console isolated --linger 1 >"$T/out" 2>"$T/err" &&
+        grep -q "hello from the console" "$T/out" && grep -q "echo: uname -a" "$T/out"; then
+        ok "console: piped input to the guest, its output back"; else
+        not_ok "console: piped input ($(cat "$T/out") $(cat "$T/err"))"; fi
+    rm -f "$FAKE/mode"
 
     # register: the password is hashed by hydractl; the registered hash is reused when it matches.
     printf '[guest]\npassword = registered password\n' >"$FAKE/same.ini"
