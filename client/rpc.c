@@ -257,6 +257,11 @@ static bool wait_tag(RpcClient *c, grpc_call *call, void *tag, RpcInterruptCheck
 
                 switch (ev.type) {
                 case GRPC_OP_COMPLETE:
+                        /* A busy stream never times out: look for the interruption after each message too. */
+                        if (poll && interrupted(userdata)) {
+                                (void) grpc_call_cancel(call, NULL);
+                                *cancelled = true;
+                        }
                         return ev.success;
                 case GRPC_QUEUE_TIMEOUT:
                         if (poll && interrupted(userdata)) {

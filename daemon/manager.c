@@ -89,8 +89,10 @@ int manager_load(Manager *m, HydraError *err) {
                 hydra_error_clear(&e);
                 r = vm_load(vm, &e);
                 if (r < 0)
-                        log_vm_error(vm->name, "VM '%s': cannot load its stored spec, leaving it unregistered: %s",
-                                     vm->name, e.message);
+                        log_vm_error(vm->name, "VM '%s': cannot load its stored spec, leaving it unregistered: %s%s",
+                                     vm->name, e.message,
+                                     access(vm->run_dir, F_OK) == 0 ? " (a QEMU it left running is taken back when "
+                                                                     "the VM is registered again)" : "");
                 else if (r > 0) {
                         log_vm_info(vm->name, "VM '%s': spec loaded", vm->name);
                         (void) vm_adopt(vm);

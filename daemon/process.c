@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -191,5 +192,52 @@ int process_get_start_time(pid_t pid, uint64_t *ret) {
         if (sscanf(p, "%llu", &start) != 1)
                 return -EIO;
         *ret = start;
+        return 0;
+}
+
+static void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+}
+
+pid_t process_find_by_arg(const char *needle) {
+        _cleanup_(closedirp) DIR *d = opendir("/proc");
+        struct dirent *de;
+        char path[64];
+
+        if (!d)
+                return 0;
+        while ((de = readdir(d))) {
+                _cleanup_free_ char *buf = NULL;
+                _cleanup_close_ int fd = -EBADF;
+                size_t size = 0, cap = 0;
+                char *end;
+                long pid;
+                ssize_t n;
+
+                pid = strtol(de->d_name, &end, 10);
+                if (*end || pid <= 1 || pid == (long) getpid())
+                        continue;
+                (void) snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                for (;;) {
+                        if (size == cap) {
+                                char *nb = realloc(buf, cap + 4096);
+                                if (!nb)
+                                        break;
+                                buf = nb;
+                                cap += 4096;
+                        }
+                        n = read(fd, buf + size, cap - size);
+                        if (n <= 0)
+                                break;
+                        size += (size_t) n;
+                }
+                for (size_t i = 0; i < size; i += strnlen(buf + i, size - i) + 1)
+                        if (memmem(buf + i, strnlen(buf + i, size - i), needle, strlen(needle)))
+                                return (pid_t) pid;
+        }
         return 0;
 }

@@ -32,3 +32,7 @@ int process_pidfd_signal(int pidfd, int sig);
 /* Field 22 of /proc/PID/stat: the start time in clock ticks since boot; with the pid, a process identity.
  * -ESRCH for a process that is gone or a zombie (exited, not reaped yet). */
 int process_get_start_time(pid_t pid, uint64_t *ret);
+
+/* The first process (other than us) one of whose arguments contains needle, from /proc/PID/cmdline. Returns its
+ * pid, or 0 if there is none. For finding a QEMU by a path only it was given. */
+pid_t process_find_by_arg(const char *needle);

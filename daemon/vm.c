@@ -493,6 +493,23 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
                                    .signal = signal > 0 ? signal : 0 };
         vm->last_up_usec = vm_uptime_usec(vm);
 
+        if (state == VM_STATE_STARTING && vm->adopted) {
+                /* Gone while we were reconnecting to it: not a failed launch. A stop in progress has finished;
+                 * otherwise it died while no hydrad watched it closely enough to know why. */
+                bool stopping = vm->resume_stop;
+
+                (void) snprintf(vm->last_exit.reason, sizeof(vm->last_exit.reason), "%s", stopping ? "quit" : "lost");
+                if (!stopping)
+                        (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "the adopted QEMU (pid %d) exited while "
+                                               "hydrad was reconnecting to it; its exit status is unknown",
+                                               (int) vm->pid);
+                log_vm_info(vm->name, "VM '%s': adopted QEMU (pid %d) exited during the adoption", vm->name,
+                            (int) vm->pid);
+                vm_teardown_process(vm);
+                vm_set_state(vm, stopping ? VM_STATE_STOPPED : VM_STATE_CRASHED, stopping ? "stopped" : "lost");
+                return;
+        }
+
         if (state == VM_STATE_RUNNING && vm->guest_panicked) {
                 reason = "guest-panic";
                 event = VM_EVENT_EXIT_UNEXPECTED;
@@ -599,7 +616,13 @@ static int on_stop_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 static void on_stop_reply(QmpClient *q, json_t *result, int error, const char *desc, void *userdata) {
         Vm *vm = userdata;
 
-        if (error < 0 && error != -ECANCELED && error != -ECONNRESET)
+        if (error == -ETIMEDOUT) {
+                (void) hydra_error_set(&vm->last_error, -ETIMEDOUT, "QMP %s: QEMU did not answer within %llu s (hung or "
+                                       "stopped?); the stop goes on with signals", stop_stage_to_string(vm->stop_stage),
+                                       (unsigned long long) (manager_get_config(vm->manager)->qmp_timeout_usec /
+                                                             1000000ULL));
+                log_vm_warning(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+        } else if (error < 0 && error != -ECANCELED && error != -ECONNRESET)
                 log_vm_warning(vm->name, "VM '%s': QMP %s failed: %s", vm->name, stop_stage_to_string(vm->stop_stage),
                                desc ? desc : strerror(-error));
 }
@@ -1177,7 +1200,7 @@ int vm_adopt(Vm *vm) {
         _cleanup_close_ int pidfd = -EBADF, fd = -EBADF;
         _cleanup_free_ void *data = NULL;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        const char *qmp, *state = NULL, *disk = NULL, *seed = NULL;
+        const char *qmp = NULL, *state = NULL, *disk = NULL, *seed = NULL;
         json_int_t pid = 0, ticks = 0, spawned = 0, ready_since = 0;
         uint64_t now_ticks = 0, mono, real;
         HydraError err;
@@ -1187,32 +1210,53 @@ int vm_adopt(Vm *vm) {
 
         hydra_error_clear(&err);
         r = store_read(vm->run_dir, RUNTIME_FILE, 64 * 1024, &data, &size, &err);
-        if (r == -ENOENT)
-                return 0;
-        if (r < 0) {
+        if (r < 0 && r != -ENOENT)
                 log_vm_warning(vm->name, "VM '%s': %s; ignoring it", vm->name, err.message);
-                return 0;
-        }
-        o = json_loadb(data, size, 0, NULL);
-        if (!o || json_unpack(o, "{s:I, s:I, s:s, s?I, s?s, s?s, s?s, s?I}", "pid", &pid, "start_time", &ticks,
-                              "qmp_socket", &qmp, "spawn_realtime_usec", &spawned, "state", &state, "disk_path",
-                              &disk, "seed_path", &seed, "ready_since_usec", &ready_since) < 0 || pid <= 1) {
+        o = r >= 0 ? json_loadb(data, size, 0, NULL) : NULL;
+        if (r >= 0 && (!o || json_unpack(o, "{s:I, s:I, s:s, s?I, s?s, s?s, s?s, s?I}", "pid", &pid, "start_time",
+                                         &ticks, "qmp_socket", &qmp, "spawn_realtime_usec", &spawned, "state", &state,
+                                         "disk_path", &disk, "seed_path", &seed, "ready_since_usec",
+                                         &ready_since) < 0 || pid <= 1)) {
                 log_vm_warning(vm->name, "VM '%s': '%s/%s' is not a valid runtime record; ignoring it", vm->name,
                                vm->run_dir, RUNTIME_FILE);
-                json_decref(o);
                 (void) store_remove(vm->run_dir, RUNTIME_FILE);
-                return 0;
+                pid = 0;
         }
 
         /* The identity is pid + start time, checked again once we hold a pidfd: a pid reused in between would
          * be caught by the second check, and from then on the pidfd pins the process. */
-        pidfd = process_pidfd_open((pid_t) pid);
-        if (pidfd < 0 || process_get_start_time((pid_t) pid, &now_ticks) < 0 || now_ticks != (uint64_t) ticks) {
-                vm_adopt_lost(vm, (pid_t) pid, state, pidfd < 0 || now_ticks == 0 ? "exited" : "exited (its pid now "
-                              "belongs to another process)");
-                json_decref(o);
-                return 0;
+        if (pid > 1)
+                pidfd = process_pidfd_open((pid_t) pid);
+        if (pid <= 1 || pidfd < 0 || process_get_start_time((pid_t) pid, &now_ticks) < 0 ||
+            now_ticks != (uint64_t) ticks) {
+                /* A previous hydrad that died between spawning QEMU and recording it leaves a QEMU no record names:
+                 * it is found by its console socket, a path given to no other process, and taken back. */
+                const char *why = pidfd < 0 || now_ticks == 0 ? "exited"
+                                                              : "exited (its pid now belongs to another process)";
+                pid_t found = process_find_by_arg(vm->qemu_console_path);
+                uint64_t found_ticks = 0;
+
+                pidfd = safe_close(pidfd);
+                if (found > 1 && (pidfd = process_pidfd_open(found)) >= 0 &&
+                    process_get_start_time(found, &found_ticks) >= 0) {
+                        log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) was started by the previous hydrad but not "
+                                       "recorded (it stopped during the start); adopting it", vm->name, (int) found);
+                        pid = found;
+                        ticks = (json_int_t) found_ticks;
+                        spawned = 0;
+                        state = "starting";
+                        disk = seed = NULL;
+                        ready_since = 0;
+                } else {
+                        pidfd = safe_close(pidfd);
+                        if (pid > 1)
+                                vm_adopt_lost(vm, (pid_t) pid, state, why);
+                        json_decref(o);
+                        return 0;
+                }
         }
+        if (!qmp)
+                qmp = vm->qmp_path;
         if (!streq(qmp, vm->qmp_path) || strlen(qmp) >= sizeof(sa.sun_path)) {
                 log_vm_warning(vm->name, "VM '%s': the recorded QMP socket '%s' is not this hydrad's '%s'", vm->name,
                                qmp, vm->qmp_path);
@@ -1422,6 +1466,10 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
                 HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_STATE, .from = VM_STATE_DEFINED,
                                   .to = VM_STATE_DEFINED, .reason = "registered" };
                 manager_emit(vm->manager, &ev, vm);
+                /* A QEMU left running under a stored spec that could not be read: registering again takes it
+                 * back instead of leaving it unknown. */
+                if (vm->pid <= 0)
+                        (void) vm_adopt(vm);
         }
         *ret_changed = true;
         return 0;
@@ -1439,6 +1487,9 @@ int vm_load(Vm *vm, HydraError *err) {
                 return 0;
         if (r < 0)
                 return r;
+        /* An empty message decodes as an all-defaults spec: a stored spec is never empty, so this is a truncation. */
+        if (size == 0)
+                return hydra_error_set(err, -EBADMSG, "'%s/%s' is empty (truncated)", vm->state_dir, SPEC_FILE);
         r = codec->decode(data, size, &spec);
         if (r < 0)
                 return hydra_error_set(err, r, "'%s/%s' is not a valid stored spec (truncated or corrupt)",

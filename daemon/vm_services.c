@@ -14,7 +14,7 @@
  * changes and at teardown. */
 
 #define PROBE_INTERVAL_USEC (1ULL * 1000000ULL)
-#define PROBE_TIMEOUT_USEC (2ULL * 1000000ULL)
+#define PROBE_TIMEOUT_USEC (5ULL * 1000000ULL)
 /* How long a service gets to answer the TCP probe's nudge (probe.h). */
 #define PROBE_TCP_HOLD_USEC (2ULL * 1000000ULL)
 

@@ -399,13 +399,19 @@ def test_cri_socket(d, api):
         person = ConsoleClient(vm.console_socket)
         check("a shell on the guest's console", person.shell_prompt(120))
         person.send(f"\n(while :; do nc -l -p 35000 -e nc 10.0.2.2 {cport}; done) >/dev/null 2>&1 &\n")
-        vm = wait_for(lambda: (lambda v: v if v.ready else None)(get(api, pb.ROLE_ISOLATED)), 60)
-        check("containerd probe: ready, with containerd's version", bool(vm) and "containerd" in vm.ready_detail)
+        vm = wait_for(lambda: (lambda v: v if v.ready else None)(get(api, pb.ROLE_ISOLATED)), 120)
+        if not check("containerd probe: ready, with containerd's version", bool(vm) and "containerd" in vm.ready_detail):
+            print("# probe detail:", get(api, pb.ROLE_ISOLATED).ready_detail)
+            print("# console:", person.data.decode(errors="replace")[-1500:])
         out = subprocess.run(["ctr", "--address", cri, "version"], capture_output=True, text=True, timeout=60)
-        check("ctr --address RUN/isolated/containerd.sock version: answered by the guest's containerd",
-              out.returncode == 0 and "Server:" in out.stdout)
-        srv = [line for line in server.splitlines() if "Version" in line]
-        check("the same server version as containerd's own socket", bool(srv) and srv[-1] in out.stdout)
+        if not check("ctr --address RUN/isolated/containerd.sock version: answered by the guest's containerd",
+                     out.returncode == 0 and "Server:" in out.stdout):
+            print("# ctr:", out.returncode, out.stdout, out.stderr)
+
+        def server_version(text):
+            return text.split("Server:", 1)[1].strip().splitlines()[0] if "Server:" in text else None
+        check("the same server version as containerd's own socket",
+              server_version(server) is not None and server_version(server) == server_version(out.stdout))
         person.close()
         api.StopVm(pb.StopVmRequest(role=pb.ROLE_ISOLATED, force=True), timeout=60)
         check("the CRI socket goes when the VM stops", not os.path.exists(cri))
