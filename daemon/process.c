@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -200,44 +201,82 @@ static void closedirp(DIR **d) {
                 (void) closedir(*d);
 }
 
-pid_t process_find_by_arg(const char *needle) {
+/* Whether /proc/PID/exe is exe: the same path, or the same path of a binary replaced since (a package upgrade while
+ * the VM runs leaves " (deleted)" behind it). */
+static bool process_exe_is(long pid, const char *exe) {
+        char path[64], target[PATH_MAX + 16];
+        size_t n = strlen(exe);
+        ssize_t len;
+
+        (void) snprintf(path, sizeof(path), "/proc/%ld/exe", pid);
+        len = readlink(path, target, sizeof(target) - 1);
+        if (len < 0)
+                return false;
+        target[len] = 0;
+        return strncmp(target, exe, n) == 0 && (target[n] == 0 || streq(target + n, " (deleted)"));
+}
+
+/* Reads /proc/PID/cmdline whole, NUL-terminated after its last argument too. Returns its size (0 for a kernel thread
+ * or a process that is gone). */
+static size_t process_read_cmdline(long pid, char **ret) {
+        _cleanup_free_ char *buf = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        size_t size = 0, cap = 0;
+        char path[64];
+        ssize_t n;
+
+        (void) snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return 0;
+        for (;;) {
+                if (size + 1 >= cap) {
+                        char *nb = realloc(buf, cap + 4096);
+                        if (!nb)
+                                return 0;
+                        buf = nb;
+                        cap += 4096;
+                }
+                n = read(fd, buf + size, cap - size - 1);
+                if (n <= 0)
+                        break;
+                size += (size_t) n;
+        }
+        buf[size] = 0;
+        *ret = TAKE_PTR(buf);
+        return size;
+}
+
+pid_t process_find_by_option(const char *exe, const char *option, const char *value) {
         _cleanup_(closedirp) DIR *d = opendir("/proc");
         struct dirent *de;
-        char path[64];
 
         if (!d)
                 return 0;
         while ((de = readdir(d))) {
                 _cleanup_free_ char *buf = NULL;
-                _cleanup_close_ int fd = -EBADF;
-                size_t size = 0, cap = 0;
-                char *end;
+                char path[64], *end;
+                struct stat st;
+                size_t size;
                 long pid;
-                ssize_t n;
 
                 pid = strtol(de->d_name, &end, 10);
                 if (*end || pid <= 1 || pid == (long) getpid())
                         continue;
-                (void) snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
-                fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
+                /* The owner of /proc/PID is the process's effective uid. */
+                (void) snprintf(path, sizeof(path), "/proc/%ld", pid);
+                if (stat(path, &st) < 0 || st.st_uid != geteuid() || !process_exe_is(pid, exe))
                         continue;
-                for (;;) {
-                        if (size == cap) {
-                                char *nb = realloc(buf, cap + 4096);
-                                if (!nb)
-                                        break;
-                                buf = nb;
-                                cap += 4096;
-                        }
-                        n = read(fd, buf + size, cap - size);
-                        if (n <= 0)
-                                break;
-                        size += (size_t) n;
-                }
-                for (size_t i = 0; i < size; i += strnlen(buf + i, size - i) + 1)
-                        if (memmem(buf + i, strnlen(buf + i, size - i), needle, strlen(needle)))
+                size = process_read_cmdline(pid, &buf);
+                if (size == 0)
+                        continue;
+                /* Whole arguments only: option, then exactly value. argv[0] is never an option. */
+                for (const char *a = buf + strlen(buf) + 1; a < buf + size; a += strlen(a) + 1) {
+                        const char *next = a + strlen(a) + 1;
+
+                        if (streq(a, option) && next < buf + size && streq(next, value))
                                 return (pid_t) pid;
+                }
         }
         return 0;
 }

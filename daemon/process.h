@@ -33,6 +33,8 @@ int process_pidfd_signal(int pidfd, int sig);
  * -ESRCH for a process that is gone or a zombie (exited, not reaped yet). */
 int process_get_start_time(pid_t pid, uint64_t *ret);
 
-/* The first process (other than us) one of whose arguments contains needle, from /proc/PID/cmdline. Returns its
- * pid, or 0 if there is none. For finding a QEMU by a path only it was given. */
-pid_t process_find_by_arg(const char *needle);
+/* The first process (other than us) that runs the binary exe (an absolute path), with hydrad's effective uid, and
+ * whose arguments hold option followed by exactly value (e.g. "-chardev" and the console chardev hydrad wrote).
+ * Returns its pid, or 0 if there is none. For finding a QEMU that was spawned but never recorded: the whole-argument
+ * match, the uid and the executable keep another user's process that merely mentions our path from being taken. */
+pid_t process_find_by_option(const char *exe, const char *option, const char *value);

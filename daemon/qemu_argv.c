@@ -392,6 +392,15 @@ static void add_firmware(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *
         builder_addf(b, "if=pflash,format=raw,file=%s", vars);
 }
 
+char *qemu_console_chardev(const char *socket_path) {
+        _cleanup_free_ char *path = qemu_escape_comma(socket_path);
+        char *s;
+
+        if (!path || asprintf(&s, "socket,id=console,path=%s,server=on,wait=off", path) < 0)
+                return NULL;
+        return s;
+}
+
 static void add_monitor_and_console(ArgvBuilder *b, const QemuRuntime *rt) {
         _cleanup_free_ char *qmp = NULL, *console = NULL;
 
@@ -407,9 +416,11 @@ static void add_monitor_and_console(ArgvBuilder *b, const QemuRuntime *rt) {
 
         /* The serial console is a socket QEMU listens on and hydrad reads (console.c): hydrad keeps the log and
          * lets people attach. wait=off: a guest never blocks on a missing reader. */
-        console = builder_escape(b, rt->console_socket);
+        console = qemu_console_chardev(rt->console_socket);
+        if (!console && b->r >= 0)
+                b->r = -ENOMEM;
         builder_add(b, "-chardev");
-        builder_addf(b, "socket,id=console,path=%s,server=on,wait=off", console);
+        builder_add(b, console);
         builder_add(b, "-serial");
         builder_add(b, "chardev:console");
 }

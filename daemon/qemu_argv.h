@@ -40,3 +40,7 @@ const char *qemu_binary_name(Arch arch); /* "qemu-system-x86_64" / "qemu-system-
 
 /* Appends s to a buffer-less string with every ',' doubled; returns a new string or NULL on ENOMEM. */
 char *qemu_escape_comma(const char *s);
+
+/* The -chardev value of the serial console on socket_path, exactly as the builder writes it (adoption finds an
+ * unrecorded QEMU by it). A new string, or NULL on ENOMEM. */
+char *qemu_console_chardev(const char *socket_path);

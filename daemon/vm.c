@@ -910,18 +910,27 @@ static const char *probe_disk_format(const char *path) {
         return "raw";
 }
 
-static int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, HydraError *err) {
+/* The QEMU binary for the spec's arch: the configured one, or the default name on $PATH. */
+static int vm_qemu_binary(Vm *vm, char **ret, HydraError *err) {
         const HydraConfig *cfg = manager_get_config(vm->manager);
+        const char *configured = vm->spec.arch == ARCH_AARCH64 ? cfg->qemu_aarch64 : cfg->qemu_x86_64;
+        const char *name = configured ? configured : qemu_binary_name(vm->spec.arch);
+        int r;
+
+        r = process_find_binary(name, ret);
+        if (r < 0)
+                return hydra_error_set(err, r, "cannot find QEMU '%s': %s", name, strerror(-r));
+        return 0;
+}
+
+static int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, HydraError *err) {
         _cleanup_free_ char *binary = NULL;
-        const char *configured;
         QemuRuntime rt;
         int r;
 
-        configured = vm->spec.arch == ARCH_AARCH64 ? cfg->qemu_aarch64 : cfg->qemu_x86_64;
-        r = process_find_binary(configured ? configured : qemu_binary_name(vm->spec.arch), &binary);
+        r = vm_qemu_binary(vm, &binary, err);
         if (r < 0)
-                return hydra_error_set(err, r, "cannot find QEMU '%s': %s",
-                                       configured ? configured : qemu_binary_name(vm->spec.arch), strerror(-r));
+                return r;
 
         rt = (QemuRuntime) {
                 .binary = binary,
@@ -1196,6 +1205,22 @@ static void vm_adopt_lost(Vm *vm, pid_t pid, const char *recorded_state, const c
         vm_set_state(vm, was_stopping ? VM_STATE_STOPPED : VM_STATE_CRASHED, was_stopping ? "stopped" : "lost");
 }
 
+/* A QEMU a previous hydrad spawned but died before recording: our uid, our QEMU binary, and our console chardev as
+ * a whole argument (a path only it was given). Returns its pid or 0. */
+static pid_t vm_find_unrecorded_qemu(Vm *vm) {
+        _cleanup_free_ char *binary = NULL, *exe = NULL, *chardev = NULL;
+        HydraError err;
+
+        hydra_error_clear(&err);
+        if (vm_qemu_binary(vm, &binary, &err) < 0)
+                return 0;
+        exe = realpath(binary, NULL);
+        chardev = qemu_console_chardev(vm->qemu_console_path);
+        if (!exe || !chardev)
+                return 0;
+        return process_find_by_option(exe, "-chardev", chardev);
+}
+
 int vm_adopt(Vm *vm) {
         _cleanup_close_ int pidfd = -EBADF, fd = -EBADF;
         _cleanup_free_ void *data = NULL;
@@ -1233,7 +1258,7 @@ int vm_adopt(Vm *vm) {
                  * it is found by its console socket, a path given to no other process, and taken back. */
                 const char *why = pidfd < 0 || now_ticks == 0 ? "exited"
                                                               : "exited (its pid now belongs to another process)";
-                pid_t found = process_find_by_arg(vm->qemu_console_path);
+                pid_t found = vm_find_unrecorded_qemu(vm);
                 uint64_t found_ticks = 0;
 
                 pidfd = safe_close(pidfd);
