@@ -232,7 +232,8 @@ void vm_runtime_update(Vm *vm) {
 #define STATE_FILE "state.json"
 
 /* STATE_DIR/ROLE/state.json: a resting state (stopped, failed, crashed) with the last exit and error, so that a
- * restarted hydrad shows what happened instead of "defined". */
+ * restarted hydrad shows what happened instead of "defined"; or "preparing", so that a hydrad that dies during the
+ * preparation is followed by one that says so. */
 static void vm_state_save(Vm *vm) {
         _cleanup_free_ char *data = NULL;
         HydraError err;
@@ -268,7 +269,7 @@ static void vm_state_load(Vm *vm) {
                               &exited, "code", &code, "signal", &sig, "reason", &reason, "time_usec", &time_usec,
                               "last_error", &error) < 0 ||
             (st = vm_state_from_string(state)) < 0 ||
-            (st != VM_STATE_STOPPED && st != VM_STATE_FAILED && st != VM_STATE_CRASHED)) {
+            (st != VM_STATE_STOPPED && st != VM_STATE_FAILED && st != VM_STATE_CRASHED && st != VM_STATE_PREPARING)) {
                 log_vm_warning(vm->name, "VM '%s': '%s/%s' is not a valid state record; ignoring it", vm->name,
                                vm->state_dir, STATE_FILE);
                 json_decref(o);
@@ -280,6 +281,21 @@ static void vm_state_load(Vm *vm) {
         if (!isempty(error))
                 (void) hydra_error_set(&vm->last_error, -EIO, "%s", error);
         json_decref(o);
+
+        /* The record is written when the preparation begins. With a runtime record the preparation got as far as
+         * spawning QEMU, and adoption tells the rest; without one, hydrad stopped while preparing. */
+        if (st == VM_STATE_PREPARING) {
+                _cleanup_free_ char *runtime = NULL;
+
+                vm->state = VM_STATE_STOPPED;
+                if (asprintf(&runtime, "%s/%s", vm->run_dir, RUNTIME_FILE) < 0 || access(runtime, F_OK) == 0)
+                        return;
+                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "the preparation (download, disk, cloud-init "
+                                       "seed) was interrupted: hydrad stopped during it; start the VM again");
+                vm->prepare_interrupted = true;
+                log_vm_warning(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
+                vm_state_save(vm);
+        }
 }
 
 /* --- restart policy --- */
@@ -399,7 +415,8 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason) {
                     reason);
         if (vm_state_has_process(next) && vm->pid > 0)
                 vm_runtime_save(vm);
-        if (next == VM_STATE_STOPPED || next == VM_STATE_FAILED || next == VM_STATE_CRASHED)
+        if (next == VM_STATE_STOPPED || next == VM_STATE_FAILED || next == VM_STATE_CRASHED ||
+            next == VM_STATE_PREPARING)
                 vm_state_save(vm);
         manager_emit(vm->manager, &ev, vm);
 
@@ -1266,6 +1283,8 @@ int vm_adopt(Vm *vm) {
                     process_get_start_time(found, &found_ticks) >= 0) {
                         log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) was started by the previous hydrad but not "
                                        "recorded (it stopped during the start); adopting it", vm->name, (int) found);
+                        if (vm->prepare_interrupted) /* it was not: it got as far as this QEMU */
+                                hydra_error_clear(&vm->last_error);
                         pid = found;
                         ticks = (json_int_t) found_ticks;
                         spawned = 0;

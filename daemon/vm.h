@@ -77,6 +77,7 @@ struct Vm {
         sd_event_source *child_source; /* our child: a child pidfd source; adopted: an io source on its pidfd */
         bool adopted;              /* started by an earlier hydrad: not our child, its exit status is unknown */
         bool resume_stop;          /* adopted while a stop was in progress: finish it once QMP answers */
+        bool prepare_interrupted;  /* the state record said a preparation was under way when hydrad stopped */
         QmpClient *qmp;
         bool qmp_ready;
         bool guest_shutdown_seen;

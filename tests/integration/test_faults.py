@@ -430,10 +430,14 @@ def main():
               and qemus(f"{state}/host/", f"{run}/host/") == [], f"{ST(vm.state)} pid {vm.pid}")
         note(f"host after an interrupted download: state {ST(vm.state)}, last_exit {vm.last_exit.reason!r}, "
              f"last_error {vm.last_error!r}")
+        check("after the restart: stopped, and last_error says the preparation was interrupted (issue 9, item 8)",
+              vm.state == pb.VM_STATE_STOPPED and "preparation" in vm.last_error and "interrupted" in vm.last_error,
+              f"{ST(vm.state)} {vm.last_error!r}")
         check("the .part is still there after the restart", part_of() == parts and
               os.path.getsize(parts[0]) == part_size, str(part_of()))
         vm = h.start(HOST, timeout=120)
-        check("the next start completes (checksum verified)", vm.state == pb.VM_STATE_RUNNING, vm.last_error)
+        check("the next start completes (checksum verified), and clears that error",
+              vm.state == pb.VM_STATE_RUNNING and vm.last_error == "", vm.last_error)
         reqs = fast.requests("/image.raw")
         ranges = [r for r in reqs if r.get("range")]
         first = int(ranges[0]["range"].split("=")[1].split("-")[0]) if ranges else -1
