@@ -396,13 +396,19 @@ def test_cri_socket(d, api):
         check("not ready while nothing answers on the guest's port 35000", not get(api, pb.ROLE_ISOLATED).ready)
 
         # In the guest, port 35000 relays to the host's containerd (10.0.2.2 is the host under user networking).
+        # -ll: one persistent listener that forks per connection. A loop of single `nc -l -e` (the first version of
+        # this test) serves one connection at a time, and the exec'ed relay keeps the listening socket: the probe's
+        # and ctr's connections then wait in a backlog nobody accepts from, and the check failed one run in three.
         person = ConsoleClient(vm.console_socket)
         check("a shell on the guest's console", person.shell_prompt(120))
-        person.send(f"\n(while :; do nc -l -p 35000 -e nc 10.0.2.2 {cport}; done) >/dev/null 2>&1 &\n")
+        person.send(f"\nnc -ll -p 35000 -e nc 10.0.2.2 {cport} >/dev/null 2>&1 &\n")
+        check("the guest's shell echoes the relay command", person.read_until(f"10.0.2.2 {cport} >/dev/null", 30))
         vm = wait_for(lambda: (lambda v: v if v.ready else None)(get(api, pb.ROLE_ISOLATED)), 120)
         if not check("containerd probe: ready, with containerd's version", bool(vm) and "containerd" in vm.ready_detail):
             print("# probe detail:", get(api, pb.ROLE_ISOLATED).ready_detail)
-            print("# console:", person.data.decode(errors="replace")[-1500:])
+            person.send("\necho diag-begin; ps; netstat -tan; ip -4 addr; echo diag-end\n")
+            person.read_until("diag-end\r\n", 20)
+            print("# console:", person.data.decode(errors="replace")[-4000:])
         out = subprocess.run(["ctr", "--address", cri, "version"], capture_output=True, text=True, timeout=60)
         if not check("ctr --address RUN/isolated/containerd.sock version: answered by the guest's containerd",
                      out.returncode == 0 and "Server:" in out.stdout):
