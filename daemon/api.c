@@ -20,6 +20,7 @@
 
 #include "api.h"
 #include "console.h"
+#include "listener.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "hydra/v1/hydra.pb-c.h"
 #include "log.h"
@@ -115,9 +116,9 @@ struct Api {
         int wake_fd;
         sd_event_source *wake_source;
 
-        int listen_fd;
+        int listen_fd;          /* bound early (to refuse a second daemon), watched once gRPC is up */
+        Listener *listener;
         int lock_fd;
-        sd_event_source *listen_source;
         char *socket_path;
         char *lock_path;
         dev_t socket_dev;
@@ -1642,50 +1643,49 @@ static void conns_prune(Api *a) {
         a->n_conns = j;
 }
 
-static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+static unsigned count_conns(void *userdata) {
         Api *a = userdata;
 
-        for (;;) {
-                int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-                struct stat st;
-                Conn *n;
+        conns_prune(a);
+        return a->n_conns;
+}
 
-                if (cfd < 0) {
-                        if (errno != EAGAIN && errno != EINTR)
-                                log_warning_errno(errno, "accept on '%s' failed, ignoring: %m", a->socket_path);
-                        return 0;
-                }
-                if (a->shutting_down) {
-                        safe_close(cfd);
-                        continue;
-                }
-                if (!peer_allowed(a, cfd)) {
-                        struct ucred cred = {};
-                        socklen_t len = sizeof(cred);
-                        (void) getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
-                        log_warning("refusing API connection from uid %u gid %u pid %d: not root, not our user, not in the socket's group",
-                                    cred.uid, cred.gid, cred.pid);
-                        safe_close(cfd);
-                        continue;
-                }
+static int on_connection(int fd, void *userdata) {
+        _cleanup_close_ int cfd = fd;
+        Api *a = userdata;
+        struct stat st;
+        Conn *n;
 
-                /* Remember the connection by fd and inode: at shutdown we cut off clients that stopped reading,
-                 * and the inode tells us the fd still is that connection. */
-                conns_prune(a);
-                n = realloc(a->conns, (a->n_conns + 1) * sizeof(*a->conns));
-                if (n && fstat(cfd, &st) == 0) {
-                        a->conns = n;
-                        a->conns[a->n_conns++] = (Conn) { .fd = cfd, .ino = st.st_ino, .dev = st.st_dev };
-                } else if (n)
-                        a->conns = n;
-                grpc_server_add_channel_from_fd(a->server, cfd, a->creds);
+        if (a->shutting_down)
+                return 0;
+        if (!peer_allowed(a, cfd)) {
+                struct ucred cred = {};
+                socklen_t len = sizeof(cred);
+                (void) getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+                log_warning("refusing API connection from uid %u gid %u pid %d: not root, not our user, not in the socket's group",
+                            cred.uid, cred.gid, cred.pid);
+                return 0;
         }
+
+        /* Remember the connection by fd and inode: at shutdown we cut off clients that stopped reading, and the
+         * inode tells us the fd still is that connection (gRPC closes it without telling us). */
+        conns_prune(a);
+        n = realloc(a->conns, (a->n_conns + 1) * sizeof(*a->conns));
+        if (!n)
+                return -ENOMEM;
+        a->conns = n;
+        if (fstat(cfd, &st) < 0)
+                return -errno;
+        a->conns[a->n_conns++] = (Conn) { .fd = cfd, .ino = st.st_ino, .dev = st.st_dev };
+        grpc_server_add_channel_from_fd(a->server, TAKE_FD(cfd), a->creds);
+        return 0;
 }
 
 static int socket_take(Api *a, HydraError *err) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         _cleanup_close_ int fd = -EBADF, probe = -EBADF;
         struct stat st;
+        int r;
 
         if (strlen(a->socket_path) >= sizeof(sa.sun_path))
                 return hydra_error_set(err, -ENAMETOOLONG, "socket path '%s' is too long", a->socket_path);
@@ -1721,23 +1721,11 @@ static int socket_take(Api *a, HydraError *err) {
         } else if (errno != ENOENT)
                 return hydra_error_set(err, -errno, "probe '%s': %s", a->socket_path, strerror(errno));
 
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-                return hydra_error_set(err, -errno, "socket: %s", strerror(errno));
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return hydra_error_set(err, -errno, "bind '%s': %s", a->socket_path, strerror(errno));
-        if (chmod(a->socket_path, 0660) < 0 ||
-            (a->socket_gid != (gid_t) -1 && chown(a->socket_path, (uid_t) -1, a->socket_gid) < 0)) {
-                int e = errno;
-                (void) unlink(a->socket_path);
-                return hydra_error_set(err, -e, "set owner and mode of '%s': %s", a->socket_path, strerror(e));
-        }
-        if (stat(a->socket_path, &st) < 0)
-                return hydra_error_set(err, -errno, "stat '%s': %s", a->socket_path, strerror(errno));
+        r = unix_listen("API socket", a->socket_path, 0660, a->socket_gid, &fd, &st, err);
+        if (r < 0)
+                return r;
         a->socket_dev = st.st_dev;
         a->socket_ino = st.st_ino;
-        if (listen(fd, SOMAXCONN) < 0)
-                return hydra_error_set(err, -errno, "listen on '%s': %s", a->socket_path, strerror(errno));
         a->listen_fd = TAKE_FD(fd);
         return 0;
 }
@@ -1745,7 +1733,7 @@ static int socket_take(Api *a, HydraError *err) {
 static void socket_release(Api *a) {
         struct stat st;
 
-        a->listen_source = sd_event_source_disable_unref(a->listen_source);
+        a->listener = listener_free(a->listener);
         a->listen_fd = safe_close(a->listen_fd);
         /* Only if the file is still ours: a successor may have replaced it. */
         if (a->socket_ino && stat(a->socket_path, &st) == 0 && st.st_ino == a->socket_ino && st.st_dev == a->socket_dev)
@@ -1769,6 +1757,7 @@ static void on_gpr_log(gpr_log_func_args *args) {
 /* --- life cycle --- */
 
 int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, HydraError *err) {
+        _cleanup_free_ char *name = NULL;
         Api *a;
         int r;
 
@@ -1809,7 +1798,19 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
         a->grpc_initialized = true;
 
         a->cq = grpc_completion_queue_create_for_next(NULL);
-        a->server = grpc_server_create(NULL, NULL);
+        /* A client that connects and then sits there holds an fd for ever: a connection without calls for
+         * api_idle_timeout gets a GOAWAY and is closed (issue 9). The server's channel args reach the channels
+         * made by grpc_server_add_channel_from_fd too: they are built from them, max-age filter included. */
+        grpc_arg args[] = {
+                {
+                        .type = GRPC_ARG_INTEGER,
+                        .key = (char *) GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                        /* at most 86400 s: config.c checks */
+                        .value.integer = (int) (config->api_idle_timeout_usec / 1000ULL),
+                },
+        };
+        grpc_channel_args channel_args = { .num_args = ELEMENTSOF(args), .args = args };
+        a->server = grpc_server_create(&channel_args, NULL);
         grpc_server_register_completion_queue(a->server, a->cq, NULL);
         a->creds = grpc_insecure_server_credentials_create();
 
@@ -1862,12 +1863,20 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
                 }
         }
 
-        r = sd_event_add_io(e, &a->listen_source, a->listen_fd, EPOLLIN, on_accept, a);
+        if (asprintf(&name, "API socket '%s'", a->socket_path) < 0)
+                name = NULL;
+        r = listener_new(e, TAKE_FD(a->listen_fd), &(ListenerConfig) {
+                                 .name = name ?: a->socket_path,
+                                 .description = "api-listen",
+                                 .max_connections = config->api_max_connections,
+                                 .on_connection = on_connection,
+                                 .count = count_conns,
+                                 .userdata = a,
+                         }, &a->listener);
         if (r < 0) {
                 hydra_error_set(err, r, "watch '%s': %s", a->socket_path, strerror(-r));
                 goto fail;
         }
-        (void) sd_event_source_set_description(a->listen_source, "api-listen");
 
         log_info("serving the API on '%s'", a->socket_path);
         *ret = a;

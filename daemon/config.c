@@ -18,6 +18,8 @@ void config_init(HydraConfig *c) {
                 .on_exit = ON_EXIT_LEAVE,
                 .stop_timeout_usec = 60ULL * 1000000ULL,
                 .qmp_timeout_usec = 5ULL * 1000000ULL,
+                .api_max_connections = 128,
+                .api_idle_timeout_usec = 300ULL * 1000000ULL,
         };
 }
 
@@ -59,6 +61,18 @@ static int set_seconds(uint64_t *field, const char *key, const char *value, Hydr
         return 0;
 }
 
+static int set_unsigned(unsigned *field, const char *key, const char *value, unsigned max, HydraError *err) {
+        char *end;
+        unsigned long v;
+
+        errno = 0;
+        v = strtoul(value, &end, 10);
+        if (errno != 0 || end == value || *end || value[0] == '-' || v == 0 || v > max)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a number (allowed: 1-%u)", key, value, max);
+        *field = (unsigned) v;
+        return 0;
+}
+
 int config_set(HydraConfig *c, const char *key, const char *value, HydraError *err) {
         int r;
 
@@ -78,6 +92,10 @@ int config_set(HydraConfig *c, const char *key, const char *value, HydraError *e
                 return set_seconds(&c->stop_timeout_usec, key, value, err);
         if (streq(key, "qmp_timeout"))
                 return set_seconds(&c->qmp_timeout_usec, key, value, err);
+        if (streq(key, "api_max_connections"))
+                return set_unsigned(&c->api_max_connections, key, value, 65536, err);
+        if (streq(key, "api_idle_timeout"))
+                return set_seconds(&c->api_idle_timeout_usec, key, value, err);
         if (streq(key, "log_level")) {
                 r = log_level_from_string(value);
                 if (r < 0)

@@ -24,6 +24,8 @@ typedef struct HydraConfig {
         OnExit on_exit;
         uint64_t stop_timeout_usec; /* graceful stop default (StopVm timeout 0, on-exit=stop) */
         uint64_t qmp_timeout_usec;  /* per QMP command */
+        unsigned api_max_connections; /* API connections open at once; more are closed at once (default 128) */
+        uint64_t api_idle_timeout_usec; /* an API connection without calls for this long is closed (default 5 min) */
         char *qemu_x86_64;          /* QEMU binaries; default found on $PATH */
         char *qemu_aarch64;
 } HydraConfig;

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "console.h"
+#include "listener.h"
 #include "log.h"
 #include "macro.h"
 
@@ -29,7 +30,6 @@
 #define CONSOLE_READ_CHUNK (16U * 1024U)
 #define CONSOLE_READS_PER_WAKEUP 64U /* 1 MiB */
 #define CONSOLE_LOG_ERROR_INTERVAL_USEC (60ULL * 1000000ULL)
-#define CONSOLE_ACCEPT_RETRY_USEC (1000ULL * 1000ULL)
 #define CONSOLE_REFUSAL "hydrad: too many clients on this console, try again later\r\n"
 
 /* Bytes [start, end) of data are queued. */
@@ -65,9 +65,8 @@ struct Console {
         uint64_t log_lost;       /* bytes not written since then */
 
         char *listen_path;
-        int listen_fd;
-        sd_event_source *listen_source;
-        sd_event_source *accept_retry;
+        Listener *listener;
+        bool listening;      /* console.sock is ours to remove */
 
         char *qemu_path;
         int qemu_fd;
@@ -345,6 +344,7 @@ static void client_free(ConsoleClient *cl) {
         safe_close(cl->fd);
         buffer_done(&cl->out);
         free(cl);
+        listener_connection_closed(c->listener);
 }
 
 static void client_drop(ConsoleClient *cl, int error, const char *why) {
@@ -466,52 +466,17 @@ static int client_add(Console *c, int fd_in) {
         return 0;
 }
 
-static int on_accept_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        Console *c = userdata;
-
-        c->accept_retry = sd_event_source_disable_unref(c->accept_retry);
-        (void) sd_event_source_set_enabled(c->listen_source, SD_EVENT_ON);
-        return 0;
+static int on_connection(int fd, void *userdata) {
+        return client_add(userdata, fd);
 }
 
-static int on_accept(sd_event_source *s, int listen_fd, uint32_t revents, void *userdata) {
+static unsigned count_clients(void *userdata) {
         Console *c = userdata;
-        int r;
+        return c->n_clients;
+}
 
-        for (;;) {
-                _cleanup_close_ int fd = -EBADF;
-
-                fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0) {
-                        if (errno == EINTR || errno == ECONNABORTED)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        /* EMFILE and the like: the connection stays pending and epoll would report it again at
-                         * once. Pause accepting instead of spinning. */
-                        r = -errno;
-                        log_warning_errno(r, "console '%s': cannot accept a client, pausing for a second: %m",
-                                          c->listen_path);
-                        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-                        if (sd_event_add_time_relative(c->event, &c->accept_retry, CLOCK_MONOTONIC,
-                                                       CONSOLE_ACCEPT_RETRY_USEC, 0, on_accept_retry, c) >= 0)
-                                (void) sd_event_source_set_description(c->accept_retry, "console-accept-retry");
-                        else
-                                (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
-                        return 0;
-                }
-
-                if (c->n_clients >= CONSOLE_CLIENTS_MAX) {
-                        log_debug("console '%s': %u clients attached, refusing another", c->listen_path,
-                                  c->n_clients);
-                        (void) send(fd, CONSOLE_REFUSAL, strlen(CONSOLE_REFUSAL), MSG_NOSIGNAL | MSG_DONTWAIT);
-                        continue;
-                }
-
-                r = client_add(c, TAKE_FD(fd));
-                if (r < 0)
-                        log_warning_errno(r, "console '%s': cannot attach a client, ignoring: %m", c->listen_path);
-        }
+static void refuse_client(int fd, void *userdata) {
+        (void) send(fd, CONSOLE_REFUSAL, strlen(CONSOLE_REFUSAL), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 /* --- QEMU --- */
@@ -700,42 +665,27 @@ unsigned console_get_n_clients(const Console *c) {
 /* --- life --- */
 
 static int console_listen(Console *c, mode_t mode, gid_t gid, HydraError *err) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = -EBADF;
-        int r;
+        _cleanup_free_ char *name = NULL;
+        int fd, r;
 
-        if (strlen(c->listen_path) >= sizeof(sa.sun_path))
-                return hydra_error_set(err, -ENAMETOOLONG, "console socket path '%s' is too long", c->listen_path);
-        strcpy(sa.sun_path, c->listen_path);
+        r = unix_listen("console socket", c->listen_path, mode, gid, &fd, NULL, err);
+        if (r < 0)
+                return r;
+        c->listening = true; /* from here on, console_free() removes the path */
 
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-                return hydra_error_set(err, -errno, "console socket: %s", strerror(errno));
-        /* A socket left by a hydrad that died. */
-        if (unlink(c->listen_path) < 0 && errno != ENOENT)
-                return hydra_error_set(err, -errno, "remove stale console socket '%s': %s", c->listen_path,
-                                       strerror(errno));
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return hydra_error_set(err, -errno, "bind console socket '%s': %s", c->listen_path,
-                                       strerror(errno));
-        c->listen_fd = TAKE_FD(fd); /* from here on, console_free() removes the path */
-
-        /* Mode and group before listen(): until then a connect() is refused, so no one slips in under the umask's
-         * mode. */
-        if (chmod(c->listen_path, mode) < 0)
-                return hydra_error_set(err, -errno, "chmod console socket '%s': %s", c->listen_path,
-                                       strerror(errno));
-        if (gid != (gid_t) -1 && chown(c->listen_path, (uid_t) -1, gid) < 0)
-                return hydra_error_set(err, -errno, "chown console socket '%s' to group %u: %s", c->listen_path,
-                                       (unsigned) gid, strerror(errno));
-        if (listen(c->listen_fd, SOMAXCONN) < 0)
-                return hydra_error_set(err, -errno, "listen on console socket '%s': %s", c->listen_path,
-                                       strerror(errno));
-
-        r = sd_event_add_io(c->event, &c->listen_source, c->listen_fd, EPOLLIN, on_accept, c);
+        if (asprintf(&name, "console '%s'", c->listen_path) < 0)
+                name = NULL;
+        r = listener_new(c->event, fd, &(ListenerConfig) {
+                                 .name = name ?: c->listen_path,
+                                 .description = "console-listen",
+                                 .max_connections = CONSOLE_CLIENTS_MAX,
+                                 .on_connection = on_connection,
+                                 .count = count_clients,
+                                 .refuse = refuse_client,
+                                 .userdata = c,
+                         }, &c->listener);
         if (r < 0)
                 return hydra_error_set(err, r, "watch console socket '%s': %s", c->listen_path, strerror(-r));
-        (void) sd_event_source_set_description(c->listen_source, "console-listen");
         return 0;
 }
 
@@ -751,7 +701,7 @@ int console_new(sd_event *e, const ConsoleConfig *cfg, Console **ret, HydraError
                 return hydra_error_set(err, -ENOMEM, "out of memory");
         c->n_ref = 1;
         c->event = sd_event_ref(e);
-        c->log_fd = c->listen_fd = c->qemu_fd = -EBADF;
+        c->log_fd = c->qemu_fd = -EBADF;
         c->log_max_bytes = cfg->log_max_bytes ?: CONSOLE_LOG_MAX_BYTES_DEFAULT;
         c->log_keep = cfg->log_keep ?: CONSOLE_LOG_KEEP_DEFAULT;
         c->on_data = cfg->on_data;
@@ -788,10 +738,9 @@ Console *console_free(Console *c) {
         while (c->clients)
                 client_free(c->clients);
 
-        c->accept_retry = sd_event_source_disable_unref(c->accept_retry);
-        c->listen_source = sd_event_source_disable_unref(c->listen_source);
-        if (c->listen_fd >= 0) {
-                c->listen_fd = safe_close(c->listen_fd);
+        c->listener = listener_free(c->listener);
+        if (c->listening) {
+                c->listening = false;
                 (void) unlink(c->listen_path);
         }
         c->log_fd = safe_close(c->log_fd);

@@ -9,6 +9,7 @@
 #include "api.h"
 #include "config.h"
 #include "grpc_probe.h"
+#include "instance.h"
 #include "log.h"
 #include "manager.h"
 
@@ -17,6 +18,7 @@ typedef struct Daemon {
         HydraConfig config;
         Manager *manager;
         Api *api;
+        int lock_fds[2];        /* the run and state directories' hydrad.lock, held for our life */
         bool exiting;
 } Daemon;
 
@@ -130,7 +132,7 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
 }
 
 int main(int argc, char *argv[]) {
-        Daemon d = {};
+        Daemon d = { .lock_fds = { -EBADF, -EBADF } };
         HydraError err;
         sigset_t mask;
         int r;
@@ -165,6 +167,17 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
         signal(SIGPIPE, SIG_IGN);
+
+        /* Before anything touches the run or state directory: a second hydrad started there by mistake would
+         * otherwise adopt the first one's QEMUs (rebinding console.sock, rewriting runtime.json) before the API
+         * socket refused it (issue 9). */
+        r = instance_lock((const char *const[]) { d.config.run_dir, d.config.state_dir },
+                          (const char *const[]) { "run directory", "state directory" }, ELEMENTSOF(d.lock_fds),
+                          d.lock_fds, &err);
+        if (r < 0) {
+                log_error("%s", err.message);
+                goto out;
+        }
 
         r = sd_event_default(&d.event);
         if (r < 0) {
@@ -206,6 +219,8 @@ out:
         d.api = api_free(d.api);
         d.manager = manager_free(d.manager);
         d.event = sd_event_unref(d.event);
+        for (size_t i = 0; i < ELEMENTSOF(d.lock_fds); i++)
+                d.lock_fds[i] = safe_close(d.lock_fds[i]);
         config_done(&d.config);
         return r < 0 ? 1 : 0;
 }

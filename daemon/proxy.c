@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include "listener.h"
 #include "log.h"
 #include "macro.h"
 #include "proxy.h"
@@ -25,8 +26,6 @@
  * are shut): what is meant for it is dropped. A direction is done when its EOF was passed on or its receiver hung
  * up; the pair is closed when both are. Any error closes the pair. systemd's socket-proxyd closes a pair at the
  * first EOF; a gRPC client may half-close, so we do not. */
-
-#define PROXY_ACCEPT_RETRY_USEC (1000ULL * 1000ULL)
 
 typedef struct ProxyConnection ProxyConnection;
 
@@ -55,9 +54,8 @@ struct ProxyConnection {
 struct Proxy {
         sd_event *event;
         char *listen_path;
-        int listen_fd;
-        sd_event_source *listen_source;
-        sd_event_source *accept_retry;
+        Listener *listener;
+        bool listening;     /* the socket file is ours to remove */
 
         struct sockaddr_storage target;
         socklen_t target_len;
@@ -177,6 +175,7 @@ static void connection_free(ProxyConnection *c) {
         side_done(&c->client);
         side_done(&c->target);
         free(c);
+        listener_connection_closed(p->listener);
 }
 
 static void connection_close(ProxyConnection *c, int error, const char *why) {
@@ -388,94 +387,36 @@ fail:
 
 /* --- the listener --- */
 
-static int on_accept_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        Proxy *p = userdata;
-
-        p->accept_retry = sd_event_source_disable_unref(p->accept_retry);
-        (void) sd_event_source_set_enabled(p->listen_source, SD_EVENT_ON);
-        return 0;
+static int on_connection(int fd, void *userdata) {
+        return connection_new(userdata, fd);
 }
 
-static int on_accept(sd_event_source *s, int listen_fd, uint32_t revents, void *userdata) {
+static unsigned count_connections(void *userdata) {
         Proxy *p = userdata;
-        int r;
-
-        for (;;) {
-                _cleanup_close_ int fd = -EBADF;
-
-                fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0) {
-                        if (errno == EINTR || errno == ECONNABORTED)
-                                continue;
-                        if (errno == EAGAIN)
-                                return 0;
-                        /* EMFILE and the like: the connection stays pending and epoll would report it again at
-                         * once. Pause accepting instead of spinning. */
-                        r = -errno;
-                        log_warning_errno(r, "proxy '%s': cannot accept a connection, pausing for a second: %m",
-                                          p->listen_path);
-                        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-                        if (sd_event_add_time_relative(p->event, &p->accept_retry, CLOCK_MONOTONIC,
-                                                       PROXY_ACCEPT_RETRY_USEC, 0, on_accept_retry, p) >= 0)
-                                (void) sd_event_source_set_description(p->accept_retry, "proxy-accept-retry");
-                        else
-                                (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
-                        return 0;
-                }
-
-                if (p->n_connections >= PROXY_CONNECTIONS_MAX) {
-                        log_debug("proxy '%s': %u connections open, refusing another", p->listen_path,
-                                  p->n_connections);
-                        continue;
-                }
-
-                r = connection_new(p, TAKE_FD(fd));
-                if (r < 0)
-                        log_warning_errno(r, "proxy '%s': cannot serve a connection, ignoring: %m", p->listen_path);
-        }
+        return p->n_connections;
 }
 
 static int proxy_listen(Proxy *p, mode_t mode, gid_t gid, HydraError *err) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = -EBADF;
-        struct stat st;
-        int r;
+        _cleanup_free_ char *name = NULL;
+        int fd, r;
 
-        if (strlen(p->listen_path) >= sizeof(sa.sun_path))
-                return hydra_error_set(err, -ENAMETOOLONG, "proxy socket path '%s' is too long", p->listen_path);
-        strcpy(sa.sun_path, p->listen_path);
+        r = unix_listen("proxy socket", p->listen_path, mode, gid, &fd, NULL, err);
+        if (r < 0)
+                return r;
+        p->listening = true; /* from here on, proxy_free() removes the path */
 
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-                return hydra_error_set(err, -errno, "proxy socket: %s", strerror(errno));
-        /* A socket left by a hydrad that died goes; anything else at that path is not ours to remove. */
-        if (lstat(p->listen_path, &st) == 0) {
-                if (!S_ISSOCK(st.st_mode))
-                        return hydra_error_set(err, -EEXIST, "'%s' exists and is not a socket", p->listen_path);
-                if (unlink(p->listen_path) < 0 && errno != ENOENT)
-                        return hydra_error_set(err, -errno, "remove stale socket '%s': %s", p->listen_path,
-                                               strerror(errno));
-        } else if (errno != ENOENT)
-                return hydra_error_set(err, -errno, "stat '%s': %s", p->listen_path, strerror(errno));
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return hydra_error_set(err, -errno, "bind proxy socket '%s': %s", p->listen_path, strerror(errno));
-        p->listen_fd = TAKE_FD(fd); /* from here on, proxy_free() removes the path */
-
-        /* Mode and group before listen(): until then a connect() is refused, so no one slips in under the umask's
-         * mode. */
-        if (chmod(p->listen_path, mode) < 0)
-                return hydra_error_set(err, -errno, "chmod proxy socket '%s': %s", p->listen_path, strerror(errno));
-        if (gid != (gid_t) -1 && chown(p->listen_path, (uid_t) -1, gid) < 0)
-                return hydra_error_set(err, -errno, "chown proxy socket '%s' to group %u: %s", p->listen_path,
-                                       (unsigned) gid, strerror(errno));
-        if (listen(p->listen_fd, SOMAXCONN) < 0)
-                return hydra_error_set(err, -errno, "listen on proxy socket '%s': %s", p->listen_path,
-                                       strerror(errno));
-
-        r = sd_event_add_io(p->event, &p->listen_source, p->listen_fd, EPOLLIN, on_accept, p);
+        if (asprintf(&name, "proxy '%s'", p->listen_path) < 0)
+                name = NULL;
+        r = listener_new(p->event, fd, &(ListenerConfig) {
+                                 .name = name ?: p->listen_path,
+                                 .description = "proxy-listen",
+                                 .max_connections = PROXY_CONNECTIONS_MAX,
+                                 .on_connection = on_connection,
+                                 .count = count_connections,
+                                 .userdata = p,
+                         }, &p->listener);
         if (r < 0)
                 return hydra_error_set(err, r, "watch proxy socket '%s': %s", p->listen_path, strerror(-r));
-        (void) sd_event_source_set_description(p->listen_source, "proxy-listen");
         return 0;
 }
 
@@ -520,7 +461,6 @@ int proxy_new(sd_event *e, const char *listen_path, mode_t mode, gid_t gid, cons
         if (!p)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
         p->event = sd_event_ref(e);
-        p->listen_fd = -EBADF;
         p->listen_path = strdup(listen_path);
         if (!p->listen_path)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
@@ -543,12 +483,9 @@ Proxy *proxy_free(Proxy *p) {
 
         while (p->connections)
                 connection_free(p->connections);
-        p->accept_retry = sd_event_source_disable_unref(p->accept_retry);
-        p->listen_source = sd_event_source_disable_unref(p->listen_source);
-        if (p->listen_fd >= 0) {
-                p->listen_fd = safe_close(p->listen_fd);
+        p->listener = listener_free(p->listener);
+        if (p->listening)
                 (void) unlink(p->listen_path);
-        }
         free(p->listen_path);
         free(p->target_name);
         sd_event_unref(p->event);
