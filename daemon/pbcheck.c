@@ -133,7 +133,9 @@ bad:
 int pb_check_strings(const ProtobufCMessageDescriptor *desc, const void *data, size_t size, HydraError *err) {
         char path[512] = "";
 
-        if (size > 0 && !data)
-                return hydra_error_set(err, -EINVAL, "no data");
+        if (size == 0)
+                return 0; /* the empty message (data may be NULL) */
+        if (!data)
+                return hydra_error_set(err, -EBADMSG, "not a valid %s message: no data", desc->short_name);
         return check_message(desc, data, size, path, sizeof(path), 0, err);
 }
