@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "console.h"
 #include "fromenv.h"
@@ -348,7 +349,7 @@ static int hash_guest_password(Hydra__V1__VmSpec *spec, const Hydra__V1__VmSpec 
         else if (password_hash_yescrypt(g->password, &hash, &err) < 0) {
                 fprintf(stderr, "hydractl: guest.password: %s\n", err.message);
                 (void) spec_field_set(&g->password, NULL);
-                return EXIT_RPC;
+                return err.code == -EINVAL ? EXIT_USAGE : EXIT_RPC;
         }
         r = hash ? spec_field_set(&g->password_hash, hash) : -ENOMEM;
         /* Wiped either way: spec_field_set() zeroes a string before freeing it. */
@@ -1172,6 +1173,10 @@ int main(int argc, char *argv[]) {
                 const char *e = getenv("HYDRA_SOCKET");
                 arg_socket = isempty(e) ? DEFAULT_SOCKET : e;
         }
+        /* gRPC would only say "Failed to create secure client channel". */
+        if (strlen(arg_socket) >= sizeof_field(struct sockaddr_un, sun_path))
+                return usage_error(NULL, "socket path '%s' is too long (%zu bytes, the limit is %zu)", arg_socket,
+                                   strlen(arg_socket), sizeof_field(struct sockaddr_un, sun_path) - 1);
 
         /* A closed stdout is a write error, not a silent death. */
         (void) signal(SIGPIPE, SIG_IGN);

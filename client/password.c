@@ -37,6 +37,8 @@ static int hash_with_setting(const char *password, const char *setting, char **r
 
         if (!d)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
+        if (strlen(password) > PASSWORD_MAX_BYTES)
+                return hydra_error_set(err, -EINVAL, "the password is longer than %d bytes", PASSWORD_MAX_BYTES);
         errno = 0;
         h = crypt_rn(password, setting, d, (int) sizeof(*d));
         /* Failures return NULL, or with some builds a string starting with '*' ("*0"). */

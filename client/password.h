@@ -1,9 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <crypt.h>
 #include <stdbool.h>
 
 #include "error.h"
+
+/* The longest password libcrypt hashes (crypt_rn() refuses CRYPT_MAX_PASSPHRASE_SIZE bytes and more, with
+ * ERANGE). hydrad has the same limit. */
+#define PASSWORD_MAX_BYTES (CRYPT_MAX_PASSPHRASE_SIZE - 1)
 
 /* Guest password hashes (libcrypt). hydractl never sends a cleartext password: it sends one of these. Errors
  * never quote the password. */

@@ -15,7 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "password.h"
 #include "specfile.h"
+#include "utf8.h"
 
 /* Longest line we accept; inih's buffer is made larger so that it never splits a line (see spec_load_file). */
 #define SPEC_MAX_LINE 4096
@@ -654,39 +656,6 @@ static bool has_control(const char *s) {
         return false;
 }
 
-/* protobuf strings must be UTF-8; protobuf-c does not check, the daemon's other clients do. */
-static bool utf8_valid(const char *s) {
-        const unsigned char *p = (const unsigned char *) s;
-
-        while (*p) {
-                size_t n;
-                uint32_t c;
-
-                if (*p < 0x80) {
-                        p++;
-                        continue;
-                }
-                if ((*p & 0xe0) == 0xc0)
-                        n = 1, c = *p & 0x1f;
-                else if ((*p & 0xf0) == 0xe0)
-                        n = 2, c = *p & 0x0f;
-                else if ((*p & 0xf8) == 0xf0)
-                        n = 3, c = *p & 0x07;
-                else
-                        return false;
-                p++;
-                for (size_t i = 0; i < n; i++, p++) {
-                        if ((*p & 0xc0) != 0x80)
-                                return false;
-                        c = (c << 6) | (*p & 0x3f);
-                }
-                if ((n == 1 && c < 0x80) || (n == 2 && c < 0x800) || (n == 3 && c < 0x10000) || c > 0x10ffff ||
-                    (c >= 0xd800 && c <= 0xdfff))
-                        return false;
-        }
-        return true;
-}
-
 static bool all_chars_in(const char *s, const char *extra) {
         for (const char *p = s; *p; p++)
                 if (!isalnum((unsigned char) *p) && !strchr(extra, *p))
@@ -921,7 +890,7 @@ static int read_ssh_key_file(Hydra__V1__Guest *guest, const char *path, HydraErr
                         *--e = '\0';
                 if (*s == '\0' || *s == '#')
                         continue;
-                if (has_control(s) || !utf8_valid(s) || !ssh_key_valid(s)) {
+                if (has_control(s) || !utf8_valid(s, strlen(s)) || !ssh_key_valid(s)) {
                         r = hydra_error_set(err, -EINVAL, "guest.ssh_key_file: '%s' is not an OpenSSH public key "
                                             "file (expected lines such as 'ssh-ed25519 AAAA... user@host')", path);
                         break;
@@ -1174,22 +1143,34 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
         uint64_t v;
         int i, r;
 
-        /* Checks every string type shares: one line, UTF-8. A secret is never quoted. */
-        if (has_control(value) || !utf8_valid(value)) {
+        /* Checks every string type shares: UTF-8 (protobuf strings must be; protobuf-c does not check, the
+         * daemon's other clients do), one line. A secret is never quoted, nor bytes that are not UTF-8. */
+        if (!utf8_valid(value, strlen(value)))
+                return hydra_error_set(err, -EINVAL, "%s: the value is not valid UTF-8", key_name);
+        if (has_control(value)) {
                 if (key_table[key].secret)
-                        return hydra_error_set(err, -EINVAL, "%s: the value holds a control character or is not "
-                                               "UTF-8", key_name);
-                return bad_value(err, key_name, value, "holds a control character or is not UTF-8");
+                        return hydra_error_set(err, -EINVAL, "%s: the value holds a control character", key_name);
+                return bad_value(err, key_name, value, "holds a control character");
         }
 
         switch (type) {
         case VT_CPUS:
                 if (parse_u64(value, &v) < 0 || v > UINT32_MAX)
                         return bad_value(err, key_name, value, "is not a number (allowed: 1-255)");
+                /* 0 on the wire means "the default": refused here rather than silently turned into 2. */
+                if (v < 1 || v > 255)
+                        return bad_value(err, key_name, value, "is out of range (allowed: 1-255)");
                 *(uint32_t *) field = (uint32_t) v;
                 return 0;
         case VT_MEMORY:
-                return parse_size(key_name, value, 10, field, err);
+                r = parse_size(key_name, value, 10, &v, err);
+                if (r < 0)
+                        return r;
+                if (v == 0) /* the same: 0 would mean the default (2048 MiB) */
+                        return bad_value(err, key_name, value, "is out of range (allowed: at least 64M; leave the "
+                                         "key out for the default)");
+                *(uint64_t *) field = v;
+                return 0;
         case VT_SIZE_GIB:
                 r = parse_size(key_name, value, 20, &v, err);
                 if (r < 0)
@@ -1278,6 +1259,10 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 break;
         case VT_TEXT:
         case VT_SECRET:
+                /* Checked here, not when hashing: hydractl would otherwise ask hydrad first and fail after. */
+                if (key == KEY_GUEST_PASSWORD && strlen(value) > PASSWORD_MAX_BYTES)
+                        return hydra_error_set(err, -EINVAL, "%s: the password is longer than %d bytes", key_name,
+                                               PASSWORD_MAX_BYTES);
                 break;
         case VT_PATH:
                 abs = path_absolute(value, base_dir);
@@ -1415,6 +1400,7 @@ typedef struct ParseContext {
         FILE *f;                 /* borrowed */
         unsigned line;           /* the physical line inih is on */
         size_t line_len;
+        unsigned nul_line;       /* a line that holds a NUL byte, not yet reported (inih sees it cut short) */
         bool at_line_start;
         bool failed;             /* err is set; ignore the rest */
         unsigned seen[_KEY_MAX]; /* line that set a non-repeatable key, 0 if none did (by key_slot) */
@@ -1423,22 +1409,45 @@ typedef struct ParseContext {
         HydraError *err;
 } ParseContext;
 
-/* fgets() for inih, counting lines: inih does not pass line numbers to the handler in Debian's build. The
- * buffer is wiped before each line and at the end, so that no secret stays in inih's buffer. */
+/* A NUL byte cuts a line short for inih (and for every C string after it): a value would be silently truncated
+ * ("a\0b" read as "a"). on_ini_entry() reports it naming the key; a NUL elsewhere (a comment, a section header)
+ * is reported here, once inih is done with its line. */
+static int nul_line_fail(ParseContext *ctx) {
+        if (ctx->nul_line == 0 || ctx->failed)
+                return 0;
+        hydra_error_set(ctx->err, -EINVAL, "%s:%u: the line holds a NUL byte", ctx->name, ctx->nul_line);
+        ctx->failed = true;
+        return -EINVAL;
+}
+
+/* fgets() for inih, counting lines: inih does not pass line numbers to the handler in Debian's build. Byte by
+ * byte rather than fgets(), which would hide a NUL byte. The buffer is wiped before each line and at the end, so
+ * that no secret stays in inih's buffer. */
 static char *ini_read_line(char *buf, int size, void *userdata) {
         ParseContext *ctx = userdata;
-        size_t n;
+        size_t n = 0;
+        int c;
 
         explicit_bzero(buf, (size_t) size);
-        if (ctx->failed || !fgets(buf, size, ctx->f))
+        if (ctx->failed)
+                return NULL;
+        if (ctx->at_line_start && nul_line_fail(ctx) < 0)
+                return NULL;
+        while (n + 1 < (size_t) size && (c = getc_unlocked(ctx->f)) != EOF) {
+                buf[n++] = (char) c;
+                if (c == '\n')
+                        break;
+        }
+        if (n == 0)
                 return NULL;
         if (ctx->at_line_start) {
                 ctx->line++;
                 ctx->line_len = 0;
         }
-        n = strlen(buf);
+        if (memchr(buf, '\0', n) && ctx->nul_line == 0)
+                ctx->nul_line = ctx->line;
         ctx->line_len += n;
-        ctx->at_line_start = n > 0 && buf[n - 1] == '\n';
+        ctx->at_line_start = buf[n - 1] == '\n';
         if (ctx->line_len > SPEC_MAX_LINE) {
                 hydra_error_set(ctx->err, -EINVAL, "%s:%u: line is longer than %d bytes", ctx->name, ctx->line,
                                 SPEC_MAX_LINE);
@@ -1455,6 +1464,11 @@ static int on_ini_entry(void *userdata, const char *section, const char *name, c
 
         if (ctx->failed)
                 return 0;
+        if (ctx->nul_line == ctx->line) {
+                /* Never the value: it may be a secret. */
+                hydra_error_set(ctx->err, -EINVAL, "%s.%s: the value holds a NUL byte", section, name);
+                goto fail;
+        }
 
         key = key_lookup(section, name, ctx->err);
         if (key < 0)
@@ -1569,6 +1583,8 @@ int spec_load_file(Hydra__V1__VmSpec *spec, const char *path, SpecFileInfo *ret_
         ctx.base_dir = base_dir;
 
         r = ini_parse_stream(ini_read_line, &ctx, on_ini_entry, &ctx);
+        /* A NUL on the last line, or one that made inih see a syntax error: the NUL is the news. */
+        (void) nul_line_fail(&ctx);
         if (ctx.failed)
                 r = err ? err->code : -EINVAL;
         else if (ferror(f))

@@ -17,6 +17,7 @@
 #define _unlikely_(x) (__builtin_expect(!!(x), 0))
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#define sizeof_field(type, member) sizeof(((type *) 0)->member)
 
 #define TAKE_PTR(p)                        \
         ({                                 \

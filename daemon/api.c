@@ -24,6 +24,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "hydra/v1/hydra.pb-c.h"
 #include "log.h"
+#include "pbcheck.h"
 #include "vm.h"
 
 #define SHUTDOWN_GRACE_USEC (5ULL * 1000000ULL)
@@ -631,16 +632,27 @@ static int codec_encode(const VmSpec *spec, void **ret_data, size_t *ret_size) {
         return 0;
 }
 
-static int codec_decode(const void *data, size_t size, VmSpec *ret) {
+static int codec_decode(const void *data, size_t size, VmSpec *ret, HydraError *err) {
         Hydra__V1__VmSpec *p;
         int r;
 
-        p = hydra__v1__vm_spec__unpack(NULL, size, data);
+        /* A string protobuf-c would take but no conformant client could decode when served (or cut at a NUL). */
+        r = pb_check_strings(&hydra__v1__vm_spec__descriptor, data, size, err);
+        if (r == -ENOMEM)
+                return r;
+        if (r == -EINVAL)
+                goto bad; /* err names the field */
+        p = r < 0 ? NULL : hydra__v1__vm_spec__unpack(NULL, size, data);
         if (!p)
-                return -EBADMSG;
-        r = spec_from_pb(p, ret, NULL);
+                return hydra_error_set(err, -EBADMSG, "not a valid stored spec (truncated or corrupt)");
+        r = spec_from_pb(p, ret, err);
         hydra__v1__vm_spec__free_unpacked(p, NULL);
-        return r == -EINVAL ? -EBADMSG : r;
+        if (r != -EINVAL)
+                return r;
+bad:
+        if (err)
+                err->code = -EBADMSG;
+        return -EBADMSG;
 }
 
 const SpecCodec api_spec_codec = {
@@ -990,13 +1002,46 @@ static grpc_byte_buffer *event_pack(Api *a, const HydraEvent *ev, Vm *vm) {
 
 /* --- handlers --- */
 
-#define DECODE(c, type, fn, data, size)                                                             \
-        ({                                                                                          \
-                type *_m = fn##__unpack(NULL, size, data);                                          \
-                if (!_m)                                                                            \
-                        call_fail(c, -EINVAL, "request is not a valid " #type " message");          \
-                _m;                                                                                 \
-        })
+/* The RPC's name as the client called it: "RegisterVm" for "/hydra.v1.Hydra/RegisterVm". */
+static const char *call_rpc_name(const Call *c) {
+        const char *slash;
+
+        if (!c->method)
+                return "?";
+        slash = strrchr(c->method->path, '/');
+        return slash ? slash + 1 : c->method->path;
+}
+
+/* Unpacks a request, after checking what protobuf-c does not: every string is UTF-8 without a NUL byte (stored,
+ * a bad one would make every conformant client fail to decode GetVm/ListVms; a NUL would cut the string short).
+ * Replies INVALID_ARGUMENT naming the field and returns NULL on failure. */
+static ProtobufCMessage *call_decode(Call *c, const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                     size_t size) {
+        ProtobufCMessage *m;
+        HydraError err;
+        char msg[sizeof(err.message) + 64];
+        int r;
+
+        hydra_error_clear(&err);
+        r = pb_check_strings(desc, data, size, &err);
+        if (r == -EINVAL) {
+                call_fail(c, -EINVAL, err.message);
+                return NULL;
+        }
+        if (r == -ENOMEM) {
+                call_fail(c, -ENOMEM, "out of memory");
+                return NULL;
+        }
+        m = r < 0 ? NULL : protobuf_c_message_unpack(desc, NULL, size, data);
+        if (!m) {
+                (void) snprintf(msg, sizeof(msg), "the %s request is not a valid protobuf message",
+                                call_rpc_name(c));
+                call_fail(c, -EINVAL, msg);
+        }
+        return m;
+}
+
+#define DECODE(c, type, fn, data, size) ((type *) call_decode(c, &fn##__descriptor, data, size))
 
 /* Looks up the VM for a request's role; replies with the error itself when there is none. */
 static Vm *call_get_vm(Call *c, Hydra__V1__Role pb_role, bool must_be_registered) {

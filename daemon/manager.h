@@ -21,8 +21,9 @@ typedef struct Vm Vm;
  * core never includes a .pb-c.h; tests pass their own. */
 typedef struct SpecCodec {
         int (*encode)(const VmSpec *spec, void **ret_data, size_t *ret_size);
-        /* Returns 0, or -EBADMSG for bytes that are not a VmSpec. */
-        int (*decode)(const void *data, size_t size, VmSpec *ret_spec);
+        /* Returns 0, or -EBADMSG for bytes that are not a VmSpec, with err saying why (naming the field when
+         * a string is not UTF-8 or holds a NUL byte). */
+        int (*decode)(const void *data, size_t size, VmSpec *ret_spec, HydraError *err);
 } SpecCodec;
 
 /* containerd's Version over gRPC, for the readiness probe. gRPC lives outside the core (daemon/grpc_probe.c, in

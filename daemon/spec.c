@@ -1318,6 +1318,10 @@ int vm_spec_hash_password(VmSpec *spec, HydraError *err) {
 
         if (!spec->guest.password)
                 return 0;
+        /* crypt_rn() refuses longer phrases (ERANGE): the client's input, not our failure. */
+        if (strlen(spec->guest.password) >= CRYPT_MAX_PASSPHRASE_SIZE)
+                return hydra_error_set(err, -EINVAL, "guest.password: the password is longer than %d bytes "
+                                       "(value not shown: it is a secret)", CRYPT_MAX_PASSPHRASE_SIZE - 1);
 
         data = calloc(1, sizeof(*data));
         if (!data)

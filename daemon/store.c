@@ -67,8 +67,8 @@ fail:
         return r;
 }
 
-int store_read(const char *dir, const char *name, size_t max_size, void **ret_data, size_t *ret_size,
-               HydraError *err) {
+static int read_file(const char *dir, const char *name, size_t max_size, bool trusted, void **ret_data,
+                     size_t *ret_size, HydraError *err) {
         _cleanup_free_ char *path = NULL, *buf = NULL;
         _cleanup_close_ int fd = -EBADF;
         struct stat st;
@@ -87,6 +87,13 @@ int store_read(const char *dir, const char *name, size_t max_size, void **ret_da
                 return hydra_error_set(err, -errno, "stat '%s': %s", path, strerror(errno));
         if (!S_ISREG(st.st_mode))
                 return hydra_error_set(err, -EBADFD, "'%s' is not a regular file", path);
+        if (trusted && st.st_uid != geteuid())
+                return hydra_error_set(err, -EPERM, "'%s' is owned by uid %u, not by hydrad's user (uid %u): "
+                                       "refusing to trust it", path, (unsigned) st.st_uid, (unsigned) geteuid());
+        if (trusted && (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+                return hydra_error_set(err, -EPERM, "'%s' is %s-writable (mode %04o): refusing to trust it "
+                                       "(chmod go-w it if its contents are right)", path,
+                                       (st.st_mode & S_IWOTH) ? "world" : "group", (unsigned) (st.st_mode & 07777));
         if ((size_t) st.st_size > max_size)
                 return hydra_error_set(err, -EFBIG, "'%s' is %lld bytes, more than the %zu allowed", path,
                                        (long long) st.st_size, max_size);
@@ -109,6 +116,16 @@ int store_read(const char *dir, const char *name, size_t max_size, void **ret_da
         *ret_data = TAKE_PTR(buf);
         *ret_size = have;
         return 0;
+}
+
+int store_read(const char *dir, const char *name, size_t max_size, void **ret_data, size_t *ret_size,
+               HydraError *err) {
+        return read_file(dir, name, max_size, false, ret_data, ret_size, err);
+}
+
+int store_read_trusted(const char *dir, const char *name, size_t max_size, void **ret_data, size_t *ret_size,
+                       HydraError *err) {
+        return read_file(dir, name, max_size, true, ret_data, ret_size, err);
 }
 
 int store_remove(const char *dir, const char *name) {

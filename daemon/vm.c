@@ -1526,7 +1526,7 @@ int vm_load(Vm *vm, HydraError *err) {
         size_t size;
         int r;
 
-        r = store_read(vm->state_dir, SPEC_FILE, SPEC_MAX_SIZE, &data, &size, err);
+        r = store_read_trusted(vm->state_dir, SPEC_FILE, SPEC_MAX_SIZE, &data, &size, err);
         if (r == -ENOENT)
                 return 0;
         if (r < 0)
@@ -1534,10 +1534,9 @@ int vm_load(Vm *vm, HydraError *err) {
         /* An empty message decodes as an all-defaults spec: a stored spec is never empty, so this is a truncation. */
         if (size == 0)
                 return hydra_error_set(err, -EBADMSG, "'%s/%s' is empty (truncated)", vm->state_dir, SPEC_FILE);
-        r = codec->decode(data, size, &spec);
+        r = codec->decode(data, size, &spec, err);
         if (r < 0)
-                return hydra_error_set(err, r, "'%s/%s' is not a valid stored spec (truncated or corrupt)",
-                                       vm->state_dir, SPEC_FILE);
+                return hydra_error_prefix(err, "'%s/%s': ", vm->state_dir, SPEC_FILE);
         r = vm_spec_apply_defaults(&spec);
         if (r >= 0)
                 r = vm_spec_validate(&spec, err);

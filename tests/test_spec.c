@@ -599,6 +599,32 @@ START_TEST(test_reject_quotes_escaped) {
 }
 END_TEST
 
+/* --- the guest password: hashed by hydrad when a client sends it in the clear --- */
+
+START_TEST(test_hash_password_limit) {
+        _cleanup_(vm_spec_done) VmSpec a = {};
+        HydraError err = {};
+        char pw[600];
+
+        /* libcrypt hashes at most 511 bytes: longer is the client's error, said up front, not a hashing failure. */
+        memset(pw, 'p', 512);
+        pw[512] = '\0';
+        set(&a.guest.password, pw);
+        ck_assert_int_eq(vm_spec_hash_password(&a, &err), -EINVAL);
+        ck_assert_str_eq(err.message, "guest.password: the password is longer than 511 bytes (value not shown: it is "
+                         "a secret)");
+        ck_assert_ptr_null(a.guest.password_hash);
+
+        pw[511] = '\0';
+        set(&a.guest.password, pw);
+        ck_assert_int_eq(vm_spec_hash_password(&a, &err), 0);
+        ck_assert_ptr_null(a.guest.password);
+        ck_assert_ptr_nonnull(a.guest.password_hash);
+        ck_assert(strncmp(a.guest.password_hash, "$y$", 3) == 0);
+        ck_assert(vm_spec_password_matches(pw, a.guest.password_hash));
+}
+END_TEST
+
 /* --- copy / equal / done --- */
 
 START_TEST(test_copy_equal) {
@@ -693,6 +719,7 @@ static Suite *spec_suite(void) {
         tcase_add_test(tc, test_copy_equal);
         tcase_add_test(tc, test_equal_unset_forms);
         tcase_add_test(tc, test_copy_empty_and_done);
+        tcase_add_test(tc, test_hash_password_limit);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("accepted");

@@ -540,6 +540,49 @@ expect_fail "--set value with a newline" 2 "kernel.cmdline: 'quiet\\\\nrw' holds
     -- spec-dump --set "kernel.cmdline=quiet
 rw"
 
+# --- what the file cannot carry: NUL bytes, invalid UTF-8; 0 for cpus/memory (the default on the wire) ---
+printf '[vm]\ncpus = 1\n[guest]\nhostname = a\0b\n' >"$BAD"
+expect_fail "a NUL byte in a value names file:line and the key" 2 "^hydractl: $BAD:4: guest.hostname: the value holds a NUL byte" \
+    -- spec-dump --spec "$BAD"
+printf '[guest]\npassword = sec\0ret' >"$BAD"
+chmod 600 "$BAD"
+expect_fail "a NUL byte in a password (last line, no newline): named, never shown" 2 \
+    "^hydractl: $BAD:2: guest.password: the value holds a NUL byte$" -- spec-dump --spec "$BAD"
+printf '[vm]\n# a comment \0 with a NUL\ncpus = 1\n' >"$BAD"
+expect_fail "a NUL byte in a comment" 2 "^hydractl: $BAD:2: the line holds a NUL byte" -- spec-dump --spec "$BAD"
+printf '[vm]\ncpus = 1\n[gu\0est]\n' >"$BAD"
+expect_fail "a NUL byte in a section header" 2 "^hydractl: $BAD:3: the line holds a NUL byte" -- spec-dump --spec "$BAD"
+printf '[vm]\ncpus = 1\n[guest]\nhostname = caf\xe9\n' >"$BAD"
+expect_fail "invalid UTF-8 (Latin-1) names file:line and the key" 2 "^hydractl: $BAD:4: guest.hostname: the value is not valid UTF-8$" \
+    -- spec-dump --spec "$BAD"
+printf '[kernel]\ncmdline = quiet \xed\xa0\x80\n' >"$BAD"
+expect_fail "a UTF-8-encoded surrogate is refused" 2 "^hydractl: $BAD:2: kernel.cmdline: the value is not valid UTF-8$" \
+    -- spec-dump --spec "$BAD"
+printf '[kernel]\ncmdline = quiet \xc0\xaf\n' >"$BAD"
+expect_fail "an overlong UTF-8 form is refused" 2 "^hydractl: $BAD:2: kernel.cmdline: the value is not valid UTF-8$" \
+    -- spec-dump --spec "$BAD"
+expect_value "valid UTF-8 is kept" "console=ttyS0 été" kernel.cmdline -- spec-dump --set "kernel.cmdline=console=ttyS0 été"
+printf '[vm]\ncpus = 0\n' >"$BAD"
+expect_fail "cpus = 0 refused (it would silently mean the default)" 2 "^hydractl: $BAD:2: vm.cpus: '0' is out of range \(allowed: 1-255\)" \
+    -- spec-dump --spec "$BAD"
+expect_fail "cpus = 256 refused" 2 "vm.cpus: '256' is out of range \(allowed: 1-255\)" -- spec-dump --set vm.cpus=256
+expect_value "cpus = 255 accepted" 255 cpus -- spec-dump --set vm.cpus=255
+printf '[vm]\nmemory = 0\n' >"$BAD"
+expect_fail "memory = 0 refused" 2 "^hydractl: $BAD:2: vm.memory: '0' is out of range \(allowed: at least 64M" \
+    -- spec-dump --spec "$BAD"
+expect_fail "memory = 0G refused" 2 "vm.memory: '0G' is out of range" -- spec-dump --set vm.memory=0G
+$PY -c 'import sys; open(sys.argv[1], "w").write("[guest]\npassword = " + "p" * 512 + "\n")' "$BAD"
+expect_fail "a 512-byte password: exit 2 naming the limit (no daemon needed)" 2 \
+    "^hydractl: $BAD:2: guest.password: the password is longer than 511 bytes$" \
+    -- --socket "$T/none.sock" register isolated --spec "$BAD"
+$PY -c 'import sys; open(sys.argv[1], "w").write("[guest]\npassword = " + "p" * 511 + "\n")' "$BAD"
+expect_fail "a 511-byte password is taken (then the call fails: no daemon)" 1 "^hydractl: UNAVAILABLE: " \
+    -- --socket "$T/none.sock" register isolated --spec "$BAD"
+LONG_SOCK=$T/$(printf 's%.0s' $(seq 1 120)).sock
+expect_fail "a --socket path over 107 bytes: exit 2, too long" 2 \
+    "^hydractl: socket path '$LONG_SOCK' is too long \(${#LONG_SOCK} bytes, the limit is 107\)" -- --socket "$LONG_SOCK" list
+HYDRA_SOCKET=$LONG_SOCK expect_fail "\$HYDRA_SOCKET over 107 bytes: the same" 2 "socket path '$LONG_SOCK' is too long" -- list
+
 # --- secrets: never on the command line, never shown; a readable file gets a warning ---
 for key in image.password image.token bare.password bare.token guest.password; do
     expect_fail "--set $key refused" 2 "^hydractl: --set $key: secrets are not accepted on the command line: put them in the spec file \\(mode 0600\\) or use --from-env$" \
