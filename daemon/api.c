@@ -25,6 +25,7 @@
 #include "hydra/v1/hydra.pb-c.h"
 #include "log.h"
 #include "pbcheck.h"
+#include "url.h"
 #include "vm.h"
 
 #define SHUTDOWN_GRACE_USEC (5ULL * 1000000ULL)
@@ -258,6 +259,9 @@ typedef struct SpecPb {
         Hydra__V1__PortForward **forward_ptrs;
         Hydra__V1__Share *extra;
         Hydra__V1__Share **extra_ptrs;
+        char **shown;            /* the URLs as a reply shows them (url_display) */
+        size_t n_shown;
+        char **extra_debs;
 } SpecPb;
 
 #define SECRET_SHOWN "(set)"
@@ -269,15 +273,36 @@ static char *pb_secret(const char *s, bool redact) {
         return (char *) (redact ? SECRET_SHOWN : s);
 }
 
-static void source_pb_init(Hydra__V1__Source *p, const Source *s, bool redact) {
+/* A URL in a reply: its query values and user:password@ hidden (a signed URL's credentials are there). On disk
+ * (redact false): whole. NULL on ENOMEM. */
+static char *pb_url(SpecPb *sp, const char *url, bool redact) {
+        _cleanup_free_ char *s = NULL;
+        char **l;
+
+        if (!redact || isempty(url))
+                return pb_str(url);
+        s = url_display(url);
+        l = s ? realloc(sp->shown, (sp->n_shown + 2) * sizeof(char *)) : NULL;
+        if (!l)
+                return NULL;
+        sp->shown = l;
+        sp->shown[sp->n_shown++] = s;
+        sp->shown[sp->n_shown] = NULL;
+        return TAKE_PTR(s);
+}
+
+static int source_pb_init(SpecPb *sp, Hydra__V1__Source *p, const Source *s, bool redact) {
         hydra__v1__source__init(p);
-        p->url = pb_str(s->url);
+        p->url = pb_url(sp, s->url, redact);
         p->checksum = pb_str(s->checksum);
-        p->sums_url = pb_str(s->sums_url);
+        p->sums_url = pb_url(sp, s->sums_url, redact);
+        if (!p->url || !p->sums_url)
+                return -ENOMEM;
         p->user = pb_str(s->user);
         p->password = pb_secret(s->password, redact);
         p->token = pb_secret(s->token, redact);
         p->token_header = pb_str(s->token_header);
+        return 0;
 }
 
 static int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
@@ -324,12 +349,14 @@ static int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
                 p->spec.firmware = &p->firmware;
         }
         if (s->image.url) {
-                source_pb_init(&p->image, &s->image, redact);
+                if (source_pb_init(p, &p->image, &s->image, redact) < 0)
+                        return -ENOMEM;
                 p->spec.image = &p->image;
         }
         if (s->bare.artifact.url || s->bare.encrypted_tools) {
                 hydra__v1__bare_kernel__init(&p->bare);
-                source_pb_init(&p->artifact, &s->bare.artifact, redact);
+                if (source_pb_init(p, &p->artifact, &s->bare.artifact, redact) < 0)
+                        return -ENOMEM;
                 p->bare.artifact = &p->artifact;
                 p->bare.dir = pb_str(s->bare.dir);
                 p->bare.kernel = pb_str(s->bare.kernel);
@@ -351,12 +378,23 @@ static int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
 
         hydra__v1__software__init(&p->software);
         p->software.disable_containerd_proxy = s->software.disable_containerd_proxy;
-        p->software.csi_grpc_proxy_url = pb_str(s->software.csi_grpc_proxy_url);
+        p->software.csi_grpc_proxy_url = pb_url(p, s->software.csi_grpc_proxy_url, redact);
+        if (!p->software.csi_grpc_proxy_url)
+                return -ENOMEM;
         p->software.k3s_diod = s->software.k3s_diod;
         p->software.k3s_version = pb_str(s->software.k3s_version);
         p->software.kernel_package = pb_str(s->software.kernel_package);
         p->software.n_extra_debs = strv_length(s->software.extra_debs);
         p->software.extra_debs = s->software.extra_debs;
+        if (redact && p->software.n_extra_debs > 0) {
+                p->extra_debs = calloc(p->software.n_extra_debs, sizeof(char *));
+                if (!p->extra_debs)
+                        return -ENOMEM;
+                for (size_t i = 0; i < p->software.n_extra_debs; i++)
+                        if (!(p->extra_debs[i] = pb_url(p, s->software.extra_debs[i], redact)))
+                                return -ENOMEM;
+                p->software.extra_debs = p->extra_debs;
+        }
         p->software.reboot_after_install = s->software.reboot_after_install;
         p->spec.software = &p->software;
 
@@ -416,6 +454,8 @@ static void spec_pb_done(SpecPb *p) {
         free(p->forward_ptrs);
         free(p->extra);
         free(p->extra_ptrs);
+        strv_free(p->shown);
+        free(p->extra_debs);
 }
 
 static int dup_strv(char ***dst, char **src, size_t n) {

@@ -36,6 +36,7 @@
 #include "log.h"
 #include "macro.h"
 #include "store.h"
+#include "url.h"
 
 #define USEC_PER_SEC 1000000ULL
 #define USEC_PER_MSEC 1000ULL
@@ -340,7 +341,9 @@ static const char *url_authority(const char *url, size_t *ret_len) {
         return p;
 }
 
-char *fetch_redact_url(const char *url) {
+/* The URL with any user:password@ removed: what the cache key is made of (the query stays: it may name another
+ * file). Never shown: url_display() is. */
+static char *url_strip_userinfo(const char *url) {
         const char *auth, *at;
         char *s;
         size_t l;
@@ -432,7 +435,7 @@ static char *url_file_name(const char *url) {
 }
 
 char *fetch_cache_entry(const char *cache_dir, const char *url) {
-        _cleanup_free_ char *redacted = NULL;
+        _cleanup_free_ char *key = NULL;
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned md_len = 0;
         char hex[2 * EVP_MAX_MD_SIZE + 1];
@@ -440,10 +443,10 @@ char *fetch_cache_entry(const char *cache_dir, const char *url) {
 
         if (!cache_dir || !url)
                 return NULL;
-        redacted = fetch_redact_url(url);
-        if (!redacted)
+        key = url_strip_userinfo(url);
+        if (!key)
                 return NULL;
-        if (EVP_Digest(redacted, strlen(redacted), md, &md_len, EVP_sha256(), NULL) != 1)
+        if (EVP_Digest(key, strlen(key), md, &md_len, EVP_sha256(), NULL) != 1)
                 return NULL;
         hex_encode(md, md_len, hex);
         if (asprintf(&s, "%s/%s", cache_dir, hex) < 0)
@@ -510,9 +513,10 @@ static int sums_lookup(const char *text, size_t len, const char *name, DigestAlg
         return -ENOENT;
 }
 
-/* Replaces every secret in s (in place) with "***", so that no error we return can leak one, whatever libcurl
- * wrote into its error buffer. Secrets shorter than 4 characters are left: they would mangle every message. */
-static void scrub(const Fetch *f, char *s) {
+/* Replaces every secret in s (in place) with "***", and the query of every URL of f with its redacted form, so
+ * that no error we return can leak one, whatever libcurl wrote into its error buffer. Secrets shorter than 4
+ * characters are left: they would mangle every message. s is a buffer of size bytes. */
+static void scrub(const Fetch *f, char *s, size_t size) {
         for (size_t i = 0; i < ELEMENTSOF(f->secrets); i++) {
                 const char *secret = f->secrets[i];
                 size_t sl;
@@ -526,13 +530,20 @@ static void scrub(const Fetch *f, char *s) {
                         memmove(p + 3, p + sl, tail + 1);
                 }
         }
+        /* on ENOMEM, cut short before the query instead */
+        (void) url_scrub_text(s, size, f->url);
+        (void) url_scrub_text(s, size, f->sums_url);
+        (void) url_scrub_text(s, size, f->cur_url);
 }
 
 /* --- meta.json --- */
 
+static int meta_save(Fetch *f);
+
 static int meta_load(Fetch *f) {
         _cleanup_free_ void *data = NULL;
-        json_t *m, *sha, *size;
+        _cleanup_free_ char *path = NULL;
+        json_t *m, *sha, *size, *url;
         struct stat st;
         size_t n;
         int r;
@@ -547,6 +558,16 @@ static int meta_load(Fetch *f) {
         f->meta = m ?: json_object();
         if (!f->meta)
                 return -ENOMEM;
+
+        /* An older hydrad stored the URL with its query values, readable by all: rewrite it the way it is
+         * written now (the URL as shown, mode 0600). */
+        url = json_object_get(f->meta, "url");
+        if (m && asprintf(&path, "%s/meta.json", f->entry) >= 0 && lstat(path, &st) >= 0 &&
+            ((st.st_mode & 0077) != 0 || (json_is_string(url) && !streq(json_string_value(url), f->url_redacted)))) {
+                if (url)
+                        (void) json_object_set_new(f->meta, "url", json_string(f->url_redacted));
+                (void) meta_save(f);
+        }
 
         sha = json_object_get(f->meta, "sha256");
         size = json_object_get(f->meta, "size");
@@ -564,6 +585,7 @@ static int fsync_dir(const char *dir) {
         return fsync(fd) < 0 ? -errno : 0;
 }
 
+/* Private: its URL shows parameter names, and it tells what this host downloads. */
 static int meta_save(Fetch *f) {
         _cleanup_free_ char *text = json_dumps(f->meta, JSON_INDENT(2) | JSON_SORT_KEYS);
         HydraError e = {};
@@ -571,7 +593,7 @@ static int meta_save(Fetch *f) {
 
         if (!text)
                 return -ENOMEM;
-        r = store_write_atomic(f->entry, "meta.json", text, strlen(text), 0644, &e);
+        r = store_write_atomic(f->entry, "meta.json", text, strlen(text), 0600, &e);
         if (r < 0)
                 log_warning_errno(r, "Cannot write the cache metadata of %s, ignoring: %s", f->url_redacted,
                                   e.message);
@@ -968,7 +990,7 @@ static void fetch_complete(Fetch *f) {
 
         fetch_detach(f);
         if (f->result_r < 0) {
-                scrub(f, f->error.message);
+                scrub(f, f->error.message, sizeof(f->error.message));
                 done(f, f->result_r, NULL, &f->error, userdata);
         } else {
                 f->result = (FetchResult) {
@@ -1649,7 +1671,7 @@ static int set_http_error(Fetch *f, long code, const char *url_redacted) {
 static const char *curl_error_text(Fetch *f, CURLcode cc) {
         if (!f->errbuf[0])
                 return curl_easy_strerror(cc);
-        scrub(f, f->errbuf);
+        scrub(f, f->errbuf, sizeof(f->errbuf));
         return f->errbuf;
 }
 
@@ -1662,7 +1684,7 @@ static int set_curl_error(Fetch *f, CURLcode cc, const char *what, const char *u
  * error (f->error set). */
 static int on_redirect(Fetch *f, long code, const char *url_redacted) {
         char *location = NULL;
-        _cleanup_free_ char *target = NULL;
+        _cleanup_free_ char *target = NULL, *shown = NULL;
         int r;
 
         if (curl_easy_getinfo(f->easy, CURLINFO_REDIRECT_URL, &location) != CURLE_OK || !location)
@@ -1674,8 +1696,10 @@ static int on_redirect(Fetch *f, long code, const char *url_redacted) {
                 return hydra_error_set(&f->error, -EPROTONOSUPPORT,
                                        "%s: redirect to a URL that is not http or https refused", url_redacted);
         target = strdup(location); /* owned by the easy handle, which transfer_start() reconfigures */
-        if (!target)
+        shown = url_display(location); /* a signed Location carries its credentials in the query */
+        if (!target || !shown)
                 return hydra_error_set(&f->error, -ENOMEM, "out of memory");
+        log_debug("%s: HTTP %ld, redirected to %s", url_redacted, code, shown);
         if (f->send_auth && !same_origin(f->cur_url, target)) {
                 log_debug("%s redirects to another origin: credentials are not sent there", url_redacted);
                 f->send_auth = false;
@@ -1683,7 +1707,6 @@ static int on_redirect(Fetch *f, long code, const char *url_redacted) {
         r = transfer_start(f, target);
         if (r < 0)
                 return hydra_error_set(&f->error, r, "follow the redirect of %s", url_redacted);
-        (void) code;
         return 1;
 }
 
@@ -2207,7 +2230,7 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
         f->userdata = userdata;
 
         f->url = strdup(req->url);
-        f->url_redacted = fetch_redact_url(req->url);
+        f->url_redacted = url_display(req->url);
         f->entry = fetch_cache_entry(req->cache_dir, req->url);
         f->name = url_file_name(req->url);
         if (!f->url || !f->url_redacted || !f->entry || !f->name || url_userinfo_password(f->url, &f->url_password) < 0)
@@ -2248,13 +2271,13 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
                                        f->url_redacted, req->checksum);
         if (req->sums_url) {
                 if (!url_scheme_supported(req->sums_url)) {
-                        _cleanup_free_ char *r_sums = fetch_redact_url(req->sums_url);
+                        _cleanup_free_ char *r_sums = url_display(req->sums_url);
                         return hydra_error_set(err, -EPROTONOSUPPORT,
                                                "fetch %s: only http, https and file URLs are supported",
                                                strempty(r_sums));
                 }
                 f->sums_url = strdup(req->sums_url);
-                f->sums_url_redacted = fetch_redact_url(req->sums_url);
+                f->sums_url_redacted = url_display(req->sums_url);
                 if (!f->sums_url || !f->sums_url_redacted ||
                     url_userinfo_password(f->sums_url, &f->sums_url_password) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");

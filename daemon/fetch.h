@@ -14,7 +14,8 @@
  * Cache layout, per URL (credentials never part of the key): CACHE_DIR/<sha256 of the URL>/
  *     data        the verified file, exactly as served
  *     data.part   an interrupted download; resumed with a Range request
- *     meta.json   url (without credentials), etag, last_modified, size, sha256/sha512 of data, time
+ *     meta.json   url (as url_display() shows it), etag, last_modified, size, sha256/sha512 of data, time; mode
+ *                 0600 (one written by an older hydrad is rewritten so when next read)
  * A file appears as data only once complete and verified (write .part, fsync, verify, rename). A failed or
  * wrong-checksum download leaves no data file; .part is kept only when the transfer was interrupted (resume).
  *
@@ -23,7 +24,9 @@
  * file is used and the done callback's notice says so.
  *
  * Secrets (password, token) go to libcurl through CURLOPT_USERNAME/PASSWORD and CURLOPT_HTTPHEADER only; they
- * never appear in a path, a log line, an error or meta.json.
+ * never appear in a path, a log line, an error or meta.json. Nor do the query values of a URL (signed URLs,
+ * ?private_token=): every URL, the SUMS url's and a redirect's included, is shown as url_display() makes it, and
+ * libcurl's error text is scrubbed of them too. Only libcurl gets the URL whole.
  *
  * Details of this implementation:
  * - The bytes are written, hashed and fsynced by one worker thread per Fetcher (SHA-256 costs about as much as a
@@ -74,7 +77,7 @@ typedef struct FetchResult {
 /* Called at most every 250 ms while bytes arrive (the first time at the first bytes). It runs inside libcurl's
  * write callback: it may call fetch_cancel() (any fetch), it must not call fetcher_free(). */
 typedef void (*fetch_progress_t)(Fetch *f, const FetchProgress *p, void *userdata);
-/* Called once, on the loop. r < 0: err says what failed (the URL shown without credentials). After this
+/* Called once, on the loop. r < 0: err says what failed (the URL as url_display() shows it). After this
  * call the Fetch is freed by the fetcher: do not use it. */
 typedef void (*fetch_done_t)(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata);
 
@@ -96,8 +99,6 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
 /* Stops a fetch: no callback follows, the .part file is removed. NULL is fine. */
 void fetch_cancel(Fetch *f);
 
-/* The cache directory entry of a URL: CACHE_DIR/<key>. Returns a new string or NULL. */
+/* The cache directory entry of a URL: CACHE_DIR/<key>, key the SHA-256 of the URL without user:password@ (its
+ * query included: it may name another file; hashed, no token shows). Returns a new string or NULL. */
 char *fetch_cache_entry(const char *cache_dir, const char *url);
-
-/* The URL with any user:password@ removed, for messages. Returns a new string or NULL. */
-char *fetch_redact_url(const char *url);

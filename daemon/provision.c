@@ -15,6 +15,7 @@
 #include "provision.h"
 #include "store.h"
 #include "unpack.h"
+#include "url.h"
 
 #define GIB (UINT64_C(1024) * 1024 * 1024)
 #define MIB (UINT64_C(1024) * 1024)
@@ -216,7 +217,7 @@ static void on_fetch_progress(Fetch *f, const FetchProgress *fp, void *userdata)
 
 static int set_progress_what(Provision *p, const char *url) {
         free(p->progress_what);
-        p->progress_what = fetch_redact_url(url);
+        p->progress_what = url_display(url);
         return p->progress_what ? 0 : -ENOMEM;
 }
 
@@ -236,7 +237,7 @@ static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *use
         hydra_error_clear(&e);
         if (!entry)
                 return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-        r = store_write_atomic(entry, "image.source", p->base_identity, strlen(p->base_identity), 0644, &e);
+        r = store_write_atomic(entry, "image.source", p->base_identity, strlen(p->base_identity), 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
         p->base_format = probe_format(p->image_base);

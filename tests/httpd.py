@@ -15,6 +15,7 @@ Test knobs:
   --no-range              ignore Range (answer 200 with the whole file)
   /_redirect/same/P       302 to /P on this server
   /_redirect/other/P      302 to http://localhost:PORT/P (another host name: clients must drop credentials)
+  /_redirect/query/P      302 to /P?--redirect-query (a signed URL, as object stores redirect to)
 """
 
 import argparse
@@ -93,6 +94,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
         if path.startswith("/_redirect/same/"):
             self.reply_empty(302, {"Location": "/" + path[len("/_redirect/same/"):]})
+            return
+        if path.startswith("/_redirect/query/"):
+            target = "/" + path[len("/_redirect/query/"):] + "?" + o.redirect_query
+            self.reply_empty(302, {"Location": target})
             return
         if path.startswith("/_redirect/other/"):
             port = self.server.server_address[1]
@@ -219,6 +224,7 @@ def main():
     p.add_argument("--drop-after", type=int)
     p.add_argument("--slow", type=int, default=0)
     p.add_argument("--no-range", action="store_true")
+    p.add_argument("--redirect-query", default="X-Amz-Signature=redirect-signature")
     opts = p.parse_args()
 
     srv = Server(("127.0.0.1", opts.port), Handler)

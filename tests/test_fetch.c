@@ -22,6 +22,7 @@
 #include "log.h"
 #include "macro.h"
 #include "store.h"
+#include "url.h"
 
 #define HTTPD TEST_DATA_DIR "/../httpd.py"
 #define PYTHON "/usr/bin/python3"
@@ -932,7 +933,7 @@ START_TEST(test_basic_auth) {
 
         /* credentials in the URL: same cache entry, and never shown */
         cred_url = strf("http://alice:%s@127.0.0.1:%d/a.bin", PASSWORD, port);
-        redacted = fetch_redact_url(cred_url);
+        redacted = url_display(cred_url);
         ck_assert_str_eq(redacted, url);
         FetchRequest req2 = request(cred_url);
         ck_assert_int_eq(fetch(&req2, &o3), 0);
@@ -1123,31 +1124,100 @@ START_TEST(test_empty_file_and_busy) {
 }
 END_TEST
 
-START_TEST(test_redact_url) {
-        static const struct {
-                const char *in, *out;
-        } cases[] = {
-                { "http://user:pass@host/x", "http://host/x" },
-                { "https://user@host:8443/a/b?c=d", "https://host:8443/a/b?c=d" },
-                { "http://host/path@with-at", "http://host/path@with-at" },
-                { "http://u:p@ss@host/x", "http://host/x" },
-                { "http://host", "http://host" },
-                { "file:///tmp/x", "file:///tmp/x" },
-                { "not a url", "not a url" },
-        };
-        _cleanup_free_ char *a = NULL, *b = NULL;
-
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                _cleanup_free_ char *s = fetch_redact_url(cases[i].in);
-                ck_assert_str_eq(s, cases[i].out);
-        }
-        ck_assert_ptr_null(fetch_redact_url(NULL));
+START_TEST(test_cache_key) {
+        _cleanup_free_ char *a = NULL, *b = NULL, *c = NULL, *d = NULL;
 
         a = fetch_cache_entry("/c", "http://user:secret@host/x");
         b = fetch_cache_entry("/c", "http://host/x");
         ck_assert_str_eq(a, b);
         ck_assert_ptr_null(strstr(a, "secret"));
         ck_assert_uint_eq(strlen(a), strlen("/c/") + 64);
+
+        /* the query is part of the key (it may name another file), but no token shows in the name */
+        c = fetch_cache_entry("/c", "http://host/x?private_token=s3cr-one");
+        d = fetch_cache_entry("/c", "http://host/x?private_token=s3cr-two");
+        ck_assert_str_ne(c, d);
+        ck_assert_str_ne(c, b);
+        ck_assert_ptr_null(strstr(c, "s3cr"));
+        ck_assert_ptr_null(strstr(c, "private_token"));
+}
+END_TEST
+
+/* Tokens in a URL's query (signed URLs, ?private_token=): in the request, never in a message, the log or
+ * meta.json, which is private. Also the SUMS url's, and a redirect's Location. */
+START_TEST(test_query_secrets) {
+        char sha[129];
+        _cleanup_free_ char *url = NULL, *sums = NULL, *missing = NULL, *meta_path = NULL, *text = NULL,
+                            *meta_text = NULL, *shown = NULL, *paths = NULL;
+        const char *args[] = { "--redirect-query", "X-Amz-Signature=s3cr-redirect", NULL };
+        Outcome o1 = {}, o2 = {}, o3 = {};
+        struct stat st;
+        json_t *m, *reqs;
+
+        make_file("q.bin", 20 * 1024, sha, NULL);
+        text = strf("%s  q.bin\n", sha);
+        write_text("SHA256SUMS", text);
+        text = mfree(text);
+        httpd_start(args);
+
+        url = url_of("_redirect/query/q.bin?private_token=s3cr-token&X-Amz-Signature=s3cr-sig");
+        sums = url_of("SHA256SUMS?X-Amz-Signature=s3cr-sums");
+        FetchRequest req = request(url);
+        req.sums_url = sums;
+        ck_assert_int_eq(fetch(&req, &o1), 0);
+        ck_assert_msg(o1.r == 0, "%s", o1.error);
+        ck_assert_str_eq(o1.sha256, sha);
+
+        /* the requests had the URLs whole */
+        reqs = server_requests();
+        paths = json_dumps(reqs, 0);
+        ck_assert_ptr_nonnull(strstr(paths, "/SHA256SUMS?X-Amz-Signature=s3cr-sums"));
+        ck_assert_ptr_nonnull(
+                strstr(paths, "/_redirect/query/q.bin?private_token=s3cr-token&X-Amz-Signature=s3cr-sig"));
+        ck_assert_ptr_nonnull(strstr(paths, "/q.bin?X-Amz-Signature=s3cr-redirect"));
+        json_decref(reqs);
+
+        meta_path = entry_file(url, "meta.json");
+        m = load_meta(url);
+        shown = strf("http://127.0.0.1:%d/_redirect/query/q.bin?private_token=REDACTED&X-Amz-Signature=REDACTED", port);
+        ck_assert_str_eq(json_string_value(json_object_get(m, "url")), shown);
+        json_decref(m);
+        ck_assert_int_eq(stat(meta_path, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0600);
+
+        /* a 404: the error shows the parameter names only */
+        missing = url_of("nope.bin?private_token=s3cr-token");
+        FetchRequest req2 = request(missing);
+        ck_assert_int_eq(fetch(&req2, &o2), 0);
+        ck_assert_int_eq(o2.r, -ENOENT);
+        ck_assert_msg(strstr(o2.error, "HTTP 404") && strstr(o2.error, "/nope.bin?private_token=REDACTED"), "%s",
+                      o2.error);
+
+        /* meta.json as an older hydrad left it (the URL whole, readable by all): rewritten when next read */
+        text = strf("{\"url\": \"%s\", \"size\": 20480, \"sha256\": \"%s\"}", url, sha);
+        ck_assert_int_eq(unlink(meta_path), 0);
+        {
+                _cleanup_close_ int fd = open(meta_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                ck_assert_int_ge(fd, 0);
+                ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+                ck_assert_int_eq(fchmod(fd, 0644), 0);
+        }
+        text = mfree(text);
+        ck_assert_int_eq(fetch(&req, &o3), 0);
+        ck_assert_msg(o3.r == 0, "%s", o3.error);
+        ck_assert(o3.from_cache);
+        ck_assert_int_eq(stat(meta_path, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0600);
+        meta_text = read_file(meta_path, NULL);
+        ck_assert_ptr_nonnull(strstr(meta_text, "private_token=REDACTED"));
+        ck_assert_msg(!strstr(meta_text, "s3cr"), "%s", meta_text);
+
+        text = our_log_text();
+        ck_assert_ptr_nonnull(strstr(text, "private_token=REDACTED"));
+        ck_assert_ptr_nonnull(strstr(text, "/q.bin?X-Amz-Signature=REDACTED")); /* the redirect, logged */
+        ck_assert_msg(!strstr(text, "s3cr"), "%s", text);
+        ck_assert_msg(!strstr(o1.error, "s3cr") && !strstr(o2.error, "s3cr") && !strstr(o1.notice, "s3cr"), "%s",
+                      o2.error);
 }
 END_TEST
 
@@ -1251,7 +1321,7 @@ static Suite *fetch_suite(void) {
         TCase *tc;
 
         tc = tcase_create("pure");
-        tcase_add_test(tc, test_redact_url);
+        tcase_add_test(tc, test_cache_key);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("cache");
@@ -1292,6 +1362,7 @@ static Suite *fetch_suite(void) {
         tcase_add_test(tc, test_token_custom_header);
         tcase_add_test(tc, test_redirects);
         tcase_add_test(tc, test_basic_auth);
+        tcase_add_test(tc, test_query_secrets);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("progress");
