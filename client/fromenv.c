@@ -979,14 +979,16 @@ static int map_devices(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool run_bare) 
                                        "none, nvdimm, ivshmem)", shmem);
         d->shmem = (Hydra__V1__Shmem) s;
         if (s != HYDRA__V1__SHMEM__SHMEM_NONE) {
-                _cleanup_free_ char *def = NULL, *abs = NULL;
+                _cleanup_free_ char *abs = NULL;
 
                 r = env_u32(ctx, "KVM_SHMEM_SIZE", "1", &d->shmem_size_gib);
                 if (r < 0)
                         return r;
-                if (asprintf(&def, "/dev/shm/shmem-%s", env_get(ctx, "VM_HOSTNAME", "hydravm")) < 0)
-                        return oom(ctx);
-                abs = absolute_from_cwd(env_get(ctx, "DEFAULT_KVM_SHMEM_PATH", def));
+                /* Unset: hydrad's own file in the VM's state dir, not the script's /dev/shm/shmem-VM_HOSTNAME:
+                 * hydrad creates a backing file nowhere else (issue 9). */
+                if (isempty(env_get(ctx, "DEFAULT_KVM_SHMEM_PATH", NULL)))
+                        return 0;
+                abs = absolute_from_cwd(env_get(ctx, "DEFAULT_KVM_SHMEM_PATH", NULL));
                 if (!abs || spec_field_set(&d->shmem_path, abs) < 0)
                         return oom(ctx);
         }

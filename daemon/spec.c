@@ -331,15 +331,6 @@ int vm_spec_apply_defaults(VmSpec *spec) {
         if (spec->devices.shmem != SHMEM_NONE) {
                 if (spec->devices.shmem_size_gib == 0)
                         spec->devices.shmem_size_gib = SPEC_DEFAULT_SHMEM_SIZE_GIB;
-                if (isempty(spec->devices.shmem_path)) {
-                        char *path;
-
-                        if (asprintf(&path, "/dev/shm/shmem-%s",
-                                     spec->guest.hostname ? spec->guest.hostname : SPEC_DEFAULT_HOSTNAME) < 0)
-                                return -ENOMEM;
-                        free(spec->devices.shmem_path);
-                        spec->devices.shmem_path = path;
-                }
         }
 
         if (spec->supervision.restart != RESTART_NO) {

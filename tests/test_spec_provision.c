@@ -86,7 +86,8 @@ START_TEST(test_cloud_valid_and_defaults) {
         ck_assert_uint_eq(s.devices.vsock_cid, 3);
         ck_assert_uint_eq(s.devices.gpu_vram_gib, 4);
         ck_assert_uint_eq(s.devices.shmem_size_gib, 1);
-        ck_assert_str_eq(s.devices.shmem_path, "/dev/shm/shmem-hydra-isolated");
+        /* No default path in the spec: provisioning uses the VM's state dir (test_provision.c). */
+        ck_assert_ptr_null(s.devices.shmem_path);
 }
 END_TEST
 

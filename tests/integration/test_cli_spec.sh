@@ -797,7 +797,7 @@ env_fail "ADDITIONAL_9P_MOUNTS without '|'" 2 "ADDITIONAL_9P_MOUNTS: '/srv/a' is
 env_value "ENABLE_VIRTIO_GPU + DEFAULT_VIRTIO_GPU_VRAM" 8 devices.gpu_vram_gib "" ENABLE_VIRTIO_GPU=1 DEFAULT_VIRTIO_GPU_VRAM=8
 env_value "SHMEM_TYPE" nvdimm devices.shmem "" SHMEM_TYPE=nvdimm
 env_value "KVM_SHMEM_SIZE" 2 devices.shmem_size_gib "" SHMEM_TYPE=ivshmem KVM_SHMEM_SIZE=2
-env_value "the shared memory path defaults to /dev/shm/shmem-VM_HOSTNAME" /dev/shm/shmem-hydra-isolated \
+env_value "the shared memory path is left to hydrad (its state dir), not /dev/shm/shmem-VM_HOSTNAME" null \
     devices.shmem_path isolated SHMEM_TYPE=ivshmem
 env_value "DEFAULT_KVM_SHMEM_PATH" /dev/shm/x devices.shmem_path "" SHMEM_TYPE=nvdimm DEFAULT_KVM_SHMEM_PATH=/dev/shm/x
 env_fail "SHMEM_TYPE bogus" 2 "SHMEM_TYPE: 'dax' is not a shared memory type \(allowed: none, nvdimm, ivshmem\)" "" SHMEM_TYPE=dax
