@@ -1195,8 +1195,12 @@ int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOut
                 o.seed_path = path_join(ctx->state_dir, "seed.iso");
                 if (!o.seed_path)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
-                /* The encrypted-container tools are embedded at start, once downloaded: not in a plan. */
-                r = render_seed(spec, NULL, &f, err);
+                /* The encrypted-container tools are embedded at start, once downloaded: not in a plan, which
+                 * renders the seed as if they were not asked for (a borrowed shallow copy). */
+                VmSpec without_tools = *spec;
+
+                without_tools.bare.encrypted_tools = false;
+                r = render_seed(&without_tools, NULL, &f, err);
                 if (r < 0)
                         return r;
         }

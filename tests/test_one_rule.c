@@ -284,6 +284,20 @@ START_TEST(test_bases_start) {
 }
 END_TEST
 
+/* A cloud image with the artifact's encrypted-container tools: valid at RegisterVm, so PlanVm must not refuse it
+ * for want of the tool binaries, which only a start downloads. */
+START_TEST(test_plan_encrypted_tools) {
+        _cleanup_(vm_spec_done) VmSpec s = {};
+        HydraError e = {};
+
+        make_base(&s, BASE_CLOUD);
+        set(&s.bare.artifact.url, "https://example.com/rimd.tar.gz");
+        s.bare.encrypted_tools = true;
+        ck_assert_msg(!register_refuses(&s, &e), "%s", e.message);
+        ck_assert_msg(!start_refuses(&s, &e), "%s", e.message);
+}
+END_TEST
+
 START_TEST(test_register_refuses_iff_start_refuses) {
         const Case *c = &cases[_i];
         _cleanup_(vm_spec_done) VmSpec s = {};
@@ -312,6 +326,7 @@ static Suite *suite(void) {
         TCase *tc = tcase_create("fields");
 
         tcase_add_test(tc, test_bases_start);
+        tcase_add_test(tc, test_plan_encrypted_tools);
         tcase_add_loop_test(tc, test_register_refuses_iff_start_refuses, 0, (int) ELEMENTSOF(cases));
         suite_add_tcase(s, tc);
         return s;
