@@ -152,6 +152,10 @@ static const struct {
         { "image.url", "ftp://example.com/x.qcow2", "unsupported scheme" },
         { "image.url", "https://example.com/a b.qcow2", "a space" },
         { "image.url", "file://relative/x", "absolute path" },
+        /* fetch.c looks the file name up in image.sums_url (make_cloud sets one): a URL without one failed at
+         * StartVm only. */
+        { "image.url", "https://cloud.debian.org/images/", "names no file" },
+        { "image.url", "https://cloud.debian.org/images/?x=1", "names no file" },
         { "image.checksum", "md5:abcd", "unknown algorithm" },
         { "image.checksum", "sha256:1234", "64 hex digits" },
         { "guest.hostname", "edge\nhost", "a newline" },
