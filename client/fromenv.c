@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "field.h"
 #include "fromenv.h"
 #include "macro.h"
 #include "password.h"
@@ -622,18 +623,17 @@ static int map_guest(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
 
         if (!g)
                 return oom(ctx);
-        if (strpbrk(user, " \t\n:'\"") || strlen(user) > 32)
-                return hydra_error_set(ctx->err, -EINVAL, "VM_USERNAME: '%s' is not a user name", user);
-        if (strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != strlen(host))
-                return hydra_error_set(ctx->err, -EINVAL, "VM_HOSTNAME: '%s' is not a host name (letters, digits, "
-                                       "'-' and '.')", host);
+        /* hydrad's rules for these fields (field.h): what passes here passes RegisterVm and StartVm. */
+        if ((r = field_check_username("VM_USERNAME", user, ctx->err)) < 0 ||
+            (r = field_check_hostname("VM_HOSTNAME", host, ctx->err)) < 0)
+                return r;
         if (spec_field_set(&g->username, user) < 0 || spec_field_set(&g->hostname, host) < 0)
                 return oom(ctx);
 
         if (encrypted) {
-                if (encrypted[0] != '$' || strpbrk(encrypted, " \t\n:"))
-                        return hydra_error_set(ctx->err, -EINVAL, "VM_PASSWORD_ENCRYPTED: '%s' is not a crypt(3) "
-                                               "hash (e.g. the output of openssl passwd -6)", encrypted);
+                r = field_check_password_hash("VM_PASSWORD_ENCRYPTED", encrypted, ctx->err);
+                if (r < 0)
+                        return r;
                 if (spec_field_set(&g->password_hash, encrypted) < 0)
                         return oom(ctx);
         } else {
@@ -731,7 +731,8 @@ static int add_deb(EnvContext *ctx, const char *item, void *userdata) {
         Hydra__V1__Software *sw = userdata;
         int r;
 
-        r = check_url(ctx, "INSTALL_ADDITIONAL_DEBS", item);
+        /* The guest downloads it: the rule hydrad applies (field.h), not the one for what hydrad fetches. */
+        r = field_check_guest_url("INSTALL_ADDITIONAL_DEBS", item, ctx->err);
         if (r < 0)
                 return r;
         if (spec_strv_append(&sw->extra_debs, &sw->n_extra_debs, item) < 0)
@@ -759,11 +760,12 @@ static int map_software(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         sw->k3s_diod = diod > 0;
         sw->reboot_after_install = reboot > 0;
 
-        r = check_url(ctx, "DEFAULT_CSI_GRPC_PROXY_URL", csi);
+        r = field_check_guest_url("DEFAULT_CSI_GRPC_PROXY_URL", csi, ctx->err);
         if (r < 0)
                 return r;
-        if (strpbrk(k3s, " \t\n'\""))
-                return hydra_error_set(ctx->err, -EINVAL, "K3S_VERSION_INSTALL: '%s' is not a version", k3s);
+        r = field_check_k3s_version("K3S_VERSION_INSTALL", k3s, ctx->err);
+        if (r < 0)
+                return r;
         if (spec_field_set(&sw->csi_grpc_proxy_url, csi) < 0 || spec_field_set(&sw->k3s_version, k3s) < 0)
                 return oom(ctx);
 
@@ -775,9 +777,9 @@ static int map_software(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         }
         if (kernel) {
                 const char *name = package ? "DEFAULT_KERNEL_VERSION" : "KERNEL_VERSION";
-                if (strspn(kernel, "abcdefghijklmnopqrstuvwxyz0123456789+-.") != strlen(kernel))
-                        return hydra_error_set(ctx->err, -EINVAL, "%s: '%s' is not a Debian package name", name,
-                                               kernel);
+                r = field_check_package(name, kernel, ctx->err);
+                if (r < 0)
+                        return r;
                 if (spec_field_set(&sw->kernel_package, kernel) < 0)
                         return oom(ctx);
         }
@@ -891,14 +893,15 @@ static int add_mount(EnvContext *ctx, const char *item, void *userdata) {
         const char *bar = strchr(item, '|');
         _cleanup_free_ char *host = NULL, *host_abs = NULL;
         const char *guest;
+        int r;
 
         if (!bar || bar == item || isempty(bar + 1) || strchr(bar + 1, '|'))
                 return hydra_error_set(ctx->err, -EINVAL, "ADDITIONAL_9P_MOUNTS: '%s' is not HOST_DIR|GUEST_DIR "
                                        "(items separated by '$')", item);
         guest = bar + 1;
-        if (guest[0] != '/')
-                return hydra_error_set(ctx->err, -EINVAL, "ADDITIONAL_9P_MOUNTS: '%s': the guest directory '%s' "
-                                       "is not an absolute path", item, guest);
+        r = field_check_guest_path("ADDITIONAL_9P_MOUNTS (guest directory)", guest, ctx->err);
+        if (r < 0)
+                return r;
         host = strndup(item, (size_t) (bar - item));
         if (!host)
                 return oom(ctx);
@@ -979,14 +982,16 @@ static int map_devices(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool run_bare) 
                                        "none, nvdimm, ivshmem)", shmem);
         d->shmem = (Hydra__V1__Shmem) s;
         if (s != HYDRA__V1__SHMEM__SHMEM_NONE) {
-                _cleanup_free_ char *def = NULL, *abs = NULL;
+                _cleanup_free_ char *abs = NULL;
 
                 r = env_u32(ctx, "KVM_SHMEM_SIZE", "1", &d->shmem_size_gib);
                 if (r < 0)
                         return r;
-                if (asprintf(&def, "/dev/shm/shmem-%s", env_get(ctx, "VM_HOSTNAME", "hydravm")) < 0)
-                        return oom(ctx);
-                abs = absolute_from_cwd(env_get(ctx, "DEFAULT_KVM_SHMEM_PATH", def));
+                /* Unset: hydrad's own file in the VM's state dir, not the script's /dev/shm/shmem-VM_HOSTNAME:
+                 * hydrad creates a backing file nowhere else (issue 9). */
+                if (isempty(env_get(ctx, "DEFAULT_KVM_SHMEM_PATH", NULL)))
+                        return 0;
+                abs = absolute_from_cwd(env_get(ctx, "DEFAULT_KVM_SHMEM_PATH", NULL));
                 if (!abs || spec_field_set(&d->shmem_path, abs) < 0)
                         return oom(ctx);
         }

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "field.h"
 #include "password.h"
 #include "specfile.h"
 #include "utf8.h"
@@ -40,7 +41,9 @@ typedef enum ValueType {
         VT_PATH,          /* a host path; relative: resolved */
         VT_GUEST_PATH,    /* an absolute path in the guest */
         VT_ARCHIVE_NAME,  /* a file name inside an archive: relative, no ".." */
-        VT_URL,
+        VT_URL,           /* a URL hydrad fetches */
+        VT_GUEST_URL,     /* a URL the guest fetches (field_check_guest_url) */
+        VT_K3S_VERSION,
         VT_CHECKSUM,
         VT_SECRET,
         VT_HEADER,
@@ -57,7 +60,7 @@ typedef enum ValueType {
         VT_SHARE,
         VT_SSH_KEY,
         VT_SSH_KEY_FILE,
-        VT_URL_LIST,
+        VT_URL_LIST,      /* of guest URLs */
         VT_RESTART,       /* no, on-failure, always */
         VT_PROBE,         /* console, tcp, containerd, none */
         VT_MAX_RESTARTS,  /* 1-1000 */
@@ -200,9 +203,9 @@ static const struct {
         [KEY_GUEST_SSH_AUTHORIZED_KEY] = { "guest", "ssh_authorized_key", VT_SSH_KEY },
         [KEY_GUEST_SSH_KEY_FILE] = { "guest", "ssh_key_file", VT_SSH_KEY_FILE },
         [KEY_SOFTWARE_CONTAINERD_PROXY] = { "software", "containerd_proxy", VT_BOOL_NEGATED },
-        [KEY_SOFTWARE_CSI_GRPC_PROXY_URL] = { "software", "csi_grpc_proxy_url", VT_URL },
+        [KEY_SOFTWARE_CSI_GRPC_PROXY_URL] = { "software", "csi_grpc_proxy_url", VT_GUEST_URL },
         [KEY_SOFTWARE_K3S_DIOD] = { "software", "k3s_diod", VT_BOOL },
-        [KEY_SOFTWARE_K3S_VERSION] = { "software", "k3s_version", VT_WORD },
+        [KEY_SOFTWARE_K3S_VERSION] = { "software", "k3s_version", VT_K3S_VERSION },
         [KEY_SOFTWARE_KERNEL_PACKAGE] = { "software", "kernel_package", VT_PACKAGE },
         [KEY_SOFTWARE_EXTRA_DEB] = { "software", "extra_deb", VT_URL_LIST },
         [KEY_SOFTWARE_REBOOT_AFTER_INSTALL] = { "software", "reboot_after_install", VT_BOOL },
@@ -690,35 +693,6 @@ static bool checksum_valid(const char *s) {
         return strlen(s) == hex && strspn(s, "0123456789abcdefABCDEF") == hex;
 }
 
-static bool hostname_valid(const char *s) {
-        size_t label = 0;
-
-        if (strlen(s) > 253 || s[0] == '-' || s[0] == '.')
-                return false;
-        for (const char *p = s; *p; p++) {
-                if (*p == '.') {
-                        if (label == 0 || p[-1] == '-')
-                                return false;
-                        label = 0;
-                        continue;
-                }
-                if (!isalnum((unsigned char) *p) && *p != '-')
-                        return false;
-                if (++label > 63)
-                        return false;
-        }
-        return label > 0 && s[strlen(s) - 1] != '-';
-}
-
-static bool username_valid(const char *s) {
-        if (strlen(s) > 32 || !(islower((unsigned char) s[0]) || s[0] == '_'))
-                return false;
-        for (const char *p = s; *p; p++)
-                if (!islower((unsigned char) *p) && !isdigit((unsigned char) *p) && *p != '_' && *p != '-')
-                        return false;
-        return true;
-}
-
 /* An authorized_keys line: [OPTIONS] TYPE BASE64 [COMMENT]. Options may hold quoted blanks, so look for any word
  * that is a key type followed by a word that is base64 of one ("AAAA..."). */
 static bool ssh_key_valid(const char *line) {
@@ -841,13 +815,15 @@ bad:
 static int parse_share(Hydra__V1__VmSpec *spec, const char *value, const char *base_dir, HydraError *err) {
         _cleanup_free_ char *host = NULL;
         const char *colon = strchr(value, ':'), *guest;
+        int r;
 
         if (!colon || colon == value || isempty(colon + 1))
                 return bad_value(err, "shares.share", value, "is not HOST_PATH:GUEST_PATH (e.g. "
                                  "/srv/data:/mnt/data)");
         guest = colon + 1;
-        if (guest[0] != '/')
-                return bad_value(err, "shares.share", value, "has a guest path that is not absolute ('%s')", guest);
+        r = field_check_guest_path("shares.share", guest, err);
+        if (r < 0)
+                return r;
         host = strndup(value, (size_t) (colon - value));
         if (!host)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
@@ -1271,8 +1247,9 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 value = abs;
                 break;
         case VT_GUEST_PATH:
-                if (value[0] != '/')
-                        return bad_value(err, key_name, value, "is not an absolute path");
+                r = field_check_guest_path(key_name, value, err);
+                if (r < 0)
+                        return r;
                 break;
         case VT_ARCHIVE_NAME:
                 if (value[0] == '/' || streq(value, "..") || startswith(value, "../") ||
@@ -1285,6 +1262,16 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                         return bad_value(err, key_name, value, "is not a URL (allowed: http://..., https://..., "
                                          "file:///ABSOLUTE/PATH)");
                 break;
+        case VT_GUEST_URL:
+                r = field_check_guest_url(key_name, value, err);
+                if (r < 0)
+                        return r;
+                break;
+        case VT_K3S_VERSION:
+                r = field_check_k3s_version(key_name, value, err);
+                if (r < 0)
+                        return r;
+                break;
         case VT_CHECKSUM:
                 if (!checksum_valid(value))
                         return bad_value(err, key_name, value, "is not a checksum (allowed: sha256:64 hex digits, "
@@ -1294,40 +1281,40 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 if (!all_chars_in(value, "!#$%&'*+-.^_`|~"))
                         return bad_value(err, key_name, value, "is not an HTTP header name (e.g. PRIVATE-TOKEN)");
                 break;
+        /* hydrad's rules for these fields (field.h): what passes here passes RegisterVm and StartVm. */
         case VT_USERNAME:
-                if (!username_valid(value))
-                        return bad_value(err, key_name, value, "is not a user name (allowed: up to 32 of a-z, 0-9, "
-                                         "'_', '-', starting with a letter or '_')");
+                r = field_check_username(key_name, value, err);
+                if (r < 0)
+                        return r;
                 break;
         case VT_HOSTNAME:
-                if (!hostname_valid(value))
-                        return bad_value(err, key_name, value, "is not a host name (allowed: labels of letters, "
-                                         "digits and '-', separated by '.')");
+                r = field_check_hostname(key_name, value, err);
+                if (r < 0)
+                        return r;
                 break;
         case VT_PASSWORD_HASH:
-                if (value[0] != '$' || strpbrk(value, " :"))
-                        return bad_value(err, key_name, value, "is not a crypt(3) hash (e.g. $6$SALT$... or "
-                                         "$y$...; mkpasswd or openssl passwd -6 make one)");
+                r = field_check_password_hash(key_name, value, err);
+                if (r < 0)
+                        return r;
                 break;
         case VT_PACKAGE:
-                if (strlen(value) < 2 || !(islower((unsigned char) value[0]) || isdigit((unsigned char) value[0])) ||
-                    strspn(value, "abcdefghijklmnopqrstuvwxyz0123456789+-.") != strlen(value))
-                        return bad_value(err, key_name, value, "is not a Debian package name (allowed: a-z, 0-9, "
-                                         "'+', '-', '.')");
+                r = field_check_package(key_name, value, err);
+                if (r < 0)
+                        return r;
                 break;
         case VT_PORT:
                 if (parse_port_value(value, field) < 0)
                         return bad_value(err, key_name, value, "is not a port (allowed: 1-65535)");
                 return 0;
-        case VT_IPV4: {
-                struct in_addr ia;
-                if (inet_pton(AF_INET, value, &ia) != 1)
-                        return bad_value(err, key_name, value, "is not an IPv4 address (e.g. 10.0.2.15)");
+        case VT_IPV4:
+                r = field_check_ipv4(key_name, value, err);
+                if (r < 0)
+                        return r;
                 break;
-        }
         case VT_PREFIX_LEN:
-                if (parse_u64(value, &v) < 0 || v < 1 || v > 32)
-                        return bad_value(err, key_name, value, "is not a prefix length (allowed: 1-32)");
+                /* hydrad's limit: slirp needs room for the guest, the gateway and the DNS server. */
+                if (parse_u64(value, &v) < 0 || v < 1 || v > 30)
+                        return bad_value(err, key_name, value, "is not a prefix length (allowed: 1-30)");
                 *(uint32_t *) field = (uint32_t) v;
                 return 0;
         case VT_MAC:
@@ -1349,6 +1336,9 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 if (!ssh_key_valid(value))
                         return bad_value(err, key_name, value, "is not an OpenSSH public key (e.g. 'ssh-ed25519 "
                                          "AAAA... user@host')");
+                r = field_check_ssh_key(key_name, value, err);
+                if (r < 0)
+                        return r;
                 if (spec_strv_append(&g->ssh_authorized_keys, &g->n_ssh_authorized_keys, value) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
                 return 0;
@@ -1360,9 +1350,9 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 return read_ssh_key_file(field, abs, err);
         case VT_URL_LIST: {
                 Hydra__V1__Software *sw = field;
-                if (!url_valid(value))
-                        return bad_value(err, key_name, value, "is not a URL (allowed: http://..., https://..., "
-                                         "file:///ABSOLUTE/PATH)");
+                r = field_check_guest_url(key_name, value, err);
+                if (r < 0)
+                        return r;
                 if (spec_strv_append(&sw->extra_debs, &sw->n_extra_debs, value) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
                 return 0;

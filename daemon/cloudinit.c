@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cloudinit.h"
+#include "field.h"
 #include "macro.h"
 
 /* What start-vm.sh's cloud_init_create writes, rendered from a VmSpec. Two kinds of text end up in the files:
@@ -278,49 +279,6 @@ static const char *describe_char(char buf[static 16], char c) {
         return buf;
 }
 
-/* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. jansson refuses the rest too, but
- * cannot tell it apart from running out of memory. */
-static bool utf8_valid(const char *s) {
-        const unsigned char *p = (const unsigned char *) s;
-
-        while (*p) {
-                unsigned n;
-                uint32_t cp;
-
-                if (*p < 0x80) {
-                        p++;
-                        continue;
-                }
-                if (*p >= 0xc2 && *p <= 0xdf)
-                        n = 1, cp = *p & 0x1fU;
-                else if (*p >= 0xe0 && *p <= 0xef)
-                        n = 2, cp = *p & 0x0fU;
-                else if (*p >= 0xf0 && *p <= 0xf4)
-                        n = 3, cp = *p & 0x07U;
-                else
-                        return false;
-                for (unsigned i = 1; i <= n; i++) {
-                        if ((p[i] & 0xc0) != 0x80) /* also stops at the NUL */
-                                return false;
-                        cp = cp << 6 | (p[i] & 0x3fU);
-                }
-                if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-                    (cp >= 0xd800 && cp <= 0xdfff))
-                        return false;
-                p += n + 1;
-        }
-        return true;
-}
-
-/* A value that only ever becomes a YAML scalar (and, in the guest, an argv element): any text will do. */
-static int check_text(const char *field, const char *value, HydraError *err) {
-        char q[QUOTE_BUF_SIZE];
-
-        if (!utf8_valid(value))
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is not valid UTF-8", field, quote(q, value));
-        return 0;
-}
-
 /* Non-empty, made only of the characters in allowed (described for the reader by allowed_desc). */
 static int check_chars(const char *field, const char *value, const char *allowed, const char *allowed_desc,
                        HydraError *err) {
@@ -335,105 +293,6 @@ static int check_chars(const char *field, const char *value, const char *allowed
         return 0;
 }
 
-/* RFC 1123: labels of letters, digits and '-', not starting or ending with '-', separated by dots. It becomes
- * the instance-id, /etc/hostname and the argument of hostnamectl. */
-static int check_hostname(const char *hostname, HydraError *err) {
-        char q[QUOTE_BUF_SIZE];
-        int r;
-
-        r = check_chars("guest.hostname", hostname, LOWER UPPER DIGITS ".-", "letters, digits, '-' and '.'", err);
-        if (r < 0)
-                return r;
-        if (strlen(hostname) > 253)
-                return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' is longer than 253 characters",
-                                       quote(q, hostname));
-        for (const char *label = hostname;;) {
-                size_t len = strcspn(label, ".");
-
-                if (len == 0 || len > 63)
-                        return hydra_error_set(err, -EINVAL,
-                                               "guest.hostname: '%s' has an empty label or one longer than 63 "
-                                               "characters",
-                                               quote(q, hostname));
-                if (label[0] == '-' || label[len - 1] == '-')
-                        return hydra_error_set(err, -EINVAL,
-                                               "guest.hostname: '%s' has a label starting or ending with '-'",
-                                               quote(q, hostname));
-                if (label[len] == '\0')
-                        return 0;
-                label += len + 1;
-        }
-}
-
-static int check_ipv4(const char *field, const char *value, HydraError *err) {
-        char q[QUOTE_BUF_SIZE];
-        struct in_addr a;
-
-        /* inet_pton takes exactly four decimal parts, no leading zeros, nothing else. */
-        if (strlen(value) >= INET_ADDRSTRLEN || inet_pton(AF_INET, value, &a) != 1)
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an IPv4 address (allowed: a.b.c.d)", field,
-                                       quote(q, value));
-        return 0;
-}
-
-/* A mount point in the guest: it is written to /etc/fstab (fields split at blanks, '#' starts a comment, '\'
- * escapes) and passed to mkdir, so only plain characters. */
-static int check_guest_path(const char *field, const char *path, HydraError *err) {
-        char q[QUOTE_BUF_SIZE];
-        int r;
-
-        r = check_chars(field, path, LOWER UPPER DIGITS "/._+-@:~",
-                        "an absolute path of letters, digits and '/', '.', '_', '+', '-', '@', ':', '~'", err);
-        if (r < 0)
-                return r;
-        if (strlen(path) > MAX_PATH)
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is longer than %u bytes", field, quote(q, path),
-                                       MAX_PATH);
-        if (path[0] != '/' || path[strspn(path, "/")] == '\0')
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an absolute path below / (allowed: /DIR...)",
-                                       field, quote(q, path));
-        for (const char *p = path; *p;) {
-                size_t len;
-
-                p += strspn(p, "/");
-                len = strcspn(p, "/");
-                if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
-                        return hydra_error_set(err, -EINVAL,
-                                               "%s: '%s' has a '.' or '..' component (allowed: a plain absolute "
-                                               "path)",
-                                               field, quote(q, path));
-                p += len;
-        }
-        return 0;
-}
-
-/* http(s)://HOST... of URL characters. Quotes, blanks and '$' (install_debs.sh's separator) are refused; the
- * scheme prefix also keeps a value from being read as a wget option. */
-static int check_url(const char *field, const char *url, HydraError *err) {
-        char q[QUOTE_BUF_SIZE];
-        const char *host;
-        int r;
-
-        r = check_chars(field, url, LOWER UPPER DIGITS "-._~:/?#[]@!&()*+,;=%",
-                        "an http:// or https:// URL without quotes, blanks or '$'", err);
-        if (r < 0)
-                return r;
-        if (strlen(url) > MAX_URL)
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is longer than %u bytes", field, quote(q, url),
-                                       MAX_URL);
-        if (strncmp(url, "https://", 8) == 0)
-                host = url + 8;
-        else if (strncmp(url, "http://", 7) == 0)
-                host = url + 7;
-        else
-                return hydra_error_set(err, -EINVAL, "%s: '%s' has an unsupported scheme (allowed: http://, https://)",
-                                       field, quote(q, url));
-        if (strchr("/?#@:", host[0]))
-                return hydra_error_set(err, -EINVAL, "%s: '%s' has no host (allowed: SCHEME://HOST/PATH)", field,
-                                       quote(q, url));
-        return 0;
-}
-
 /* --- the checked inputs --- */
 
 /* The values to render, defaults filled in; every pointer is borrowed from the input. */
@@ -442,9 +301,9 @@ typedef struct Params {
         const char *username;
         const char *password_hash; /* NULL: the account is locked */
         const char *hostname;
-        const char *guest_ip;
-        const char *gateway;
-        const char *dns;
+        char guest_ip[INET_ADDRSTRLEN];
+        char gateway[INET_ADDRSTRLEN];
+        char dns[INET_ADDRSTRLEN];
         uint32_t prefix_len;
         uint32_t diod_port;
         const char *k3s_version;
@@ -461,66 +320,45 @@ static const char *or_default(const char *s, const char *def) {
         return isempty(s) ? def : s;
 }
 
+/* Each spec value is checked by the rule spec.c applies at RegisterVm (field.h, vm_spec_network()): the same
+ * function, so that the renderer refuses nothing RegisterVm accepted. Checked again here because the renderer
+ * must not depend on its callers for what reaches YAML, fstab and a shell. */
 static int check_guest(const VmSpec *spec, Params *p, HydraError *err) {
-        char q[QUOTE_BUF_SIZE], field[64];
+        char field[64];
         int r;
 
         p->username = or_default(spec->guest.username, SPEC_DEFAULT_USERNAME);
-        r = check_text("guest.username", p->username, err);
+        r = field_check_username("guest.username", p->username, err);
         if (r < 0)
                 return r;
-        /* cloud-init runs `useradd NAME ...`: a leading '-' would be an option. */
-        if (p->username[0] == '-')
-                return hydra_error_set(err, -EINVAL, "guest.username: '%s' starts with '-'",
-                                       quote(q, p->username));
-
         p->password_hash = isempty(spec->guest.password_hash) ? NULL : spec->guest.password_hash;
-        if (p->password_hash) {
-                const char *h = p->password_hash;
-
-                /* Not quoted in the message: a hash is still something to keep to oneself. */
-                if (strspn(h, LOWER UPPER DIGITS "./$=+-") != strlen(h))
-                        return hydra_error_set(err, -EINVAL, "guest.password_hash: not a crypt(3) hash (allowed: "
-                                               "letters, digits and '.', '/', '$', '=', '+', '-')");
-        }
-
+        if (p->password_hash && (r = field_check_password_hash("guest.password_hash", p->password_hash, err)) < 0)
+                return r;
         p->hostname = or_default(spec->guest.hostname, SPEC_DEFAULT_HOSTNAME);
-        r = check_hostname(p->hostname, err);
+        r = field_check_hostname("guest.hostname", p->hostname, err);
         if (r < 0)
                 return r;
-
         for (size_t i = 0; spec->guest.ssh_authorized_keys && spec->guest.ssh_authorized_keys[i]; i++) {
-                const char *k = spec->guest.ssh_authorized_keys[i];
-
                 (void) snprintf(field, sizeof(field), "guest.ssh_authorized_keys[%zu]", i);
-                r = check_text(field, k, err);
+                r = field_check_ssh_key(field, spec->guest.ssh_authorized_keys[i], err);
                 if (r < 0)
                         return r;
-                /* authorized_keys holds one key per line: a line break would smuggle in another line. */
-                if (k[0] == '\0' || k[strcspn(k, "\n\r")] != '\0')
-                        return hydra_error_set(err, -EINVAL, "%s: '%s' is empty or has a line break (allowed: one "
-                                               "OpenSSH public key line)",
-                                               field, quote(q, k));
         }
         return 0;
 }
 
 static int check_network(const VmSpec *spec, Params *p, HydraError *err) {
+        SpecNetwork n;
         int r;
 
-        p->guest_ip = or_default(spec->network.guest_ip, SPEC_DEFAULT_GUEST_IP);
-        p->gateway = or_default(spec->network.gateway, SPEC_DEFAULT_GATEWAY);
-        p->dns = or_default(spec->network.dns, SPEC_DEFAULT_DNS);
-        if ((r = check_ipv4("network.guest_ip", p->guest_ip, err)) < 0 ||
-            (r = check_ipv4("network.gateway", p->gateway, err)) < 0 ||
-            (r = check_ipv4("network.dns", p->dns, err)) < 0)
+        r = vm_spec_network(spec, &n, err);
+        if (r < 0)
                 return r;
-
-        p->prefix_len = spec->network.prefix_len == 0 ? SPEC_DEFAULT_PREFIX_LEN : spec->network.prefix_len;
-        if (p->prefix_len > 32)
-                return hydra_error_set(err, -EINVAL,
-                                       "network.prefix_len: %" PRIu32 " is out of range (allowed: 1-32)",
-                                       p->prefix_len);
+        if (!inet_ntop(AF_INET, &n.guest, p->guest_ip, sizeof(p->guest_ip)) ||
+            !inet_ntop(AF_INET, &n.gateway, p->gateway, sizeof(p->gateway)) ||
+            !inet_ntop(AF_INET, &n.dns, p->dns, sizeof(p->dns)))
+                return hydra_error_set(err, -EINVAL, "network: cannot format an address");
+        p->prefix_len = n.prefix_len;
         return 0;
 }
 
@@ -534,7 +372,7 @@ static int check_software(const CloudInitInput *in, Params *p, HydraError *err) 
 
         if (p->proxy) {
                 p->csi_url = or_default(spec->software.csi_grpc_proxy_url, SPEC_DEFAULT_CSI_GRPC_PROXY_URL);
-                r = check_url("software.csi_grpc_proxy_url", p->csi_url, err);
+                r = field_check_guest_url("software.csi_grpc_proxy_url", p->csi_url, err);
                 if (r < 0)
                         return r;
 
@@ -558,33 +396,19 @@ static int check_software(const CloudInitInput *in, Params *p, HydraError *err) 
 
         if (p->diod) {
                 p->k3s_version = or_default(spec->software.k3s_version, SPEC_DEFAULT_K3S_VERSION);
-                r = check_chars("software.k3s_version", p->k3s_version, LOWER UPPER DIGITS ".+_-",
-                                "a k3s release such as v1.32.6+k3s1", err);
+                r = field_check_k3s_version("software.k3s_version", p->k3s_version, err);
                 if (r < 0)
                         return r;
-                if (p->k3s_version[0] == '-' || strlen(p->k3s_version) > 64)
-                        return hydra_error_set(err, -EINVAL, "software.k3s_version: '%s' is not a k3s release "
-                                               "(allowed: up to 64 characters, not starting with '-')",
-                                               quote(q, p->k3s_version));
                 p->crismux = isempty(in->crismux_installer) ? NULL : in->crismux_installer;
         }
 
-        if (!isempty(spec->software.kernel_package)) {
-                const char *k = spec->software.kernel_package;
-
-                r = check_chars("software.kernel_package", k, LOWER DIGITS "+.-",
-                                "a Debian package name: a-z, 0-9, '+', '.', '-'", err);
-                if (r < 0)
-                        return r;
-                if (strlen(k) < 2 || strlen(k) > 128 || !strchr(LOWER DIGITS, k[0]))
-                        return hydra_error_set(err, -EINVAL, "software.kernel_package: '%s' is not a Debian package "
-                                               "name (allowed: 2-128 characters, starting with a-z or 0-9)",
-                                               quote(q, k));
-        }
+        if (!isempty(spec->software.kernel_package) &&
+            (r = field_check_package("software.kernel_package", spec->software.kernel_package, err)) < 0)
+                return r;
 
         for (size_t i = 0; spec->software.extra_debs && spec->software.extra_debs[i]; i++) {
                 (void) snprintf(field, sizeof(field), "software.extra_debs[%zu]", i);
-                r = check_url(field, spec->software.extra_debs[i], err);
+                r = field_check_guest_url(field, spec->software.extra_debs[i], err);
                 if (r < 0)
                         return r;
         }
@@ -607,7 +431,7 @@ static int check_shares(const VmSpec *spec, Params *p, HydraError *err) {
                 return hydra_error_set(err, -EINVAL, "shares.extra: %zu shares but no array", spec->shares.n_extra);
         for (size_t i = 0; i < spec->shares.n_extra; i++) {
                 (void) snprintf(field, sizeof(field), "shares.extra[%zu].guest_path", i);
-                r = check_guest_path(field, strempty(spec->shares.extra[i].guest_path), err);
+                r = field_check_guest_path(field, strempty(spec->shares.extra[i].guest_path), err);
                 if (r < 0)
                         return r;
         }

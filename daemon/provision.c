@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "child.h"
@@ -373,60 +374,91 @@ static bool is_file(const char *path) {
         return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* start-vm.sh's search: the versioned kernel, the initrd and the rootfs at the top of the artifact; failing
- * that, in its subdirectory, where the kernel falls back to the name without the version. */
-static int locate_bare(const VmSpec *spec, const char *artifact_dir, bool must_exist, char **ret_kernel,
-                       char **ret_initrd, char **ret_rootfs, HydraError *err) {
-        _cleanup_free_ char *versioned = NULL, *sub = NULL, *k = NULL, *i = NULL, *r = NULL;
+/* The first of candidates that is a regular file, or -ENOENT. tried collects "'PATH', " for the message. */
+static int find_first(char *const *candidates, size_t n, char **ret, FILE *tried) {
+        for (size_t c = 0; c < n; c++) {
+                if (!candidates[c])
+                        continue;
+                if (is_file(candidates[c])) {
+                        *ret = strdup(candidates[c]);
+                        return *ret ? 0 : -ENOMEM;
+                }
+                if (tried)
+                        (void) fprintf(tried, "%s'%s'", ftell(tried) > 0 ? ", " : "", candidates[c]);
+        }
+        return -ENOENT;
+}
+
+/* start-vm.sh's search, one file at a time: the top of the artifact, then bare.dir; the kernel under its versioned
+ * name, then (with a version) the plain one, in each place. The first place is also what a plan shows for a
+ * file not there yet. */
+static int locate_one(const char *what, const char *artifact_dir, const char *sub, const char *name,
+                      const char *version, bool must_exist, char **ret, HydraError *err) {
+        _cleanup_free_ char *versioned = NULL, *tried = NULL;
+        char *c[4] = {};
+        size_t tried_size = 0;
+        FILE *f = NULL;
+        int r;
+
+        if (asprintf(&versioned, "%s%s", name, strempty(version)) < 0) {
+                versioned = NULL;
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        c[0] = path_join(artifact_dir, versioned);
+        c[1] = isempty(version) ? NULL : path_join(artifact_dir, name);
+        c[2] = sub ? path_join(sub, versioned) : NULL;
+        c[3] = sub && !isempty(version) ? path_join(sub, name) : NULL;
+        if (!c[0] || (!isempty(version) && !c[1]) || (sub && !c[2]) || (sub && !isempty(version) && !c[3])) {
+                r = hydra_error_set(err, -ENOMEM, "out of memory");
+                goto finish;
+        }
+        if (must_exist) {
+                f = open_memstream(&tried, &tried_size);
+                if (!f) {
+                        r = hydra_error_set(err, -ENOMEM, "out of memory");
+                        goto finish;
+                }
+        }
+        r = find_first(c, ELEMENTSOF(c), ret, f);
+        if (f && fclose(f) != 0 && r == -ENOENT)
+                tried = mfree(tried);
+        if (r == -ENOMEM)
+                r = hydra_error_set(err, -ENOMEM, "out of memory");
+        else if (r == -ENOENT && must_exist)
+                r = hydra_error_set(err, -ENOENT, "bare-kernel artifact: %s not found; tried %s", what,
+                                    strempty(tried));
+        else if (r == -ENOENT) {
+                *ret = TAKE_PTR(c[0]);
+                r = 0;
+        }
+finish:
+        for (size_t i = 0; i < ELEMENTSOF(c); i++)
+                free(c[i]);
+        return r;
+}
+
+int provision_locate_bare(const VmSpec *spec, const char *artifact_dir, bool must_exist, char **ret_kernel,
+                          char **ret_initrd, char **ret_rootfs, HydraError *err) {
+        _cleanup_free_ char *sub = NULL, *k = NULL, *i = NULL, *r = NULL;
         const char *kernel = spec->bare.kernel ? spec->bare.kernel : SPEC_DEFAULT_BARE_KERNEL;
         const char *initrd = spec->bare.initrd ? spec->bare.initrd : SPEC_DEFAULT_BARE_INITRD;
         const char *rootfs = spec->bare.rootfs ? spec->bare.rootfs : SPEC_DEFAULT_BARE_ROOTFS;
+        int q;
 
-        if (asprintf(&versioned, "%s%s", kernel, strempty(spec->bare.kernel_version)) < 0)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
-
-        k = path_join(artifact_dir, versioned);
-        i = path_join(artifact_dir, initrd);
-        r = path_join(artifact_dir, rootfs);
-        if (!k || !i || !r)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
-
-        if (!(is_file(k) && is_file(i) && is_file(r)) && spec->bare.dir) {
+        if (spec->bare.dir) {
                 sub = path_join(artifact_dir, spec->bare.dir);
                 if (!sub)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
-                free(k), free(i), free(r);
-                k = path_join(sub, versioned);
-                if (k && !is_file(k) && !isempty(spec->bare.kernel_version)) {
-                        log_debug("kernel '%s' not found in '%s', trying '%s'", versioned, sub, kernel);
-                        free(k);
-                        k = path_join(sub, kernel);
-                }
-                i = path_join(sub, initrd);
-                r = path_join(sub, rootfs);
-                if (!k || !i || !r)
-                        return hydra_error_set(err, -ENOMEM, "out of memory");
-        } else if (!is_file(k) && !isempty(spec->bare.kernel_version)) {
-                _cleanup_free_ char *plain = path_join(artifact_dir, kernel);
-
-                if (plain && is_file(plain))
-                        free_and_replace(k, plain);
         }
-
-        if (must_exist) {
-                const char *where = sub ? sub : artifact_dir;
-
-                if (!is_file(k))
-                        return hydra_error_set(err, -ENOENT,
-                                               "bare-kernel artifact: kernel '%s' (or '%s') not found in %s%s%s",
-                                               versioned, kernel, artifact_dir, sub ? " or " : "", sub ? sub : "");
-                if (!is_file(i))
-                        return hydra_error_set(err, -ENOENT, "bare-kernel artifact: initrd '%s' not found in %s",
-                                               initrd, where);
-                if (!is_file(r))
-                        return hydra_error_set(err, -ENOENT, "bare-kernel artifact: rootfs '%s' not found in %s",
-                                               rootfs, where);
-        }
+        q = locate_one("kernel", artifact_dir, sub, kernel, spec->bare.kernel_version, must_exist, &k, err);
+        if (q < 0)
+                return q;
+        q = locate_one("initrd", artifact_dir, sub, initrd, NULL, must_exist, &i, err);
+        if (q < 0)
+                return q;
+        q = locate_one("rootfs", artifact_dir, sub, rootfs, NULL, must_exist, &r, err);
+        if (q < 0)
+                return q;
         *ret_kernel = TAKE_PTR(k);
         *ret_initrd = TAKE_PTR(i);
         *ret_rootfs = TAKE_PTR(r);
@@ -469,7 +501,7 @@ static int step_locate(Provision *p, HydraError *err) {
         if (p->mode != BOOT_BARE_KERNEL)
                 return 0;
 
-        r = locate_bare(&p->spec, p->artifact_dir, true, &kernel, &initrd, &rootfs, err);
+        r = provision_locate_bare(&p->spec, p->artifact_dir, true, &kernel, &initrd, &rootfs, err);
         if (r < 0)
                 return r;
         p->out.kernel = TAKE_PTR(kernel);
@@ -876,36 +908,131 @@ static int step_firmware(Provision *p, HydraError *err) {
         return child_run(p->ctx.event, argv, on_vars_copied, p, &p->child, err);
 }
 
-/* The backing file of the shared memory: created, or grown (never shrunk), sparse. start-vm.sh gives nvdimm
- * 2 MiB more than the region, for the label area. */
-static int step_shmem(Provision *p, HydraError *err) {
+/* The shared-memory backing file is mapped share=on into the guest, and QEMU itself would grow a file that is too
+ * small: a typo in devices.shmem_path must not hand a real file to the guest (issue 9). So hydrad creates the
+ * file only inside the VM's state dir, marks what it created with a user xattr, and maps an existing file only if
+ * it carries the mark. Outside the state dir (another VM's file, for ivshmem between the two) it is never
+ * resized: it must already be large enough. The mark lives on the inode, so it goes with the file and cannot be
+ * inherited by an unrelated file that reuses a name or an inode number, as a record kept elsewhere could. */
+#define SHMEM_XATTR "user.hydra.shmem"
+
+/* 1 if path lies inside dir (both resolved: a symlink in the path cannot lead out), 0 if not, <0 on error. */
+static int path_inside(const char *path, const char *dir) {
+        _cleanup_free_ char *parent = strdup(path), *real_parent = NULL, *real_dir = NULL;
+        char *slash;
+        size_t n;
+
+        if (!parent)
+                return -ENOMEM;
+        slash = strrchr(parent, '/');
+        if (!slash)
+                return 0;
+        *(slash == parent ? slash + 1 : slash) = '\0';
+        real_parent = realpath(parent, NULL);
+        real_dir = realpath(dir, NULL);
+        if (!real_parent || !real_dir)
+                return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+        n = strlen(real_dir);
+        return strncmp(real_parent, real_dir, n) == 0 && (real_parent[n] == '\0' || real_parent[n] == '/');
+}
+
+static int shmem_create(const char *path, const char *name, uint64_t want, HydraError *err) {
         _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return hydra_error_set(err, -errno, "devices.shmem_path '%s': create: %m", path);
+        if (fsetxattr(fd, SHMEM_XATTR, name, strlen(name), 0) < 0 || ftruncate(fd, (off_t) want) < 0) {
+                r = hydra_error_set(err, -errno, "devices.shmem_path '%s': mark or size the new file: %m (the "
+                                    "state dir's file system must keep user extended attributes)", path);
+                (void) unlink(path);
+                return r;
+        }
+        return 0;
+}
+
+int provision_shmem(const char *state_dir, const char *name, const VmSpec *spec, char **ret_path,
+                    uint64_t *ret_grown_to, HydraError *err) {
+        _cleanup_close_ int pfd = -EBADF, fd = -EBADF;
+        _cleanup_free_ char *path = NULL;
+        char self[64], mark[64];
         uint64_t want;
         struct stat st;
+        int inside, r;
+
+        *ret_grown_to = 0;
+        want = (uint64_t) (spec->devices.shmem_size_gib ? spec->devices.shmem_size_gib : SPEC_DEFAULT_SHMEM_SIZE_GIB) *
+               GIB;
+        if (spec->devices.shmem == SHMEM_NVDIMM)
+                want += 2 * MIB;
+        path = isempty(spec->devices.shmem_path) ? path_join(state_dir, "shmem") : strdup(spec->devices.shmem_path);
+        if (!path)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        inside = path_inside(path, state_dir);
+        if (inside < 0)
+                return hydra_error_set(err, inside, "devices.shmem_path '%s': %s", path, strerror(-inside));
+
+        /* O_PATH: nothing is opened for I/O (a device could act on open) before we know it is a regular file. */
+        pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (pfd < 0 && errno == ENOENT) {
+                if (!inside)
+                        return hydra_error_set(err, -ENOENT, "devices.shmem_path '%s' does not exist, and hydrad "
+                                               "creates shared-memory files only in the VM's state dir %s (leave "
+                                               "shmem_path unset for %s/shmem)", path, state_dir, state_dir);
+                r = shmem_create(path, name, want, err);
+                if (r < 0)
+                        return r;
+                *ret_grown_to = want;
+                *ret_path = TAKE_PTR(path);
+                return 0;
+        }
+        if (pfd < 0)
+                return hydra_error_set(err, -errno, "devices.shmem_path '%s': %m", path);
+        if (fstat(pfd, &st) < 0)
+                return hydra_error_set(err, -errno, "devices.shmem_path '%s': stat: %m", path);
+        if (!S_ISREG(st.st_mode))
+                return hydra_error_set(err, -EINVAL, "devices.shmem_path '%s' is not a regular file (a %s); hydrad "
+                                       "maps only a file it created", path,
+                                       S_ISLNK(st.st_mode) ? "symbolic link" : S_ISDIR(st.st_mode) ? "directory" :
+                                                                                                  "special file");
+        (void) snprintf(self, sizeof(self), "/proc/self/fd/%d", pfd);
+        fd = open(self, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+                return hydra_error_set(err, -errno, "devices.shmem_path '%s': %m", path);
+        if (fgetxattr(fd, SHMEM_XATTR, mark, sizeof(mark)) < 0) {
+                if (errno != ENODATA && errno != ENOTSUP)
+                        return hydra_error_set(err, -errno, "devices.shmem_path '%s': read its mark: %m", path);
+                return hydra_error_set(err, -EPERM, "devices.shmem_path '%s' exists but was not created by hydrad "
+                                       "(no %s mark); hydrad will not map or resize it. Remove it or name a path "
+                                       "that does not exist in the VM's state dir %s", path, SHMEM_XATTR, state_dir);
+        }
+        if ((uint64_t) st.st_size < want) {
+                if (!inside)
+                        return hydra_error_set(err, -EINVAL, "devices.shmem_path '%s' has the wrong size: %" PRIu64
+                                               " bytes, %" PRIu64 " needed; hydrad grows only files in the VM's "
+                                               "state dir %s", path, (uint64_t) st.st_size, want, state_dir);
+                if (ftruncate(fd, (off_t) want) < 0)
+                        return hydra_error_set(err, -errno, "grow '%s' to %" PRIu64 " bytes: %m", path, want);
+                *ret_grown_to = want;
+        }
+        *ret_path = TAKE_PTR(path);
+        return 0;
+}
+
+static int step_shmem(Provision *p, HydraError *err) {
+        uint64_t grown_to;
+        int r;
 
         if (p->spec.devices.shmem == SHMEM_NONE)
                 return 0;
-        want = (uint64_t) p->spec.devices.shmem_size_gib * GIB;
-        if (p->spec.devices.shmem == SHMEM_NVDIMM)
-                want += 2 * MIB;
-
-        fd = open(p->spec.devices.shmem_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return hydra_error_set(err, -errno, "devices.shmem_path '%s': %m", p->spec.devices.shmem_path);
-        if (fstat(fd, &st) < 0)
-                return hydra_error_set(err, -errno, "stat '%s': %m", p->spec.devices.shmem_path);
-        if (!S_ISREG(st.st_mode))
-                return hydra_error_set(err, -EINVAL, "devices.shmem_path '%s' is not a regular file",
-                                       p->spec.devices.shmem_path);
-        if ((uint64_t) st.st_size < want) {
-                if (ftruncate(fd, (off_t) want) < 0)
-                        return hydra_error_set(err, -errno, "grow '%s' to %" PRIu64 " bytes: %m",
-                                               p->spec.devices.shmem_path, want);
-                emit_notice(p, "shared memory file %s sized to %" PRIu64 " MiB", p->spec.devices.shmem_path,
-                            want / MIB);
-        }
-        p->out.shmem_path = strdup(p->spec.devices.shmem_path);
-        return p->out.shmem_path ? 0 : hydra_error_set(err, -ENOMEM, "out of memory");
+        r = provision_shmem(p->state_dir, p->name, &p->spec, &p->out.shmem_path, &grown_to, err);
+        if (r < 0)
+                return r;
+        if (grown_to > 0)
+                emit_notice(p, "shared memory file %s sized to %" PRIu64 " MiB", p->out.shmem_path,
+                            grown_to / MIB);
+        return 0;
 }
 
 /* The host side of the 9p shares: the kubelet directories are made, as start-vm.sh makes them; an extra share
@@ -1069,8 +1196,12 @@ int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOut
                 o.seed_path = path_join(ctx->state_dir, "seed.iso");
                 if (!o.seed_path)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
-                /* The encrypted-container tools are embedded at start, once downloaded: not in a plan. */
-                r = render_seed(spec, NULL, &f, err);
+                /* The encrypted-container tools are embedded at start, once downloaded: not in a plan, which
+                 * renders the seed as if they were not asked for (a borrowed shallow copy). */
+                VmSpec without_tools = *spec;
+
+                without_tools.bare.encrypted_tools = false;
+                r = render_seed(&without_tools, NULL, &f, err);
                 if (r < 0)
                         return r;
         }
@@ -1079,7 +1210,7 @@ int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOut
                 if (!artifact)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
                 /* Where it would be found now; before the first download, where start-vm.sh looks first. */
-                r = locate_bare(spec, artifact, false, &o.kernel, &o.initrd, &rootfs, err);
+                r = provision_locate_bare(spec, artifact, false, &o.kernel, &o.initrd, &rootfs, err);
                 if (r < 0)
                         return r;
                 o.bare_kernel = true;
@@ -1089,8 +1220,9 @@ int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOut
                 if (!o.firmware_vars)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
         }
-        if (spec->devices.shmem != SHMEM_NONE && spec->devices.shmem_path) {
-                o.shmem_path = strdup(spec->devices.shmem_path);
+        if (spec->devices.shmem != SHMEM_NONE) {
+                o.shmem_path = spec->devices.shmem_path ? strdup(spec->devices.shmem_path)
+                                                        : path_join(ctx->state_dir, "shmem");
                 if (!o.shmem_path)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
         }

@@ -73,5 +73,15 @@ void provision_cancel(Provision *p);
 int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOutput *out, CloudInitFiles *files,
                    HydraError *err);
 
+/* Where the bare kernel, initrd and rootfs are in the unpacked artifact. must_exist: each must be a regular
+ * file, else -ENOENT with err saying which paths were tried; otherwise the paths where they would be. */
+int provision_locate_bare(const VmSpec *spec, const char *artifact_dir, bool must_exist, char **ret_kernel,
+                          char **ret_initrd, char **ret_rootfs, HydraError *err);
+
+/* The shared-memory backing file of a spec with devices.shmem set: prepared for QEMU, its path in ret_path.
+ * ret_grown_to: the size it was grown to, 0 if it was left as it was. */
+int provision_shmem(const char *state_dir, const char *name, const VmSpec *spec, char **ret_path, uint64_t *ret_grown_to,
+                    HydraError *err);
+
 /* "amd64" / "arm64": Debian's name for the arch (csi-grpc-proxy's download suffix). */
 const char *provision_debian_arch(Arch arch);

@@ -249,65 +249,24 @@ typedef struct NetConfig {
         bool slirp_default; /* nothing to tell slirp: its own 10.0.2.0/24 layout */
 } NetConfig;
 
-static int parse_ipv4(const char *field, const char *value, const char *fallback, struct in_addr *ret,
-                      HydraError *err) {
-        if (isempty(value))
-                value = fallback;
-        if (has_control(value) || inet_pton(AF_INET, value, ret) != 1)
-                return hydra_error_set(err, -EINVAL, "%s: not an IPv4 address (allowed: a dotted quad such as %s)",
-                                       field, fallback);
-        return 0;
-}
-
+/* The addresses come from vm_spec_network(), the rule vm_spec_validate() applies at RegisterVm. */
 static int resolve_network(const VmSpec *spec, NetConfig *ret, HydraError *err) {
-        struct in_addr guest, gateway, dns, network, netmask;
-        uint32_t prefix_len = spec->network.prefix_len ? spec->network.prefix_len : SPEC_DEFAULT_PREFIX_LEN;
+        SpecNetwork n;
         NetConfig c = {};
         int r;
 
-        if (prefix_len > 30)
-                return hydra_error_set(err, -EINVAL,
-                                       "network.prefix_len: %" PRIu32 " is out of range (allowed: 1-30)", prefix_len);
-        r = parse_ipv4("network.guest_ip", spec->network.guest_ip, SPEC_DEFAULT_GUEST_IP, &guest, err);
+        r = vm_spec_network(spec, &n, err);
         if (r < 0)
                 return r;
-        r = parse_ipv4("network.gateway", spec->network.gateway, SPEC_DEFAULT_GATEWAY, &gateway, err);
-        if (r < 0)
-                return r;
-        r = parse_ipv4("network.dns", spec->network.dns, SPEC_DEFAULT_DNS, &dns, err);
-        if (r < 0)
-                return r;
-
-        netmask.s_addr = htonl(~UINT32_C(0) << (32 - prefix_len));
-        network.s_addr = guest.s_addr & netmask.s_addr;
-        if (!inet_ntop(AF_INET, &guest, c.guest, sizeof(c.guest)) ||
-            !inet_ntop(AF_INET, &gateway, c.gateway, sizeof(c.gateway)) ||
-            !inet_ntop(AF_INET, &dns, c.dns, sizeof(c.dns)) ||
-            !inet_ntop(AF_INET, &network, c.network, sizeof(c.network)) ||
-            !inet_ntop(AF_INET, &netmask, c.netmask, sizeof(c.netmask)))
+        if (!inet_ntop(AF_INET, &n.guest, c.guest, sizeof(c.guest)) ||
+            !inet_ntop(AF_INET, &n.gateway, c.gateway, sizeof(c.gateway)) ||
+            !inet_ntop(AF_INET, &n.dns, c.dns, sizeof(c.dns)) ||
+            !inet_ntop(AF_INET, &n.network, c.network, sizeof(c.network)) ||
+            !inet_ntop(AF_INET, &n.netmask, c.netmask, sizeof(c.netmask)))
                 return hydra_error_set(err, -EINVAL, "network: cannot format an address");
-
-        if ((gateway.s_addr & netmask.s_addr) != network.s_addr)
-                return hydra_error_set(err, -EINVAL,
-                                       "network.gateway: %s is not in the guest's network %s/%" PRIu32
-                                       " (allowed: an address in that network)",
-                                       c.gateway, c.network, prefix_len);
-        /* slirp refuses these at start-up ("DNS must be different from host", "DHCP must be different from host
-         * and DNS"): say it in the spec's words instead. */
-        if (gateway.s_addr == dns.s_addr)
-                return hydra_error_set(err, -EINVAL,
-                                       "network.dns: %s is the gateway's address (allowed: an address apart from "
-                                       "network.gateway)",
-                                       c.dns);
-        if (guest.s_addr == gateway.s_addr || guest.s_addr == dns.s_addr)
-                return hydra_error_set(err, -EINVAL,
-                                       "network.guest_ip: %s is the %s's address (allowed: an address apart from "
-                                       "network.gateway and network.dns)",
-                                       c.guest, guest.s_addr == gateway.s_addr ? "gateway" : "DNS server");
-
-        c.prefix_len = prefix_len;
+        c.prefix_len = n.prefix_len;
         c.slirp_default = streq(c.guest, SPEC_DEFAULT_GUEST_IP) && streq(c.gateway, SPEC_DEFAULT_GATEWAY) &&
-                          streq(c.dns, SPEC_DEFAULT_DNS) && prefix_len == SPEC_DEFAULT_PREFIX_LEN;
+                          streq(c.dns, SPEC_DEFAULT_DNS) && n.prefix_len == SPEC_DEFAULT_PREFIX_LEN;
         *ret = c;
         return 0;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "field.h"
 #include "macro.h"
 #include "spec.h"
 
@@ -331,15 +332,6 @@ int vm_spec_apply_defaults(VmSpec *spec) {
         if (spec->devices.shmem != SHMEM_NONE) {
                 if (spec->devices.shmem_size_gib == 0)
                         spec->devices.shmem_size_gib = SPEC_DEFAULT_SHMEM_SIZE_GIB;
-                if (isempty(spec->devices.shmem_path)) {
-                        char *path;
-
-                        if (asprintf(&path, "/dev/shm/shmem-%s",
-                                     spec->guest.hostname ? spec->guest.hostname : SPEC_DEFAULT_HOSTNAME) < 0)
-                                return -ENOMEM;
-                        free(spec->devices.shmem_path);
-                        spec->devices.shmem_path = path;
-                }
         }
 
         if (spec->supervision.restart != RESTART_NO) {
@@ -695,27 +687,10 @@ static int validate_basic(const VmSpec *spec, HydraError *err) {
 
 #define SPEC_MAX_URL 4096U
 #define SPEC_MAX_SECRET 4096U
-#define SPEC_MAX_SSH_KEY 16384U
 #define SPEC_MAX_SSH_KEYS 64U
 #define SPEC_MAX_EXTRA_DEBS 64U
 #define SPEC_MAX_SHARES 64U
 #define SPEC_MAX_DISK_GIB (64U * 1024U)
-
-/* Characters that need no quoting anywhere they end up: a YAML scalar, a shell word, an fstab field, a kernel
- * command line. Values made of other characters are refused where the field has no business holding them. */
-static bool is_plain_char(char c) {
-        return is_name_char(c) || c == '/' || c == '+' || c == ':' || c == '@' || c == '%' || c == '=' || c == '~';
-}
-
-static int check_plain(const char *field, const char *value, const char *allowed, HydraError *err) {
-        char q[QUOTE_BUF_SIZE], c[16];
-
-        for (const char *p = value; *p; p++)
-                if (!is_plain_char(*p))
-                        return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: %s)", field,
-                                               quote(q, value), describe_char(c, *p), allowed);
-        return 0;
-}
 
 /* A URL: scheme among the allowed ones, no whitespace or control characters, no quotes, a host (or an absolute
  * path for file://). Credentials in the URL are refused: they belong in the user/password fields. */
@@ -821,6 +796,17 @@ static int check_source(const char *name, const Source *src, HydraError *err) {
                         return hydra_error_set(err, -EINVAL,
                                                "%s.sums_url: given together with %s.checksum (allowed: one of them)",
                                                name, name);
+                /* fetch.c looks the URL's file name up in the sums file: there must be one. */
+                const char *path = strstr(src->url, "://"), *end, *slash;
+
+                path = path ? path + 3 : src->url;
+                path += strcspn(path, "/?#");
+                end = path + strcspn(path, "?#");
+                slash = memrchr(path, '/', (size_t) (end - path));
+                if (!slash || slash + 1 == end)
+                        return hydra_error_set(err, -EINVAL, "%s.url: '%s' names no file to look up in %s.sums_url "
+                                               "(allowed: a URL ending in a file name)",
+                                               name, quote(q, src->url), name);
         }
         if (!isempty(src->user)) {
                 (void) snprintf(field, sizeof(field), "%s.user", name);
@@ -901,45 +887,64 @@ static int check_relative_dir(const char *field, const char *dir, HydraError *er
         return 0;
 }
 
-static int check_ipv4(const char *field, const char *value, struct in_addr *ret, HydraError *err) {
-        char q[QUOTE_BUF_SIZE];
+static int parse_ipv4(const char *field, const char *value, const char *fallback, struct in_addr *ret,
+                      HydraError *err) {
         int r;
 
-        r = check_no_control(field, value, err);
+        if (isempty(value))
+                value = fallback;
+        r = field_check_ipv4(field, value, err);
         if (r < 0)
                 return r;
-        if (inet_pton(AF_INET, value, ret) != 1)
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an IPv4 address (allowed: a dotted quad such "
-                                       "as 10.0.2.15)", field, quote(q, value));
+        return inet_pton(AF_INET, value, ret) == 1 ? 0 : hydra_error_set(err, -EINVAL, "%s: not an IPv4 address",
+                                                                       field);
+}
+
+/* QEMU's slirp refuses these at start-up ("DNS must be different from host",
+ * "DHCP must be different from host and DNS"; the DHCP start is the guest's address): said here in the spec's
+ * words, for the defaults too, so that RegisterVm refuses what StartVm would. */
+int vm_spec_network(const VmSpec *spec, SpecNetwork *ret, HydraError *err) {
+        SpecNetwork n = {};
+        char a[INET_ADDRSTRLEN], b[INET_ADDRSTRLEN];
+        int r;
+
+        n.prefix_len = spec->network.prefix_len ? spec->network.prefix_len : SPEC_DEFAULT_PREFIX_LEN;
+        if (n.prefix_len > 30)
+                return hydra_error_set(err, -EINVAL, "network.prefix_len: %" PRIu32 " is out of range (allowed: "
+                                       "1-30)", n.prefix_len);
+        if ((r = parse_ipv4("network.guest_ip", spec->network.guest_ip, SPEC_DEFAULT_GUEST_IP, &n.guest, err)) < 0 ||
+            (r = parse_ipv4("network.gateway", spec->network.gateway, SPEC_DEFAULT_GATEWAY, &n.gateway, err)) < 0 ||
+            (r = parse_ipv4("network.dns", spec->network.dns, SPEC_DEFAULT_DNS, &n.dns, err)) < 0)
+                return r;
+        n.netmask.s_addr = htonl(~UINT32_C(0) << (32 - n.prefix_len));
+        n.network.s_addr = n.guest.s_addr & n.netmask.s_addr;
+        (void) inet_ntop(AF_INET, &n.network, a, sizeof(a));
+
+        if ((n.gateway.s_addr & n.netmask.s_addr) != n.network.s_addr)
+                return hydra_error_set(err, -EINVAL, "network.gateway: %s is not in the guest's network %s/%" PRIu32
+                                       " (allowed: an address in that network)",
+                                       inet_ntop(AF_INET, &n.gateway, b, sizeof(b)), a, n.prefix_len);
+        if (n.gateway.s_addr == n.dns.s_addr)
+                return hydra_error_set(err, -EINVAL, "network.dns: %s is the gateway's address (allowed: an address "
+                                       "apart from network.gateway)",
+                                       inet_ntop(AF_INET, &n.dns, b, sizeof(b)));
+        if (n.guest.s_addr == n.gateway.s_addr || n.guest.s_addr == n.dns.s_addr)
+                return hydra_error_set(err, -EINVAL, "network.guest_ip: %s is the %s's address (allowed: an address "
+                                       "apart from network.gateway and network.dns)",
+                                       inet_ntop(AF_INET, &n.guest, b, sizeof(b)),
+                                       n.guest.s_addr == n.gateway.s_addr ? "gateway" : "DNS server");
+        *ret = n;
         return 0;
 }
 
 static int check_network(const VmSpec *spec, HydraError *err) {
-        struct in_addr ip = {}, gw = {}, dns = {};
+        SpecNetwork net;
         char q[QUOTE_BUF_SIZE];
-        uint32_t mask;
         int r;
 
-        if (spec->network.prefix_len > 30)
-                return hydra_error_set(err, -EINVAL, "network.prefix_len: %" PRIu32 " is out of range (allowed: "
-                                       "1-30)", spec->network.prefix_len);
-        if (spec->network.guest_ip && (r = check_ipv4("network.guest_ip", spec->network.guest_ip, &ip, err)) < 0)
+        r = vm_spec_network(spec, &net, err);
+        if (r < 0)
                 return r;
-        if (spec->network.gateway && (r = check_ipv4("network.gateway", spec->network.gateway, &gw, err)) < 0)
-                return r;
-        if (spec->network.dns && (r = check_ipv4("network.dns", spec->network.dns, &dns, err)) < 0)
-                return r;
-        if (spec->network.guest_ip && spec->network.gateway && spec->network.prefix_len > 0) {
-                mask = htonl(~UINT32_C(0) << (32 - spec->network.prefix_len));
-                if ((ip.s_addr & mask) != (gw.s_addr & mask))
-                        return hydra_error_set(err, -EINVAL,
-                                               "network.gateway: %s is not in the guest's network %s/%" PRIu32,
-                                               spec->network.gateway, spec->network.guest_ip,
-                                               spec->network.prefix_len);
-                if (ip.s_addr == gw.s_addr)
-                        return hydra_error_set(err, -EINVAL, "network.guest_ip: %s is the gateway's address",
-                                               spec->network.guest_ip);
-        }
         if (spec->network.mac) {
                 unsigned b[6];
                 char end;
@@ -957,118 +962,53 @@ static int check_network(const VmSpec *spec, HydraError *err) {
         return 0;
 }
 
-/* RFC 1123 host name: labels of letters, digits and '-', not starting or ending with '-', dots between. */
-static int check_hostname(const char *hostname, HydraError *err) {
-        char q[QUOTE_BUF_SIZE], c[16];
-        size_t n = strlen(hostname);
-        int r;
-
-        r = check_no_control("guest.hostname", hostname, err);
-        if (r < 0)
-                return r;
-        if (n > 253)
-                return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' is longer than 253 characters",
-                                       quote(q, hostname));
-        for (const char *label = hostname; *label;) {
-                size_t len = strcspn(label, ".");
-
-                if (len == 0 || len > 63)
-                        return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' has an empty label or one longer "
-                                               "than 63 characters", quote(q, hostname));
-                for (size_t i = 0; i < len; i++) {
-                        char ch = label[i];
-
-                        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                              ch == '-'))
-                                return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' contains %s (allowed: "
-                                                       "letters, digits, '-' and '.')", quote(q, hostname),
-                                                       describe_char(c, ch));
-                }
-                if (label[0] == '-' || label[len - 1] == '-')
-                        return hydra_error_set(err, -EINVAL, "guest.hostname: '%s' has a label starting or ending "
-                                               "with '-'", quote(q, hostname));
-                label += len;
-                label += *label == '.';
-        }
-        return 0;
-}
-
 static int check_guest(const VmSpec *spec, HydraError *err) {
-        char q[QUOTE_BUF_SIZE], field[64];
+        char field[64];
         size_t n;
         int r;
 
         if (spec->guest.password)
                 return hydra_error_set(err, -EINVAL, "guest.password: a cleartext password cannot be stored; it "
                                        "must be hashed first (value not shown: it is a secret)");
-        if (spec->guest.username) {
-                const char *u = spec->guest.username;
-
-                n = strlen(u);
-                if (n == 0 || n > 32 || !((u[0] >= 'a' && u[0] <= 'z') || u[0] == '_') ||
-                    strspn(u, "abcdefghijklmnopqrstuvwxyz0123456789_-") != n)
-                        return hydra_error_set(err, -EINVAL, "guest.username: '%s' is not a valid user name "
-                                               "(allowed: up to 32 of a-z, 0-9, '_', '-', starting with a letter "
-                                               "or '_')", quote(q, u));
-        }
-        if (spec->guest.password_hash) {
-                const char *h = spec->guest.password_hash;
-
-                n = strlen(h);
-                if (n < 4 || n > 512 || h[0] != '$' ||
-                    strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./$=+-") != n)
-                        return hydra_error_set(err, -EINVAL, "guest.password_hash: not a crypt(3) hash (allowed: "
-                                               "$id$salt$hash, e.g. from `openssl passwd -6` or mkpasswd)");
-        }
-        if (spec->guest.hostname) {
-                r = check_hostname(spec->guest.hostname, err);
-                if (r < 0)
-                        return r;
-        }
+        if (spec->guest.username && (r = field_check_username("guest.username", spec->guest.username, err)) < 0)
+                return r;
+        if (spec->guest.password_hash &&
+            (r = field_check_password_hash("guest.password_hash", spec->guest.password_hash, err)) < 0)
+                return r;
+        if (spec->guest.hostname && (r = field_check_hostname("guest.hostname", spec->guest.hostname, err)) < 0)
+                return r;
         n = strv_length(spec->guest.ssh_authorized_keys);
         if (n > SPEC_MAX_SSH_KEYS)
                 return hydra_error_set(err, -EINVAL, "guest.ssh_authorized_keys: %zu keys (allowed: at most %u)", n,
                                        SPEC_MAX_SSH_KEYS);
         for (size_t i = 0; i < n; i++) {
-                const char *k = spec->guest.ssh_authorized_keys[i];
-
                 (void) snprintf(field, sizeof(field), "guest.ssh_authorized_keys[%zu]", i);
-                r = check_no_control(field, k, err);
+                r = field_check_ssh_key(field, spec->guest.ssh_authorized_keys[i], err);
                 if (r < 0)
                         return r;
-                r = check_length(field, k, SPEC_MAX_SSH_KEY, err);
-                if (r < 0)
-                        return r;
-                if (strncmp(k, "ssh-", 4) != 0 && strncmp(k, "ecdsa-", 6) != 0 && strncmp(k, "sk-", 3) != 0)
-                        return hydra_error_set(err, -EINVAL, "%s: '%s' is not an OpenSSH public key (allowed: a "
-                                               "line starting with ssh-, ecdsa- or sk-)", field, quote(q, k));
         }
         return 0;
 }
 
 static int check_software(const VmSpec *spec, HydraError *err) {
-        char field[64], q[QUOTE_BUF_SIZE];
+        char field[64];
         size_t n;
         int r;
 
         if (spec->software.csi_grpc_proxy_url) {
-                r = check_url("software.csi_grpc_proxy_url", spec->software.csi_grpc_proxy_url, false, err);
+                r = field_check_guest_url("software.csi_grpc_proxy_url", spec->software.csi_grpc_proxy_url, err);
                 if (r < 0)
                         return r;
         }
         if (spec->software.k3s_version) {
-                r = check_file_name("software.k3s_version", spec->software.k3s_version, err);
+                r = field_check_k3s_version("software.k3s_version", spec->software.k3s_version, err);
                 if (r < 0)
                         return r;
         }
         if (spec->software.kernel_package) {
-                const char *p = spec->software.kernel_package;
-
-                n = strlen(p);
-                if (n < 2 || n > 128 || !((p[0] >= 'a' && p[0] <= 'z') || (p[0] >= '0' && p[0] <= '9')) ||
-                    strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789+.-") != n)
-                        return hydra_error_set(err, -EINVAL, "software.kernel_package: '%s' is not a Debian package "
-                                               "name (allowed: a-z, 0-9, '+', '.', '-')", quote(q, p));
+                r = field_check_package("software.kernel_package", spec->software.kernel_package, err);
+                if (r < 0)
+                        return r;
         }
         n = strv_length(spec->software.extra_debs);
         if (n > SPEC_MAX_EXTRA_DEBS)
@@ -1076,7 +1016,7 @@ static int check_software(const VmSpec *spec, HydraError *err) {
                                        SPEC_MAX_EXTRA_DEBS);
         for (size_t i = 0; i < n; i++) {
                 (void) snprintf(field, sizeof(field), "software.extra_debs[%zu]", i);
-                r = check_url(field, spec->software.extra_debs[i], false, err);
+                r = field_check_guest_url(field, spec->software.extra_debs[i], err);
                 if (r < 0)
                         return r;
         }
@@ -1111,13 +1051,7 @@ static int check_shares(const VmSpec *spec, HydraError *err) {
                 if (r < 0)
                         return r;
                 (void) snprintf(field, sizeof(field), "shares.extra[%zu].guest_path", i);
-                if (isempty(sh->guest_path))
-                        return hydra_error_set(err, -EINVAL, "%s: empty (allowed: an absolute path)", field);
-                r = check_path(field, sh->guest_path, err);
-                if (r < 0)
-                        return r;
-                /* It lands in /etc/fstab and in runcmd: no blanks, quotes or shell characters. */
-                r = check_plain(field, sh->guest_path, "letters, digits and . _ - / + : @ % = ~", err);
+                r = field_check_guest_path(field, strempty(sh->guest_path), err);
                 if (r < 0)
                         return r;
         }

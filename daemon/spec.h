@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -256,6 +257,16 @@ int vm_spec_apply_defaults(VmSpec *spec);
 /* Checks every field. On failure returns -EINVAL and fills err with a message that names the field, the
  * value and what is allowed, e.g. "forwards[1].host_port: 70000 is out of range (allowed: 1-65535)". */
 int vm_spec_validate(const VmSpec *spec, HydraError *err);
+
+/* The guest network as slirp and the guest see it: unset fields take start-vm.sh's defaults (which are slirp's).
+ * vm_spec_validate() runs this; the QEMU argv builder and the cloud-init renderer take their addresses from it,
+ * so that no address passes RegisterVm and fails at StartVm. Returns 0 or -EINVAL (err set). */
+typedef struct SpecNetwork {
+        struct in_addr guest, gateway, dns, network, netmask;
+        uint32_t prefix_len;
+} SpecNetwork;
+
+int vm_spec_network(const VmSpec *spec, SpecNetwork *ret, HydraError *err);
 
 /* Replaces guest.password (cleartext) by a yescrypt hash in guest.password_hash and wipes the cleartext. No-op
  * without a password. Returns 0, or -errno with err set (never quoting the password). */

@@ -439,13 +439,14 @@ START_TEST(test_deterministic) {
 }
 END_TEST
 
-/* Values built to break out of a YAML scalar: quotes, a newline followed by a list item and a new key, flow
- * syntax, comments, anchors, tags, backslashes, characters YAML reads as line breaks or refuses raw, and
- * non-ASCII. They must come back from PyYAML as exactly these strings, and the structure must not change. */
+/* Values built to break out of a YAML scalar: quotes, flow syntax, comments, anchors, tags, backslashes,
+ * characters YAML reads as line breaks or refuses raw, and non-ASCII (control characters, a raw newline among
+ * them, are refused by the field rules: test_refused). They must come back from PyYAML as exactly these
+ * strings, and the structure must not change. */
 static char *evil_keys[] = {
         "ssh-ed25519 AAAA \"quoted\" ]: { evil: 1 } # not a comment",
         "ssh-rsa AAAA 'single' ], [x], &anchor *alias !!python/object/apply:os.system ['id'] ключ 🔑",
-        "sk-ssh-ed25519@openssh.com AAAA ${HOME} $(reboot) `id` \\n \\\" \\ / \t tab \x01 \x7f \xc2\x85 "
+        "sk-ssh-ed25519@openssh.com AAAA ${HOME} $(reboot) `id` \\n \\\" \\ / \xc2\x85 "
         "\xe2\x80\xa8 \xe2\x80\xa9 \xef\xbb\xbf \xef\xbf\xbe \xc2\x9f end",
         NULL,
 };
@@ -453,7 +454,8 @@ static char *evil_keys[] = {
 START_TEST(test_injection_lands_as_strings) {
         VmSpec spec = {
                 .arch = ARCH_X86_64,
-                .guest = { .username = "hail\"hydra\n- evil: 1\nruncmd: [reboot]\n: {\n#x \xe2\x80\xa8 \xc2\x85 ü",
+                /* The user name has its own strict rule (field_check_username): the keys carry the attack. */
+                .guest = { .username = "hailhydra",
                            .password_hash = "$6$salt$abc/def.ghi",
                            .hostname = "hydra-isolated",
                            .ssh_authorized_keys = evil_keys },
@@ -463,13 +465,11 @@ START_TEST(test_injection_lands_as_strings) {
         _cleanup_(cloud_init_files_done) CloudInitFiles f = {};
 
         render_ok(&in, &f);
-        /* Written escaped, never raw: YAML would fold U+2028/U+0085 and refuse DEL. */
+        /* Written escaped, never raw: YAML would fold U+2028/U+0085. */
         ck_assert_ptr_null(strstr(f.user_data, "\xe2\x80\xa8"));
         ck_assert_ptr_null(strstr(f.user_data, "\xc2\x85"));
-        ck_assert_ptr_null(strchr(f.user_data, '\x7f'));
         ck_assert_ptr_nonnull(strstr(f.user_data, "\\u2028"));
         ck_assert_ptr_nonnull(strstr(f.user_data, "\\u0085"));
-        ck_assert_ptr_nonnull(strstr(f.user_data, "\\u007f"));
         ck_assert_ptr_nonnull(strstr(f.user_data, "🔑")); /* other non-ASCII stays UTF-8 */
         assert_seed_sound("injection", &f, &spec, "containerd imgcrypt 9mount");
 }

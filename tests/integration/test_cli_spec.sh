@@ -476,29 +476,33 @@ bare|encrypted_tools|enabled|'enabled' is not a boolean
 bare|kernel|../Image.gz|'../Image.gz' is not a name inside the archive
 bare|rootfs|/abs/rootfs.qcow2|'/abs/rootfs.qcow2' is not a name inside the archive
 bare|kernel_version|-6 16|'-6 16' is not one word
-guest|username|Alice|'Alice' is not a user name \(allowed: up to 32 of a-z
-guest|hostname|my_vm|'my_vm' is not a host name \(allowed: labels of letters, digits and '-'
-guest|hostname|-vm|'-vm' is not a host name
-guest|hostname|vm-|'vm-' is not a host name
-guest|password_hash|hailhydra|'hailhydra' is not a crypt\(3\) hash
+guest|username|Alice|'Alice' is not a valid user name \(allowed: up to 32 of a-z
+guest|hostname|my_vm|'my_vm' contains '_' \(allowed: letters, digits, '-' and '.'\)
+guest|hostname|-vm|'-vm' has a label starting or ending with '-'
+guest|hostname|vm-|'vm-' has a label starting or ending with '-'
+guest|password_hash|hailhydra|not a crypt\(3\) hash
 guest|ssh_authorized_key|AAAAC3Nza|'AAAAC3Nza' is not an OpenSSH public key
 software|containerd_proxy|sometimes|'sometimes' is not a boolean
 software|k3s_diod|y|'y' is not a boolean
 software|kernel_package|Linux-Image|'Linux-Image' is not a Debian package name
-software|extra_deb|/tmp/x.deb|'/tmp/x.deb' is not a URL
-software|csi_grpc_proxy_url|github.com/x|'github.com/x' is not a URL
-software|k3s_version|v1.32 k3s1|'v1.32 k3s1' is not one word
+software|extra_deb|/tmp/x.deb|'/tmp/x.deb' has an unsupported scheme \(allowed: http://, https://\)
+software|csi_grpc_proxy_url|github.com/x|'github.com/x' has an unsupported scheme
+software|k3s_version|v1.32 k3s1|'v1.32 k3s1' contains a space \(allowed: a k3s release
+software|extra_deb|http://x/a.deb#}]|'http://x/a.deb#}]' contains '}' \(allowed: an http:// or https:// URL
+software|k3s_version|-rc1|'-rc1' is not a k3s release
 network|guest_ip|10.0.2|'10.0.2' is not an IPv4 address
 network|gateway|10.0.2.256|'10.0.2.256' is not an IPv4 address
 network|dns|dns.example|'dns.example' is not an IPv4 address
-network|prefix_len|33|'33' is not a prefix length \(allowed: 1-32\)
+network|prefix_len|33|'33' is not a prefix length \(allowed: 1-30\)
 network|prefix_len|0|'0' is not a prefix length
 network|mac|52:54:00:12:34|'52:54:00:12:34' is not a unicast MAC address
 network|mac|01:00:5e:00:00:01|'01:00:5e:00:00:01' is not a unicast MAC address
 shares|kubelet|9p|'9p' is not a way to share the kubelet directories \(allowed: virtio, tcp, none\)
 shares|diod_port|70000|'70000' is not a port \(allowed: 1-65535\)
 shares|share|/srv/data|'/srv/data' is not HOST_PATH:GUEST_PATH
-shares|share|/srv/data:mnt|'/srv/data:mnt' has a guest path that is not absolute
+shares|share|/srv/data:mnt|'mnt' is not an absolute path below /
+shares|share|/srv/data:/mnt/a=b|'/mnt/a=b' contains '='
+shares|share|/srv/data:/mnt/100%|'/mnt/100%' contains '%'
 devices|vsock|please|'please' is not a boolean
 devices|vsock_cid|2|'2' is not a guest CID \(allowed: 3-4294967294\)
 devices|gpu_vram|512M|'512M' is not a whole number of GiB
@@ -799,6 +803,13 @@ env_value "INSTALL_ADDITIONAL_DEBS, '\$'-separated" '["http://a.example/x.deb", 
     software.extra_debs "" 'INSTALL_ADDITIONAL_DEBS=http://a.example/x.deb$https://b.example/y.deb'
 env_value "ENABLE_REBOOT_AFTER_INSTALLATION" True software.reboot_after_install "" ENABLE_REBOOT_AFTER_INSTALLATION=1
 env_value "K3S_VERSION_INSTALL" v1.31.0+k3s1 software.k3s_version "" K3S_VERSION_INSTALL=v1.31.0+k3s1
+# hydrad's rules (common/field.c), so that RegisterVm and StartVm accept what --from-env produced.
+env_fail "INSTALL_ADDITIONAL_DEBS with '}'" 2 "INSTALL_ADDITIONAL_DEBS: 'http://x/a.deb#}]' contains '}'" "" \
+    'INSTALL_ADDITIONAL_DEBS=http://x/a.deb#}]'
+env_fail "DEFAULT_CSI_GRPC_PROXY_URL with '{'" 2 "DEFAULT_CSI_GRPC_PROXY_URL: 'https://x/\{v\}-' contains '\{'" "" \
+    'DEFAULT_CSI_GRPC_PROXY_URL=https://x/{v}-'
+env_fail "ADDITIONAL_9P_MOUNTS guest path with '='" 2 "ADDITIONAL_9P_MOUNTS \(guest directory\): '/mnt/a=b' contains '='" "" \
+    'ADDITIONAL_9P_MOUNTS=/srv/a|/mnt/a=b'
 env_value "DEFAULT_CSI_GRPC_PROXY_URL" https://mirror.example/csi- software.csi_grpc_proxy_url "" \
     DEFAULT_CSI_GRPC_PROXY_URL=https://mirror.example/csi-
 
@@ -840,7 +851,7 @@ env_fail "ADDITIONAL_9P_MOUNTS without '|'" 2 "ADDITIONAL_9P_MOUNTS: '/srv/a' is
 env_value "ENABLE_VIRTIO_GPU + DEFAULT_VIRTIO_GPU_VRAM" 8 devices.gpu_vram_gib "" ENABLE_VIRTIO_GPU=1 DEFAULT_VIRTIO_GPU_VRAM=8
 env_value "SHMEM_TYPE" nvdimm devices.shmem "" SHMEM_TYPE=nvdimm
 env_value "KVM_SHMEM_SIZE" 2 devices.shmem_size_gib "" SHMEM_TYPE=ivshmem KVM_SHMEM_SIZE=2
-env_value "the shared memory path defaults to /dev/shm/shmem-VM_HOSTNAME" /dev/shm/shmem-hydra-isolated \
+env_value "the shared memory path is left to hydrad (its state dir), not /dev/shm/shmem-VM_HOSTNAME" null \
     devices.shmem_path isolated SHMEM_TYPE=ivshmem
 env_value "DEFAULT_KVM_SHMEM_PATH" /dev/shm/x devices.shmem_path "" SHMEM_TYPE=nvdimm DEFAULT_KVM_SHMEM_PATH=/dev/shm/x
 env_fail "SHMEM_TYPE bogus" 2 "SHMEM_TYPE: 'dax' is not a shared memory type \(allowed: none, nvdimm, ivshmem\)" "" SHMEM_TYPE=dax

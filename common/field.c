@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "field.h"
+#include "utf8.h"
+
+#define LOWER "abcdefghijklmnopqrstuvwxyz"
+#define UPPER "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#define DIGITS "0123456789"
+
+#define MAX_PATH 4095U /* PATH_MAX - 1 */
+#define MAX_URL 4096U
+#define MAX_SSH_KEY 16384U
+
+/* The longest value quoted in a message, before escaping; HydraError's buffer is 1 KiB. */
+#define QUOTE_MAX 96U
+#define QUOTE_BUF_SIZE (4 * QUOTE_MAX + 4)
+
+/* Control characters, quotes and backslashes escaped (a message is one log line), bytes above 0x7e escaped (it
+ * may end up in a proto3 string, which must be UTF-8), long values cut with "...". */
+static const char *quote(char buf[static QUOTE_BUF_SIZE], const char *s) {
+        size_t n = 0, i;
+
+        for (i = 0; s[i] && i < QUOTE_MAX; i++) {
+                unsigned char c = (unsigned char) s[i];
+
+                if (c == '\n')
+                        n += (size_t) sprintf(buf + n, "\\n");
+                else if (c == '\t')
+                        n += (size_t) sprintf(buf + n, "\\t");
+                else if (c == '\r')
+                        n += (size_t) sprintf(buf + n, "\\r");
+                else if (c == '\\' || c == '\'')
+                        n += (size_t) sprintf(buf + n, "\\%c", c);
+                else if (c < 0x20 || c >= 0x7f)
+                        n += (size_t) sprintf(buf + n, "\\x%02x", c);
+                else
+                        buf[n++] = (char) c;
+        }
+        if (s[i])
+                n += (size_t) sprintf(buf + n, "...");
+        buf[n] = '\0';
+        return buf;
+}
+
+/* "','" for a printable ASCII character, "byte 0xc3" otherwise (half a UTF-8 sequence must not reach a log). */
+static const char *describe_char(char buf[static 16], char c) {
+        unsigned char u = (unsigned char) c;
+
+        if (u == '\n')
+                return "a newline";
+        if (u == ' ')
+                return "a space";
+        if (u > 0x20 && u < 0x7f)
+                (void) snprintf(buf, 16, "'%c'", c);
+        else
+                (void) snprintf(buf, 16, "byte 0x%02x", u);
+        return buf;
+}
+
+/* Non-empty, at most max bytes, made only of the characters in allowed (described for the reader). */
+static int check_chars(const char *field, const char *value, const char *allowed, size_t max,
+                       const char *allowed_desc, HydraError *err) {
+        char q[QUOTE_BUF_SIZE], c[16];
+        size_t n = strspn(value, allowed), len = strlen(value);
+
+        if (len == 0)
+                return hydra_error_set(err, -EINVAL, "%s: empty (allowed: %s)", field, allowed_desc);
+        if (value[n] != '\0')
+                return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: %s)", field, quote(q, value),
+                                       describe_char(c, value[n]), allowed_desc);
+        if (len > max)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is %zu bytes long (allowed: at most %zu bytes)", field,
+                                       quote(q, value), len, max);
+        return 0;
+}
+
+int field_check_guest_url(const char *field, const char *url, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        const char *host;
+        size_t authority;
+        int r;
+
+        r = check_chars(field, url, LOWER UPPER DIGITS "-._~:/?#[]@!&()*+,;=%", MAX_URL,
+                        "an http:// or https:// URL of URL characters; percent-encode blanks, quotes, '$', '{', '}', "
+                        "'|', '\\', '^' and '`'",
+                        err);
+        if (r < 0)
+                return r;
+        if (strncmp(url, "https://", 8) == 0)
+                host = url + 8;
+        else if (strncmp(url, "http://", 7) == 0)
+                host = url + 7;
+        else
+                return hydra_error_set(err, -EINVAL, "%s: '%s' has an unsupported scheme (allowed: http://, https://)",
+                                       field, quote(q, url));
+        if (strchr("/?#@:", host[0]))
+                return hydra_error_set(err, -EINVAL, "%s: '%s' has no host (allowed: SCHEME://HOST/PATH)", field,
+                                       quote(q, url));
+        authority = strcspn(host, "/?#");
+        if (memchr(host, '@', authority))
+                /* Not quoted: what precedes '@' may be a password. */
+                return hydra_error_set(err, -EINVAL,
+                                       "%s: the URL contains credentials (user@ or user:password@ before the host), "
+                                       "which would end up in the guest's configuration",
+                                       field);
+        return 0;
+}
+
+int field_check_guest_path(const char *field, const char *path, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        int r;
+
+        r = check_chars(field, path, LOWER UPPER DIGITS "/._+-@:~", MAX_PATH,
+                        "an absolute path of letters, digits and '/', '.', '_', '+', '-', '@', ':', '~'", err);
+        if (r < 0)
+                return r;
+        if (path[0] != '/' || path[strspn(path, "/")] == '\0')
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an absolute path below / (allowed: /DIR...)",
+                                       field, quote(q, path));
+        for (const char *p = path; *p;) {
+                size_t len;
+
+                p += strspn(p, "/");
+                len = strcspn(p, "/");
+                if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s: '%s' has a '.' or '..' component (allowed: a plain absolute "
+                                               "path)",
+                                               field, quote(q, path));
+                p += len;
+        }
+        return 0;
+}
+
+int field_check_hostname(const char *field, const char *hostname, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        int r;
+
+        r = check_chars(field, hostname, LOWER UPPER DIGITS ".-", 253, "letters, digits, '-' and '.'", err);
+        if (r < 0)
+                return r;
+        for (const char *label = hostname;;) {
+                size_t len = strcspn(label, ".");
+
+                if (len == 0 || len > 63)
+                        return hydra_error_set(err, -EINVAL,
+                                               "%s: '%s' has an empty label or one longer than 63 characters "
+                                               "(allowed: labels joined by single dots, no trailing dot)",
+                                               field, quote(q, hostname));
+                if (label[0] == '-' || label[len - 1] == '-')
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' has a label starting or ending with '-'",
+                                               field, quote(q, hostname));
+                if (label[len] == '\0')
+                        return 0;
+                label += len + 1;
+        }
+}
+
+int field_check_username(const char *field, const char *username, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        size_t n = strlen(username);
+
+        if (n == 0 || n > 32 || !((username[0] >= 'a' && username[0] <= 'z') || username[0] == '_') ||
+            strspn(username, LOWER DIGITS "_-") != n)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a valid user name (allowed: up to 32 of a-z, "
+                                       "0-9, '_', '-', starting with a letter or '_')",
+                                       field, quote(q, username));
+        return 0;
+}
+
+int field_check_password_hash(const char *field, const char *hash, HydraError *err) {
+        size_t n = strlen(hash);
+
+        if (n < 4 || n > 512 || hash[0] != '$' || strspn(hash, LOWER UPPER DIGITS "./$=+-") != n)
+                return hydra_error_set(err, -EINVAL, "%s: not a crypt(3) hash (allowed: $id$salt$hash, e.g. from "
+                                       "`openssl passwd -6` or mkpasswd; value not shown)",
+                                       field);
+        return 0;
+}
+
+int field_check_ssh_key(const char *field, const char *key, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        size_t n = strlen(key);
+
+        for (const char *p = key; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        return hydra_error_set(err, -EINVAL, "%s: '%s' contains a control character (allowed: one "
+                                               "OpenSSH public key line)",
+                                               field, quote(q, key));
+        if (!utf8_valid(key, strlen(key)))
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not valid UTF-8", field, quote(q, key));
+        if (n > MAX_SSH_KEY)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is %zu bytes long (allowed: at most %u bytes)", field,
+                                       quote(q, key), n, MAX_SSH_KEY);
+        if (strncmp(key, "ssh-", 4) != 0 && strncmp(key, "ecdsa-", 6) != 0 && strncmp(key, "sk-", 3) != 0)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an OpenSSH public key (allowed: a line "
+                                       "starting with ssh-, ecdsa- or sk-)",
+                                       field, quote(q, key));
+        return 0;
+}
+
+int field_check_k3s_version(const char *field, const char *version, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        int r;
+
+        r = check_chars(field, version, LOWER UPPER DIGITS ".+_-", 64, "a k3s release such as v1.32.6+k3s1", err);
+        if (r < 0)
+                return r;
+        if (version[0] == '-' || strcmp(version, ".") == 0 || strcmp(version, "..") == 0)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a k3s release (allowed: a release such as "
+                                       "v1.32.6+k3s1, not starting with '-')",
+                                       field, quote(q, version));
+        return 0;
+}
+
+int field_check_package(const char *field, const char *name, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        size_t n = strlen(name);
+
+        if (n < 2 || n > 128 || !strchr(LOWER DIGITS, name[0]) || strspn(name, LOWER DIGITS "+.-") != n)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a Debian package name (allowed: 2-128 of a-z, "
+                                       "0-9, '+', '.', '-', starting with a-z or 0-9)",
+                                       field, quote(q, name));
+        return 0;
+}
+
+int field_check_ipv4(const char *field, const char *value, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        struct in_addr a;
+
+        /* inet_pton takes exactly four decimal parts, nothing else (no blanks, no control characters). */
+        if (strlen(value) >= INET_ADDRSTRLEN || inet_pton(AF_INET, value, &a) != 1)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an IPv4 address (allowed: a dotted quad such "
+                                       "as 10.0.2.15)",
+                                       field, quote(q, value));
+        return 0;
+}
