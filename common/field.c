@@ -15,13 +15,10 @@
 #define MAX_URL 4096U
 #define MAX_SSH_KEY 16384U
 
-/* The longest value quoted in a message, before escaping; HydraError's buffer is 1 KiB. */
-#define QUOTE_MAX 96U
-#define QUOTE_BUF_SIZE (4 * QUOTE_MAX + 4)
+#define QUOTE_MAX FIELD_QUOTE_MAX
+#define QUOTE_BUF_SIZE FIELD_QUOTE_SIZE
 
-/* Control characters, quotes and backslashes escaped (a message is one log line), bytes above 0x7e escaped (it
- * may end up in a proto3 string, which must be UTF-8), long values cut with "...". */
-static const char *quote(char buf[static QUOTE_BUF_SIZE], const char *s) {
+const char *field_quote(char buf[static FIELD_QUOTE_SIZE], const char *s) {
         size_t n = 0, i;
 
         for (i = 0; s[i] && i < QUOTE_MAX; i++) {
@@ -46,8 +43,40 @@ static const char *quote(char buf[static QUOTE_BUF_SIZE], const char *s) {
         return buf;
 }
 
-/* "','" for a printable ASCII character, "byte 0xc3" otherwise (half a UTF-8 sequence must not reach a log). */
-static const char *describe_char(char buf[static 16], char c) {
+/* Appends s (n bytes at most) to shown, which holds len bytes and room for FIELD_QUOTE_MAX + 1 (one more than
+ * field_quote shows, so that it still says "..." where the URL was cut). */
+static size_t shown_append(char *shown, size_t len, const char *s, size_t n) {
+        for (size_t i = 0; i < n && s[i] && len < FIELD_QUOTE_MAX + 1; i++)
+                shown[len++] = s[i];
+        return len;
+}
+
+const char *field_quote_url(char buf[static FIELD_QUOTE_SIZE], const char *url) {
+        char shown[FIELD_QUOTE_MAX + 2];
+        const char *p = url + strcspn(url, "?#");
+        size_t len = shown_append(shown, 0, url, (size_t) (p - url));
+
+        if (*p == '?') {
+                len = shown_append(shown, len, "?", 1);
+                for (p++; *p && *p != '#';) {
+                        size_t item = strcspn(p, "&#"), name = strcspn(p, "=&#");
+
+                        if (name < item)
+                                len = shown_append(shown, shown_append(shown, len, p, name), "=REDACTED", 9);
+                        else if (item > 0)
+                                len = shown_append(shown, len, "REDACTED", 8);
+                        p += item;
+                        if (*p == '&')
+                                len = shown_append(shown, len, "&", 1), p++;
+                }
+        }
+        if (*p == '#' && p[1])
+                len = shown_append(shown, len, "#REDACTED", 9);
+        shown[len] = '\0';
+        return field_quote(buf, shown);
+}
+
+const char *field_describe_char(char buf[static 16], char c) {
         unsigned char u = (unsigned char) c;
 
         if (u == '\n')
@@ -62,8 +91,8 @@ static const char *describe_char(char buf[static 16], char c) {
 }
 
 /* Non-empty, at most max bytes, made only of the characters in allowed (described for the reader). */
-static int check_chars(const char *field, const char *value, const char *allowed, size_t max,
-                       const char *allowed_desc, HydraError *err) {
+static int check_chars_quoted(const char *field, const char *value, const char *allowed, size_t max,
+                              const char *allowed_desc, const char *(*quote)(char *, const char *), HydraError *err) {
         char q[QUOTE_BUF_SIZE], c[16];
         size_t n = strspn(value, allowed), len = strlen(value);
 
@@ -71,11 +100,16 @@ static int check_chars(const char *field, const char *value, const char *allowed
                 return hydra_error_set(err, -EINVAL, "%s: empty (allowed: %s)", field, allowed_desc);
         if (value[n] != '\0')
                 return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: %s)", field, quote(q, value),
-                                       describe_char(c, value[n]), allowed_desc);
+                                       field_describe_char(c, value[n]), allowed_desc);
         if (len > max)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is %zu bytes long (allowed: at most %zu bytes)", field,
                                        quote(q, value), len, max);
         return 0;
+}
+
+static int check_chars(const char *field, const char *value, const char *allowed, size_t max,
+                       const char *allowed_desc, HydraError *err) {
+        return check_chars_quoted(field, value, allowed, max, allowed_desc, field_quote, err);
 }
 
 int field_check_guest_url(const char *field, const char *url, HydraError *err) {
@@ -84,10 +118,10 @@ int field_check_guest_url(const char *field, const char *url, HydraError *err) {
         size_t authority;
         int r;
 
-        r = check_chars(field, url, LOWER UPPER DIGITS "-._~:/?#[]@!&()*+,;=%", MAX_URL,
-                        "an http:// or https:// URL of URL characters; percent-encode blanks, quotes, '$', '{', '}', "
-                        "'|', '\\', '^' and '`'",
-                        err);
+        r = check_chars_quoted(field, url, LOWER UPPER DIGITS "-._~:/?#[]@!&()*+,;=%", MAX_URL,
+                               "an http:// or https:// URL of URL characters; percent-encode blanks, quotes, '$', '{', "
+                               "'}', '|', '\\', '^' and '`'",
+                               field_quote_url, err);
         if (r < 0)
                 return r;
         if (strncmp(url, "https://", 8) == 0)
@@ -96,10 +130,10 @@ int field_check_guest_url(const char *field, const char *url, HydraError *err) {
                 host = url + 7;
         else
                 return hydra_error_set(err, -EINVAL, "%s: '%s' has an unsupported scheme (allowed: http://, https://)",
-                                       field, quote(q, url));
+                                       field, field_quote_url(q, url));
         if (strchr("/?#@:", host[0]))
                 return hydra_error_set(err, -EINVAL, "%s: '%s' has no host (allowed: SCHEME://HOST/PATH)", field,
-                                       quote(q, url));
+                                       field_quote_url(q, url));
         authority = strcspn(host, "/?#");
         if (memchr(host, '@', authority))
                 /* Not quoted: what precedes '@' may be a password. */
@@ -120,7 +154,7 @@ int field_check_guest_path(const char *field, const char *path, HydraError *err)
                 return r;
         if (path[0] != '/' || path[strspn(path, "/")] == '\0')
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not an absolute path below / (allowed: /DIR...)",
-                                       field, quote(q, path));
+                                       field, field_quote(q, path));
         for (const char *p = path; *p;) {
                 size_t len;
 
@@ -130,7 +164,7 @@ int field_check_guest_path(const char *field, const char *path, HydraError *err)
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' has a '.' or '..' component (allowed: a plain absolute "
                                                "path)",
-                                               field, quote(q, path));
+                                               field, field_quote(q, path));
                 p += len;
         }
         return 0;
@@ -150,10 +184,10 @@ int field_check_hostname(const char *field, const char *hostname, HydraError *er
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' has an empty label or one longer than 63 characters "
                                                "(allowed: labels joined by single dots, no trailing dot)",
-                                               field, quote(q, hostname));
+                                               field, field_quote(q, hostname));
                 if (label[0] == '-' || label[len - 1] == '-')
                         return hydra_error_set(err, -EINVAL, "%s: '%s' has a label starting or ending with '-'",
-                                               field, quote(q, hostname));
+                                               field, field_quote(q, hostname));
                 if (label[len] == '\0')
                         return 0;
                 label += len + 1;
@@ -168,7 +202,7 @@ int field_check_username(const char *field, const char *username, HydraError *er
             strspn(username, LOWER DIGITS "_-") != n)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not a valid user name (allowed: up to 32 of a-z, "
                                        "0-9, '_', '-', starting with a letter or '_')",
-                                       field, quote(q, username));
+                                       field, field_quote(q, username));
         return 0;
 }
 
@@ -190,16 +224,16 @@ int field_check_ssh_key(const char *field, const char *key, HydraError *err) {
                 if ((unsigned char) *p < 0x20 || *p == 0x7f)
                         return hydra_error_set(err, -EINVAL, "%s: '%s' contains a control character (allowed: one "
                                                "OpenSSH public key line)",
-                                               field, quote(q, key));
+                                               field, field_quote(q, key));
         if (!utf8_valid(key, strlen(key)))
-                return hydra_error_set(err, -EINVAL, "%s: '%s' is not valid UTF-8", field, quote(q, key));
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not valid UTF-8", field, field_quote(q, key));
         if (n > MAX_SSH_KEY)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is %zu bytes long (allowed: at most %u bytes)", field,
-                                       quote(q, key), n, MAX_SSH_KEY);
+                                       field_quote(q, key), n, MAX_SSH_KEY);
         if (strncmp(key, "ssh-", 4) != 0 && strncmp(key, "ecdsa-", 6) != 0 && strncmp(key, "sk-", 3) != 0)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not an OpenSSH public key (allowed: a line "
                                        "starting with ssh-, ecdsa- or sk-)",
-                                       field, quote(q, key));
+                                       field, field_quote(q, key));
         return 0;
 }
 
@@ -213,7 +247,7 @@ int field_check_k3s_version(const char *field, const char *version, HydraError *
         if (version[0] == '-' || strcmp(version, ".") == 0 || strcmp(version, "..") == 0)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not a k3s release (allowed: a release such as "
                                        "v1.32.6+k3s1, not starting with '-')",
-                                       field, quote(q, version));
+                                       field, field_quote(q, version));
         return 0;
 }
 
@@ -224,7 +258,7 @@ int field_check_package(const char *field, const char *name, HydraError *err) {
         if (n < 2 || n > 128 || !strchr(LOWER DIGITS, name[0]) || strspn(name, LOWER DIGITS "+.-") != n)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not a Debian package name (allowed: 2-128 of a-z, "
                                        "0-9, '+', '.', '-', starting with a-z or 0-9)",
-                                       field, quote(q, name));
+                                       field, field_quote(q, name));
         return 0;
 }
 
@@ -236,6 +270,6 @@ int field_check_ipv4(const char *field, const char *value, HydraError *err) {
         if (strlen(value) >= INET_ADDRSTRLEN || inet_pton(AF_INET, value, &a) != 1)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not an IPv4 address (allowed: a dotted quad such "
                                        "as 10.0.2.15)",
-                                       field, quote(q, value));
+                                       field, field_quote(q, value));
         return 0;
 }

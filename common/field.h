@@ -5,6 +5,21 @@
 
 #include "error.h"
 
+/* The longest value quoted in a message, before escaping; HydraError's buffer is 1 KiB. */
+#define FIELD_QUOTE_MAX 96U
+#define FIELD_QUOTE_SIZE (4 * FIELD_QUOTE_MAX + 4)
+
+/* A value for a message: control characters, quotes and backslashes escaped (a message is one log line), bytes
+ * above 0x7e escaped (it may end up in a proto3 string, which must be UTF-8), long values cut with "...". */
+const char *field_quote(char buf[static FIELD_QUOTE_SIZE], const char *s);
+/* The same for a URL, shown much as daemon/url.h shows one: query values replaced by REDACTED (names kept), as is
+ * a fragment (kept as "#REDACTED", so that a message about a character in it still makes sense); signed URLs carry
+ * their credentials in the query. */
+const char *field_quote_url(char buf[static FIELD_QUOTE_SIZE], const char *url);
+/* "','" for a printable ASCII character, "a space", "a newline", "byte 0xc3" otherwise (half a UTF-8 sequence
+ * must not reach a log). */
+const char *field_describe_char(char buf[static 16], char c);
+
 /* One rule per spec field that more than one place checks: hydrad's spec validation (daemon/spec.c, at
  * RegisterVm), the cloud-init renderer (daemon/cloudinit.c, at StartVm and PlanVm) and hydractl's spec file and
  * environment readers (client/specfile.c, client/fromenv.c) all call these, so what one accepts the others

@@ -70,8 +70,7 @@ DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
 #define SPEC_MAX_MACHINE 128U
 #define SPEC_MAX_CPU_MODEL 1024U
 
-/* The longest value quoted in an error message, before escaping; HydraError's buffer is 1 KiB. */
-#define QUOTE_MAX 96U
+#define QUOTE_MAX FIELD_QUOTE_MAX
 
 /* Every string the spec owns, every scalar, every string list: copy, free and compare walk these lists, so a
  * new field is added in one place. */
@@ -347,35 +346,7 @@ int vm_spec_apply_defaults(VmSpec *spec) {
 
 /* --- validation --- */
 
-/* Renders a value for an error message: control characters escaped (a newline must not split a log line), bytes
- * above 0x7e escaped (the message may end up in a proto3 string, which must be valid UTF-8), quotes and
- * backslashes escaped, long values cut with "...". buf must hold 4 * QUOTE_MAX + 4 bytes. */
-static const char *quote(char *buf, const char *s) {
-        size_t n = 0, i;
-
-        for (i = 0; s[i] && i < QUOTE_MAX; i++) {
-                unsigned char c = (unsigned char) s[i];
-
-                if (c == '\n')
-                        n += (size_t) sprintf(buf + n, "\\n");
-                else if (c == '\t')
-                        n += (size_t) sprintf(buf + n, "\\t");
-                else if (c == '\r')
-                        n += (size_t) sprintf(buf + n, "\\r");
-                else if (c == '\\' || c == '\'')
-                        n += (size_t) sprintf(buf + n, "\\%c", c);
-                else if (c < 0x20 || c >= 0x7f)
-                        n += (size_t) sprintf(buf + n, "\\x%02x", c);
-                else
-                        buf[n++] = (char) c;
-        }
-        if (s[i])
-                n += (size_t) sprintf(buf + n, "...");
-        buf[n] = '\0';
-        return buf;
-}
-
-#define QUOTE_BUF_SIZE (4 * QUOTE_MAX + 4)
+#define QUOTE_BUF_SIZE FIELD_QUOTE_SIZE
 
 static int check_no_control(const char *field, const char *value, HydraError *err) {
         char q[QUOTE_BUF_SIZE];
@@ -398,7 +369,7 @@ static int check_no_control(const char *field, const char *value, HydraError *er
                         what = other;
                 }
                 return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (control characters are not allowed)",
-                                       field, quote(q, value), what);
+                                       field, field_quote(q, value), what);
         }
         return 0;
 }
@@ -409,7 +380,7 @@ static int check_length(const char *field, const char *value, size_t max, HydraE
 
         if (n > max)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is %zu bytes long (allowed: at most %zu bytes)",
-                                       field, quote(q, value), n, max);
+                                       field, field_quote(q, value), n, max);
         return 0;
 }
 
@@ -426,7 +397,7 @@ static int check_path(const char *field, const char *path, HydraError *err) {
         if (path[0] != '/')
                 return hydra_error_set(err, -EINVAL,
                                        "%s: '%s' is not an absolute path (allowed: a path starting with '/')", field,
-                                       quote(q, path));
+                                       field_quote(q, path));
 
         /* A ".." component: refused so that a spec names its files plainly. "a..b" is a fine name. */
         for (const char *p = path; *p;) {
@@ -438,23 +409,10 @@ static int check_path(const char *field, const char *path, HydraError *err) {
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' contains a '..' component (allowed: an absolute path "
                                                "without '..')",
-                                               field, quote(q, path));
+                                               field, field_quote(q, path));
                 p += len;
         }
         return 0;
-}
-
-/* "','" for a printable ASCII character, "byte 0xc3" otherwise (half a UTF-8 sequence must not reach a log). */
-static const char *describe_char(char buf[static 16], char c) {
-        unsigned char u = (unsigned char) c;
-
-        if (u > 0x20 && u < 0x7f)
-                (void) snprintf(buf, 16, "'%c'", c);
-        else if (u == ' ')
-                (void) snprintf(buf, 16, "a space");
-        else
-                (void) snprintf(buf, 16, "byte 0x%02x", u);
-        return buf;
 }
 
 static bool is_name_char(char c) {
@@ -489,12 +447,12 @@ static int check_machine(const char *machine, HydraError *err) {
                                        "machine: '%s' contains ',' which QEMU would read as an option separator; "
                                        "set accel with the accel field (allowed: a machine type name of letters, "
                                        "digits, '.', '_', '-')",
-                                       quote(q, machine));
+                                       field_quote(q, machine));
         if (machine[n])
                 return hydra_error_set(err, -EINVAL,
                                        "machine: '%s' contains %s (allowed: a machine type name of letters, digits, "
                                        "'.', '_', '-')",
-                                       quote(q, machine), describe_char(c, machine[n]));
+                                       field_quote(q, machine), field_describe_char(c, machine[n]));
         return 0;
 }
 
@@ -529,10 +487,10 @@ static int check_cpu_model(const char *model, HydraError *err) {
         n = name_span(model, SIZE_MAX);
         if (n == 0)
                 return hydra_error_set(err, -EINVAL, "cpu_model: '%s' does not start with a model name (%s)",
-                                       quote(q, model), CPU_MODEL_ALLOWED);
+                                       field_quote(q, model), CPU_MODEL_ALLOWED);
         if (model[n] && model[n] != ',')
                 return hydra_error_set(err, -EINVAL, "cpu_model: '%s' has %s in the model name (%s)",
-                                       quote(q, model), describe_char(c, model[n]), CPU_MODEL_ALLOWED);
+                                       field_quote(q, model), field_describe_char(c, model[n]), CPU_MODEL_ALLOWED);
 
         /* Each element after the model: +NAME, -NAME or NAME=VALUE. */
         p = model + n;
@@ -543,11 +501,11 @@ static int check_cpu_model(const char *model, HydraError *err) {
 
                 if (len == 0)
                         return hydra_error_set(err, -EINVAL, "cpu_model: '%s' has an empty feature (element %u) (%s)",
-                                               quote(q, model), idx, CPU_MODEL_ALLOWED);
+                                               field_quote(q, model), idx, CPU_MODEL_ALLOWED);
                 if (!cpu_feature_ok(elem, len)) {
                         (void) snprintf(fe, sizeof(fe), "%.*s", (int) (len < QUOTE_MAX ? len : QUOTE_MAX), elem);
                         return hydra_error_set(err, -EINVAL, "cpu_model: '%s' has a malformed feature '%s' (%s)",
-                                               quote(q, model), quote(f, fe), CPU_MODEL_ALLOWED);
+                                               field_quote(q, model), field_quote(f, fe), CPU_MODEL_ALLOWED);
                 }
                 p = elem + len;
         }
@@ -586,7 +544,7 @@ static int check_forwards(const VmSpec *spec, HydraError *err) {
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' is not an IPv4 address (allowed: a dotted-quad literal such "
                                                "as 127.0.0.1 or 0.0.0.0; empty means 127.0.0.1)",
-                                               field, quote(q, addr));
+                                               field, field_quote(q, addr));
 
                 /* Two listeners on one host port collide if their addresses are equal or either is the wildcard
                  * (the kernel refuses the second bind). Guest ports may repeat. */
@@ -656,7 +614,7 @@ static int validate_basic(const VmSpec *spec, HydraError *err) {
                         return hydra_error_set(err, -EINVAL,
                                                "initrd: '%s' given without kernel (allowed: an initrd only with a "
                                                "kernel)",
-                                               quote(q, spec->initrd));
+                                               field_quote(q, spec->initrd));
         }
         if (!isempty(spec->cmdline)) {
                 /* -append is not a key=value option: commas are fine, control characters are not. */
@@ -671,7 +629,7 @@ static int validate_basic(const VmSpec *spec, HydraError *err) {
                         return hydra_error_set(err, -EINVAL,
                                                "cmdline: '%s' given without kernel (allowed: a command line only "
                                                "with a kernel or a bare-kernel artifact)",
-                                               quote(q, spec->cmdline));
+                                               field_quote(q, spec->cmdline));
         }
         if (!isempty(spec->disk)) {
                 r = check_path("disk", spec->disk, err);
@@ -711,7 +669,7 @@ static int check_url(const char *field, const char *url, bool allow_file, HydraE
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' contains %s (allowed: a URL with special characters "
                                                "percent-encoded)",
-                                               field, quote(q, url), describe_char(c, *p));
+                                               field, field_quote_url(q, url), field_describe_char(c, *p));
 
         if (strncmp(url, "http://", 7) == 0)
                 rest = url + 7;
@@ -722,16 +680,16 @@ static int check_url(const char *field, const char *url, bool allow_file, HydraE
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' is not a file URL with an absolute path (allowed: "
                                                "file:///PATH)",
-                                               field, quote(q, url));
+                                               field, field_quote_url(q, url));
                 return 0;
         } else
                 return hydra_error_set(err, -EINVAL, "%s: '%s' has an unsupported scheme (allowed: %s)", field,
-                                       quote(q, url), allow_file ? "http://, https://, file://" : "http://, https://");
+                                       field_quote_url(q, url), allow_file ? "http://, https://, file://" : "http://, https://");
 
         authority_end = rest + strcspn(rest, "/?#");
         if (authority_end == rest)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' has no host (allowed: SCHEME://HOST/PATH)", field,
-                                       quote(q, url));
+                                       field_quote_url(q, url));
         at = memchr(rest, '@', (size_t) (authority_end - rest));
         if (at)
                 /* Do not quote it: what precedes '@' may be a password. */
@@ -753,10 +711,10 @@ static int check_checksum(const char *field, const char *checksum, HydraError *e
                 hex = checksum + 7, want = 128;
         else
                 return hydra_error_set(err, -EINVAL, "%s: '%s' has an unknown algorithm (allowed: sha256:HEX, "
-                                       "sha512:HEX)", field, quote(q, checksum));
+                                       "sha512:HEX)", field, field_quote(q, checksum));
         if (strlen(hex) != want || strspn(hex, "0123456789abcdefABCDEF") != want)
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not %zu hex digits after the algorithm", field,
-                                       quote(q, checksum), want);
+                                       field_quote(q, checksum), want);
         return 0;
 }
 
@@ -806,7 +764,7 @@ static int check_source(const char *name, const Source *src, HydraError *err) {
                 if (!slash || slash + 1 == end)
                         return hydra_error_set(err, -EINVAL, "%s.url: '%s' names no file to look up in %s.sums_url "
                                                "(allowed: a URL ending in a file name)",
-                                               name, quote(q, src->url), name);
+                                               name, field_quote_url(q, src->url), name);
         }
         if (!isempty(src->user)) {
                 (void) snprintf(field, sizeof(field), "%s.user", name);
@@ -815,7 +773,7 @@ static int check_source(const char *name, const Source *src, HydraError *err) {
                         return r;
                 if (strchr(src->user, ':'))
                         return hydra_error_set(err, -EINVAL, "%s: '%s' contains ':' (allowed: a user name without "
-                                               "':')", field, quote(q, src->user));
+                                               "':')", field, field_quote(q, src->user));
         }
         if (!isempty(src->password)) {
                 (void) snprintf(field, sizeof(field), "%s.password", name);
@@ -839,7 +797,7 @@ static int check_source(const char *name, const Source *src, HydraError *err) {
                         return hydra_error_set(err, -EINVAL,
                                                "%s: '%s' is not an HTTP header name (allowed: up to 64 letters, "
                                                "digits, '-', '_')",
-                                               field, quote(q, src->token_header));
+                                               field, field_quote(q, src->token_header));
         }
         return 0;
 }
@@ -851,12 +809,12 @@ static int check_file_name(const char *field, const char *name, HydraError *err)
 
         if (name[n] && name[n] != '+')
                 return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: a file name of letters, digits, "
-                                       "'.', '_', '-', '+')", field, quote(q, name), describe_char(c, name[n]));
+                                       "'.', '_', '-', '+')", field, field_quote(q, name), field_describe_char(c, name[n]));
         for (const char *p = name; *p; p++)
                 if (!is_name_char(*p) && *p != '+')
                         return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: a file name of letters, "
-                                               "digits, '.', '_', '-', '+')", field, quote(q, name),
-                                               describe_char(c, *p));
+                                               "digits, '.', '_', '-', '+')", field, field_quote(q, name),
+                                               field_describe_char(c, *p));
         if (streq(name, ".") || streq(name, ".."))
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is not a file name", field, name);
         return 0;
@@ -867,7 +825,7 @@ static int check_relative_dir(const char *field, const char *dir, HydraError *er
 
         if (dir[0] == '/')
                 return hydra_error_set(err, -EINVAL, "%s: '%s' is absolute (allowed: a directory inside the archive, "
-                                       "e.g. rimdworkspace_Q2_2026_1)", field, quote(q, dir));
+                                       "e.g. rimdworkspace_Q2_2026_1)", field, field_quote(q, dir));
         for (const char *p = dir; *p;) {
                 size_t len = strcspn(p, "/");
                 char comp[256];
@@ -875,7 +833,7 @@ static int check_relative_dir(const char *field, const char *dir, HydraError *er
 
                 if (len == 0 || len >= sizeof(comp))
                         return hydra_error_set(err, -EINVAL, "%s: '%s' has an empty or overlong component", field,
-                                               quote(q, dir));
+                                               field_quote(q, dir));
                 memcpy(comp, p, len);
                 comp[len] = '\0';
                 r = check_file_name(field, comp, err);
@@ -954,7 +912,7 @@ static int check_network(const VmSpec *spec, HydraError *err) {
                            &end) != 6 ||
                     strspn(spec->network.mac, "0123456789abcdefABCDEF:") != 17)
                         return hydra_error_set(err, -EINVAL, "network.mac: '%s' is not a MAC address (allowed: "
-                                               "xx:xx:xx:xx:xx:xx)", quote(q, spec->network.mac));
+                                               "xx:xx:xx:xx:xx:xx)", field_quote(q, spec->network.mac));
                 if (b[0] & 1)
                         return hydra_error_set(err, -EINVAL, "network.mac: '%s' is a multicast address (allowed: a "
                                                "unicast address; the first byte must be even)", spec->network.mac);
@@ -1188,7 +1146,7 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
                         return r;
                 if (!spec->firmware_code)
                         return hydra_error_set(err, -EINVAL, "firmware.vars: '%s' given without firmware.code",
-                                               quote(q, spec->firmware_vars));
+                                               field_quote(q, spec->firmware_vars));
         }
 
         if (mode == BOOT_CLOUD_IMAGE) {
@@ -1198,7 +1156,7 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
                 if (spec->disk)
                         return hydra_error_set(err, -EINVAL, "disk: '%s' given together with image.url (allowed: "
                                                "one of them; the disk is made from the image)",
-                                               quote(q, spec->disk));
+                                               field_quote(q, spec->disk));
                 if (!isempty(spec->bare.artifact.url) && !spec->bare.encrypted_tools)
                         return hydra_error_set(err, -EINVAL, "bare.artifact.url: given together with image.url "
                                                "(allowed: with a cloud image, the artifact only supplies the "
@@ -1212,11 +1170,11 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
         if (mode == BOOT_BARE_KERNEL) {
                 if (spec->kernel)
                         return hydra_error_set(err, -EINVAL, "kernel.kernel: '%s' given together with "
-                                               "bare.artifact.url (allowed: one of them)", quote(q, spec->kernel));
+                                               "bare.artifact.url (allowed: one of them)", field_quote(q, spec->kernel));
                 if (spec->disk)
                         return hydra_error_set(err, -EINVAL, "disk: '%s' given together with bare.artifact.url "
                                                "(allowed: one of them; the rootfs comes from the artifact)",
-                                               quote(q, spec->disk));
+                                               field_quote(q, spec->disk));
         }
         if (mode != BOOT_CLOUD_IMAGE && (spec->keep_pristine || spec->reuse_disk_on_change) &&
             mode != BOOT_BARE_KERNEL)

@@ -10,6 +10,8 @@ PACKAGES=(
     libarchive-dev libssl-dev libcrypt-dev
     # run
     qemu-system-x86 qemu-utils genisoimage
+    # the firmware start-vm.sh boots x86_64 guests with (`hydractl register --from-env` names it)
+    ovmf
     # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use
     kmod cpio python3-grpcio python3-protobuf iproute2 procps util-linux
     cloud-init curl

@@ -4,6 +4,7 @@
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "macro.h"
@@ -131,6 +132,31 @@ START_TEST(test_url_credentials_not_quoted) {
         set(&s.image.url, "https://edge:pa55word@example.com/image.qcow2");
         assert_rejected_with(&s, "image.url");
         ck_assert_msg(!strstr(rejection(&s), "pa55word"), "the password is quoted: %s", rejection(&s));
+}
+END_TEST
+
+/* A signed URL refused for another reason: the message shows the query's names, never its values (issue 9, item 5). */
+START_TEST(test_url_query_not_quoted) {
+        static const struct {
+                const char *field;
+                size_t offset;
+        } fields[] = {
+                { "image.url", offsetof(VmSpec, image.url) },
+                { "software.csi_grpc_proxy_url", offsetof(VmSpec, software.csi_grpc_proxy_url) },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
+                _cleanup_(vm_spec_done) VmSpec s = {};
+
+                make_cloud(&s);
+                set((char **) ((char *) &s + fields[i].offset),
+                    "https://example.com/image.qcow2?private_token=SEKRET1&X-Amz-Signature=SEKRET2#frag$");
+                assert_rejected_with(&s, fields[i].field);
+                ck_assert_msg(!strstr(rejection(&s), "SEKRET") && !strstr(rejection(&s), "frag"),
+                              "a query value is quoted: %s", rejection(&s));
+                ck_assert_msg(strstr(rejection(&s), "private_token=REDACTED&X-Amz-Signature=REDACTED"),
+                              "the names are not shown: %s", rejection(&s));
+        }
 }
 END_TEST
 
@@ -285,6 +311,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_local_spec_stays_short);
         tcase_add_test(tc, test_copy_equal_every_field);
         tcase_add_test(tc, test_url_credentials_not_quoted);
+        tcase_add_test(tc, test_url_query_not_quoted);
         tcase_add_test(tc, test_secret_never_quoted);
         tcase_add_loop_test(tc, test_reject_bad_strings, 0, (int) ELEMENTSOF(bad_strings));
         tcase_add_test(tc, test_reject_guest_path_for_fstab);

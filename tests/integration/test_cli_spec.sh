@@ -488,7 +488,7 @@ software|kernel_package|Linux-Image|'Linux-Image' is not a Debian package name
 software|extra_deb|/tmp/x.deb|'/tmp/x.deb' has an unsupported scheme \(allowed: http://, https://\)
 software|csi_grpc_proxy_url|github.com/x|'github.com/x' has an unsupported scheme
 software|k3s_version|v1.32 k3s1|'v1.32 k3s1' contains a space \(allowed: a k3s release
-software|extra_deb|http://x/a.deb#}]|'http://x/a.deb#}]' contains '}' \(allowed: an http:// or https:// URL
+software|extra_deb|http://x/a.deb#}]|'http://x/a.deb#REDACTED' contains '}' \(allowed: an http:// or https:// URL
 software|k3s_version|-rc1|'-rc1' is not a k3s release
 network|guest_ip|10.0.2|'10.0.2' is not an IPv4 address
 network|gateway|10.0.2.256|'10.0.2.256' is not an IPv4 address
@@ -804,7 +804,7 @@ env_value "INSTALL_ADDITIONAL_DEBS, '\$'-separated" '["http://a.example/x.deb", 
 env_value "ENABLE_REBOOT_AFTER_INSTALLATION" True software.reboot_after_install "" ENABLE_REBOOT_AFTER_INSTALLATION=1
 env_value "K3S_VERSION_INSTALL" v1.31.0+k3s1 software.k3s_version "" K3S_VERSION_INSTALL=v1.31.0+k3s1
 # hydrad's rules (common/field.c), so that RegisterVm and StartVm accept what --from-env produced.
-env_fail "INSTALL_ADDITIONAL_DEBS with '}'" 2 "INSTALL_ADDITIONAL_DEBS: 'http://x/a.deb#}]' contains '}'" "" \
+env_fail "INSTALL_ADDITIONAL_DEBS with '}'" 2 "INSTALL_ADDITIONAL_DEBS: 'http://x/a.deb#REDACTED' contains '}'" "" \
     'INSTALL_ADDITIONAL_DEBS=http://x/a.deb#}]'
 env_fail "DEFAULT_CSI_GRPC_PROXY_URL with '{'" 2 "DEFAULT_CSI_GRPC_PROXY_URL: 'https://x/\{v\}-' contains '\{'" "" \
     'DEFAULT_CSI_GRPC_PROXY_URL=https://x/{v}-'
