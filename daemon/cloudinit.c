@@ -22,8 +22,7 @@
 #define UPPER "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #define DIGITS "0123456789"
 
-#define QUOTE_MAX 128U
-#define QUOTE_BUF_SIZE (4 * QUOTE_MAX + 4)
+#define QUOTE_BUF_SIZE FIELD_QUOTE_SIZE
 
 #define MAX_PATH 4096U
 #define MAX_URL 4096U
@@ -240,45 +239,6 @@ static const char issue_hydra[] =
 
 /* --- checks: each names the field and the value (quoted, escaped) and says what is allowed --- */
 
-static const char *quote(char buf[static QUOTE_BUF_SIZE], const char *s) {
-        size_t n = 0, i;
-
-        for (i = 0; s[i] && i < QUOTE_MAX; i++) {
-                unsigned char c = (unsigned char) s[i];
-
-                if (c == '\n')
-                        n += (size_t) sprintf(buf + n, "\\n");
-                else if (c == '\r')
-                        n += (size_t) sprintf(buf + n, "\\r");
-                else if (c == '\t')
-                        n += (size_t) sprintf(buf + n, "\\t");
-                else if (c == '\\' || c == '\'')
-                        n += (size_t) sprintf(buf + n, "\\%c", c);
-                else if (c < 0x20 || c >= 0x7f)
-                        n += (size_t) sprintf(buf + n, "\\x%02x", c);
-                else
-                        buf[n++] = (char) c;
-        }
-        if (s[i])
-                n += (size_t) sprintf(buf + n, "...");
-        buf[n] = '\0';
-        return buf;
-}
-
-static const char *describe_char(char buf[static 16], char c) {
-        unsigned char u = (unsigned char) c;
-
-        if (u == '\n')
-                return "a newline";
-        if (u == ' ')
-                return "a space";
-        if (u > 0x20 && u < 0x7f)
-                (void) snprintf(buf, 16, "'%c'", c);
-        else
-                (void) snprintf(buf, 16, "byte 0x%02x", u);
-        return buf;
-}
-
 /* Non-empty, made only of the characters in allowed (described for the reader by allowed_desc). */
 static int check_chars(const char *field, const char *value, const char *allowed, const char *allowed_desc,
                        HydraError *err) {
@@ -288,8 +248,8 @@ static int check_chars(const char *field, const char *value, const char *allowed
         if (value[0] == '\0')
                 return hydra_error_set(err, -EINVAL, "%s: empty (allowed: %s)", field, allowed_desc);
         if (value[n] != '\0')
-                return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: %s)", field, quote(q, value),
-                                       describe_char(c, value[n]), allowed_desc);
+                return hydra_error_set(err, -EINVAL, "%s: '%s' contains %s (allowed: %s)", field, field_quote(q, value),
+                                       field_describe_char(c, value[n]), allowed_desc);
         return 0;
 }
 
@@ -391,7 +351,7 @@ static int check_software(const CloudInitInput *in, Params *p, HydraError *err) 
                         return r;
                 if (strlen(p->debian_arch) > 16)
                         return hydra_error_set(err, -EINVAL, "debian_arch: '%s' is too long",
-                                               quote(q, p->debian_arch));
+                                               field_quote(q, p->debian_arch));
         }
 
         if (p->diod) {
@@ -463,7 +423,7 @@ static int check_tools(const CloudInitInput *in, Params *p, HydraError *err) {
                 if (t == ELEMENTSOF(tool_names))
                         return hydra_error_set(err, -EINVAL, "tools[%zu]: '%s' is not a known tool (allowed: "
                                                "ctr-enc, ctd-decoder, rimd-keyprovider-proxy)",
-                                               i, quote(q, strempty(b->name)));
+                                               i, field_quote(q, strempty(b->name)));
                 if (p->tools[t])
                         return hydra_error_set(err, -EINVAL, "tools[%zu]: '%s' is given twice", i, b->name);
                 if (b->size == 0 || !b->data)

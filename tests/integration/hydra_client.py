@@ -4,6 +4,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -149,3 +150,41 @@ class Daemon:
         subprocess.run(["pkill", "-KILL", "-f", "--", f"{self.tmp}/"], check=False)
         if not keep and not os.environ.get("HYDRA_KEEP_TEST_DIR"):
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ConsoleClient:
+    """A person at console.sock."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.settimeout(0.2)
+        self.data = b""
+
+    def send(self, text):
+        self.sock.sendall(text.encode())
+
+    def read_until(self, needle, timeout):
+        deadline = time.time() + timeout
+        while needle.encode() not in self.data and time.time() < deadline:
+            try:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self.data += chunk
+            except socket.timeout:
+                pass
+        return needle.encode() in self.data
+
+    def shell_prompt(self, timeout):
+        """Presses Enter until the guest's shell prompts (it starts after the boot messages)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.data = b""
+            self.send("\n")
+            if self.read_until("/ # ", 2):
+                return True
+        return False
+
+    def close(self):
+        self.sock.close()

@@ -22,7 +22,7 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, Daemon, Hydra, guest_spec, wait_for  # noqa: E402
+from hydra_client import Checks, ConsoleClient, Daemon, Hydra, guest_spec, wait_for  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
@@ -34,43 +34,6 @@ check = Checks()
 
 def note(msg):
     print(f"# {msg}", flush=True)
-
-
-class ConsoleClient:
-    """A person at console.sock (as in test_supervise.py)."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.sock.settimeout(0.2)
-        self.data = b""
-
-    def send(self, text):
-        self.sock.sendall(text.encode())
-
-    def read_until(self, needle, timeout):
-        deadline = time.time() + timeout
-        while needle.encode() not in self.data and time.time() < deadline:
-            try:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                self.data += chunk
-            except socket.timeout:
-                pass
-        return needle.encode() in self.data
-
-    def shell_prompt(self, timeout):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.data = b""
-            self.send("\n")
-            if self.read_until("/ # ", 2):
-                return True
-        return False
-
-    def close(self):
-        self.sock.close()
 
 
 def cpu_seconds(pid):

@@ -16,7 +16,7 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, Daemon, Hydra, guest_spec, rpc_error, wait_for  # noqa: E402
+from hydra_client import Checks, ConsoleClient, Daemon, Hydra, guest_spec, rpc_error, wait_for  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
@@ -67,44 +67,6 @@ def state_change(to, reason=None, role=pb.ROLE_HOST):
         return (e.role == role and e.WhichOneof("kind") == "state_change" and e.state_change.to == to and
                 (reason is None or e.state_change.reason == reason))
     return pred
-
-
-class ConsoleClient:
-    """A person at console.sock."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.sock.settimeout(0.2)
-        self.data = b""
-
-    def send(self, text):
-        self.sock.sendall(text.encode())
-
-    def read_until(self, needle, timeout):
-        deadline = time.time() + timeout
-        while needle.encode() not in self.data and time.time() < deadline:
-            try:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                self.data += chunk
-            except socket.timeout:
-                pass
-        return needle.encode() in self.data
-
-    def shell_prompt(self, timeout):
-        """Presses Enter until the guest's shell prompts (it starts after the boot messages)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.data = b""
-            self.send("\n")
-            if self.read_until("/ # ", 2):
-                return True
-        return False
-
-    def close(self):
-        self.sock.close()
 
 
 def get(api, role=pb.ROLE_HOST):
