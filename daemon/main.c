@@ -2,6 +2,7 @@
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -11,6 +12,7 @@
 #include "grpc_probe.h"
 #include "instance.h"
 #include "log.h"
+#include "loopstat.h"
 #include "manager.h"
 
 typedef struct Daemon {
@@ -19,6 +21,7 @@ typedef struct Daemon {
         Manager *manager;
         Api *api;
         int lock_fds[2];        /* the run and state directories' hydrad.lock, held for our life */
+        LoopStat *loopstat;     /* HYDRA_LOOP_STATS=1: the loop's lateness, reported on SIGUSR2 */
         bool exiting;
 } Daemon;
 
@@ -113,6 +116,12 @@ static void on_vms_stopped(Manager *m, void *userdata) {
         api_shutdown(d->api, on_exit_done, d);
 }
 
+static int on_report_loop(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Daemon *d = userdata;
+        loopstat_report(d->loopstat, "SIGUSR2");
+        return 0;
+}
+
 static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Daemon *d = userdata;
 
@@ -186,6 +195,15 @@ int main(int argc, char *argv[]) {
         }
         (void) sd_event_add_signal(d.event, NULL, SIGTERM, on_terminate, &d);
         (void) sd_event_add_signal(d.event, NULL, SIGINT, on_terminate, &d);
+        if (getenv("HYDRA_LOOP_STATS") && streq(getenv("HYDRA_LOOP_STATS"), "1")) {
+                r = loopstat_new(d.event, &d.loopstat);
+                if (r < 0)
+                        log_warning_errno(r, "HYDRA_LOOP_STATS: cannot measure the loop, ignoring: %m");
+                else {
+                        (void) sd_event_add_signal(d.event, NULL, SIGUSR2, on_report_loop, &d);
+                        log_info("measuring the loop's lateness (HYDRA_LOOP_STATS=1); SIGUSR2 reports it");
+                }
+        }
 
         r = manager_new(d.event, &d.config, &api_spec_codec, &d.manager);
         if (r < 0) {
@@ -218,6 +236,7 @@ int main(int argc, char *argv[]) {
 out:
         d.api = api_free(d.api);
         d.manager = manager_free(d.manager);
+        d.loopstat = loopstat_free(d.loopstat);
         d.event = sd_event_unref(d.event);
         for (size_t i = 0; i < ELEMENTSOF(d.lock_fds); i++)
                 d.lock_fds[i] = safe_close(d.lock_fds[i]);
