@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "hydra/v1/hydra.pb-c.h"
+#include "grpc_status.h"
 #include "rpc.h"
 
 #define WARMUP_CALLS 50
@@ -37,7 +38,7 @@ static int get_vm(RpcClient *c) {
         req.role = HYDRA__V1__ROLE__ROLE_ISOLATED;
         if (rpc_call_unary(c, "/hydra.v1.Hydra/GetVm", &req.base, &hydra__v1__vm__descriptor, 10000, &reply,
                            &status) < 0) {
-                fprintf(stderr, "bench_rpc: GetVm: %s: %s\n", rpc_status_code_to_string(status.code), status.message);
+                fprintf(stderr, "bench_rpc: GetVm: %s: %s\n", grpc_status_name(status.code), status.message);
                 return -1;
         }
         protobuf_c_message_free_unpacked(reply, NULL);

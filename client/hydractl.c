@@ -22,6 +22,7 @@
 #include "output.h"
 #include "password.h"
 #include "progress.h"
+#include "grpc_status.h"
 #include "rpc.h"
 #include "specfile.h"
 
@@ -89,7 +90,7 @@ static int option_error(const Verb *verb, int c, char *argv[]) {
 }
 
 static int rpc_error(const RpcStatus *status) {
-        fprintf(stderr, "hydractl: %s: %s\n", rpc_status_code_to_string(status->code),
+        fprintf(stderr, "hydractl: %s: %s\n", grpc_status_name(status->code),
                 isempty(status->message) ? "(no message)" : status->message);
         return EXIT_RPC;
 }

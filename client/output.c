@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <string.h>
@@ -355,23 +357,13 @@ json_t *json_from_event(const Hydra__V1__Event *event) {
 }
 
 static char *base64_encode(const uint8_t *data, size_t len) {
-        static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+        char *out;
 
-        if (!out)
+        if (len > INT_MAX / 4 * 3 - 3)
                 return NULL;
-        for (size_t i = 0; i < len; i += 3) {
-                uint32_t v = (uint32_t) data[i] << 16;
-                if (i + 1 < len)
-                        v |= (uint32_t) data[i + 1] << 8;
-                if (i + 2 < len)
-                        v |= data[i + 2];
-                *o++ = alphabet[(v >> 18) & 63];
-                *o++ = alphabet[(v >> 12) & 63];
-                *o++ = i + 1 < len ? alphabet[(v >> 6) & 63] : '=';
-                *o++ = i + 2 < len ? alphabet[v & 63] : '=';
-        }
-        *o = '\0';
+        out = malloc((len + 2) / 3 * 4 + 1);
+        if (out)
+                (void) EVP_EncodeBlock((unsigned char *) out, data, (int) len);
         return out;
 }
 

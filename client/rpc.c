@@ -29,32 +29,6 @@ struct RpcClient {
 /* How often a blocked stream looks at its interrupt check. */
 #define RPC_POLL_INTERVAL_MS 200
 
-static const char *const status_code_table[] = {
-        [GRPC_STATUS_OK] = "OK",
-        [GRPC_STATUS_CANCELLED] = "CANCELLED",
-        [GRPC_STATUS_UNKNOWN] = "UNKNOWN",
-        [GRPC_STATUS_INVALID_ARGUMENT] = "INVALID_ARGUMENT",
-        [GRPC_STATUS_DEADLINE_EXCEEDED] = "DEADLINE_EXCEEDED",
-        [GRPC_STATUS_NOT_FOUND] = "NOT_FOUND",
-        [GRPC_STATUS_ALREADY_EXISTS] = "ALREADY_EXISTS",
-        [GRPC_STATUS_PERMISSION_DENIED] = "PERMISSION_DENIED",
-        [GRPC_STATUS_RESOURCE_EXHAUSTED] = "RESOURCE_EXHAUSTED",
-        [GRPC_STATUS_FAILED_PRECONDITION] = "FAILED_PRECONDITION",
-        [GRPC_STATUS_ABORTED] = "ABORTED",
-        [GRPC_STATUS_OUT_OF_RANGE] = "OUT_OF_RANGE",
-        [GRPC_STATUS_UNIMPLEMENTED] = "UNIMPLEMENTED",
-        [GRPC_STATUS_INTERNAL] = "INTERNAL",
-        [GRPC_STATUS_UNAVAILABLE] = "UNAVAILABLE",
-        [GRPC_STATUS_DATA_LOSS] = "DATA_LOSS",
-        [GRPC_STATUS_UNAUTHENTICATED] = "UNAUTHENTICATED",
-};
-
-const char *rpc_status_code_to_string(int code) {
-        if (code < 0 || (size_t) code >= ELEMENTSOF(status_code_table) || !status_code_table[code])
-                return "UNKNOWN";
-        return status_code_table[code];
-}
-
 _printf_(3, 4) static int status_set(RpcStatus *status, int code, const char *fmt, ...) {
         va_list ap;
 

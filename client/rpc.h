@@ -29,9 +29,6 @@ typedef struct RpcStatus {
 /* No deadline at all (watch). */
 #define RPC_NO_DEADLINE INT64_C(-1)
 
-/* "INVALID_ARGUMENT" etc.; "UNKNOWN_STATUS_<n>" is never returned: codes outside the table read "UNKNOWN". */
-const char *rpc_status_code_to_string(int code);
-
 /* Initializes the gRPC library (once per process) and a channel to the unix socket at socket_path. The channel
  * connects lazily: an unreachable daemon shows up as UNAVAILABLE on the first call. Returns NULL on OOM. */
 RpcClient *rpc_client_new(const char *socket_path);

@@ -23,6 +23,7 @@
 #include "listener.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "hydra/v1/hydra.pb-c.h"
+#include "grpc_status.h"
 #include "log.h"
 #include "pbcheck.h"
 #include "url.h"
@@ -814,14 +815,6 @@ static grpc_status_code status_from_errno(int r) {
         }
 }
 
-static const char *status_name(grpc_status_code code) {
-        static const char *const names[] = {
-                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-                "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-        };
-        return (size_t) code < ELEMENTSOF(names) ? names[code] : "UNKNOWN";
-}
 
 static void on_send_done(Tag *t, bool ok);
 
@@ -894,7 +887,7 @@ static void call_finish(Call *c, grpc_status_code code, const char *message, con
 static void call_fail(Call *c, int r, const char *message) {
         if (r >= 0)
                 r = -EIO;
-        log_debug("API %s: %s: %s", c->method ? c->method->path : "?", status_name(status_from_errno(r)),
+        log_debug("API %s: %s: %s", c->method ? c->method->path : "?", grpc_status_name(status_from_errno(r)),
                   message);
         call_finish(c, status_from_errno(r), message, NULL);
 }

@@ -3,6 +3,8 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdarg.h>
+#include <limits.h>
+#include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -543,33 +545,21 @@ static void put_block(Out *o, const char *key, const char *text) {
         }
 }
 
+/* base64 (libcrypto's encoder) in lines of B64_LINE characters, as start-vm.sh's `base64 -w 80`. */
 static void put_base64(Out *o, const void *data, size_t size) {
-        static const char alphabet[] = UPPER LOWER DIGITS "+/";
-        const unsigned char *d = data;
-        size_t col = 0;
+        _cleanup_free_ unsigned char *b64 = NULL;
+        size_t len;
 
         put(o, "  content: |\n");
-        for (size_t i = 0; i < size && o->r == 0; i += 3) {
-                uint32_t v = (uint32_t) d[i] << 16;
-                char q[4];
-
-                if (i + 1 < size)
-                        v |= (uint32_t) d[i + 1] << 8;
-                if (i + 2 < size)
-                        v |= d[i + 2];
-                q[0] = alphabet[(v >> 18) & 63];
-                q[1] = alphabet[(v >> 12) & 63];
-                q[2] = i + 1 < size ? alphabet[(v >> 6) & 63] : '=';
-                q[3] = i + 2 < size ? alphabet[v & 63] : '=';
-                put(o, "%s%.4s", col == 0 ? "    " : "", q);
-                col += 4;
-                if (col == B64_LINE) {
-                        put(o, "\n");
-                        col = 0;
-                }
+        if (o->r < 0 || size == 0)
+                return;
+        if (size > INT_MAX / 4 * 3 - 3 || !(b64 = malloc((size + 2) / 3 * 4 + 1))) {
+                o->r = -ENOMEM;
+                return;
         }
-        if (col > 0)
-                put(o, "\n");
+        len = (size_t) EVP_EncodeBlock(b64, data, (int) size);
+        for (size_t off = 0; off < len && o->r == 0; off += B64_LINE)
+                put(o, "    %.*s\n", (int) (len - off < B64_LINE ? len - off : B64_LINE), (const char *) b64 + off);
 }
 
 /* One runcmd entry in list form: `- ["cmd", "arg", ...]`, every element a JSON string. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "grpc_probe.h"
+#include "grpc_status.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -136,31 +137,6 @@ int grpc_probe_parse_version(const void *data, size_t size, char *ret, size_t re
 
 /* --- the thread --- */
 
-static const char *status_name(grpc_status_code code) {
-        static const char *const names[] = {
-                [GRPC_STATUS_OK] = "OK",
-                [GRPC_STATUS_CANCELLED] = "CANCELLED",
-                [GRPC_STATUS_UNKNOWN] = "UNKNOWN",
-                [GRPC_STATUS_INVALID_ARGUMENT] = "INVALID_ARGUMENT",
-                [GRPC_STATUS_DEADLINE_EXCEEDED] = "DEADLINE_EXCEEDED",
-                [GRPC_STATUS_NOT_FOUND] = "NOT_FOUND",
-                [GRPC_STATUS_ALREADY_EXISTS] = "ALREADY_EXISTS",
-                [GRPC_STATUS_PERMISSION_DENIED] = "PERMISSION_DENIED",
-                [GRPC_STATUS_RESOURCE_EXHAUSTED] = "RESOURCE_EXHAUSTED",
-                [GRPC_STATUS_FAILED_PRECONDITION] = "FAILED_PRECONDITION",
-                [GRPC_STATUS_ABORTED] = "ABORTED",
-                [GRPC_STATUS_OUT_OF_RANGE] = "OUT_OF_RANGE",
-                [GRPC_STATUS_UNIMPLEMENTED] = "UNIMPLEMENTED",
-                [GRPC_STATUS_INTERNAL] = "INTERNAL",
-                [GRPC_STATUS_UNAVAILABLE] = "UNAVAILABLE",
-                [GRPC_STATUS_DATA_LOSS] = "DATA_LOSS",
-                [GRPC_STATUS_UNAUTHENTICATED] = "UNAUTHENTICATED",
-        };
-
-        if ((size_t) code < ELEMENTSOF(names) && names[code])
-                return names[code];
-        return "status";
-}
 
 static gpr_timespec deadline_after(uint64_t usec) {
         return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_micros((int64_t) usec, GPR_TIMESPAN));
@@ -187,7 +163,7 @@ static void probe_conclude(GrpcProbe *p, grpc_status_code status, grpc_slice det
         if (status != GRPC_STATUS_OK) {
                 char *msg = grpc_slice_to_c_string(details);
 
-                (void) snprintf(p->detail, sizeof(p->detail), "%s: %s", status_name(status),
+                (void) snprintf(p->detail, sizeof(p->detail), "%s: %s", grpc_status_name(status),
                                 isempty(msg) ? "(no message)" : msg);
                 gpr_free(msg);
                 return;
