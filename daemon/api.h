@@ -6,13 +6,11 @@
 #include "error.h"
 #include "manager.h"
 
-/* The gRPC front end: the only module that includes grpc/ or *.pb-c.h. gRPC's completion queue runs on a thread
- * of its own and hands every finished tag to the loop through an eventfd; all work happens on the loop. */
+/* The gRPC front end: the only daemon module that includes grpc/ server headers (with api_pb.c, which converts
+ * between the core and the hydra.v1 messages). gRPC's completion queue runs on a thread of its own and hands every
+ * finished tag to the loop through an eventfd; all work happens on the loop. */
 
 typedef struct Api Api;
-
-/* The stored form of a spec: the packed hydra.v1.VmSpec. */
-extern const SpecCodec api_spec_codec;
 
 /* Initializes gRPC (signals must already be blocked), takes the socket's lock, refuses a live daemon on the same
  * socket, replaces a stale socket file, binds (mode 0660) and starts serving. */

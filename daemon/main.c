@@ -8,6 +8,7 @@
 #include <systemd/sd-event.h>
 
 #include "api.h"
+#include "api_pb.h"
 #include "config.h"
 #include "grpc_probe.h"
 #include "instance.h"
