@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: MIT */
+/* process.c with real processes: spawn (an exec failure reported with its errno, fds passed as 3, 4, ..., a
+ * setsid'd child with stdin from /dev/null), the start-time identity (a zombie reads as gone), signals through the
+ * pidfd, and finding an unrecorded QEMU by its exact option (issue 9, item 3): the executable, the uid and the
+ * whole argument must all match. perl stands in for QEMU: it runs with any trailing arguments. */
+#include <check.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "process.h"
+
+#define PERL "/usr/bin/perl"
+
+static pid_t spawn(char *const *argv, int *ret_pidfd) {
+        ProcessSpawn p = { .path = argv[0], .argv = argv, .stdout_fd = -1, .stderr_fd = -1 };
+        HydraError err;
+        pid_t pid = 0;
+
+        hydra_error_clear(&err);
+        ck_assert_msg(process_spawn(&p, &pid, ret_pidfd, &err) == 0, "%s", err.message);
+        return pid;
+}
+
+static void kill_and_reap(pid_t pid, int pidfd) {
+        ck_assert_int_eq(process_pidfd_signal(pidfd, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        close(pidfd);
+}
+
+START_TEST(test_exec_failure_reported) {
+        char *argv[] = { (char *) "/nonexistent/qemu", NULL };
+        ProcessSpawn p = { .path = argv[0], .argv = argv, .stdout_fd = -1, .stderr_fd = -1 };
+        HydraError err;
+        pid_t pid = 0;
+        int pidfd = -1;
+
+        hydra_error_clear(&err);
+        ck_assert_int_eq(process_spawn(&p, &pid, &pidfd, &err), -ENOENT);
+        ck_assert_msg(strstr(err.message, "exec '/nonexistent/qemu'"), "%s", err.message);
+        ck_assert_int_eq(pidfd, -1);
+}
+END_TEST
+
+/* The child sees a passed fd as 3, nothing else of ours, and /dev/null on stdin. */
+START_TEST(test_pass_fds_and_stdio) {
+        char *argv[] = { (char *) "/bin/sh", (char *) "-c",
+                         (char *) "read x; echo \"stdin:${x:-eof} fd3:$(cat <&3) fd4:$( (: <&4) 2>/dev/null && echo open || echo closed)\"",
+                         NULL };
+        int data[2], out[2], pidfd, status;
+        ProcessSpawn p = { .path = argv[0], .argv = argv, .pass_fds = data, .n_pass_fds = 1, .stderr_fd = -1 };
+        char buf[256] = "";
+        HydraError err;
+        pid_t pid;
+        ssize_t n;
+
+        ck_assert_int_eq(pipe2(data, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
+        ck_assert_int_eq(write(data[1], "hello", 5), 5);
+        close(data[1]);
+        p.stdout_fd = out[1];
+        ck_assert_msg(process_spawn(&p, &pid, &pidfd, &err) == 0, "%s", err.message);
+        close(out[1]);
+        close(data[0]);
+        n = read(out[0], buf, sizeof(buf) - 1);
+        ck_assert_int_gt(n, 0);
+        ck_assert_str_eq(buf, "stdin:eof fd3:hello fd4:closed\n");
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        close(out[0]);
+        close(pidfd);
+}
+END_TEST
+
+START_TEST(test_start_time_and_zombie) {
+        char *argv[] = { (char *) "/bin/sleep", (char *) "30", NULL };
+        uint64_t t1 = 0, t2 = 0;
+        struct pollfd pfd;
+        int pidfd;
+        pid_t pid = spawn(argv, &pidfd);
+
+        ck_assert_int_eq(process_get_start_time(pid, &t1), 0);
+        ck_assert_int_eq(process_get_start_time(pid, &t2), 0);
+        ck_assert_uint_gt(t1, 0);
+        ck_assert_uint_eq(t1, t2);
+        ck_assert_int_eq(process_pidfd_signal(pidfd, SIGTERM), 0);
+        /* The pidfd turns readable when the process exits; unreaped, it is a zombie, which counts as gone. */
+        pfd = (struct pollfd) { .fd = pidfd, .events = POLLIN };
+        ck_assert_int_eq(poll(&pfd, 1, 10000), 1);
+        ck_assert_int_eq(process_get_start_time(pid, &t2), -ESRCH);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_int_eq(process_get_start_time(pid, &t2), -ENOENT);
+        close(pidfd);
+}
+END_TEST
+
+START_TEST(test_find_by_option) {
+        const char *value = "socket,id=console,path=/run/hydra-test/isolated/qemu-console.sock,server=on,wait=off";
+        char *argv[] = { (char *) PERL, (char *) "-e", (char *) "sleep 30", (char *) "--", (char *) "-chardev",
+                         (char *) value, NULL };
+        _cleanup_free_ char *perl = realpath(PERL, NULL), *other = realpath("/bin/sh", NULL), *longer = NULL;
+        int pidfd;
+        pid_t pid = spawn(argv, &pidfd);
+
+        ck_assert_ptr_nonnull(perl);
+        ck_assert_ptr_nonnull(other);
+        /* perl may not have exec'd yet when spawn returns: the error pipe closes at exec, so it has. */
+        ck_assert_int_eq(process_find_by_option(perl, "-chardev", value), pid);
+        ck_assert_int_eq(process_find_by_option(other, "-chardev", value), 0);
+        ck_assert_int_ge(asprintf(&longer, "%s,x=y", value), 0);
+        ck_assert_int_eq(process_find_by_option(perl, "-chardev", longer), 0);
+        ck_assert_int_eq(process_find_by_option(perl, "-chardev", "socket,id=console"), 0);
+        ck_assert_int_eq(process_find_by_option(perl, "-serial", value), 0);
+        /* The option's value must follow the option: the path alone, as a value of -e, is no match. */
+        ck_assert_int_eq(process_find_by_option(perl, "-e", value), 0);
+        kill_and_reap(pid, pidfd);
+        ck_assert_int_eq(process_find_by_option(perl, "-chardev", value), 0);
+}
+END_TEST
+
+static bool wait_exe(pid_t pid, const char *exe) {
+        char path[64], target[PATH_MAX + 1];
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/exe", (int) pid);
+        for (int i = 0; i < 500; i++) {
+                ssize_t n = readlink(path, target, sizeof(target) - 1);
+
+                if (n > 0) {
+                        target[n] = '\0';
+                        if (strcmp(target, exe) == 0)
+                                return true;
+                }
+                usleep(10000);
+        }
+        return false;
+}
+
+/* Another user's process with our exact arguments is not ours. */
+START_TEST(test_find_by_option_other_uid) {
+        const char *value = "socket,id=console,path=/run/hydra-test/host/qemu-console.sock,server=on,wait=off";
+        char *argv[] = { (char *) "/usr/bin/setpriv", (char *) "--reuid=65534", (char *) "--regid=65534",
+                         (char *) "--clear-groups", (char *) PERL, (char *) "-e", (char *) "sleep 30", (char *) "--",
+                         (char *) "-chardev", (char *) value, NULL };
+        _cleanup_free_ char *perl = realpath(PERL, NULL);
+        int pidfd;
+        pid_t pid;
+
+        if (geteuid() != 0 || access(argv[0], X_OK) < 0) {
+                fprintf(stderr, "test_process: the other-uid case needs root and setpriv, not run\n");
+                return;
+        }
+        pid = spawn(argv, &pidfd);
+        /* setpriv execs perl in the same process: wait until it has, so that the check below means something. */
+        ck_assert_msg(wait_exe(pid, perl), "the stand-in never became perl");
+        ck_assert_int_eq(process_find_by_option(perl, "-chardev", value), 0);
+        kill_and_reap(pid, pidfd);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("process");
+        TCase *tc = tcase_create("core");
+        SRunner *sr;
+        int failed;
+
+        tcase_set_timeout(tc, 30);
+        tcase_add_test(tc, test_exec_failure_reported);
+        tcase_add_test(tc, test_pass_fds_and_stdio);
+        tcase_add_test(tc, test_start_time_and_zombie);
+        tcase_add_test(tc, test_find_by_option);
+        tcase_add_test(tc, test_find_by_option_other_uid);
+        suite_add_tcase(s, tc);
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_NORMAL);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
