@@ -255,22 +255,6 @@ static void curl_slist_free_allp(struct curl_slist **l) {
         *l = NULL;
 }
 
-static int write_all(int fd, const void *data, size_t size) {
-        const char *p = data;
-
-        while (size > 0) {
-                ssize_t n = write(fd, p, size);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += n;
-                size -= (size_t) n;
-        }
-        return 0;
-}
-
 static void hex_encode(const unsigned char *d, size_t n, char *out) {
         static const char digits[] = "0123456789abcdef";
 
@@ -575,14 +559,6 @@ static int meta_load(Fetch *f) {
                        stat(f->data_path, &st) >= 0 && S_ISREG(st.st_mode) &&
                        (json_int_t) st.st_size == json_integer_value(size);
         return 0;
-}
-
-static int fsync_dir(const char *dir) {
-        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-        if (fd < 0)
-                return -errno;
-        return fsync(fd) < 0 ? -errno : 0;
 }
 
 /* Private: its URL shows parameter names, and it tells what this host downloads. */

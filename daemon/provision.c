@@ -190,15 +190,6 @@ static bool looks_packed(const char *path) {
         return false;
 }
 
-static const char *probe_format(const char *path) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        unsigned char magic[4];
-
-        if (fd >= 0 && read(fd, magic, sizeof(magic)) == sizeof(magic) && memcmp(magic, "QFI\xfb", 4) == 0)
-                return "qcow2";
-        return "raw";
-}
-
 static char *read_small(const char *dir, const char *name) {
         void *data = NULL;
         size_t size;
@@ -241,7 +232,7 @@ static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *use
         r = store_write_atomic(entry, "image.source", p->base_identity, strlen(p->base_identity), 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->base_format = probe_format(p->image_base);
+        p->base_format = disk_format_probe(p->image_base);
         p->step = STEP_ARTIFACT_FETCH;
         step_next(p);
 }
@@ -272,7 +263,7 @@ static void on_image_fetched(Fetch *f, int r, const FetchResult *res, const Hydr
                 p->image_base = strdup(res->path);
                 if (!p->image_base)
                         return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-                p->base_format = probe_format(p->image_base);
+                p->base_format = disk_format_probe(p->image_base);
                 p->step = STEP_ARTIFACT_FETCH;
                 return step_next(p);
         }
@@ -286,7 +277,7 @@ static void on_image_fetched(Fetch *f, int r, const FetchResult *res, const Hydr
         source = read_small(entry, "image.source");
         if (source && streq(source, p->base_identity) && access(p->image_base, F_OK) == 0) {
                 log_vm_debug(p->name, "VM '%s': %s already unpacked", p->name, p->image_base);
-                p->base_format = probe_format(p->image_base);
+                p->base_format = disk_format_probe(p->image_base);
                 p->step = STEP_ARTIFACT_FETCH;
                 return step_next(p);
         }
@@ -509,7 +500,7 @@ static int step_locate(Provision *p, HydraError *err) {
         p->out.bare_kernel = true;
         free(p->image_base);
         p->image_base = TAKE_PTR(rootfs);
-        p->base_format = probe_format(p->image_base);
+        p->base_format = disk_format_probe(p->image_base);
         free(p->base_identity);
         if (asprintf(&p->base_identity, "%s:%s", p->artifact_digest, p->spec.bare.rootfs) < 0)
                 return hydra_error_set(err, -ENOMEM, "out of memory");

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include "error.h"
+#include "fs.h" /* mkdir_p, rm_rf: most users of the store want them too */
 
 /* Files that must never be seen half-written: written to a temp file in the same directory, fsync'd, renamed
  * over the old one, and the directory fsync'd (systemd's machine.c, crun's status.c). */
@@ -28,8 +29,3 @@ int store_read_trusted(const char *dir, const char *name, size_t max_size, void 
 /* Removes dir/name; absent is fine. */
 int store_remove(const char *dir, const char *name);
 
-/* mkdir -p with mode for the directories it creates. */
-int mkdir_p(const char *path, mode_t mode);
-
-/* Removes a directory tree without following symlinks; absent is fine. */
-int rm_rf(const char *path);

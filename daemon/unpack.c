@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "log.h"
 #include "macro.h"
 #include "unpack.h"
@@ -147,25 +148,6 @@ static int pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t offset) {
                 offset += (uint64_t) k;
         }
         return 0;
-}
-
-static int fsync_parent(const char *path) {
-        _cleanup_free_ char *dir = strdup(path);
-        _cleanup_close_ int fd = -EBADF;
-        char *slash;
-
-        if (!dir)
-                return -ENOMEM;
-        slash = strrchr(dir, '/');
-        if (!slash)
-                fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        else {
-                slash[slash == dir] = '\0'; /* "/x" -> "/" */
-                fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        }
-        if (fd < 0)
-                return -errno;
-        return fsync(fd) < 0 ? -errno : 0;
 }
 
 /* Removes a file or a tree; never follows a symlink. Returns 0 if it is gone (or never was), else the first

@@ -918,15 +918,6 @@ static Accel resolve_accel(Accel a) {
         return ACCEL_KVM;
 }
 
-static const char *probe_disk_format(const char *path) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        unsigned char magic[4];
-
-        if (fd >= 0 && read(fd, magic, sizeof(magic)) == sizeof(magic) && memcmp(magic, "QFI\xfb", 4) == 0)
-                return "qcow2";
-        return "raw";
-}
-
 /* The QEMU binary for the spec's arch: the configured one, or the default name on $PATH. */
 static int vm_qemu_binary(Vm *vm, char **ret, HydraError *err) {
         const HydraConfig *cfg = manager_get_config(vm->manager);
@@ -957,7 +948,7 @@ static int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, H
                 .console_socket = vm->qemu_console_path,
                 .disk_path = out->disk_path ? out->disk_path : vm->spec.disk,
                 .disk_format = out->disk_path ? out->disk_format
-                                              : (vm->spec.disk ? probe_disk_format(vm->spec.disk) : NULL),
+                                              : (vm->spec.disk ? disk_format_probe(vm->spec.disk) : NULL),
                 .seed_path = out->seed_path,
                 .kernel = out->kernel ? out->kernel : vm->spec.kernel,
                 .initrd = out->kernel ? out->initrd : vm->spec.initrd,

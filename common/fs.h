@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <sys/types.h>
+
+/* The file-system helpers every part of hydrad shares (one copy each). Each returns 0 or a negative errno. */
+
+/* fsync of a directory, so that a rename or an unlink in it is durable. */
+int fsync_dir(const char *dir);
+/* fsync_dir of the directory that holds path ("." for a bare name). */
+int fsync_parent(const char *path);
+
+/* Writes all of data, retrying on EINTR and short writes. */
+int write_all(int fd, const void *data, size_t size);
+
+/* mkdir -p with mode for the directories it creates. */
+int mkdir_p(const char *path, mode_t mode);
+
+/* Removes a directory tree without following symlinks or crossing mounts; absent is fine. */
+int rm_rf(const char *path);
+
+/* "qcow2" if the file starts with qcow2's magic, else "raw" (also when it cannot be read: QEMU says why). */
+const char *disk_format_probe(const char *path);
