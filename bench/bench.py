@@ -62,14 +62,11 @@ def grpc_stub(sock):
     sys.path.insert(0, os.environ.get("HYDRA_PYTHONPATH", f"{ROOT}/build/python"))
     import grpc
     from hydra.v1 import hydra_pb2 as pb
+    from hydra.v1 import hydra_pb2_grpc
     channel = grpc.insecure_channel(f"unix:{sock}")
     grpc.channel_ready_future(channel).result(timeout=10)
-
-    def unary(name, req, resp):
-        return channel.unary_unary(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                   response_deserializer=resp.FromString)
-    return pb, channel, unary("StartVm", pb.StartVmRequest, pb.Vm), unary("StopVm", pb.StopVmRequest, pb.Vm), \
-        unary("PlanVm", pb.PlanVmRequest, pb.PlanVmResponse)
+    stub = hydra_pb2_grpc.HydraStub(channel)
+    return pb, channel, stub.StartVm, stub.StopVm, stub.PlanVm
 
 
 def bare_qemu_until_qmp(argv, tmp):
@@ -85,10 +82,16 @@ def bare_qemu_until_qmp(argv, tmp):
     cli.connect(path)
     # hydrad hands QEMU the socket as fd 3; here it keeps its own number, so say that number instead.
     argv = [a.replace("fd=3,", f"fd={lst.fileno()},") for a in argv]
-    proc = subprocess.Popen(argv, pass_fds=[lst.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, pass_fds=[lst.fileno()], stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/bare-qemu.log", "w"))
     lst.close()
     f = cli.makefile("rwb")
-    f.readline()  # greeting
+    try:
+        greeting = f.readline()
+    except ConnectionResetError:
+        greeting = b""
+    if not greeting:
+        proc.wait(timeout=30)
+        raise RuntimeError(f"bare QEMU exited: {open(f'{tmp}/bare-qemu.log').read()[-1000:]}")
     f.write(b'{"execute":"qmp_capabilities"}\n')
     f.flush()
     while b'"return"' not in f.readline():
@@ -141,6 +144,8 @@ def main():
 
         # (a) start overhead
         argv = list(plan(pb.PlanVmRequest(role=pb.ROLE_ISOLATED), timeout=10).argv)
+        # The plan names RUN/isolated/ (the console socket), which hydrad makes at the VM's first start.
+        os.makedirs(f"{tmp}/run/isolated", mode=0o750, exist_ok=True)
         argv = [a.replace(f"{tmp}/state/isolated/console.log", f"{tmp}/bare-console.log") for a in argv]
         hydra_s, bare_s = [], []
         bare_qemu_until_qmp(argv, tmp)  # warm the page cache for both

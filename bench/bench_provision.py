@@ -47,18 +47,11 @@ def stub(sock, pythonpath):
     sys.path.insert(0, pythonpath)
     import grpc
     from hydra.v1 import hydra_pb2 as pb
+    from hydra.v1 import hydra_pb2_grpc
     channel = grpc.insecure_channel(f"unix:{sock}")
     grpc.channel_ready_future(channel).result(timeout=30)
-
-    def unary(name, req, resp):
-        return channel.unary_unary(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                   response_deserializer=resp.FromString)
-    calls = {n: unary(n, q, a) for n, q, a in (("RegisterVm", pb.RegisterVmRequest, pb.RegisterVmResponse),
-                                                ("StartVm", pb.StartVmRequest, pb.Vm),
-                                                ("StopVm", pb.StopVmRequest, pb.Vm))}
-    calls["WatchEvents"] = channel.unary_stream("/hydra.v1.Hydra/WatchEvents",
-                                                request_serializer=pb.WatchEventsRequest.SerializeToString,
-                                                response_deserializer=pb.Event.FromString)
+    stub = hydra_pb2_grpc.HydraStub(channel)
+    calls = {n: getattr(stub, n) for n in ("RegisterVm", "StartVm", "StopVm", "WatchEvents")}
     return pb, grpc, channel, calls
 
 

@@ -102,24 +102,11 @@ def load_api(build):
     return grpc, pb
 
 
-class Stub:
-    def __init__(self, grpc, pb, channel):
-        def unary(name, req, resp):
-            return channel.unary_unary(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                       response_deserializer=resp.FromString)
-        self.RegisterVm = unary("RegisterVm", pb.RegisterVmRequest, pb.RegisterVmResponse)
-        self.StartVm = unary("StartVm", pb.StartVmRequest, pb.Vm)
-        self.StopVm = unary("StopVm", pb.StopVmRequest, pb.Vm)
-        self.GetVm = unary("GetVm", pb.GetVmRequest, pb.Vm)
-        self.WatchEvents = channel.unary_stream("/hydra.v1.Hydra/WatchEvents",
-                                                request_serializer=pb.WatchEventsRequest.SerializeToString,
-                                                response_deserializer=pb.Event.FromString)
-
-
 def connect(grpc, pb, sock, timeout=30):
     channel = grpc.insecure_channel(f"unix:{sock}", options=FAST_RECONNECT)
     grpc.channel_ready_future(channel).result(timeout=timeout)
-    return channel, Stub(grpc, pb, channel)
+    from hydra.v1 import hydra_pb2_grpc
+    return channel, hydra_pb2_grpc.HydraStub(channel)
 
 
 def guest_spec(pb, guest):

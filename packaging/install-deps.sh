@@ -13,7 +13,7 @@ PACKAGES=(
     # the firmware start-vm.sh boots x86_64 guests with (`hydractl register --from-env` names it)
     ovmf
     # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use
-    kmod cpio python3-grpcio python3-protobuf iproute2 procps util-linux
+    kmod cpio python3-grpcio python3-protobuf python3-grpc-tools iproute2 procps util-linux
     cloud-init curl
     # the containerd readiness probe's unit test runs a real containerd
     containerd

@@ -11,6 +11,7 @@ import time
 
 import grpc
 from hydra.v1 import hydra_pb2 as pb
+from hydra.v1 import hydra_pb2_grpc
 
 
 def load_generated(path, name):
@@ -25,26 +26,12 @@ health_pb2 = load_generated(os.path.join(os.environ["HYDRA_PYTHONPATH"], "grpc/h
                             "health_pb2")
 
 
-class Hydra:
-    """A tiny stub: protoc-c/protoc generate messages only, so the method table is spelled out here."""
+class Hydra(hydra_pb2_grpc.HydraStub):
+    """The stub grpc_tools generates from the proto (build/python/hydra/v1/hydra_pb2_grpc.py), plus health's
+    Check (health_pb2_grpc would import grpc.health.v1, which the grpc package shadows)."""
 
     def __init__(self, channel):
-        def unary(name, req, resp):
-            return channel.unary_unary(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                       response_deserializer=resp.FromString)
-
-        def stream(name, req, resp):
-            return channel.unary_stream(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                        response_deserializer=resp.FromString)
-        self.RegisterVm = unary("RegisterVm", pb.RegisterVmRequest, pb.RegisterVmResponse)
-        self.StartVm = unary("StartVm", pb.StartVmRequest, pb.Vm)
-        self.StopVm = unary("StopVm", pb.StopVmRequest, pb.Vm)
-        self.DestroyVm = unary("DestroyVm", pb.DestroyVmRequest, pb.DestroyVmResponse)
-        self.GetVm = unary("GetVm", pb.GetVmRequest, pb.Vm)
-        self.ListVms = unary("ListVms", pb.ListVmsRequest, pb.ListVmsResponse)
-        self.PlanVm = unary("PlanVm", pb.PlanVmRequest, pb.PlanVmResponse)
-        self.WatchEvents = stream("WatchEvents", pb.WatchEventsRequest, pb.Event)
-        self.ConsoleLog = stream("ConsoleLog", pb.ConsoleLogRequest, pb.ConsoleChunk)
+        super().__init__(channel)
         self.Check = channel.unary_unary("/grpc.health.v1.Health/Check",
                                          request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                                          response_deserializer=health_pb2.HealthCheckResponse.FromString)

@@ -24,6 +24,7 @@ import time
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
+from hydra_client import Hydra  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
@@ -42,22 +43,6 @@ def check(desc, cond, detail=None):
     else:
         failed += 1
         print(f"not ok - {desc}" + (f"\n#   {detail}" if detail else ""))
-
-
-class Hydra:
-    def __init__(self, channel):
-        def unary(name, req, resp):
-            return channel.unary_unary(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                       response_deserializer=resp.FromString)
-        self.RegisterVm = unary("RegisterVm", pb.RegisterVmRequest, pb.RegisterVmResponse)
-        self.StartVm = unary("StartVm", pb.StartVmRequest, pb.Vm)
-        self.StopVm = unary("StopVm", pb.StopVmRequest, pb.Vm)
-        self.DestroyVm = unary("DestroyVm", pb.DestroyVmRequest, pb.DestroyVmResponse)
-        self.GetVm = unary("GetVm", pb.GetVmRequest, pb.Vm)
-        self.PlanVm = unary("PlanVm", pb.PlanVmRequest, pb.PlanVmResponse)
-        self.WatchEvents = channel.unary_stream("/hydra.v1.Hydra/WatchEvents",
-                                                request_serializer=pb.WatchEventsRequest.SerializeToString,
-                                                response_deserializer=pb.Event.FromString)
 
 
 def rpc_error(fn, *args, **kw):

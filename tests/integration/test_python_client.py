@@ -19,6 +19,7 @@ import importlib.util  # noqa: E402
 
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
+from hydra_client import Hydra  # noqa: E402
 
 
 def load_generated(path, name):
@@ -45,28 +46,6 @@ def check(desc, cond):
     else:
         failed += 1
         print(f"not ok - {desc}")
-
-
-class Hydra:
-    """A tiny stub: protoc-c/protoc generate messages only, so the method table is spelled out here."""
-
-    def __init__(self, channel):
-        def unary(name, req, resp):
-            return channel.unary_unary(f"/hydra.v1.Hydra/{name}", request_serializer=req.SerializeToString,
-                                       response_deserializer=resp.FromString)
-        self.RegisterVm = unary("RegisterVm", pb.RegisterVmRequest, pb.RegisterVmResponse)
-        self.StartVm = unary("StartVm", pb.StartVmRequest, pb.Vm)
-        self.StopVm = unary("StopVm", pb.StopVmRequest, pb.Vm)
-        self.DestroyVm = unary("DestroyVm", pb.DestroyVmRequest, pb.DestroyVmResponse)
-        self.GetVm = unary("GetVm", pb.GetVmRequest, pb.Vm)
-        self.ListVms = unary("ListVms", pb.ListVmsRequest, pb.ListVmsResponse)
-        self.PlanVm = unary("PlanVm", pb.PlanVmRequest, pb.PlanVmResponse)
-        self.WatchEvents = channel.unary_stream("/hydra.v1.Hydra/WatchEvents",
-                                                request_serializer=pb.WatchEventsRequest.SerializeToString,
-                                                response_deserializer=pb.Event.FromString)
-        self.Check = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                         request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                                         response_deserializer=health_pb2.HealthCheckResponse.FromString)
 
 
 def rpc_error(fn, *args, **kw):
