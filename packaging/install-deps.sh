@@ -8,8 +8,8 @@ PACKAGES=(
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
     libsystemd-dev libjansson-dev libcurl4-openssl-dev libinih-dev check
     libarchive-dev libssl-dev libcrypt-dev
-    # run
-    qemu-system-x86 qemu-utils genisoimage
+    # run (qemu-system-arm: aarch64 guests, and test_qemu_argv's real-QEMU checks of the aarch64 goldens)
+    qemu-system-x86 qemu-system-arm qemu-utils genisoimage
     # the firmware start-vm.sh boots x86_64 guests with (`hydractl register --from-env` names it)
     ovmf
     # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "process.h"
 #include "qemu_argv.h"
 
 /* Golden files, as libvirt's qemuxmlconftest: tests/data/argv/NAME.args holds the expected argv, one argument per
@@ -892,20 +893,11 @@ static const char *scratch_dir(Scratch *s, const char *name) {
         return p;
 }
 
+/* The binary's path on $PATH, or NULL: process.c's lookup, the one hydrad makes. */
 static char *find_in_path(const char *name) {
-        _cleanup_free_ char *path = strdup(getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin");
-        char *save = NULL;
+        char *p = NULL;
 
-        ck_assert_ptr_nonnull(path);
-        for (char *dir = strtok_r(path, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
-                char *p = NULL;
-
-                ck_assert_int_ge(asprintf(&p, "%s/%s", dir, name), 0);
-                if (access(p, X_OK) == 0)
-                        return p;
-                free(p);
-        }
-        return NULL;
+        return process_find_binary(name, &p) >= 0 ? p : NULL;
 }
 
 static int run_quiet(char **argv) {
@@ -1289,12 +1281,27 @@ static Suite *qemu_argv_suite(void) {
         return s;
 }
 
+/* Exit 77 (CTest's SKIP_RETURN_CODE) when a QEMU binary is missing, so that a run without it says "skipped" rather
+ * than "passed": the goldens still ran, the real-QEMU checks of that arch did not. Devices this host cannot give
+ * (vsock without /dev/vhost-vsock, venus on QEMU < 9.2) are left out of the QEMU check and said so, not counted:
+ * no install step can add them here. */
 int main(void) {
         SRunner *sr = srunner_create(qemu_argv_suite());
+        bool skipped = false;
         int failed;
 
+        for (Arch arch = 0; arch < _ARCH_MAX; arch++) {
+                _cleanup_free_ char *binary = find_in_path(qemu_binary_name(arch));
+                if (!binary) {
+                        fprintf(stderr, "test_qemu_argv: %s not found: its QEMU checks are skipped\n",
+                                qemu_binary_name(arch));
+                        skipped = true;
+                }
+        }
         srunner_run_all(sr, CK_NORMAL);
         failed = srunner_ntests_failed(sr);
         srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        if (failed > 0)
+                return EXIT_FAILURE;
+        return skipped ? 77 : EXIT_SUCCESS;
 }
