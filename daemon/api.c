@@ -137,6 +137,8 @@ struct Api {
         Call *calls;
 
         bool shutting_down;
+        uint64_t refused_warned_usec; /* the last "refusing API connection" line; 0: none yet */
+        unsigned refused_unsaid;      /* refusals since then, not logged */
         Tag shutdown_tag;
         bool shutdown_tag_pending;
         sd_event_source *grace_timer;
@@ -1167,9 +1169,23 @@ static int on_connection(int fd, void *userdata) {
         if (!peer_allowed(a, cfd)) {
                 struct ucred cred = {};
                 socklen_t len = sizeof(cred);
+                char more[64] = "";
+                uint64_t now = 0;
+
+                /* At most one line per interval: a local user connecting in a loop must not fill the journal. */
+                (void) sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+                if (a->refused_warned_usec != 0 && now - a->refused_warned_usec < LISTENER_WARN_INTERVAL_USEC) {
+                        a->refused_unsaid++;
+                        return 0;
+                }
                 (void) getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
-                log_warning("refusing API connection from uid %u gid %u pid %d: not root, not our user, not in the socket's group",
-                            cred.uid, cred.gid, cred.pid);
+                if (a->refused_unsaid > 0)
+                        (void) snprintf(more, sizeof(more), " (and %u more since the last such line)",
+                                        a->refused_unsaid);
+                log_warning("refusing API connection from uid %u gid %u pid %d: not root, not our user, not in the "
+                            "socket's group%s", cred.uid, cred.gid, cred.pid, more);
+                a->refused_warned_usec = now;
+                a->refused_unsaid = 0;
                 return 0;
         }
 

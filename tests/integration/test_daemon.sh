@@ -105,6 +105,16 @@ OUT=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$HYDRACTL" --socket "$
 set -e
 check "an unprivileged peer is refused: exit 1" test $RC -eq 1
 check "... and hydrad says why" grep -q "refusing API connection from uid 65534" "$HYDRAD_LOG"
+# A refused peer connecting in a loop: one line per 10 s, not one per connection (issue 9, item 2).
+setpriv --reuid=65534 --regid=65534 --clear-groups "$PY" -c '
+import socket, sys
+for _ in range(300):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.close()' "$SOCK"
+sleep 0.5
+check "300 refused connections more: no new line yet (rate-limited)" \
+    test "$(grep -c 'refusing API connection' "$HYDRAD_LOG")" -eq 1
 check "root still gets in" ctl health
 check "stop hydrad" stop_hydrad
 
