@@ -2,9 +2,11 @@
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "field.h"
+#include "redact.h"
 #include "utf8.h"
 
 #define LOWER "abcdefghijklmnopqrstuvwxyz"
@@ -43,36 +45,19 @@ const char *field_quote(char buf[static FIELD_QUOTE_SIZE], const char *s) {
         return buf;
 }
 
-/* Appends s (n bytes at most) to shown, which holds len bytes and room for FIELD_QUOTE_MAX + 1 (one more than
- * field_quote shows, so that it still says "..." where the URL was cut). */
-static size_t shown_append(char *shown, size_t len, const char *s, size_t n) {
-        for (size_t i = 0; i < n && s[i] && len < FIELD_QUOTE_MAX + 1; i++)
-                shown[len++] = s[i];
-        return len;
-}
-
 const char *field_quote_url(char buf[static FIELD_QUOTE_SIZE], const char *url) {
-        char shown[FIELD_QUOTE_MAX + 2];
-        const char *p = url + strcspn(url, "?#");
-        size_t len = shown_append(shown, 0, url, (size_t) (p - url));
+        _cleanup_free_ char *query = NULL, *shown = NULL;
+        size_t base = strcspn(url, "?#"), end = base + strcspn(url + base, "#");
 
-        if (*p == '?') {
-                len = shown_append(shown, len, "?", 1);
-                for (p++; *p && *p != '#';) {
-                        size_t item = strcspn(p, "&#"), name = strcspn(p, "=&#");
-
-                        if (name < item)
-                                len = shown_append(shown, shown_append(shown, len, p, name), "=REDACTED", 9);
-                        else if (item > 0)
-                                len = shown_append(shown, len, "REDACTED", 8);
-                        p += item;
-                        if (*p == '&')
-                                len = shown_append(shown, len, "&", 1), p++;
-                }
+        /* The query redacted as everywhere else a URL is shown; a fragment kept as "#REDACTED", so that a message
+         * about a character in it still makes sense. On ENOMEM only the part before the query is shown. */
+        if (url[base] == '?') {
+                _cleanup_free_ char *raw = strndup(url + base + 1, end - base - 1);
+                query = raw ? url_redact_query(raw) : NULL;
         }
-        if (*p == '#' && p[1])
-                len = shown_append(shown, len, "#REDACTED", 9);
-        shown[len] = '\0';
+        if (asprintf(&shown, "%.*s%s%s%s", (int) base, url, query ? "?" : "", strempty(query),
+                     url[end] == '#' && url[end + 1] ? "#" URL_REDACTED : "") < 0)
+                return field_quote(buf, "(out of memory)");
         return field_quote(buf, shown);
 }
 

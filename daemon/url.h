@@ -12,13 +12,10 @@
  * Parsed with libcurl's URL API; what libcurl cannot parse is cut by hand the same way (everything after the first
  * '?' redacted, after the first '#' dropped). Pure: no I/O, no logging. */
 
-#define URL_REDACTED "REDACTED"
+#include "redact.h" /* URL_REDACTED, url_redact_query */
 
 /* The display form of url. Returns a new string, or NULL if url is NULL or on ENOMEM. */
 char *url_display(const char *url);
-
-/* The rule above applied to a bare query string (without its '?'). Returns a new string or NULL on ENOMEM. */
-char *url_redact_query(const char *query);
 
 /* For text a library wrote that may quote the URL (libcurl's error buffer): every occurrence of url's raw query in
  * text (NUL-terminated, in a buffer of size bytes) is replaced with its redacted form, cut short if the result no
