@@ -398,7 +398,9 @@ static void vm_consider_restart(Vm *vm, VmState from, VmState to) {
                   restart_policy_to_string(sv->restart), failure ? vm->last_exit.reason : "the guest shut down");
 }
 
-static void vm_set_state(Vm *vm, VmState next, const char *reason) {
+/* Enters a state: the records and services the table in vm_state.c names for it, the event, then what follows
+ * (ops that were waiting, a pending destroy, the restart policy). Only vm_dispatch() calls it. */
+static void vm_set_state(Vm *vm, VmState next, const char *reason, bool announce) {
         VmState from = vm->state;
         HydraEvent ev = {
                 .role = vm->role,
@@ -408,25 +410,32 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason) {
                 .reason = reason,
         };
 
-        if (from == next)
+        if (from == next && !announce)
                 return;
         vm->state = next;
         log_vm_info(vm->name, "VM '%s': %s -> %s (%s)", vm->name, vm_state_to_string(from), vm_state_to_string(next),
                     reason);
-        if (vm_state_has_process(next) && vm->pid > 0)
-                vm_runtime_save(vm);
-        if (next == VM_STATE_STOPPED || next == VM_STATE_FAILED || next == VM_STATE_CRASHED ||
-            next == VM_STATE_PREPARING)
+        switch (vm_state_record(next)) {
+        case VM_RECORD_RUNTIME:
+                if (vm->pid > 0)
+                        vm_runtime_save(vm);
+                break;
+        case VM_RECORD_STATE:
                 vm_state_save(vm);
+                break;
+        default:
+                break;
+        }
         manager_emit(vm->manager, &ev, vm);
 
-        if (next == VM_STATE_RUNNING) {
+        if (next == VM_STATE_RUNNING)
                 vm->restarting = false;
+        if (vm_state_has_services(next) && !vm_state_has_services(from))
                 vm_services_up(vm);
-        } else if (from == VM_STATE_RUNNING)
+        else if (!vm_state_has_services(next) && vm_state_has_services(from))
                 vm_services_down(vm);
         if (vm->destroy_pending && vm_is_down(vm))
-                (void) vm_remove(vm);
+                (void) vm_dispatch(vm, VM_EVENT_DESTROY, "destroyed");
         else
                 vm_consider_restart(vm, from, next);
         vm_check_ops(vm);
@@ -523,7 +532,7 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
                 log_vm_info(vm->name, "VM '%s': adopted QEMU (pid %d) exited during the adoption", vm->name,
                             (int) vm->pid);
                 vm_teardown_process(vm);
-                vm_set_state(vm, stopping ? VM_STATE_STOPPED : VM_STATE_CRASHED, stopping ? "stopped" : "lost");
+                (void) vm_dispatch(vm, stopping ? VM_EVENT_LOST_STOPPING : VM_EVENT_LOST, stopping ? "stopped" : "lost");
                 return;
         }
 
@@ -743,7 +752,7 @@ static void on_cont(QmpClient *q, json_t *result, int error, const char *desc, v
                                        desc ? desc : strerror(-error));
                 log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
                 if (vm->state == VM_STATE_STARTING)
-                        (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "cont-failed");
+                        (void) vm_dispatch(vm, VM_EVENT_QMP_FAILED, "cont-failed");
                 return;
         }
         vm_qmp_ready_done(vm);
@@ -870,7 +879,7 @@ static int on_start_qmp_lost(sd_event_source *s, uint64_t usec, void *userdata) 
         if (vm->state != VM_STATE_STARTING)
                 return 0;
         log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
-        (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "qmp-failed");
+        (void) vm_dispatch(vm, VM_EVENT_QMP_FAILED, "qmp-failed");
         return 0;
 }
 
@@ -889,7 +898,7 @@ static void on_qmp_disconnect(QmpClient *q, int error, void *userdata) {
         hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QMP handshake with QEMU failed: %s", strerror(-error));
         if (error == -ETIMEDOUT) {
                 log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
-                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "qmp-timeout");
+                (void) vm_dispatch(vm, VM_EVENT_QMP_FAILED, "qmp-timeout");
                 return;
         }
         if (sd_event_add_time_relative(manager_get_event(vm->manager), &vm->start_timer, CLOCK_MONOTONIC,
@@ -1209,8 +1218,7 @@ static void vm_adopt_lost(Vm *vm, pid_t pid, const char *recorded_state, const c
                                        "exit status is unknown", (int) pid, why);
         log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) of the previous hydrad %s; not adopted", vm->name, (int) pid,
                        why);
-        (void) store_remove(vm->run_dir, RUNTIME_FILE);
-        vm_set_state(vm, was_stopping ? VM_STATE_STOPPED : VM_STATE_CRASHED, was_stopping ? "stopped" : "lost");
+        (void) vm_dispatch(vm, was_stopping ? VM_EVENT_LOST_STOPPING : VM_EVENT_LOST, was_stopping ? "stopped" : "lost");
 }
 
 /* A QEMU a previous hydrad spawned but died before recording: our uid, our QEMU binary, and our console chardev as
@@ -1230,9 +1238,8 @@ static pid_t vm_find_unrecorded_qemu(Vm *vm) {
 }
 
 int vm_adopt(Vm *vm) {
-        _cleanup_close_ int pidfd = -EBADF, fd = -EBADF;
+        _cleanup_close_ int pidfd = -EBADF;
         _cleanup_free_ void *data = NULL;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         const char *qmp = NULL, *state = NULL, *disk = NULL, *seed = NULL;
         json_int_t pid = 0, ticks = 0, spawned = 0, ready_since = 0;
         uint64_t now_ticks = 0, mono, real;
@@ -1292,11 +1299,9 @@ int vm_adopt(Vm *vm) {
         }
         if (!qmp)
                 qmp = vm->qmp_path;
-        if (!streq(qmp, vm->qmp_path) || strlen(qmp) >= sizeof(sa.sun_path)) {
+        if (!streq(qmp, vm->qmp_path))
                 log_vm_warning(vm->name, "VM '%s': the recorded QMP socket '%s' is not this hydrad's '%s'", vm->name,
                                qmp, vm->qmp_path);
-        }
-        strcpy(sa.sun_path, vm->qmp_path);
 
         vm->pid = (pid_t) pid;
         vm->start_ticks = (uint64_t) ticks;
@@ -1333,26 +1338,30 @@ int vm_adopt(Vm *vm) {
 
         log_vm_info(vm->name, "VM '%s': adopting QEMU (pid %d) of the previous hydrad%s", vm->name, (int) pid,
                     vm->resume_stop ? "; it was stopping" : "");
-        vm_set_state(vm, VM_STATE_STARTING, "adopting");
+        (void) vm_dispatch(vm, VM_EVENT_ADOPT, "adopting");
+        return 1;
+}
 
-        /* QEMU's QMP server accepts a new client once the old one (the previous hydrad) is gone. A QEMU that does
-         * not answer in time goes the way of a failed start: stopped in stages, never left behind. */
+/* The ADOPT action. QEMU's QMP server accepts a new client once the old one (the previous hydrad) is gone. A QEMU
+ * that does not answer in time goes the way of a failed start: stopped in stages, never left behind. */
+static int vm_adopt_qmp(Vm *vm, HydraError *err) {
+        _cleanup_close_ int fd = -EBADF;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int r;
+
+        if (strlen(vm->qmp_path) >= sizeof(sa.sun_path))
+                return hydra_error_set(err, -ENAMETOOLONG, "adopting QEMU (pid %d): QMP socket path '%s' is too long",
+                                       (int) vm->pid, vm->qmp_path);
+        strcpy(sa.sun_path, vm->qmp_path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
-                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "adopting QEMU (pid %d): cannot connect to "
-                                       "QMP at '%s': %m", (int) pid, vm->qmp_path);
-                log_vm_error(vm->name, "VM '%s': %s", vm->name, vm->last_error.message);
-                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "adopt-failed");
-                return 1;
-        }
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return hydra_error_set(err, -errno, "adopting QEMU (pid %d): cannot connect to QMP at '%s': %m",
+                                       (int) vm->pid, vm->qmp_path);
         r = qmp_client_new(manager_get_event(vm->manager), TAKE_FD(fd), vm->name, ADOPT_QMP_TIMEOUT_USEC,
                            &qmp_callbacks, vm, &vm->qmp);
-        if (r < 0) {
-                (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "adopting QEMU (pid %d): QMP client: %s",
-                                       (int) pid, strerror(-r));
-                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "adopt-failed");
-        }
-        return 1;
+        if (r < 0)
+                return hydra_error_set(err, r, "adopting QEMU (pid %d): QMP client: %s", (int) vm->pid, strerror(-r));
+        return 0;
 }
 
 /* --- the executor --- */
@@ -1379,7 +1388,15 @@ static int vm_act(Vm *vm, VmAction action) {
                 if (r < 0) {
                         vm->last_error = err;
                         log_vm_error(vm->name, "VM '%s': launch failed: %s", vm->name, err.message);
-                        return vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "launch-failed");
+                        return vm_dispatch(vm, VM_EVENT_LAUNCH_FAILED, "launch-failed");
+                }
+                return 0;
+        case VM_ACTION_ADOPT:
+                r = vm_adopt_qmp(vm, &err);
+                if (r < 0) {
+                        (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "%s", err.message);
+                        log_vm_error(vm->name, "VM '%s': %s", vm->name, err.message);
+                        return vm_dispatch(vm, VM_EVENT_ADOPT_FAILED, "adopt-failed");
                 }
                 return 0;
         case VM_ACTION_STOP:
@@ -1400,6 +1417,8 @@ static int vm_act(Vm *vm, VmAction action) {
         case VM_ACTION_REAP:
                 vm_teardown_process(vm);
                 return 0;
+        case VM_ACTION_REMOVE:
+                return vm_remove(vm);
         default:
                 return -EINVAL;
         }
@@ -1415,7 +1434,14 @@ int vm_dispatch(Vm *vm, VmEvent event, const char *reason) {
                              vm_state_to_string(vm->state));
                 return r;
         }
-        vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event));
+        if (t.action == VM_ACTION_REMOVE) {
+                /* Forgetting comes before the state, which is announced even when it stays "defined": a
+                 * subscriber that reads the VM on the event finds it gone. */
+                r = vm_act(vm, t.action);
+                vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event), true);
+                return r;
+        }
+        vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event), false);
         return vm_act(vm, t.action);
 }
 
@@ -1675,8 +1701,8 @@ static void remove_cached(Vm *vm, const char *url) {
                 log_vm_info(vm->name, "VM '%s': removed cached download %s", vm->name, entry);
 }
 
-/* Forgets the VM: stored spec, disk-side state, runtime files, and unless asked to keep them, the downloads no
- * other VM uses. */
+/* The REMOVE action: forgets the VM: stored spec, disk-side state, runtime files, and unless asked to keep them,
+ * the downloads no other VM uses. */
 static int vm_remove(Vm *vm) {
         int r;
 
@@ -1701,13 +1727,7 @@ static int vm_remove(Vm *vm) {
         vm->restart_count = 0;
         vm->last_exit = (VmExit) {};
         hydra_error_clear(&vm->last_error);
-
-        VmState from = vm->state;
-        vm->state = VM_STATE_DEFINED;
         log_vm_info(vm->name, "VM '%s': destroyed", vm->name);
-        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_STATE, .from = from, .to = VM_STATE_DEFINED,
-                          .reason = "destroyed" };
-        manager_emit(vm->manager, &ev, vm);
         return 0;
 }
 
@@ -1720,8 +1740,10 @@ int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp 
         vm_restart_cancel(vm);
         restart_tracker_reset(&vm->restarts);
         if (vm_is_down(vm)) {
-                (void) vm_remove(vm);
-                vm_check_ops(vm);
+                r = vm_dispatch(vm, VM_EVENT_DESTROY, "destroyed");
+                if (r < 0)
+                        return hydra_error_set(err, r, "destroy VM '%s' (%s): %s", vm->name,
+                                               vm_state_to_string(vm->state), strerror(-r));
                 return 1;
         }
 

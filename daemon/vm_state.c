@@ -15,18 +15,25 @@ static const char *const vm_event_table[_VM_EVENT_MAX] = {
         [VM_EVENT_START] = "start",
         [VM_EVENT_PREPARED] = "prepared",
         [VM_EVENT_PREPARE_FAILED] = "prepare-failed",
+        [VM_EVENT_LAUNCH_FAILED] = "launch-failed",
         [VM_EVENT_QMP_READY] = "qmp-ready",
+        [VM_EVENT_QMP_FAILED] = "qmp-failed",
+        [VM_EVENT_ADOPT] = "adopt",
+        [VM_EVENT_ADOPT_FAILED] = "adopt-failed",
         [VM_EVENT_STOP] = "stop",
         [VM_EVENT_STOP_FORCE] = "stop-force",
         [VM_EVENT_EXIT_CLEAN] = "exit-clean",
         [VM_EVENT_EXIT_UNEXPECTED] = "exit-unexpected",
+        [VM_EVENT_LOST] = "lost",
+        [VM_EVENT_LOST_STOPPING] = "lost-stopping",
+        [VM_EVENT_DESTROY] = "destroy",
 };
 DEFINE_STRING_TABLE_LOOKUP(vm_event, VmEvent, _VM_EVENT_MAX);
 
 static const char *const vm_action_table[_VM_ACTION_MAX] = {
         [VM_ACTION_NONE] = "none",     [VM_ACTION_PREPARE] = "prepare", [VM_ACTION_LAUNCH] = "launch",
         [VM_ACTION_STOP] = "stop",     [VM_ACTION_KILL] = "kill",       [VM_ACTION_CANCEL] = "cancel",
-        [VM_ACTION_REAP] = "reap",
+        [VM_ACTION_REAP] = "reap",     [VM_ACTION_ADOPT] = "adopt",     [VM_ACTION_REMOVE] = "remove",
 };
 DEFINE_STRING_TABLE_LOOKUP(vm_action, VmAction, _VM_ACTION_MAX);
 
@@ -39,21 +46,22 @@ typedef struct Cell {
 
 #define GO(n, a) { .allowed = true, .next = VM_STATE_##n, .action = VM_ACTION_##a }
 
-/* Stopping and starting from the resting states: STOP there is a no-op rather than a refusal, so that StopVm and
- * DestroyVm are idempotent. */
+/* The resting states (no process, nothing in flight): START prepares; STOP is a no-op rather than a refusal, so
+ * that StopVm and DestroyVm are idempotent; a QEMU the previous hydrad left is adopted, or recorded as lost (the
+ * runtime record goes); DESTROY forgets the VM. */
 #define RESTING(s)                                               \
         [VM_STATE_##s] = {                                       \
                 [VM_EVENT_START] = GO(PREPARING, PREPARE),       \
+                [VM_EVENT_ADOPT] = GO(STARTING, ADOPT),          \
                 [VM_EVENT_STOP] = GO(s, NONE),                   \
                 [VM_EVENT_STOP_FORCE] = GO(s, NONE),             \
+                [VM_EVENT_LOST] = GO(CRASHED, REAP),             \
+                [VM_EVENT_LOST_STOPPING] = GO(STOPPED, REAP),    \
+                [VM_EVENT_DESTROY] = GO(DEFINED, REMOVE),        \
         }
 
 static const Cell table[_VM_STATE_MAX][_VM_EVENT_MAX] = {
-        [VM_STATE_DEFINED] = {
-                [VM_EVENT_START] = GO(PREPARING, PREPARE),
-                [VM_EVENT_STOP] = GO(DEFINED, NONE),
-                [VM_EVENT_STOP_FORCE] = GO(DEFINED, NONE),
-        },
+        RESTING(DEFINED),
         [VM_STATE_PREPARING] = {
                 [VM_EVENT_START] = GO(PREPARING, NONE),
                 [VM_EVENT_PREPARED] = GO(STARTING, LAUNCH),
@@ -64,13 +72,19 @@ static const Cell table[_VM_STATE_MAX][_VM_EVENT_MAX] = {
         [VM_STATE_STARTING] = {
                 [VM_EVENT_START] = GO(STARTING, NONE),
                 [VM_EVENT_QMP_READY] = GO(RUNNING, NONE),
-                /* Spawned, but the QMP handshake failed: the process must not outlive the failure. */
-                [VM_EVENT_PREPARE_FAILED] = GO(FAILED, KILL),
+                /* Spawned (or adopted), but QEMU cannot be driven: the process must not outlive the failure. */
+                [VM_EVENT_LAUNCH_FAILED] = GO(FAILED, KILL),
+                [VM_EVENT_QMP_FAILED] = GO(FAILED, KILL),
+                [VM_EVENT_ADOPT_FAILED] = GO(FAILED, KILL),
                 [VM_EVENT_STOP] = GO(STOPPING, KILL),
                 [VM_EVENT_STOP_FORCE] = GO(STOPPING, KILL),
                 /* Any exit before QMP answered is a failed launch, even with status 0. */
                 [VM_EVENT_EXIT_CLEAN] = GO(FAILED, REAP),
                 [VM_EVENT_EXIT_UNEXPECTED] = GO(FAILED, REAP),
+                /* An adopted QEMU that exits while hydrad reconnects: not a failed launch, and its status is
+                 * unknown (not our child). */
+                [VM_EVENT_LOST] = GO(CRASHED, REAP),
+                [VM_EVENT_LOST_STOPPING] = GO(STOPPED, REAP),
         },
         [VM_STATE_RUNNING] = {
                 [VM_EVENT_START] = GO(RUNNING, NONE),
@@ -110,4 +124,21 @@ int vm_state_transition(VmState state, VmEvent event, VmTransition *ret) {
 
 bool vm_state_has_process(VmState s) {
         return s == VM_STATE_STARTING || s == VM_STATE_RUNNING || s == VM_STATE_STOPPING;
+}
+
+static const VmRecord record_table[_VM_STATE_MAX] = {
+        [VM_STATE_DEFINED] = VM_RECORD_NONE,    [VM_STATE_PREPARING] = VM_RECORD_STATE,
+        [VM_STATE_STARTING] = VM_RECORD_RUNTIME, [VM_STATE_RUNNING] = VM_RECORD_RUNTIME,
+        [VM_STATE_STOPPING] = VM_RECORD_RUNTIME, [VM_STATE_STOPPED] = VM_RECORD_STATE,
+        [VM_STATE_FAILED] = VM_RECORD_STATE,     [VM_STATE_CRASHED] = VM_RECORD_STATE,
+};
+
+VmRecord vm_state_record(VmState s) {
+        if ((int) s < 0 || s >= _VM_STATE_MAX)
+                return _VM_RECORD_INVALID;
+        return record_table[s];
+}
+
+bool vm_state_has_services(VmState s) {
+        return s == VM_STATE_RUNNING;
 }

@@ -12,31 +12,46 @@ static const char *const expected_states[] = {
         "defined", "preparing", "starting", "running", "stopping", "stopped", "failed", "crashed",
 };
 static const char *const expected_events[] = {
-        "start", "prepared", "prepare-failed", "qmp-ready", "stop", "stop-force", "exit-clean", "exit-unexpected",
+        "start",     "prepared", "prepare-failed", "launch-failed", "qmp-ready",       "qmp-failed",
+        "adopt",     "adopt-failed", "stop",       "stop-force",    "exit-clean",      "exit-unexpected",
+        "lost",      "lost-stopping", "destroy",
 };
 static const char *const expected_actions[] = {
-        "none", "prepare", "launch", "stop", "kill", "cancel", "reap",
+        "none", "prepare", "launch", "stop", "kill", "cancel", "reap", "adopt", "remove",
 };
 
-static const char *const expected[8][8] = {
-        /* columns: start, prepared, prepare-failed, qmp-ready, stop, stop-force, exit-clean, exit-unexpected */
+#define N_STATES 8
+#define N_EVENTS 15
+
+/* A resting state (no process, nothing in flight) S: start prepares, stop is a no-op, a QEMU the previous hydrad
+ * left is adopted or recorded lost, destroy forgets the VM. */
+#define RESTING(S)                                                                                          \
+        { "preparing/prepare", "-", "-", "-", "-", "-", "starting/adopt", "-", S "/none", S "/none", "-", "-", \
+          "crashed/reap", "stopped/reap", "defined/remove" }
+
+static const char *const expected[N_STATES][N_EVENTS] = {
+        /* columns: start, prepared, prepare-failed, launch-failed, qmp-ready, qmp-failed, adopt, adopt-failed,
+         *          stop, stop-force, exit-clean, exit-unexpected, lost, lost-stopping, destroy */
         /* defined */
-        { "preparing/prepare", "-", "-", "-", "defined/none", "defined/none", "-", "-" },
+        RESTING("defined"),
         /* preparing */
-        { "preparing/none", "starting/launch", "failed/none", "-", "stopped/cancel", "stopped/cancel", "-", "-" },
-        /* starting */
-        { "starting/none", "-", "failed/kill", "running/none", "stopping/kill", "stopping/kill", "failed/reap",
-          "failed/reap" },
+        { "preparing/none", "starting/launch", "failed/none", "-", "-", "-", "-", "-", "stopped/cancel",
+          "stopped/cancel", "-", "-", "-", "-", "-" },
+        /* starting (spawned or being adopted) */
+        { "starting/none", "-", "-", "failed/kill", "running/none", "failed/kill", "-", "failed/kill",
+          "stopping/kill", "stopping/kill", "failed/reap", "failed/reap", "crashed/reap", "stopped/reap", "-" },
         /* running */
-        { "running/none", "-", "-", "-", "stopping/stop", "stopping/kill", "stopped/reap", "crashed/reap" },
+        { "running/none", "-", "-", "-", "-", "-", "-", "-", "stopping/stop", "stopping/kill", "stopped/reap",
+          "crashed/reap", "-", "-", "-" },
         /* stopping */
-        { "-", "-", "-", "-", "stopping/none", "stopping/kill", "stopped/reap", "stopped/reap" },
+        { "-", "-", "-", "-", "-", "-", "-", "-", "stopping/none", "stopping/kill", "stopped/reap", "stopped/reap",
+          "-", "-", "-" },
         /* stopped */
-        { "preparing/prepare", "-", "-", "-", "stopped/none", "stopped/none", "-", "-" },
+        RESTING("stopped"),
         /* failed */
-        { "preparing/prepare", "-", "-", "-", "failed/none", "failed/none", "-", "-" },
+        RESTING("failed"),
         /* crashed */
-        { "preparing/prepare", "-", "-", "-", "crashed/none", "crashed/none", "-", "-" },
+        RESTING("crashed"),
 };
 
 /* One test per cell (a loop test: _i is the cell number), so that a wrong cell names itself. */
@@ -67,9 +82,9 @@ END_TEST
 
 START_TEST(test_table_size) {
         /* If a state or event is added, the expected table above must grow with it. */
-        ck_assert_int_eq(_VM_STATE_MAX, 8);
-        ck_assert_int_eq(_VM_EVENT_MAX, 8);
-        ck_assert_int_eq(_VM_ACTION_MAX, 7);
+        ck_assert_int_eq(_VM_STATE_MAX, N_STATES);
+        ck_assert_int_eq(_VM_EVENT_MAX, N_EVENTS);
+        ck_assert_int_eq(_VM_ACTION_MAX, 9);
 }
 END_TEST
 
@@ -94,6 +109,70 @@ START_TEST(test_has_process) {
                 ck_assert_msg(vm_state_has_process((VmState) s) == want[s], "has_process(%s)", expected_states[s]);
         ck_assert(!vm_state_has_process(_VM_STATE_MAX));
         ck_assert(!vm_state_has_process(_VM_STATE_INVALID));
+}
+END_TEST
+
+START_TEST(test_records_services) {
+        /* What entering each state writes down, and where the guest services run. */
+        static const VmRecord want_record[N_STATES] = {
+                VM_RECORD_NONE,    VM_RECORD_STATE,   VM_RECORD_RUNTIME, VM_RECORD_RUNTIME,
+                VM_RECORD_RUNTIME, VM_RECORD_STATE,   VM_RECORD_STATE,   VM_RECORD_STATE,
+        };
+        static const bool want_services[N_STATES] = { false, false, false, true, false, false, false, false };
+
+        for (int s = 0; s < N_STATES; s++) {
+                ck_assert_msg(vm_state_record((VmState) s) == want_record[s], "record(%s)", expected_states[s]);
+                ck_assert_msg(vm_state_has_services((VmState) s) == want_services[s], "services(%s)",
+                              expected_states[s]);
+                /* A state with a process records the process; one without never does. */
+                ck_assert_int_eq(vm_state_has_process((VmState) s), want_record[s] == VM_RECORD_RUNTIME);
+        }
+        ck_assert_int_eq(vm_state_record(_VM_STATE_MAX), _VM_RECORD_INVALID);
+        ck_assert_int_eq(vm_state_record(_VM_STATE_INVALID), _VM_RECORD_INVALID);
+        ck_assert(!vm_state_has_services(_VM_STATE_MAX));
+}
+END_TEST
+
+/* The lives of an adopted QEMU and of a destroyed VM, through the table only. */
+START_TEST(test_adopt_destroy_walk) {
+        static const struct {
+                VmState from;
+                VmEvent event;
+                VmState next;
+                VmAction action;
+        } steps[] = {
+                /* adopted, answers, later stopped and destroyed */
+                { VM_STATE_STOPPED, VM_EVENT_ADOPT, VM_STATE_STARTING, VM_ACTION_ADOPT },
+                { VM_STATE_STARTING, VM_EVENT_QMP_READY, VM_STATE_RUNNING, VM_ACTION_NONE },
+                { VM_STATE_RUNNING, VM_EVENT_STOP, VM_STATE_STOPPING, VM_ACTION_STOP },
+                { VM_STATE_STOPPING, VM_EVENT_EXIT_UNEXPECTED, VM_STATE_STOPPED, VM_ACTION_REAP },
+                { VM_STATE_STOPPED, VM_EVENT_DESTROY, VM_STATE_DEFINED, VM_ACTION_REMOVE },
+                /* adopted, QMP unreachable: killed, failed */
+                { VM_STATE_DEFINED, VM_EVENT_ADOPT, VM_STATE_STARTING, VM_ACTION_ADOPT },
+                { VM_STATE_STARTING, VM_EVENT_ADOPT_FAILED, VM_STATE_FAILED, VM_ACTION_KILL },
+                /* adopted, gone during the reconnection: lost, or the stop it was in is over */
+                { VM_STATE_FAILED, VM_EVENT_ADOPT, VM_STATE_STARTING, VM_ACTION_ADOPT },
+                { VM_STATE_STARTING, VM_EVENT_LOST, VM_STATE_CRASHED, VM_ACTION_REAP },
+                { VM_STATE_CRASHED, VM_EVENT_ADOPT, VM_STATE_STARTING, VM_ACTION_ADOPT },
+                { VM_STATE_STARTING, VM_EVENT_LOST_STOPPING, VM_STATE_STOPPED, VM_ACTION_REAP },
+                /* recorded, but gone before hydrad came back */
+                { VM_STATE_DEFINED, VM_EVENT_LOST, VM_STATE_CRASHED, VM_ACTION_REAP },
+                { VM_STATE_CRASHED, VM_EVENT_DESTROY, VM_STATE_DEFINED, VM_ACTION_REMOVE },
+        };
+
+        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+                VmTransition t;
+
+                ck_assert_int_eq(vm_state_transition(steps[i].from, steps[i].event, &t), 0);
+                ck_assert_int_eq(t.next, steps[i].next);
+                ck_assert_int_eq(t.action, steps[i].action);
+        }
+        /* Nothing is destroyed or adopted from under a process or a preparation. */
+        for (VmState s = 0; s < _VM_STATE_MAX; s++)
+                if (vm_state_has_process(s) || s == VM_STATE_PREPARING) {
+                        ck_assert_int_eq(vm_state_transition(s, VM_EVENT_DESTROY, NULL), -EBUSY);
+                        ck_assert_int_eq(vm_state_transition(s, VM_EVENT_ADOPT, NULL), -EBUSY);
+                }
 }
 END_TEST
 
@@ -163,10 +242,12 @@ static Suite *vm_state_suite(void) {
 
         tc = tcase_create("table");
         tcase_add_test(tc, test_table_size);
-        tcase_add_loop_test(tc, test_cell, 0, 8 * 8);
+        tcase_add_loop_test(tc, test_cell, 0, N_STATES * N_EVENTS);
         tcase_add_test(tc, test_transition_out_of_range);
         tcase_add_test(tc, test_has_process);
         tcase_add_test(tc, test_lifecycle_walk);
+        tcase_add_test(tc, test_records_services);
+        tcase_add_test(tc, test_adopt_destroy_walk);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("strings");
