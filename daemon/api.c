@@ -442,8 +442,11 @@ static grpc_byte_buffer *event_pack(Api *a, const HydraEvent *ev, Vm *vm) {
                 e.kind_case = HYDRA__V1__EVENT__KIND_PROGRESS;
                 /* set below, from the Vm's own progress */
         } else if (ev->type == HYDRA_EVENT_READY) {
-                re.ready = vm->ready;
-                re.detail = pb_str(vm->ready_detail);
+                VmStatus st;
+
+                vm_get_status(vm, &st);
+                re.ready = st.ready;
+                re.detail = pb_str(st.ready_detail);
                 e.kind_case = HYDRA__V1__EVENT__KIND_READINESS;
                 e.readiness = &re;
         } else {
@@ -516,9 +519,9 @@ static Vm *call_get_vm(Call *c, Hydra__V1__Role pb_role, bool must_be_registered
                 return NULL;
         }
         vm = manager_get_vm(c->api->manager, role);
-        if (must_be_registered && !vm->registered) {
+        if (must_be_registered && !vm_is_registered(vm)) {
                 char msg[64];
-                (void) snprintf(msg, sizeof(msg), "VM '%s' is not registered", vm->name);
+                (void) snprintf(msg, sizeof(msg), "VM '%s' is not registered", vm_name(vm));
                 call_fail(c, HYDRA_ENOTREGISTERED, msg);
                 return NULL;
         }
@@ -683,7 +686,7 @@ static void handle_list(Call *c, const uint8_t *data, size_t size) {
                 return;
         for (Role role = 0; role < _ROLE_MAX; role++) {
                 Vm *vm = manager_get_vm(c->api->manager, role);
-                if (!vm->registered)
+                if (!vm_is_registered(vm))
                         continue;
                 r = vm_pb_init(&p[n], vm);
                 ptrs[n] = &p[n].vm;
@@ -824,9 +827,9 @@ static int console_send_stored(Call *c, const Vm *vm, uint64_t tail_bytes) {
                 unsigned gen = n - 1 - i;
 
                 if (gen > 0)
-                        (void) snprintf(path, sizeof(path), "%s.%u", vm->console_path, gen);
+                        (void) snprintf(path, sizeof(path), "%s.%u", vm_console_log(vm), gen);
                 else
-                        (void) snprintf(path, sizeof(path), "%s", vm->console_path);
+                        (void) snprintf(path, sizeof(path), "%s", vm_console_log(vm));
                 if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
                         sizes[i] = (uint64_t) st.st_size;
                 total += sizes[i];
@@ -843,9 +846,9 @@ static int console_send_stored(Call *c, const Vm *vm, uint64_t tail_bytes) {
                         continue;
                 }
                 if (gen > 0)
-                        (void) snprintf(path, sizeof(path), "%s.%u", vm->console_path, gen);
+                        (void) snprintf(path, sizeof(path), "%s.%u", vm_console_log(vm), gen);
                 else
-                        (void) snprintf(path, sizeof(path), "%s", vm->console_path);
+                        (void) snprintf(path, sizeof(path), "%s", vm_console_log(vm));
                 fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
                 if (fd < 0)
                         continue; /* rotated away meanwhile, or never there */
@@ -885,7 +888,7 @@ static void handle_console_log(Call *c, const uint8_t *data, size_t size) {
                 stream_end(c, GRPC_STATUS_OK, "");
                 goto out;
         }
-        r = manager_subscribe(c->api->manager, (int) vm->role, on_console_event, c, &c->sub);
+        r = manager_subscribe(c->api->manager, (int) vm_role(vm), on_console_event, c, &c->sub);
         if (r < 0)
                 stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
 out:

@@ -481,62 +481,67 @@ const SpecCodec api_spec_codec = {
 
 
 int vm_pb_init(VmPb *p, const Vm *vm) {
+        static const VmSpec none = {};
+        VmStatus status;
+        const VmStatus *st = &status;
         int r;
+
+        vm_get_status(vm, &status);
 
         *p = (VmPb) { .vm = HYDRA__V1__VM__INIT, .exit = HYDRA__V1__EXIT_INFO__INIT,
                       .progress = HYDRA__V1__PROGRESS__INIT };
-        r = spec_pb_init(&p->spec, &vm->spec, true);
+        r = spec_pb_init(&p->spec, st->spec ? st->spec : &none, true);
         if (r < 0)
                 return r;
 
-        p->vm.role = role_to_pb(vm->role);
-        p->vm.state = state_to_pb(vm->state);
-        p->vm.pid = vm->pid;
-        p->vm.uptime_usec = vm_uptime_usec(vm);
-        p->exit.exited = vm->last_exit.exited;
-        p->exit.code = vm->last_exit.code;
-        p->exit.signal = vm->last_exit.signal;
-        p->exit.reason = (char *) vm->last_exit.reason;
-        p->exit.time_unix_usec = (int64_t) vm->last_exit.time_usec;
+        p->vm.role = role_to_pb(st->role);
+        p->vm.state = state_to_pb(st->state);
+        p->vm.pid = st->pid;
+        p->vm.uptime_usec = st->uptime_usec;
+        p->exit.exited = st->last_exit.exited;
+        p->exit.code = st->last_exit.code;
+        p->exit.signal = st->last_exit.signal;
+        p->exit.reason = (char *) st->last_exit.reason;
+        p->exit.time_unix_usec = (int64_t) st->last_exit.time_usec;
         p->vm.last_exit = &p->exit;
-        p->vm.last_error = (char *) (vm->last_error.code < 0 ? vm->last_error.message : "");
-        p->vm.restart_count = vm->restart_count;
+        p->vm.last_error = (char *) strempty(st->last_error);
+        p->vm.restart_count = st->restart_count;
         p->vm.n_forwards = p->spec.spec.n_forwards;
         p->vm.forwards = p->spec.spec.forwards;
-        p->vm.console_log = pb_str(vm->console_path);
-        p->vm.qmp_socket = pb_str(vm->qmp_path);
-        p->vm.spec = vm->registered ? &p->spec.spec : NULL;
-        p->vm.spec_generation = vm->generation;
-        if (vm->progress.step) {
-                p->progress.step = vm->progress.step;
-                p->progress.what = pb_str(vm->progress.what);
-                p->progress.bytes = vm->progress.bytes;
-                p->progress.total = vm->progress.total;
-                p->progress.rate = vm->progress.rate;
+        p->vm.console_log = pb_str(st->console_log);
+        p->vm.qmp_socket = pb_str(st->qmp_socket);
+        p->vm.spec = st->registered ? &p->spec.spec : NULL;
+        p->vm.spec_generation = st->generation;
+        if (st->progress.step) {
+                p->progress.step = (char *) st->progress.step;
+                p->progress.what = pb_str(st->progress.what);
+                p->progress.bytes = st->progress.bytes;
+                p->progress.total = st->progress.total;
+                p->progress.rate = st->progress.rate;
                 p->vm.progress = &p->progress;
         }
-        p->vm.disk_path = pb_str(vm->prepared.disk_path);
-        p->vm.seed_path = pb_str(vm->prepared.seed_path);
-        p->vm.ready = vm->ready;
-        p->vm.ready_since_unix_usec = vm->ready ? (int64_t) vm->ready_since_usec : 0;
-        p->vm.ready_detail = pb_str(vm->ready_detail);
-        p->vm.console_socket = vm->console ? pb_str(vm->console_sock_path) : (char *) "";
-        p->vm.cri_socket = vm->cri ? pb_str(vm->cri_path) : (char *) "";
-        p->vm.next_restart_unix_usec = (int64_t) vm->next_restart_usec;
-        if (vm->n_drives > 0) {
-                p->drives = calloc(vm->n_drives, sizeof(*p->drives));
-                p->drive_ptrs = calloc(vm->n_drives, sizeof(*p->drive_ptrs));
+        p->vm.disk_path = pb_str(st->disk_path);
+        p->vm.seed_path = pb_str(st->seed_path);
+        p->vm.ready = st->ready;
+        p->vm.ready_since_unix_usec = st->ready ? (int64_t) st->ready_since_usec : 0;
+        p->vm.ready_detail = pb_str(st->ready_detail);
+        p->vm.console_socket = pb_str(st->console_socket);
+        p->vm.cri_socket = pb_str(st->cri_socket);
+        p->vm.next_restart_unix_usec = (int64_t) st->next_restart_usec;
+        if (st->n_drives > 0) {
+                p->drives = calloc(st->n_drives, sizeof(*p->drives));
+                p->drive_ptrs = calloc(st->n_drives, sizeof(*p->drive_ptrs));
                 if (!p->drives || !p->drive_ptrs)
                         return -ENOMEM;
-                for (size_t i = 0; i < vm->n_drives; i++) {
+                for (size_t i = 0; i < st->n_drives; i++) {
                         hydra__v1__drive__init(&p->drives[i]);
-                        p->drives[i].id = pb_str(vm->drives[i].id);
-                        p->drives[i].file = pb_str(vm->drives[i].file);
-                        p->drives[i].format = pb_str(vm->drives[i].format);
-                        p->drives[i].read_only = vm->drives[i].read_only;
+                        p->drives[i].id = pb_str(st->drives[i].id);
+                        p->drives[i].file = pb_str(st->drives[i].file);
+                        p->drives[i].format = pb_str(st->drives[i].format);
+                        p->drives[i].read_only = st->drives[i].read_only;
                         p->drive_ptrs[i] = &p->drives[i];
                 }
-                p->vm.n_drives = vm->n_drives;
+                p->vm.n_drives = st->n_drives;
                 p->vm.drives = p->drive_ptrs;
         }
         return 0;

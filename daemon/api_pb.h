@@ -58,7 +58,7 @@ void spec_pb_done(SpecPb *p);
 int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err);
 
 /* A reply's view of vm (its spec redacted). Free with vm_pb_done() also on failure. */
-int vm_pb_init(VmPb *p, const Vm *vm);
+int vm_pb_init(VmPb *p, const Vm *vm);  /* from vm_get_status(); the strings are borrowed */
 void vm_pb_done(VmPb *p);
 
 /* spec.pb: the packed VmSpec, every string field checked (UTF-8, no NUL) before it is unpacked. */

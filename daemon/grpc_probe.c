@@ -13,7 +13,7 @@
 #include "grpc_status.h"
 #include "log.h"
 #include "macro.h"
-#include "manager.h"
+#include "probe.h"
 #include "worker.h"
 
 /* The call runs on a worker thread with a completion queue of its own, polled in GRPC_PROBE_POLL_USEC steps so

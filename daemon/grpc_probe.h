@@ -10,7 +10,7 @@
  * made on a worker thread (worker.h) so that the loop never waits for gRPC. One channel and one call per probe:
  * a probe says whether containerd answers now, not whether it answered an hour ago.
  *
- * Built into hydrad, not into hydra_core: the core reaches it through grpc_probe_prober (manager.h's GrpcProber). */
+ * Built into hydrad, not into hydra_core: the core reaches it through grpc_probe_prober (probe.h's GrpcProber). */
 
 typedef struct GrpcProbe GrpcProbe;
 

@@ -6,7 +6,6 @@
 #include "log.h"
 #include "manager.h"
 #include "store.h"
-#include "vm.h"
 
 struct Subscription {
         Manager *manager;
@@ -20,7 +19,6 @@ struct Manager {
         sd_event *event;
         const HydraConfig *config;   /* borrowed */
         const SpecCodec *codec;      /* borrowed */
-        const GrpcProber *grpc_prober; /* borrowed, may be NULL */
         Fetcher *fetcher;            /* downloads of both VMs */
         char *cache_dir;
         Vm *vms[_ROLE_MAX];
@@ -32,7 +30,26 @@ struct Manager {
         unsigned stop_all_pending;
 };
 
+static void manager_emit(HydraEvent *ev, Vm *vm, void *userdata);
+
+/* A destroy keeps the downloads the other VM's spec names. */
+static bool manager_url_in_use(const Vm *vm, const char *url, void *userdata) {
+        Manager *m = userdata;
+
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                const VmSpec *spec = m->vms[role] ? vm_get_spec(m->vms[role]) : NULL;
+
+                if (m->vms[role] == vm || !spec)
+                        continue;
+                if ((spec->image.url && streq(spec->image.url, url)) ||
+                    (spec->bare.artifact.url && streq(spec->bare.artifact.url, url)))
+                        return true;
+        }
+        return false;
+}
+
 int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, Manager **ret) {
+        VmContext ctx;
         Manager *m;
         int r;
 
@@ -47,8 +64,18 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
                 manager_free(m);
                 return r < 0 ? r : -ENOMEM;
         }
+        ctx = (VmContext) {
+                .event = e,
+                .config = config,
+                .codec = codec,
+                .fetcher = m->fetcher,
+                .cache_dir = m->cache_dir,
+                .emit = manager_emit,
+                .url_in_use = manager_url_in_use,
+                .userdata = m,
+        };
         for (Role role = 0; role < _ROLE_MAX; role++) {
-                r = vm_new(m, role, &m->vms[role]);
+                r = vm_new(&ctx, role, &m->vms[role]);
                 if (r < 0) {
                         manager_free(m);
                         return r;
@@ -89,12 +116,12 @@ int manager_load(Manager *m, HydraError *err) {
                 hydra_error_clear(&e);
                 r = vm_load(vm, &e);
                 if (r < 0)
-                        log_vm_error(vm->name, "VM '%s': cannot load its stored spec, leaving it unregistered: %s%s",
-                                     vm->name, e.message,
-                                     access(vm->run_dir, F_OK) == 0 ? " (a QEMU it left running is taken back when "
-                                                                     "the VM is registered again)" : "");
+                        log_vm_error(vm_name(vm), "VM '%s': cannot load its stored spec, leaving it unregistered: %s%s",
+                                     vm_name(vm), e.message,
+                                     vm_has_run_dir(vm) ? " (a QEMU it left running is taken back when the VM is "
+                                                          "registered again)" : "");
                 else if (r > 0) {
-                        log_vm_info(vm->name, "VM '%s': spec loaded", vm->name);
+                        log_vm_info(vm_name(vm), "VM '%s': spec loaded", vm_name(vm));
                         (void) vm_adopt(vm);
                 }
         }
@@ -112,32 +139,9 @@ Vm *manager_get_vm(Manager *m, Role role) {
         return m->vms[role];
 }
 
-sd_event *manager_get_event(Manager *m) {
-        return m->event;
-}
-
-const HydraConfig *manager_get_config(Manager *m) {
-        return m->config;
-}
-
-const SpecCodec *manager_get_codec(Manager *m) {
-        return m->codec;
-}
-
-Fetcher *manager_get_fetcher(Manager *m) {
-        return m->fetcher;
-}
-
 void manager_set_grpc_prober(Manager *m, const GrpcProber *prober) {
-        m->grpc_prober = prober;
-}
-
-const GrpcProber *manager_get_grpc_prober(Manager *m) {
-        return m->grpc_prober;
-}
-
-const char *manager_get_cache_dir(Manager *m) {
-        return m->cache_dir;
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                vm_set_grpc_prober(m->vms[role], prober);
 }
 
 int manager_subscribe(Manager *m, int role, manager_event_handler_t handler, void *userdata, Subscription **ret) {
@@ -168,7 +172,8 @@ Subscription *subscription_free(Subscription *s) {
         return NULL;
 }
 
-void manager_emit(Manager *m, HydraEvent *ev, Vm *vm) {
+static void manager_emit(HydraEvent *ev, Vm *vm, void *userdata) {
+        Manager *m = userdata;
         struct timespec ts;
 
         (void) clock_gettime(CLOCK_REALTIME, &ts);
@@ -189,7 +194,7 @@ static void on_vm_stopped(Vm *vm, int r, const HydraError *err, void *userdata) 
         Manager *m = userdata;
 
         if (r < 0)
-                log_vm_warning(vm->name, "VM '%s': stop on exit failed: %s", vm->name, err ? err->message : "");
+                log_vm_warning(vm_name(vm), "VM '%s': stop on exit failed: %s", vm_name(vm), err ? err->message : "");
         if (--m->stop_all_pending == 0 && m->stop_all_done)
                 m->stop_all_done(m, m->stop_all_userdata);
 }
@@ -205,11 +210,11 @@ int manager_stop_all(Manager *m, void (*done)(Manager *m, void *userdata), void 
                 VmOp *op;
                 int r;
 
-                if (!vm->registered)
+                if (!vm_is_registered(vm))
                         continue;
                 r = vm_stop(vm, false, 0, on_vm_stopped, m, &op, &err);
                 if (r < 0)
-                        log_vm_warning(vm->name, "VM '%s': cannot stop on exit: %s", vm->name, err.message);
+                        log_vm_warning(vm_name(vm), "VM '%s': cannot stop on exit: %s", vm_name(vm), err.message);
                 else if (r == 0)
                         m->stop_all_pending++;
         }

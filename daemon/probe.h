@@ -62,3 +62,14 @@ int tcp_probe_start(sd_event *e, const char *host, uint16_t port, uint64_t hold_
 /* Stops the probe and frees it: no callback follows. Accepts NULL; returns NULL. */
 TcpProbe *tcp_probe_cancel(TcpProbe *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(TcpProbe *, tcp_probe_cancel);
+
+/* --- containerd --- */
+
+/* containerd's Version over gRPC, for the readiness probe. gRPC lives outside the core (daemon/grpc_probe.c, in
+ * hydrad), so the core reaches it through this (hydrad passes grpc_probe_prober); NULL: containerd probes never pass. */
+typedef void (*grpc_prober_done_t)(void *probe, bool ready, const char *detail, void *userdata);
+typedef struct GrpcProber {
+        int (*start)(sd_event *e, const char *target, uint64_t timeout_usec, grpc_prober_done_t done,
+                     void *userdata, void **ret);
+        void (*cancel)(void *probe);
+} GrpcProber;

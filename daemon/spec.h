@@ -9,7 +9,7 @@
 #include "error.h"
 
 /* The VM spec as the core sees it: plain C, no protobuf. api.c converts hydra.v1.VmSpec to and from this; the
- * stored form on disk is the packed protobuf (see SpecCodec in manager.h). */
+ * stored form on disk is the packed protobuf (see SpecCodec below). */
 
 typedef enum Role {
         ROLE_HOST,
@@ -277,3 +277,12 @@ bool vm_spec_password_matches(const char *password, const char *hash);
 
 /* For replies: every secret (source passwords and tokens, guest.password) that is set becomes "(set)". */
 int vm_spec_redact(VmSpec *spec);
+
+/* How a spec is stored: the packed hydra.v1.VmSpec. The codec lives with the protobuf code (api_pb.c),
+ * so the core never includes a .pb-c.h; tests pass their own. */
+typedef struct SpecCodec {
+        int (*encode)(const VmSpec *spec, void **ret_data, size_t *ret_size);
+        /* Returns 0, or -EBADMSG for bytes that are not a VmSpec, with err saying why (naming the field when
+         * a string is not UTF-8 or holds a NUL byte). */
+        int (*decode)(const void *data, size_t size, VmSpec *ret_spec, HydraError *err);
+} SpecCodec;

@@ -6,19 +6,24 @@
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
+#include "cloudinit.h"
+#include "config.h"
 #include "error.h"
-#include "manager.h"
-#include "console.h"
+#include "fetch.h"
 #include "probe.h"
-#include "provision.h"
-#include "proxy.h"
-#include "restart.h"
-#include "qmp.h"
 #include "spec.h"
 #include "vm_state.h"
 
 /* The Vm object: one per role. It performs what the state table (vm_state.c) asks, through one entry point,
- * vm_dispatch(). API operations that wait for a state (start until running, stop until stopped) are VmOps. */
+ * vm_dispatch(). API operations that wait for a state (start until running, stop until stopped) are VmOps.
+ *
+ * struct Vm is private to the vm*.c files (vm-internal.h): the Manager owns the two Vms, api.c reads a VmStatus.
+ * A Vm knows nothing of the Manager: it gets a VmContext (the loop, the settings, the downloader, the spec codec)
+ * and reports through its callbacks. Its files: vm.c (the object, the executor, the operations), vm_qemu.c (launch,
+ * QMP, the staged stop, exit, adoption), vm_records.c (spec, state and runtime records on disk), vm_services.c
+ * (console relay, readiness probes, CRI socket). */
+
+typedef struct Vm Vm;
 
 /* Returned by operations on a role that has no registered spec; the API maps it to NOT_FOUND. */
 #define HYDRA_ENOTREGISTERED (-ENXIO)
@@ -54,89 +59,90 @@ typedef struct VmDrive {
 /* r: 0 on success or a negative errno; err: what failed (valid during the call). */
 typedef void (*vm_op_done_t)(Vm *vm, int r, const HydraError *err, void *userdata);
 
-struct Vm {
-        Manager *manager;          /* borrowed */
+/* What the VM tells the world. time and seq are filled by the emitter. */
+typedef enum HydraEventType {
+        HYDRA_EVENT_STATE,
+        HYDRA_EVENT_QMP,
+        HYDRA_EVENT_PROGRESS,     /* preparation progress */
+        HYDRA_EVENT_NOTICE,       /* something the user should know ("disk reset: ...") */
+        HYDRA_EVENT_READY,        /* the readiness changed: the Vm's ready, ready_detail */
+        HYDRA_EVENT_CONSOLE,      /* bytes the guest printed (data, size); not a WatchEvents event */
+} HydraEventType;
+
+typedef struct HydraEvent {
+        uint64_t seq;             /* filled by the emitter (manager_emit) */
+        uint64_t time_usec;       /* CLOCK_REALTIME, filled by the emitter (manager_emit) */
         Role role;
-        const char *name;          /* "host" / "isolated" (static) */
+        HydraEventType type;
+        VmState from, to;         /* HYDRA_EVENT_STATE */
+        const char *reason;       /* HYDRA_EVENT_STATE: why ("start", "guest-shutdown", ...) */
+        const char *qmp_name;     /* HYDRA_EVENT_QMP */
+        const char *qmp_data;     /* HYDRA_EVENT_QMP: the event's data as JSON, or NULL */
+        const char *notice;       /* HYDRA_EVENT_NOTICE */
+        const void *data;         /* HYDRA_EVENT_CONSOLE */
+        size_t size;
+        /* HYDRA_EVENT_PROGRESS, HYDRA_EVENT_READY: the VM's status carries them (vm_get_status) */
+} HydraEvent;
 
-        VmState state;
+typedef struct VmContext {
+        sd_event *event;
+        const HydraConfig *config;
+        const SpecCodec *codec;         /* how spec.pb is stored */
+        Fetcher *fetcher;               /* downloads, shared by both VMs */
+        const char *cache_dir;          /* STATE_DIR/cache */
+        /* Every event (state changes, QMP events, progress, notices, readiness, console bytes). */
+        void (*emit)(HydraEvent *ev, Vm *vm, void *userdata);
+        /* Does another VM's spec name this download? A destroy keeps what another VM still uses. */
+        bool (*url_in_use)(const Vm *vm, const char *url, void *userdata);
+        void *userdata;
+} VmContext;
+
+/* A VM as GetVm shows it. The strings and arrays are borrowed from the Vm: valid until it next changes, that is,
+ * for the current loop callback. */
+typedef struct VmStatus {
+        Role role;
+        const char *name;
         bool registered;
-        VmSpec spec;
+        const VmSpec *spec;             /* NULL unless registered */
         uint64_t generation;
-
-        char *state_dir;           /* STATE_DIR/ROLE: spec.pb, console.log, qemu.log */
-        char *run_dir;             /* RUN_DIR/ROLE: qmp.sock */
-        char *qmp_path;
-        char *console_path;
-        char *stderr_path;
-
-        /* The QEMU process, while there is one. */
+        VmState state;
         pid_t pid;
-        uint64_t start_ticks;      /* /proc/PID/stat start time: the process identity with pid */
-        uint64_t spawn_usec;       /* CLOCK_MONOTONIC */
-        sd_event_source *child_source; /* our child: a child pidfd source; adopted: an io source on its pidfd */
-        bool adopted;              /* started by an earlier hydrad: not our child, its exit status is unknown */
-        bool resume_stop;          /* adopted while a stop was in progress: finish it once QMP answers */
-        bool prepare_interrupted;  /* the state record said a preparation was under way when hydrad stopped */
-        QmpClient *qmp;
-        bool qmp_ready;
-        bool guest_shutdown_seen;
-        bool guest_panicked;       /* QMP GUEST_PANICKED: the exit that follows is a crash */
-        VmDrive *drives;           /* query-block once QMP is ready */
-        size_t n_drives;
-        char **argv;               /* as prepared for launch */
-
-        sd_event_source *start_timer; /* QMP lost during start-up: wait for the exit before failing */
-
-        StopStage stop_stage;
-        sd_event_source *stop_timer;
-        uint64_t stop_timeout_usec;
-        bool destroy_pending;
-        bool destroy_keep_cache;
-
+        uint64_t uptime_usec;
         VmExit last_exit;
-        HydraError last_error;     /* code 0: none */
+        const char *last_error;         /* NULL: none */
         unsigned restart_count;
-
-        /* Restart policy (spec.supervision): the deaths so far, the restart waiting for its backoff. */
-        RestartTracker restarts;
-        sd_event_source *restart_timer;
-        uint64_t next_restart_usec;   /* CLOCK_REALTIME; 0: none scheduled */
-        bool restarting;              /* the current start came from the policy or autostart, not a client */
-        uint64_t last_up_usec;        /* how long the last QEMU ran */
-
-        VmOp *ops;
-
-        /* Preparation (PREPARING): the chain in flight, its last progress, what it produced. */
-        Provision *provision;
+        uint64_t next_restart_usec;     /* CLOCK_REALTIME; 0: none scheduled */
+        const char *console_log;        /* STATE_DIR/ROLE/console.log */
+        const char *qmp_socket;
+        const char *console_socket;     /* NULL while there is no relay */
+        const char *cri_socket;         /* NULL while there is no CRI socket */
+        const char *disk_path, *seed_path;
         struct {
-                char *step;
-                char *what;
+                const char *step;       /* NULL: no preparation in flight */
+                const char *what;
                 uint64_t bytes, total, rate;
         } progress;
-        ProvisionOutput prepared;
-
-        /* Around the running QEMU (vm_services.c). */
-        Console *console;             /* serial console relay: console.log, console.sock */
-        char *console_sock_path;      /* RUN_DIR/ROLE/console.sock: people attach here */
-        char *qemu_console_path;      /* RUN_DIR/ROLE/qemu-console.sock: QEMU's end */
-        LineMatcher *ready_matcher;   /* probe console */
-        TcpProbe *tcp_probe;          /* probe tcp, in flight */
-        void *grpc_probe;             /* probe containerd, in flight (GrpcProber) */
-        sd_event_source *probe_timer;
         bool ready;
-        uint64_t ready_since_usec;    /* CLOCK_REALTIME */
-        char *ready_detail;
-        Proxy *cri;                   /* isolated: RUN_DIR/isolated/containerd.sock -> containerd's forward */
-        char *cri_path;
-};
+        uint64_t ready_since_usec;      /* CLOCK_REALTIME */
+        const char *ready_detail;
+        const VmDrive *drives;
+        size_t n_drives;
+} VmStatus;
 
-int vm_new(Manager *m, Role role, Vm **ret);
+int vm_new(const VmContext *ctx, Role role, Vm **ret);
 Vm *vm_free(Vm *vm);  /* leaves a running QEMU running */
 
-/* Applies the table: looks the cell up, logs "VM 'isolated': running -> stopping (stop)", changes state, acts.
- * Returns 0, or -EBUSY if the event is refused in this state. */
-int vm_dispatch(Vm *vm, VmEvent event, const char *reason);
+/* containerd probes need gRPC, which lives outside the core; NULL: they never pass. */
+void vm_set_grpc_prober(Vm *vm, const GrpcProber *prober);
+
+Role vm_role(const Vm *vm);
+const char *vm_name(const Vm *vm);
+bool vm_is_registered(const Vm *vm);
+const VmSpec *vm_get_spec(const Vm *vm);   /* NULL unless registered */
+const char *vm_console_log(const Vm *vm);  /* STATE_DIR/ROLE/console.log (rotated: .1, .2) */
+void vm_get_status(const Vm *vm, VmStatus *ret);
+/* RUN_DIR/ROLE exists: a QEMU may have been left there (a message for a spec that cannot be loaded). */
+bool vm_has_run_dir(const Vm *vm);
 
 /* Reads the stored spec at start-up. Returns 1 if loaded, 0 if there is none, or a negative errno with err
  * naming the file (truncated, corrupt, or no longer valid). */
@@ -157,8 +163,6 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
 /* wait_ready: done once the readiness probe passes (not just once QEMU runs). */
 int vm_start(Vm *vm, bool wait_ready, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
              HydraError *err);
-/* The readiness changed (vm_services.c): ops waiting for it finish. */
-void vm_ready_changed(Vm *vm);
 int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata, VmOp **ret_op,
             HydraError *err);
 /* keep_cache: downloaded images and artifacts stay in the cache (else the ones no other VM's spec names go). */
@@ -178,7 +182,4 @@ int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err
 /* Where the seed's files live: STATE_DIR/ROLE/cloud-init/NAME. */
 char *vm_cloud_init_path(const Vm *vm, const char *name);
 
-uint64_t vm_uptime_usec(const Vm *vm);
-/* Rewrites RUN_DIR/ROLE/runtime.json (while there is a process): readiness is part of it. */
-void vm_runtime_update(Vm *vm);
 const char *stop_stage_to_string(StopStage s);

@@ -1,17 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-#include <grp.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
-#include "vm.h"
+#include "macro.h"
+#include "proxy.h"
 #include "vm_services.h"
-
-/* What hydrad provides around a running QEMU: the serial console relay, the readiness probe, and for the
- * isolated VM the CRI socket. All of it on the loop; vm.c calls in at launch, when the guest may run, on state
- * changes and at teardown. */
 
 #define PROBE_INTERVAL_USEC (1ULL * 1000000ULL)
 #define PROBE_TIMEOUT_USEC (5ULL * 1000000ULL)
@@ -25,69 +21,74 @@ static uint64_t realtime_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
 }
 
-static gid_t socket_gid(Vm *vm) {
-        const char *group = manager_get_config(vm->manager)->socket_group;
-        struct group *g;
+struct VmServices {
+        VmServicesConfig cfg;
+        VmServicesCallbacks cb;
+        void *userdata;
+        const GrpcProber *grpc_prober;  /* borrowed, may be NULL */
+        bool up;                        /* between vm_services_up() and vm_services_down() */
 
-        if (!group)
-                return (gid_t) -1;
-        g = getgrnam(group);
-        return g ? g->gr_gid : (gid_t) -1;
-}
+        Console *console;               /* serial console relay: console.log, console.sock */
+        LineMatcher *ready_matcher;     /* probe console */
+        TcpProbe *tcp_probe;            /* probe tcp, in flight */
+        void *grpc_probe;               /* probe containerd, in flight (GrpcProber) */
+        sd_event_source *probe_timer;
+        bool ready;
+        uint64_t ready_since_usec;      /* CLOCK_REALTIME */
+        char *ready_detail;
+        Proxy *cri;                     /* RUN_DIR/isolated/containerd.sock -> containerd's forward */
+};
 
 /* --- readiness --- */
 
-static void ready_set(Vm *vm, bool ready, const char *detail) {
-        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_READY };
-        bool changed = vm->ready != ready;
+static void ready_set(VmServices *vs, bool ready, const char *detail) {
+        bool changed = vs->ready != ready;
 
-        free(vm->ready_detail);
-        vm->ready_detail = detail ? strdup(detail) : NULL;
+        free(vs->ready_detail);
+        vs->ready_detail = detail ? strdup(detail) : NULL;
         if (!changed)
                 return;
-        vm->ready = ready;
-        vm->ready_since_usec = ready ? realtime_usec() : 0;
-        log_vm_info(vm->name, "VM '%s': %s%s%s", vm->name, ready ? "ready" : "not ready", detail ? ": " : "",
+        vs->ready = ready;
+        vs->ready_since_usec = ready ? realtime_usec() : 0;
+        log_vm_info(vs->cfg.name, "VM '%s': %s%s%s", vs->cfg.name, ready ? "ready" : "not ready", detail ? ": " : "",
                     strempty(detail));
-        vm_runtime_update(vm);
-        manager_emit(vm->manager, &ev, vm);
-        vm_ready_changed(vm);
+        vs->cb.ready_changed(vs, ready, vs->userdata);
 }
 
-static void probe_schedule(Vm *vm, uint64_t delay);
+static void probe_schedule(VmServices *vs, uint64_t delay);
 
-static void probe_result(Vm *vm, bool ready, const char *detail) {
+static void probe_result(VmServices *vs, bool ready, const char *detail) {
         if (ready) {
-                ready_set(vm, true, detail);
+                ready_set(vs, true, detail);
                 return;
         }
-        free(vm->ready_detail);
-        vm->ready_detail = detail ? strdup(detail) : NULL;
-        probe_schedule(vm, PROBE_INTERVAL_USEC);
+        free(vs->ready_detail);
+        vs->ready_detail = detail ? strdup(detail) : NULL;
+        probe_schedule(vs, PROBE_INTERVAL_USEC);
 }
 
 static void on_tcp_probe(TcpProbe *p, bool ready, const char *why, void *userdata) {
-        Vm *vm = userdata;
+        VmServices *vs = userdata;
 
-        vm->tcp_probe = NULL;
-        probe_result(vm, ready, ready ? "tcp: answered" : why);
+        vs->tcp_probe = NULL;
+        probe_result(vs, ready, ready ? "tcp: answered" : why);
 }
 
 static void on_grpc_probe(void *p, bool ready, const char *detail, void *userdata) {
         _cleanup_free_ char *d = NULL;
-        Vm *vm = userdata;
+        VmServices *vs = userdata;
 
-        vm->grpc_probe = NULL;
+        vs->grpc_probe = NULL;
         if (asprintf(&d, "containerd %s%s", ready ? "" : "not answering: ", strempty(detail)) < 0)
                 d = NULL;
-        probe_result(vm, ready, d);
+        probe_result(vs, ready, d);
 }
 
 /* The host side of the forward that carries the probe. A forward bound to every address is reached on
  * loopback. */
-static const PortForward *probe_forward(const Vm *vm, uint32_t guest_port) {
-        for (size_t i = 0; i < vm->spec.n_forwards; i++) {
-                const PortForward *f = &vm->spec.forwards[i];
+static const PortForward *probe_forward(const VmServices *vs, uint32_t guest_port) {
+        for (size_t i = 0; i < vs->cfg.spec->n_forwards; i++) {
+                const PortForward *f = &vs->cfg.spec->forwards[i];
 
                 if (f->protocol == FORWARD_TCP && f->guest_port == guest_port)
                         return f;
@@ -100,73 +101,73 @@ static const char *forward_host(const PortForward *f) {
 }
 
 static int on_probe_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Vm *vm = userdata;
-        const GrpcProber *prober = manager_get_grpc_prober(vm->manager);
+        VmServices *vs = userdata;
+        const GrpcProber *prober = vs->grpc_prober;
         const PortForward *f;
         char target[64];
         int r;
 
-        vm->probe_timer = sd_event_source_disable_unref(vm->probe_timer);
-        if (vm->state != VM_STATE_RUNNING || vm->ready)
+        vs->probe_timer = sd_event_source_disable_unref(vs->probe_timer);
+        if (!vs->up || vs->ready)
                 return 0;
-        f = probe_forward(vm, vm->spec.supervision.probe_port);
+        f = probe_forward(vs, vs->cfg.spec->supervision.probe_port);
         if (!f)
                 return 0; /* validation guarantees one; a spec without it never probes */
 
-        if (vm->spec.supervision.probe == PROBE_TCP) {
-                r = tcp_probe_start(manager_get_event(vm->manager), forward_host(f), (uint16_t) f->host_port,
-                                    PROBE_TCP_HOLD_USEC, PROBE_TIMEOUT_USEC, on_tcp_probe, vm, &vm->tcp_probe);
+        if (vs->cfg.spec->supervision.probe == PROBE_TCP) {
+                r = tcp_probe_start(vs->cfg.event, forward_host(f), (uint16_t) f->host_port,
+                                    PROBE_TCP_HOLD_USEC, PROBE_TIMEOUT_USEC, on_tcp_probe, vs, &vs->tcp_probe);
         } else {
                 if (!prober)
                         return 0;
                 (void) snprintf(target, sizeof(target), "%s:%" PRIu32, forward_host(f), f->host_port);
-                r = prober->start(manager_get_event(vm->manager), target, PROBE_TIMEOUT_USEC, on_grpc_probe, vm,
-                                  &vm->grpc_probe);
+                r = prober->start(vs->cfg.event, target, PROBE_TIMEOUT_USEC, on_grpc_probe, vs,
+                                  &vs->grpc_probe);
         }
         if (r < 0) {
-                log_vm_warning_errno(vm->name, r, "VM '%s': cannot start the readiness probe: %m", vm->name);
-                probe_schedule(vm, PROBE_INTERVAL_USEC);
+                log_vm_warning_errno(vs->cfg.name, r, "VM '%s': cannot start the readiness probe: %m", vs->cfg.name);
+                probe_schedule(vs, PROBE_INTERVAL_USEC);
         }
         return 0;
 }
 
-static void probe_schedule(Vm *vm, uint64_t delay) {
-        vm->probe_timer = sd_event_source_disable_unref(vm->probe_timer);
-        if (sd_event_add_time_relative(manager_get_event(vm->manager), &vm->probe_timer, CLOCK_MONOTONIC, delay, 0,
-                                       on_probe_timer, vm) < 0)
-                log_vm_warning(vm->name, "VM '%s': cannot schedule the readiness probe", vm->name);
+static void probe_schedule(VmServices *vs, uint64_t delay) {
+        vs->probe_timer = sd_event_source_disable_unref(vs->probe_timer);
+        if (sd_event_add_time_relative(vs->cfg.event, &vs->probe_timer, CLOCK_MONOTONIC, delay, 0,
+                                       on_probe_timer, vs) < 0)
+                log_vm_warning(vs->cfg.name, "VM '%s': cannot schedule the readiness probe", vs->cfg.name);
         else
-                (void) sd_event_source_set_description(vm->probe_timer, "vm-probe");
+                (void) sd_event_source_set_description(vs->probe_timer, "vs-probe");
 }
 
-static void probe_stop(Vm *vm) {
-        const GrpcProber *prober = manager_get_grpc_prober(vm->manager);
+static void probe_stop(VmServices *vs) {
+        const GrpcProber *prober = vs->grpc_prober;
 
-        vm->probe_timer = sd_event_source_disable_unref(vm->probe_timer);
-        vm->tcp_probe = tcp_probe_cancel(vm->tcp_probe);
-        if (vm->grpc_probe && prober)
-                prober->cancel(vm->grpc_probe);
-        vm->grpc_probe = NULL;
+        vs->probe_timer = sd_event_source_disable_unref(vs->probe_timer);
+        vs->tcp_probe = tcp_probe_cancel(vs->tcp_probe);
+        if (vs->grpc_probe && prober)
+                prober->cancel(vs->grpc_probe);
+        vs->grpc_probe = NULL;
 }
 
 /* A new guest boot (a new QEMU, or a guest reset): the probe starts over. */
-void vm_ready_begin(Vm *vm) {
+void vm_services_ready_begin(VmServices *vs) {
         HydraError err;
 
-        probe_stop(vm);
-        vm->ready_matcher = line_matcher_free(vm->ready_matcher);
-        free(vm->ready_detail);
-        vm->ready_detail = NULL;
-        if (vm->ready)
-                ready_set(vm, false, "the guest restarted");
+        probe_stop(vs);
+        vs->ready_matcher = line_matcher_free(vs->ready_matcher);
+        free(vs->ready_detail);
+        vs->ready_detail = NULL;
+        if (vs->ready)
+                ready_set(vs, false, "the guest restarted");
 
-        switch (vm->spec.supervision.probe) {
+        switch (vs->cfg.spec->supervision.probe) {
         case PROBE_CONSOLE:
                 hydra_error_clear(&err);
-                if (line_matcher_new(vm->spec.supervision.probe_pattern ? vm->spec.supervision.probe_pattern
+                if (line_matcher_new(vs->cfg.spec->supervision.probe_pattern ? vs->cfg.spec->supervision.probe_pattern
                                                                          : PROBE_DEFAULT_CONSOLE_PATTERN,
-                                     &vm->ready_matcher, &err) < 0)
-                        log_vm_warning(vm->name, "VM '%s': readiness pattern: %s", vm->name, err.message);
+                                     &vs->ready_matcher, &err) < 0)
+                        log_vm_warning(vs->cfg.name, "VM '%s': readiness pattern: %s", vs->cfg.name, err.message);
                 break;
         case PROBE_TCP:
         case PROBE_CONTAINERD:
@@ -178,88 +179,132 @@ void vm_ready_begin(Vm *vm) {
 }
 
 static void on_console_data(Console *c, const void *data, size_t size, void *userdata) {
-        Vm *vm = userdata;
-        HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_CONSOLE, .data = data, .size = size };
+        VmServices *vs = userdata;
 
-        if (vm->ready_matcher && !vm->ready && line_matcher_feed(vm->ready_matcher, data, size)) {
+        if (vs->ready_matcher && !vs->ready && line_matcher_feed(vs->ready_matcher, data, size)) {
                 _cleanup_free_ char *d = NULL;
 
-                if (asprintf(&d, "console: matched '%s'", vm->spec.supervision.probe_pattern
-                                                                  ? vm->spec.supervision.probe_pattern
+                if (asprintf(&d, "console: matched '%s'", vs->cfg.spec->supervision.probe_pattern
+                                                                  ? vs->cfg.spec->supervision.probe_pattern
                                                                   : PROBE_DEFAULT_CONSOLE_PATTERN) < 0)
                         d = NULL;
-                ready_set(vm, true, d);
+                ready_set(vs, true, d);
         }
-        manager_emit(vm->manager, &ev, vm);
+        vs->cb.console_data(vs, data, size, vs->userdata);
 }
 
 /* --- the CRI socket --- */
 
-static void cri_start(Vm *vm) {
-        uint32_t port = vm->spec.supervision.probe == PROBE_CONTAINERD ? vm->spec.supervision.probe_port
+static void cri_start(VmServices *vs) {
+        uint32_t port = vs->cfg.spec->supervision.probe == PROBE_CONTAINERD ? vs->cfg.spec->supervision.probe_port
                                                                         : SPEC_DEFAULT_CONTAINERD_PORT;
         const PortForward *f;
         HydraError err;
 
-        if (vm->role != ROLE_ISOLATED || vm->cri)
+        if (!vs->cfg.cri || vs->cri)
                 return;
-        f = probe_forward(vm, port);
+        f = probe_forward(vs, port);
         if (!f) {
-                log_vm_debug(vm->name, "VM '%s': no TCP forward to guest port %" PRIu32 ": no CRI socket", vm->name,
+                log_vm_debug(vs->cfg.name, "VM '%s': no TCP forward to guest port %" PRIu32 ": no CRI socket", vs->cfg.name,
                              port);
                 return;
         }
         hydra_error_clear(&err);
-        if (proxy_new(manager_get_event(vm->manager), vm->cri_path, 0660, socket_gid(vm), forward_host(f),
-                      (uint16_t) f->host_port, &vm->cri, &err) < 0) {
-                log_vm_warning(vm->name, "VM '%s': no CRI socket: %s", vm->name, err.message);
+        if (proxy_new(vs->cfg.event, vs->cfg.cri_path, 0660, vs->cfg.socket_gid, forward_host(f),
+                      (uint16_t) f->host_port, &vs->cri, &err) < 0) {
+                log_vm_warning(vs->cfg.name, "VM '%s': no CRI socket: %s", vs->cfg.name, err.message);
                 return;
         }
-        log_vm_info(vm->name, "VM '%s': containerd at %s (forwarded to %s:%" PRIu32 ")", vm->name, vm->cri_path,
+        log_vm_info(vs->cfg.name, "VM '%s': containerd at %s (forwarded to %s:%" PRIu32 ")", vs->cfg.name, vs->cfg.cri_path,
                     forward_host(f), f->host_port);
 }
 
-/* --- what vm.c calls --- */
+/* --- the object --- */
 
-int vm_console_open(Vm *vm, HydraError *err) {
+int vm_services_new(const VmServicesConfig *cfg, const VmServicesCallbacks *cb, void *userdata, VmServices **ret) {
+        VmServices *vs;
+
+        vs = calloc(1, sizeof(*vs));
+        if (!vs)
+                return -ENOMEM;
+        *vs = (VmServices) { .cfg = *cfg, .cb = *cb, .userdata = userdata };
+        *ret = vs;
+        return 0;
+}
+
+VmServices *vm_services_free(VmServices *vs) {
+        if (!vs)
+                return NULL;
+        vm_services_close(vs);
+        free(vs);
+        return NULL;
+}
+
+void vm_services_set_grpc_prober(VmServices *vs, const GrpcProber *prober) {
+        vs->grpc_prober = prober;
+}
+
+int vm_services_console_open(VmServices *vs, HydraError *err) {
         ConsoleConfig cfg = {
-                .log_path = vm->console_path,
-                .listen_path = vm->console_sock_path,
+                .log_path = vs->cfg.console_log_path,
+                .listen_path = vs->cfg.console_sock_path,
                 .listen_mode = 0660,
-                .listen_gid = socket_gid(vm),
+                .listen_gid = vs->cfg.socket_gid,
                 .on_data = on_console_data,
-                .userdata = vm,
+                .userdata = vs,
         };
 
-        if (vm->console)
+        if (vs->console)
                 return 0;
-        return console_new(manager_get_event(vm->manager), &cfg, &vm->console, err);
+        return console_new(vs->cfg.event, &cfg, &vs->console, err);
 }
 
-void vm_services_up(Vm *vm) {
-        if ((vm->spec.supervision.probe == PROBE_TCP || vm->spec.supervision.probe == PROBE_CONTAINERD) &&
-            !vm->ready)
-                probe_schedule(vm, PROBE_INTERVAL_USEC);
-        cri_start(vm);
+Console *vm_services_console(VmServices *vs) {
+        return vs->console;
 }
 
-void vm_services_down(Vm *vm) {
-        probe_stop(vm);
-        vm->ready_matcher = line_matcher_free(vm->ready_matcher);
-        if (vm->ready)
-                ready_set(vm, false, "not running");
-        vm->ready_detail = mfree(vm->ready_detail);
-        vm->cri = proxy_free(vm->cri);
+void vm_services_up(VmServices *vs) {
+        vs->up = true;
+        if ((vs->cfg.spec->supervision.probe == PROBE_TCP || vs->cfg.spec->supervision.probe == PROBE_CONTAINERD) &&
+            !vs->ready)
+                probe_schedule(vs, PROBE_INTERVAL_USEC);
+        cri_start(vs);
 }
 
-void vm_services_free(Vm *vm) {
-        vm_services_down(vm);
-        vm->console = console_free(vm->console);
+void vm_services_down(VmServices *vs) {
+        vs->up = false;
+        probe_stop(vs);
+        vs->ready_matcher = line_matcher_free(vs->ready_matcher);
+        if (vs->ready)
+                ready_set(vs, false, "not running");
+        vs->ready_detail = mfree(vs->ready_detail);
+        vs->cri = proxy_free(vs->cri);
 }
 
-void vm_services_restore_ready(Vm *vm, uint64_t since_usec) {
-        vm->ready = true;
-        vm->ready_since_usec = since_usec;
-        free(vm->ready_detail);
-        vm->ready_detail = strdup("ready before hydrad restarted");
+void vm_services_close(VmServices *vs) {
+        vm_services_down(vs);
+        vs->console = console_free(vs->console);
+}
+
+void vm_services_restore_ready(VmServices *vs, uint64_t since_usec) {
+        vs->ready = true;
+        vs->ready_since_usec = since_usec;
+        free(vs->ready_detail);
+        vs->ready_detail = strdup("ready before hydrad restarted");
+}
+
+bool vm_services_ready(const VmServices *vs, uint64_t *ret_since_usec, const char **ret_detail) {
+        if (ret_since_usec)
+                *ret_since_usec = vs->ready ? vs->ready_since_usec : 0;
+        if (ret_detail)
+                *ret_detail = vs->ready_detail;
+        return vs->ready;
+}
+
+const char *vm_services_console_socket(const VmServices *vs) {
+        return vs->console ? vs->cfg.console_sock_path : NULL;
+}
+
+const char *vm_services_cri_socket(const VmServices *vs) {
+        return vs->cri ? vs->cfg.cri_path : NULL;
 }

@@ -1,30 +1,69 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
 
+#include "console.h"
 #include "error.h"
+#include "probe.h"
+#include "spec.h"
 
-typedef struct Vm Vm;
+/* What hydrad provides around a running QEMU: the serial console relay, the readiness probe, and for the isolated
+ * VM the CRI socket. An object of its own, owned by its Vm, which drives it (a new boot, the guest runs, the guest
+ * stopped) and hears back through VmServicesCallbacks, as qmp.c reports to its owner. It reads the spec it was
+ * given (the Vm's, which outlives it) at each step. Everything on the loop. */
 
-/* Around a running QEMU (vm_services.c): the serial console relay, the readiness probe, the CRI socket. */
+typedef struct VmServices VmServices;
 
-/* Creates the console relay (console.log, console.sock) if the VM has none yet; it lives until the VM is
- * destroyed or hydrad exits, so a person attached sees a crash and the restart that follows. */
-int vm_console_open(Vm *vm, HydraError *err);
+typedef struct VmServicesCallbacks {
+        /* The readiness changed (vm_services_ready() tells the details). */
+        void (*ready_changed)(VmServices *s, bool ready, void *userdata);
+        /* Bytes the guest printed on its serial console. */
+        void (*console_data)(VmServices *s, const void *data, size_t size, void *userdata);
+} VmServicesCallbacks;
+
+typedef struct VmServicesConfig {
+        sd_event *event;
+        const char *name;              /* the VM's, for logs */
+        bool cri;                      /* offer the CRI socket (the isolated VM) */
+        const VmSpec *spec;            /* borrowed: the VM's current spec */
+        const char *console_log_path;  /* STATE_DIR/ROLE/console.log */
+        const char *console_sock_path; /* RUN_DIR/ROLE/console.sock */
+        const char *cri_path;          /* RUN_DIR/isolated/containerd.sock */
+        gid_t socket_gid;              /* group of the sockets people use; (gid_t) -1: unchanged */
+} VmServicesConfig;
+
+int vm_services_new(const VmServicesConfig *cfg, const VmServicesCallbacks *cb, void *userdata, VmServices **ret);
+VmServices *vm_services_free(VmServices *s);
+
+/* containerd probes need gRPC, which lives outside the core; NULL: they never pass. */
+void vm_services_set_grpc_prober(VmServices *s, const GrpcProber *prober);
+
+/* Creates the console relay (console.log, console.sock) if there is none yet; it lives until
+ * vm_services_close(), so a person attached sees a crash and the restart that follows. */
+int vm_services_console_open(VmServices *s, HydraError *err);
+Console *vm_services_console(VmServices *s);   /* NULL until opened */
 
 /* A new guest boot is about to run (a new QEMU, or a guest reset): not ready, the probe starts over. */
-void vm_ready_begin(Vm *vm);
+void vm_services_ready_begin(VmServices *s);
 
 /* The guest runs (state running): periodic TCP / containerd probes, the CRI socket of the isolated VM. */
-void vm_services_up(Vm *vm);
+void vm_services_up(VmServices *s);
 
 /* The guest no longer runs (stopping, or QEMU gone): probes stop, not ready, the CRI socket goes. The console
  * stays connected while QEMU lives, so a shutdown is in the log. */
-void vm_services_down(Vm *vm);
+void vm_services_down(VmServices *s);
 
-/* Everything above, and the console relay itself. */
-void vm_services_free(Vm *vm);
+/* Everything above, and the console relay itself (the VM is destroyed). */
+void vm_services_close(VmServices *s);
 
 /* An adopted QEMU whose guest was ready under the previous hydrad. */
-void vm_services_restore_ready(Vm *vm, uint64_t since_usec);
+void vm_services_restore_ready(VmServices *s, uint64_t since_usec);
+
+/* Ready or not, since when (CLOCK_REALTIME), and the probe's last word (may be NULL). */
+bool vm_services_ready(const VmServices *s, uint64_t *ret_since_usec, const char **ret_detail);
+const char *vm_services_console_socket(const VmServices *s);   /* NULL while there is no relay */
+const char *vm_services_cri_socket(const VmServices *s);       /* NULL while there is no CRI socket */
