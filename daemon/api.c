@@ -539,14 +539,35 @@ static void on_op_done(Vm *vm, int r, const HydraError *err, void *userdata) {
                 call_reply_vm(c, vm);
 }
 
+static void register_reply(Call *c, const Vm *vm, bool changed) {
+        Hydra__V1__RegisterVmResponse resp = HYDRA__V1__REGISTER_VM_RESPONSE__INIT;
+        VmPb p;
+
+        if (vm_pb_init(&p, vm) < 0)
+                call_fail(c, -ENOMEM, "out of memory");
+        else {
+                resp.vm = &p.vm;
+                resp.changed = changed;
+                call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
+        }
+        vm_pb_done(&p);
+}
+
+static void on_register_done(Vm *vm, int r, const HydraError *err, void *userdata) {
+        Call *c = userdata;
+
+        c->op = NULL;
+        if (r < 0)
+                call_fail(c, r, err ? err->message : strerror(-r));
+        else
+                register_reply(c, vm, r > 0);
+}
+
 static void handle_register(Call *c, const uint8_t *data, size_t size) {
         Hydra__V1__RegisterVmRequest *req = DECODE(c, Hydra__V1__RegisterVmRequest, hydra__v1__register_vm_request,
                                                    data, size);
-        Hydra__V1__RegisterVmResponse resp = HYDRA__V1__REGISTER_VM_RESPONSE__INIT;
         VmSpec spec = {};
         HydraError err;
-        bool changed;
-        VmPb p;
         Vm *vm;
         int r;
 
@@ -562,20 +583,13 @@ static void handle_register(Call *c, const uint8_t *data, size_t size) {
         }
         r = spec_from_pb(req->spec, &spec, &err);
         if (r >= 0)
-                r = vm_register(vm, &spec, req->apply_on_next_start, &changed, &err);
+                r = vm_register(vm, &spec, req->apply_on_next_start, on_register_done, c, &c->op, &err);
         vm_spec_done(&spec);
-        if (r < 0) {
+        if (r < 0)
                 call_fail_error(c, &err);
-                goto out;
-        }
-        if (vm_pb_init(&p, vm) < 0)
-                call_fail(c, -ENOMEM, "out of memory");
-        else {
-                resp.vm = &p.vm;
-                resp.changed = changed;
-                call_finish(c, GRPC_STATUS_OK, NULL, &resp.base);
-        }
-        vm_pb_done(&p);
+        else if (r > 0)
+                register_reply(c, vm, false);
+        /* r == 0: on_register_done replies */
 out:
         hydra__v1__register_vm_request__free_unpacked(req, NULL);
 }

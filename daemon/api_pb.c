@@ -498,11 +498,11 @@ int vm_pb_init(VmPb *p, const Vm *vm) {
         p->vm.state = state_to_pb(st->state);
         p->vm.pid = st->pid;
         p->vm.uptime_usec = st->uptime_usec;
-        p->exit.exited = st->last_exit.exited;
-        p->exit.code = st->last_exit.code;
-        p->exit.signal = st->last_exit.signal;
-        p->exit.reason = (char *) st->last_exit.reason;
-        p->exit.time_unix_usec = (int64_t) st->last_exit.time_usec;
+        p->exit.exited = st->last_exit->exited;
+        p->exit.code = st->last_exit->code;
+        p->exit.signal = st->last_exit->signal;
+        p->exit.reason = (char *) st->last_exit->reason;
+        p->exit.time_unix_usec = (int64_t) st->last_exit->time_usec;
         p->vm.last_exit = &p->exit;
         p->vm.last_error = (char *) strempty(st->last_error);
         p->vm.restart_count = st->restart_count;

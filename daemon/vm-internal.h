@@ -6,11 +6,14 @@
 #include <time.h>
 
 #include "console.h"
+#include "disk_queue.h"
 #include "provision.h"
 #include "qmp.h"
 #include "restart.h"
 #include "vm.h"
 #include "vm_services.h"
+
+typedef struct VmRegister VmRegister;
 
 struct Vm {
         VmContext ctx;
@@ -79,6 +82,12 @@ struct Vm {
 
         /* Around the running QEMU: console relay, readiness, CRI socket. */
         VmServices *services;
+
+        /* The records and removals, in order, off the loop. An op completes, and a preparation begins, only
+         * once what was queued before is durable. */
+        DiskQueue *disk;
+        VmRegister *reg;           /* a RegisterVm in flight (vm.c) */
+        bool prepare_pending;      /* PREPARING: the provision starts once the "preparing" record is durable */
 };
 
 /* --- vm.c --- */
@@ -97,7 +106,8 @@ uint64_t vm_now_usec(clockid_t clock);
 
 int vm_launch(Vm *vm, HydraError *err);
 int vm_adopt_qmp(Vm *vm, HydraError *err);
-/* QEMU is gone (or never was): QMP, console connection, timers, runtime record and sockets go. */
+/* QEMU is gone (or never was): QMP, console connection, timers and sockets go. The runtime record stays until
+ * the state that follows is recorded (the REAP action removes it). */
 void vm_teardown_process(Vm *vm);
 /* The staged stop from stage on: powerdown, quit, SIGTERM, SIGKILL, each with its timer. */
 void vm_stop_advance(Vm *vm, StopStage stage);
@@ -120,6 +130,7 @@ typedef struct VmRuntimeRecord {
 } VmRuntimeRecord;
 void vm_runtime_record_done(VmRuntimeRecord *r);
 
+/* The records are queued on vm->disk: the loop never waits for them. */
 void vm_runtime_save(Vm *vm);
 /* Rewrites the runtime record while there is a process: readiness is part of it. */
 void vm_runtime_update(Vm *vm);
@@ -131,7 +142,8 @@ void vm_runtime_remove(Vm *vm);
 void vm_state_save(Vm *vm);
 void vm_state_load(Vm *vm);
 
-/* STATE_DIR/ROLE/spec.pb: the registered spec, packed by ctx.codec. */
-int vm_spec_store(Vm *vm, const VmSpec *spec, HydraError *err);
+/* STATE_DIR/ROLE/spec.pb: the registered spec, packed by ctx.codec (on the loop) and queued; done follows once it is
+ * durable or failed. Returns 0, or a negative errno with err (nothing queued). */
+int vm_spec_store(Vm *vm, const VmSpec *spec, disk_job_done_t done, void *userdata, HydraError *err);
 /* Returns 1 with *ret, 0 if there is none, or a negative errno with err naming the file. */
 int vm_spec_read(Vm *vm, VmSpec *ret, HydraError *err);

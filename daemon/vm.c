@@ -14,13 +14,30 @@
 #include "log.h"
 #include "store.h"
 #include "vm-internal.h"
+#include "worker.h"
 
 
 typedef enum VmOpKind {
+        VM_OP_REGISTER,        /* completed by the registration itself (VmRegister) */
         VM_OP_START,
         VM_OP_STOP,
         VM_OP_DESTROY,
 } VmOpKind;
+
+/* A registration in flight: the spec waits for its password's hash (yescrypt: ~60 ms of CPU, on a worker thread),
+ * then for spec.pb to be durable (the disk queue), and only then replaces the VM's spec. */
+struct VmRegister {
+        Vm *vm;
+        VmSpec spec;             /* the new spec, without its cleartext password */
+        char *password;          /* cleartext, until hashed; wiped */
+        char *old_hash;          /* the stored hash: kept when the password is the same one */
+        char *hash;              /* the worker's result */
+        HydraError err;          /* the worker's */
+        bool apply_on_next_start;
+        bool cancelled;          /* the VM was destroyed meanwhile */
+        Worker *worker;
+        VmOp *op;                /* NULL once the client went away */
+};
 
 struct VmOp {
         Vm *vm;
@@ -62,6 +79,8 @@ static void op_unlink(VmOp *op) {
 static VmOp *op_free(VmOp *op) {
         if (!op)
                 return NULL;
+        if (op->vm->reg && op->vm->reg->op == op)
+                op->vm->reg->op = NULL;
         op_unlink(op);
         sd_event_source_disable_unref(op->timer);
         free(op);
@@ -130,12 +149,18 @@ bool vm_is_down(const Vm *vm) {
 void vm_check_ops(Vm *vm) {
         bool again = true;
 
+        /* A client hears of a state once its record is durable (on_disk_idle calls again). */
+        if (!disk_queue_idle(vm->disk))
+                return;
+
         while (again) {
                 again = false;
                 for (VmOp *op = vm->ops; op; op = op->next) {
                         HydraError err;
 
                         hydra_error_clear(&err);
+                        if (op->kind == VM_OP_REGISTER)
+                                continue;
                         if (op->kind == VM_OP_START) {
                                 if (vm->state == VM_STATE_RUNNING &&
                             (!op->wait_ready || vm_services_ready(vm->services, NULL, NULL))) {
@@ -196,6 +221,12 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         vm_restart_cancel(vm);
         if (!vm->registered || !vm_is_down(vm) || vm->pid > 0)
                 return 0;
+        if (vm->reg) {
+                /* A new spec is being stored: the restart follows it. */
+                if (sd_event_add_time_relative(vm->ctx.event, &vm->restart_timer, CLOCK_MONOTONIC, 1000000ULL, 0,
+                                               on_restart_timer, vm) >= 0)
+                        return 0;
+        }
         vm->restarting = true;
         vm->restart_count++;
         log_vm_info(vm->name, "VM '%s': restarting (restart %u, policy %s)", vm->name, vm->restart_count,
@@ -452,7 +483,35 @@ static int vm_prepare(Vm *vm, HydraError *err) {
                 return hydra_error_set(err, r, "create '%s': %s", ctx.cache_dir, strerror(-r));
 
         vm_progress_clear(vm);
-        return provision_start(&ctx, &vm->spec, &provision_callbacks, vm, &vm->provision, err);
+        /* The provision begins once the "preparing" record is durable (vm_prepare_continue): a hydrad that dies
+         * during the download is then followed by one that knows. */
+        vm->prepare_pending = true;
+        return 0;
+}
+
+static void vm_prepare_continue(Vm *vm) {
+        ProvisionContext ctx = vm_provision_context(vm);
+        HydraError err;
+        int r;
+
+        if (!vm->prepare_pending || vm->state != VM_STATE_PREPARING)
+                return;
+        vm->prepare_pending = false;
+        hydra_error_clear(&err);
+        r = provision_start(&ctx, &vm->spec, &provision_callbacks, vm, &vm->provision, &err);
+        if (r < 0) {
+                vm->last_error = err;
+                log_vm_error(vm->name, "VM '%s': preparation failed: %s", vm->name, err.message);
+                (void) vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "prepare-failed");
+        }
+}
+
+/* Everything queued on vm->disk is durable: the steps that waited for it go on. */
+static void on_disk_idle(DiskQueue *q, void *userdata) {
+        Vm *vm = userdata;
+
+        vm_prepare_continue(vm);
+        vm_check_ops(vm);
 }
 
 static int vm_remove(Vm *vm);
@@ -475,6 +534,8 @@ static int vm_act(Vm *vm, VmAction action) {
                         log_vm_error(vm->name, "VM '%s': preparation failed: %s", vm->name, err.message);
                         return vm_dispatch(vm, VM_EVENT_PREPARE_FAILED, "prepare-failed");
                 }
+                if (disk_queue_idle(vm->disk)) /* nothing was queued (out of memory): no idle callback comes */
+                        vm_prepare_continue(vm);
                 return 0;
         case VM_ACTION_LAUNCH:
                 r = vm_launch(vm, &err);
@@ -503,12 +564,16 @@ static int vm_act(Vm *vm, VmAction action) {
                 return 0;
         case VM_ACTION_CANCEL:
                 /* The download, unpack or helper in flight stops and its partial files go. */
+                vm->prepare_pending = false;
                 provision_cancel(vm->provision);
                 vm->provision = NULL;
                 vm_progress_clear(vm);
                 return 0;
         case VM_ACTION_REAP:
+                /* After the resting state's record (queued by the state change): a crash in between leaves both,
+                 * and the next hydrad finds the process gone. */
                 vm_teardown_process(vm);
+                vm_runtime_remove(vm);
                 return 0;
         case VM_ACTION_REMOVE:
                 return vm_remove(vm);
@@ -550,63 +615,55 @@ static int keep_secret(char **s, const char *stored) {
         return !stored || *s ? 0 : -ENOMEM;
 }
 
-int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_changed, HydraError *err) {
-        const VmSpec *old = vm->registered ? &vm->spec : &(VmSpec) {};
-        int r;
-
-        if (keep_secret(&spec->image.password, old->image.password) < 0 ||
-            keep_secret(&spec->image.token, old->image.token) < 0 ||
-            keep_secret(&spec->bare.artifact.password, old->bare.artifact.password) < 0 ||
-            keep_secret(&spec->bare.artifact.token, old->bare.artifact.token) < 0)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
-        if (spec->guest.password && streq(spec->guest.password, "(set)"))
-                spec->guest.password = mfree(spec->guest.password);
-        /* A cleartext password from a client other than hydractl: hashed before anything else sees it, keeping
-         * the stored hash when it is the same password (a new salt would change the guest configuration and
-         * reset the disk on every register). */
-        if (spec->guest.password && old->guest.password_hash && !spec->guest.password_hash &&
-            vm_spec_password_matches(spec->guest.password, old->guest.password_hash)) {
-                explicit_bzero(spec->guest.password, strlen(spec->guest.password));
-                spec->guest.password = mfree(spec->guest.password);
-                spec->guest.password_hash = strdup(old->guest.password_hash);
-                if (!spec->guest.password_hash)
-                        return hydra_error_set(err, -ENOMEM, "out of memory");
+static VmRegister *register_free(VmRegister *reg) {
+        if (!reg)
+                return NULL;
+        worker_cancel(reg->worker); /* joins the thread: only at exit, or when the loop already knows it is done */
+        vm_spec_done(&reg->spec);
+        if (reg->password) {
+                explicit_bzero(reg->password, strlen(reg->password));
+                free(reg->password);
         }
-        r = vm_spec_hash_password(spec, err);
-        if (r < 0)
-                return r;
+        free(reg->old_hash);
+        free(reg->hash);
+        free(reg);
+        return NULL;
+}
 
-        r = vm_spec_apply_defaults(spec);
-        if (r < 0)
-                return hydra_error_set(err, r, "out of memory");
-        r = vm_spec_validate(spec, err);
-        if (r < 0)
-                return r;
+/* r: 1 changed, 0 unchanged, or a negative errno with err. */
+static void register_finish(Vm *vm, int r, const HydraError *err) {
+        VmOp *op = vm->reg->op;
 
-        if (vm->registered && vm_spec_equal(&vm->spec, spec)) {
-                vm_spec_done(spec);
-                *ret_changed = false;
-                return 0;
-        }
-        if (vm->registered && !vm_is_down(vm) && !apply_on_next_start)
-                return hydra_error_set(err, -EBUSY,
-                                       "VM '%s' is %s: stop it first, or register with apply_on_next_start to use "
-                                       "the new spec at its next start",
-                                       vm->name, vm_state_to_string(vm->state));
+        vm->reg = register_free(vm->reg);
+        if (op)
+                op_complete(op, r, err);
+}
 
-        r = vm_spec_store(vm, spec, err);
+static void register_cancelled(Vm *vm) {
+        HydraError err;
+
+        hydra_error_set(&err, -ECANCELED, "the registration of VM '%s' was cancelled by a destroy", vm->name);
+        register_finish(vm, err.code, &err);
+}
+
+static void on_spec_stored(int r, const HydraError *err, void *userdata) {
+        Vm *vm = userdata;
+        VmRegister *reg = vm->reg;
+
+        if (reg->cancelled)
+                return register_cancelled(vm);
         if (r < 0)
-                return r;
+                return register_finish(vm, r, err);
 
         vm_spec_done(&vm->spec);
-        vm->spec = *spec;
-        *spec = (VmSpec) {};
+        vm->spec = reg->spec;
+        reg->spec = (VmSpec) {};
         vm->generation++;
         log_vm_info(vm->name, "VM '%s': spec registered (generation %llu)", vm->name,
                     (unsigned long long) vm->generation);
         if (!vm->registered) {
                 vm->registered = true;
-                vm->state = VM_STATE_DEFINED;
+                vm->state = VM_STATE_DEFINED; /* where a VM that was never registered, or was destroyed, rests */
                 HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_STATE, .from = VM_STATE_DEFINED,
                                   .to = VM_STATE_DEFINED, .reason = "registered" };
                 vm_emit(vm, &ev);
@@ -615,7 +672,132 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_change
                 if (vm->pid <= 0)
                         (void) vm_adopt(vm);
         }
-        *ret_changed = true;
+        register_finish(vm, 1, NULL);
+}
+
+/* The spec is complete (hashed): unchanged, refused, or queued for the disk. Returns 1 when finished (unchanged),
+ * 0 when the store is pending, or a negative errno with err. */
+static int register_store(Vm *vm, HydraError *err) {
+        VmRegister *reg = vm->reg;
+        int r;
+
+        r = vm_spec_apply_defaults(&reg->spec);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        r = vm_spec_validate(&reg->spec, err);
+        if (r < 0)
+                return r;
+        if (vm->registered && vm_spec_equal(&vm->spec, &reg->spec))
+                return 1;
+        if (vm->registered && !vm_is_down(vm) && !reg->apply_on_next_start)
+                return hydra_error_set(err, -EBUSY,
+                                       "VM '%s' is %s: stop it first, or register with apply_on_next_start to use "
+                                       "the new spec at its next start",
+                                       vm->name, vm_state_to_string(vm->state));
+        r = vm_spec_store(vm, &reg->spec, on_spec_stored, vm, err);
+        return r < 0 ? r : 0;
+}
+
+static int register_hash_run(Worker *w, void *userdata) {
+        VmRegister *reg = userdata;
+        VmSpec s = {};
+        int r;
+
+        if (reg->old_hash && vm_spec_password_matches(reg->password, reg->old_hash)) {
+                reg->hash = strdup(reg->old_hash);
+                return reg->hash ? 0 : hydra_error_set(&reg->err, -ENOMEM, "guest.password: out of memory");
+        }
+        s.guest.password = TAKE_PTR(reg->password);
+        r = vm_spec_hash_password(&s, &reg->err);
+        reg->password = TAKE_PTR(s.guest.password); /* NULL once hashed (wiped); else wiped by register_free() */
+        reg->hash = TAKE_PTR(s.guest.password_hash);
+        return r;
+}
+
+static void register_hash_done(Worker *w, int r, void *userdata) {
+        VmRegister *reg = userdata;
+        Vm *vm = reg->vm;
+        HydraError err;
+
+        reg->worker = NULL;
+        if (reg->cancelled)
+                return register_cancelled(vm);
+        if (r < 0)
+                return register_finish(vm, r, &reg->err);
+        free(reg->spec.guest.password_hash);
+        reg->spec.guest.password_hash = TAKE_PTR(reg->hash);
+        hydra_error_clear(&err);
+        r = register_store(vm, &err);
+        if (r != 0)
+                register_finish(vm, r < 0 ? r : 0, &err);
+}
+
+int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, vm_op_done_t done, void *userdata, VmOp **ret_op,
+                HydraError *err) {
+        const VmSpec *old = vm->registered ? &vm->spec : &(VmSpec) {};
+        VmRegister *reg;
+        int r;
+
+        if (vm->reg)
+                return hydra_error_set(err, -EBUSY, "VM '%s' is being registered by another RegisterVm; register "
+                                       "again once it has answered", vm->name);
+        if (keep_secret(&spec->image.password, old->image.password) < 0 ||
+            keep_secret(&spec->image.token, old->image.token) < 0 ||
+            keep_secret(&spec->bare.artifact.password, old->bare.artifact.password) < 0 ||
+            keep_secret(&spec->bare.artifact.token, old->bare.artifact.token) < 0)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        if (spec->guest.password && streq(spec->guest.password, "(set)"))
+                spec->guest.password = mfree(spec->guest.password);
+
+        reg = calloc(1, sizeof(*reg));
+        if (!reg)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        *reg = (VmRegister) { .vm = vm, .spec = *spec, .apply_on_next_start = apply_on_next_start };
+        *spec = (VmSpec) {};
+        vm->reg = reg;
+
+        /* A cleartext password from a client other than hydractl: hashed before anything else sees it, keeping
+         * the stored hash when it is the same password (a new salt would change the guest configuration and
+         * reset the disk on every register). */
+        if (reg->spec.guest.password) {
+                reg->password = TAKE_PTR(reg->spec.guest.password);
+                if (old->guest.password_hash && !reg->spec.guest.password_hash &&
+                    !(reg->old_hash = strdup(old->guest.password_hash))) {
+                        vm->reg = register_free(reg);
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                }
+                reg->spec.guest.password_hash = mfree(reg->spec.guest.password_hash);
+                /* The rest of the spec is checked first: a refusal costs no hashing. */
+                r = vm_spec_apply_defaults(&reg->spec);
+                if (r < 0)
+                        hydra_error_set(err, r, "out of memory");
+                else
+                        r = vm_spec_validate(&reg->spec, err);
+                if (r < 0) {
+                        vm->reg = register_free(reg);
+                        return r;
+                }
+                r = worker_start(vm->ctx.event, "yescrypt", register_hash_run, NULL, register_hash_done, reg,
+                                 &reg->worker);
+                if (r < 0) {
+                        vm->reg = register_free(reg);
+                        return hydra_error_set(err, r, "cannot start the password hashing: %s", strerror(-r));
+                }
+        } else {
+                r = register_store(vm, err);
+                if (r != 0) {
+                        vm->reg = register_free(reg);
+                        return r;
+                }
+        }
+
+        r = op_new(vm, VM_OP_REGISTER, 0, done, userdata, ret_op);
+        if (r < 0) {
+                /* The registration goes on; nobody hears of it. */
+                *ret_op = NULL;
+                return hydra_error_set(err, r, "out of memory");
+        }
+        reg->op = *ret_op;
         return 0;
 }
 
@@ -650,6 +832,9 @@ int vm_start(Vm *vm, bool wait_ready, uint64_t timeout_usec, vm_op_done_t done, 
         if (vm->pid > 0 && !vm_state_has_process(vm->state))
                 return hydra_error_set(err, -EBUSY, "the previous QEMU of VM '%s' (pid %d) is still exiting",
                                        vm->name, (int) vm->pid);
+        if (vm->reg)
+                return hydra_error_set(err, -EBUSY, "VM '%s' is being registered; start it once RegisterVm has "
+                                       "answered", vm->name);
 
         /* A client's start: now, not after the backoff, and the restart policy counts afresh. */
         if (vm_is_down(vm)) {
@@ -735,6 +920,13 @@ int vm_stop(Vm *vm, bool force, uint64_t timeout_usec, vm_op_done_t done, void *
         return 0;
 }
 
+static void on_removed(int r, const HydraError *err, void *userdata) {
+        Vm *vm = userdata;
+
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': %s; ignoring it", vm->name, err->message);
+}
+
 static void remove_cached(Vm *vm, const char *url) {
         _cleanup_free_ char *entry = NULL;
         int r;
@@ -744,11 +936,10 @@ static void remove_cached(Vm *vm, const char *url) {
         entry = fetch_cache_entry(vm->ctx.cache_dir, url);
         if (!entry)
                 return;
-        r = rm_rf(entry);
+        log_vm_info(vm->name, "VM '%s': removing cached download %s", vm->name, entry);
+        r = disk_queue_rm_rf(vm->disk, entry, on_removed, vm);
         if (r < 0)
                 log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, entry);
-        else
-                log_vm_info(vm->name, "VM '%s': removed cached download %s", vm->name, entry);
 }
 
 /* The REMOVE action: forgets the VM: stored spec, disk-side state, runtime files, and unless asked to keep them,
@@ -757,18 +948,20 @@ static int vm_remove(Vm *vm) {
         int r;
 
         vm->destroy_pending = false;
+        if (vm->reg)
+                vm->reg->cancelled = true; /* its spec.pb, if queued, goes with the directory below */
         if (!vm->destroy_keep_cache) {
                 remove_cached(vm, vm->spec.image.url);
                 remove_cached(vm, vm->spec.bare.artifact.url);
         }
         provision_output_done(&vm->prepared);
         vm_services_close(vm->services);
-        r = rm_rf(vm->state_dir);
+        /* Off the loop (a disk image is gigabytes); the destroy op completes once they are gone. */
+        r = disk_queue_rm_rf(vm->disk, vm->state_dir, on_removed, vm);
+        if (r >= 0)
+                r = disk_queue_rm_rf(vm->disk, vm->run_dir, on_removed, vm);
         if (r < 0)
-                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, vm->state_dir);
-        r = rm_rf(vm->run_dir);
-        if (r < 0)
-                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, vm->run_dir);
+                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove its directories, ignoring: %m", vm->name);
 
         vm_spec_done(&vm->spec);
         vm->argv = strv_free(vm->argv);
@@ -882,6 +1075,9 @@ int vm_new(const VmContext *ctx, Role role, Vm **ret) {
                 .socket_gid = socket_gid(cfg),
         };
         r = vm_services_new(&sc, &services_callbacks, vm, &vm->services);
+        if (r >= 0)
+                r = disk_queue_new(ctx->event, vm->role == ROLE_HOST ? "disk-host" : "disk-isolated", on_disk_idle,
+                                   vm, &vm->disk);
         if (r < 0) {
                 vm_free(vm);
                 return r;
@@ -893,8 +1089,11 @@ int vm_new(const VmContext *ctx, Role role, Vm **ret) {
 Vm *vm_free(Vm *vm) {
         if (!vm)
                 return NULL;
+        /* What is queued is written first: no record is lost at exit. */
+        vm->disk = disk_queue_free(vm->disk);
         while (vm->ops)
                 op_free(vm->ops);
+        vm->reg = register_free(vm->reg);
         provision_cancel(vm->provision);
         vm_progress_clear(vm);
         provision_output_done(&vm->prepared);
@@ -966,7 +1165,7 @@ void vm_get_status(const Vm *vm, VmStatus *ret) {
                 .state = vm->state,
                 .pid = vm->pid,
                 .uptime_usec = vm_uptime_usec(vm),
-                .last_exit = vm->last_exit,
+                .last_exit = &vm->last_exit,
                 .last_error = vm->last_error.code < 0 ? vm->last_error.message : NULL,
                 .restart_count = vm->restart_count,
                 .next_restart_usec = vm->next_restart_usec,

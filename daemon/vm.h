@@ -108,7 +108,7 @@ typedef struct VmStatus {
         VmState state;
         pid_t pid;
         uint64_t uptime_usec;
-        VmExit last_exit;
+        const VmExit *last_exit;
         const char *last_error;         /* NULL: none */
         unsigned restart_count;
         uint64_t next_restart_usec;     /* CLOCK_REALTIME; 0: none scheduled */
@@ -154,9 +154,14 @@ int vm_load(Vm *vm, HydraError *err);
  * touched. Returns 1 if adopted, 0 if there was nothing to adopt. */
 int vm_adopt(Vm *vm);
 
-/* Validates and stores the spec (taking ownership of its contents). Returns 0 with *ret_changed, -EINVAL with
- * err naming the field, -EBUSY if the VM is not stopped and !apply_on_next_start, or a store error. */
-int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, bool *ret_changed, HydraError *err);
+/* Validates and stores the spec (taking ownership of its contents). A cleartext password is hashed on a worker
+ * thread and spec.pb written by the disk queue: the loop never waits. Returns 1 when done at once (the spec is
+ * unchanged: done is not called), 0 when pending (done is called with r = 1 if the spec changed, 0 if not, or a
+ * negative errno: -EINVAL with err naming the field, -EBUSY if the VM is not stopped and !apply_on_next_start,
+ * a store error, -ECANCELED if the VM was destroyed meanwhile), or a negative errno with err set. One at a time:
+ * -EBUSY while another registration of the VM is in flight. */
+int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, vm_op_done_t done, void *userdata, VmOp **ret_op,
+                HydraError *err);
 
 /* The operations below return 1 when already done (done is not called), 0 when pending (done will be called
  * exactly once, unless the op is cancelled first; *ret_op is the handle), or a negative errno with err set. */

@@ -71,7 +71,6 @@ void vm_teardown_process(Vm *vm) {
         vm->resume_stop = false;
         if (vm->qmp_path)
                 (void) unlink(vm->qmp_path);
-        vm_runtime_remove(vm);
 }
 
 /* The last lines QEMU wrote to stderr, on one line, for an error message. */
@@ -190,9 +189,11 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
         vm_teardown_process(vm);
         if (vm_state_has_process(state))
                 (void) vm_dispatch(vm, event, reason);
-        else
+        else {
                 /* A QEMU we were already killing after a failed start: nothing changes but ops may finish. */
+                vm_runtime_remove(vm);
                 vm_check_ops(vm);
+        }
 }
 
 static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {

@@ -18,6 +18,21 @@
 
 /* --- runtime --- */
 
+static void on_runtime_written(int r, const HydraError *err, void *userdata) {
+        Vm *vm = userdata;
+
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': cannot record the runtime state (a restarted hydrad will not find "
+                               "this QEMU): %s", vm->name, err->message);
+}
+
+static void on_record_removed(int r, const HydraError *err, void *userdata) {
+        Vm *vm = userdata;
+
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': %s", vm->name, err->message);
+}
+
 /* RUN_DIR/ROLE/runtime.json: what a restarted hydrad needs to find its QEMU again. Replaced atomically at every
  * state with a process; removed when the process is gone. */
 void vm_runtime_save(Vm *vm) {
@@ -36,11 +51,13 @@ void vm_runtime_save(Vm *vm) {
                       vm->prepared.seed_path, "ready_since_usec", (json_int_t) ready_since);
         data = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
-        hydra_error_clear(&err);
-        r = data ? store_write_atomic(vm->run_dir, RUNTIME_FILE, data, strlen(data), 0600, &err) : -ENOMEM;
-        if (r < 0)
-                log_vm_warning(vm->name, "VM '%s': cannot record the runtime state (a restarted hydrad will not find "
-                               "this QEMU): %s", vm->name, r == -ENOMEM ? "out of memory" : err.message);
+        r = data ? disk_queue_replace(vm->disk, vm->run_dir, RUNTIME_FILE, data, strlen(data), 0600,
+                                      on_runtime_written, vm)
+                 : -ENOMEM;
+        if (r < 0) {
+                hydra_error_set(&err, r, "out of memory");
+                on_runtime_written(r, &err, vm);
+        }
 }
 
 void vm_runtime_update(Vm *vm) {
@@ -109,7 +126,15 @@ int vm_runtime_load(Vm *vm, VmRuntimeRecord *ret) {
 }
 
 void vm_runtime_remove(Vm *vm) {
-        (void) store_remove(vm->run_dir, RUNTIME_FILE);
+        if (disk_queue_remove(vm->disk, vm->run_dir, RUNTIME_FILE, on_record_removed, vm) < 0)
+                log_vm_warning(vm->name, "VM '%s': cannot remove its runtime record: out of memory", vm->name);
+}
+
+static void on_state_written(int r, const HydraError *err, void *userdata) {
+        Vm *vm = userdata;
+
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': cannot record its state: %s", vm->name, err->message);
 }
 
 /* --- state --- */
@@ -129,11 +154,13 @@ void vm_state_save(Vm *vm) {
                       vm->last_error.code < 0 ? vm->last_error.message : "");
         data = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
-        hydra_error_clear(&err);
-        r = data ? store_write_atomic(vm->state_dir, STATE_FILE, data, strlen(data), 0600, &err) : -ENOMEM;
-        if (r < 0)
-                log_vm_warning(vm->name, "VM '%s': cannot record its state: %s", vm->name,
-                               r == -ENOMEM ? "out of memory" : err.message);
+        r = data ? disk_queue_replace(vm->disk, vm->state_dir, STATE_FILE, data, strlen(data), 0600, on_state_written,
+                                      vm)
+                 : -ENOMEM;
+        if (r < 0) {
+                hydra_error_set(&err, r, "out of memory");
+                on_state_written(r, &err, vm);
+        }
 }
 
 void vm_state_load(Vm *vm) {
@@ -183,19 +210,50 @@ void vm_state_load(Vm *vm) {
 
 /* --- spec --- */
 
-int vm_spec_store(Vm *vm, const VmSpec *spec, HydraError *err) {
-        _cleanup_free_ void *data = NULL;
+typedef struct SpecJob {
+        char *dir;
+        void *data;
         size_t size;
+} SpecJob;
+
+static void spec_job_free(void *arg) {
+        SpecJob *j = arg;
+
+        free(j->dir);
+        free(j->data);
+        free(j);
+}
+
+static int spec_job_run(void *arg, HydraError *err) {
+        SpecJob *j = arg;
         int r;
 
-        r = vm->ctx.codec->encode(spec, &data, &size);
+        r = mkdir_p(j->dir, 0750);
         if (r < 0)
-                return hydra_error_set(err, r, "encode spec: %s", strerror(-r));
-        r = mkdir_p(vm->state_dir, 0750);
-        if (r < 0)
-                return hydra_error_set(err, r, "create '%s': %s", vm->state_dir, strerror(-r));
+                return hydra_error_set(err, r, "create '%s': %s", j->dir, strerror(-r));
         /* 0600: the spec may hold download credentials. */
-        return store_write_atomic(vm->state_dir, SPEC_FILE, data, size, 0600, err);
+        return store_write_atomic(j->dir, SPEC_FILE, j->data, j->size, 0600, err);
+}
+
+int vm_spec_store(Vm *vm, const VmSpec *spec, disk_job_done_t done, void *userdata, HydraError *err) {
+        SpecJob *j;
+        int r;
+
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        r = vm->ctx.codec->encode(spec, &j->data, &j->size);
+        if (r < 0) {
+                spec_job_free(j);
+                return hydra_error_set(err, r, "encode spec: %s", strerror(-r));
+        }
+        j->dir = strdup(vm->state_dir);
+        if (!j->dir) {
+                spec_job_free(j);
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        r = disk_queue_call(vm->disk, spec_job_run, j, spec_job_free, done, userdata);
+        return r < 0 ? hydra_error_set(err, r, "out of memory") : 0;
 }
 
 int vm_spec_read(Vm *vm, VmSpec *ret, HydraError *err) {
