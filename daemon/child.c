@@ -211,10 +211,14 @@ void child_cancel(Child *c) {
         if (!c)
                 return;
         if (!c->exited && c->exit_source) {
-                /* SIGKILL cannot be ignored: the wait is as short as the kernel's teardown of the process. Waiting
-                 * here, rather than later on the loop, means nothing is left behind when the loop itself ends. */
+                /* SIGKILL cannot be ignored, but a process in uninterruptible I/O dies only when the I/O ends
+                 * (seconds, for qemu-img flushing a large write): the loop reaps it then, without waiting. */
+                int fd;
+
                 (void) sd_event_source_send_child_signal(c->exit_source, SIGKILL, NULL, 0);
-                (void) waitpid(c->pid, NULL, 0);
+                fd = fcntl(sd_event_source_get_child_pidfd(c->exit_source), F_DUPFD_CLOEXEC, 3);
+                if (fd < 0 || process_reap_async(sd_event_source_get_event(c->exit_source), fd) < 0)
+                        (void) waitpid(c->pid, NULL, 0); /* cannot hand it over: wait here rather than leak it */
         }
         child_free(c);
 }

@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "macro.h"
+
 #include "process.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -279,4 +281,27 @@ pid_t process_find_by_option(const char *exe, const char *option, const char *va
                 }
         }
         return 0;
+}
+
+static int on_reaped(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        /* sd-event has reaped it (WEXITED); the event loop's reference comes back to us, and goes. */
+        (void) sd_event_source_set_floating(s, false);
+        sd_event_source_disable_unref(s);
+        return 0;
+}
+
+int process_reap_async(sd_event *event, int pidfd) {
+        sd_event_source *s = NULL;
+        int r;
+
+        r = sd_event_add_child_pidfd(event, &s, pidfd, WEXITED, on_reaped, NULL);
+        if (r < 0) {
+                safe_close(pidfd);
+                return r;
+        }
+        (void) sd_event_source_set_child_pidfd_own(s, true);
+        (void) sd_event_source_set_description(s, "reap");
+        r = sd_event_source_set_floating(s, true);
+        sd_event_source_unref(s);
+        return r;
 }

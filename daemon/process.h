@@ -3,6 +3,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <systemd/sd-event.h>
 
 #include "error.h"
 
@@ -28,6 +29,11 @@ int process_find_binary(const char *name, char **ret_path);
 
 int process_pidfd_open(pid_t pid);
 int process_pidfd_signal(int pidfd, int sig);
+
+/* Our child, already sent SIGKILL: reaped on the loop when it dies, so that the caller does not wait for it (a
+ * process in uninterruptible I/O dies when the I/O ends: seconds, for a large write). Takes over pidfd (closed on
+ * failure too). If the loop ends first, the process is reaped by whoever inherits it. */
+int process_reap_async(sd_event *event, int pidfd);
 
 /* Field 22 of /proc/PID/stat: the start time in clock ticks since boot; with the pid, a process identity.
  * -ESRCH for a process that is gone or a zombie (exited, not reaped yet). */

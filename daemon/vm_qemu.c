@@ -648,7 +648,7 @@ int vm_launch(Vm *vm, HydraError *err) {
         r = sd_event_add_child_pidfd(e, &vm->child_source, pidfd, WEXITED, on_qemu_exit, vm);
         if (r < 0) {
                 (void) process_pidfd_signal(pidfd, SIGKILL);
-                (void) waitpid(pid, NULL, 0);
+                (void) process_reap_async(e, TAKE_FD(pidfd));
                 vm->pid = 0;
                 return hydra_error_set(err, r, "watch QEMU (pid %d): %s", (int) pid, strerror(-r));
         }

@@ -52,7 +52,8 @@ static void ready_set(VmServices *vs, bool ready, const char *detail) {
         vs->ready_since_usec = ready ? realtime_usec() : 0;
         log_vm_info(vs->cfg.name, "VM '%s': %s%s%s", vs->cfg.name, ready ? "ready" : "not ready", detail ? ": " : "",
                     strempty(detail));
-        vs->cb.ready_changed(vs, ready, vs->userdata);
+        if (vs->cb.ready_changed)
+                vs->cb.ready_changed(vs, ready, vs->userdata);
 }
 
 static void probe_schedule(VmServices *vs, uint64_t delay);
@@ -190,7 +191,8 @@ static void on_console_data(Console *c, const void *data, size_t size, void *use
                         d = NULL;
                 ready_set(vs, true, d);
         }
-        vs->cb.console_data(vs, data, size, vs->userdata);
+        if (vs->cb.console_data)
+                vs->cb.console_data(vs, data, size, vs->userdata);
 }
 
 /* --- the CRI socket --- */
@@ -235,6 +237,8 @@ int vm_services_new(const VmServicesConfig *cfg, const VmServicesCallbacks *cb, 
 VmServices *vm_services_free(VmServices *vs) {
         if (!vs)
                 return NULL;
+        /* Nobody listens any more (hydrad exits, the VM carries on): no callback. */
+        vs->cb = (VmServicesCallbacks) {};
         vm_services_close(vs);
         free(vs);
         return NULL;

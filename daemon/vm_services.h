@@ -37,7 +37,7 @@ typedef struct VmServicesConfig {
 } VmServicesConfig;
 
 int vm_services_new(const VmServicesConfig *cfg, const VmServicesCallbacks *cb, void *userdata, VmServices **ret);
-VmServices *vm_services_free(VmServices *s);
+VmServices *vm_services_free(VmServices *s);  /* no callback follows */
 
 /* containerd probes need gRPC, which lives outside the core; NULL: they never pass. */
 void vm_services_set_grpc_prober(VmServices *s, const GrpcProber *prober);
