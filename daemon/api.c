@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
 #include <limits.h>
-#include <grp.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_posix.h>
@@ -1290,7 +1289,6 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
         a->manager = m;
         a->config = config;
         a->wake_fd = a->listen_fd = a->lock_fd = -EBADF;
-        a->socket_gid = (gid_t) -1;
         pthread_mutex_init(&a->lock, NULL);
         a->shutdown_tag.fn = NULL;
 
@@ -1299,14 +1297,7 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
                 r = hydra_error_set(err, -ENOMEM, "out of memory");
                 goto fail;
         }
-        if (config->socket_group) {
-                struct group *g = getgrnam(config->socket_group);
-                if (!g) {
-                        r = hydra_error_set(err, -ENOENT, "socket_group: group '%s' does not exist", config->socket_group);
-                        goto fail;
-                }
-                a->socket_gid = g->gr_gid;
-        }
+        a->socket_gid = config->socket_gid; /* resolved once at start-up (config_finish) */
 
         r = socket_take(a, err);
         if (r < 0)

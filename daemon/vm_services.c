@@ -25,14 +25,9 @@ static uint64_t realtime_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
 }
 
+/* Resolved once at start-up (config_finish): NSS may block, the loop never asks it. */
 static gid_t socket_gid(Vm *vm) {
-        const char *group = manager_get_config(vm->manager)->socket_group;
-        struct group *g;
-
-        if (!group)
-                return (gid_t) -1;
-        g = getgrnam(group);
-        return g ? g->gr_gid : (gid_t) -1;
+        return manager_get_config(vm->manager)->socket_gid;
 }
 
 /* --- readiness --- */
