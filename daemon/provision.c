@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -17,6 +18,7 @@
 #include "store.h"
 #include "unpack.h"
 #include "url.h"
+#include "worker.h"
 
 #define GIB (UINT64_C(1024) * 1024 * 1024)
 #define MIB (UINT64_C(1024) * 1024)
@@ -35,6 +37,23 @@ typedef enum Step {
         STEP_DONE,
 } Step;
 
+/* The small records a preparation keeps (image.source, artifact.source, the cloud-init files, seed.digest,
+ * disk.identity) are fsync'd: written in order on a worker thread, not on the loop (issue 10). The step that
+ * follows starts from the job's completion, so a record is durable before the step it records. */
+#define RECORDS_MAX 4U
+
+typedef struct Record {
+        char *dir, *name, *data;
+        mode_t mode;
+} Record;
+
+typedef struct RecordJob {
+        Record records[RECORDS_MAX];
+        size_t n;
+        HydraError error;          /* the job's own: the loop reads it after the thread is done */
+        Provision *provision;      /* borrowed; for the loop side only */
+} RecordJob;
+
 struct Provision {
         ProvisionContext ctx;      /* strings owned below */
         char *name, *state_dir, *cache_dir;
@@ -47,6 +66,9 @@ struct Provision {
         Fetch *fetch;
         Unpack *unpack;
         Child *child;
+        Worker *worker;            /* writing the records below */
+        RecordJob *records;
+        void (*after_records)(Provision *p);
         sd_event_source *defer;
 
         char *image_base;          /* the base the disk is made from */
@@ -61,6 +83,18 @@ struct Provision {
 };
 
 static void step_next(Provision *p);
+
+static RecordJob *record_job_free(RecordJob *j) {
+        if (!j)
+                return NULL;
+        for (size_t i = 0; i < j->n; i++) {
+                free(j->records[i].dir);
+                free(j->records[i].name);
+                free(j->records[i].data);
+        }
+        free(j);
+        return NULL;
+}
 
 const char *provision_debian_arch(Arch arch) {
         return arch == ARCH_AARCH64 ? "arm64" : "amd64";
@@ -87,6 +121,8 @@ static Provision *provision_free(Provision *p) {
                 unpack_cancel(p->unpack);
         if (p->child)
                 child_cancel(p->child);
+        worker_cancel(p->worker);  /* waits for the record being written */
+        record_job_free(p->records);
         sd_event_source_disable_unref(p->defer);
         vm_spec_done(&p->spec);
         provision_output_done(&p->out);
@@ -154,6 +190,79 @@ static char *path_join(const char *a, const char *b) {
         return asprintf(&s, "%s/%s", a, b) < 0 ? NULL : s;
 }
 
+/* Queues dir/name = data for records_write(). Returns 0 or -ENOMEM (err). */
+static int record_add(Provision *p, const char *dir, const char *name, const char *data, mode_t mode,
+                      HydraError *err) {
+        Record *rec;
+
+        if (!p->records) {
+                p->records = calloc(1, sizeof(*p->records));
+                if (!p->records)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        assert(p->records->n < RECORDS_MAX);
+        rec = &p->records->records[p->records->n];
+        *rec = (Record) { .dir = strdup(dir), .name = strdup(name), .data = strdup(data), .mode = mode };
+        p->records->n++;
+        if (!rec->dir || !rec->name || !rec->data)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* On the worker thread: touches nothing but the job. */
+static int records_run(Worker *w, void *userdata) {
+        RecordJob *j = userdata;
+        int r;
+
+        for (size_t i = 0; i < j->n; i++) {
+                if (worker_cancelled(w))
+                        return -ECANCELED;
+                r = store_write_atomic(j->records[i].dir, j->records[i].name, j->records[i].data,
+                                       strlen(j->records[i].data), j->records[i].mode, &j->error);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static void on_records_written(Worker *w, int r, void *userdata) {
+        RecordJob *j = userdata;
+        Provision *p = j->provision;
+        HydraError e = j->error;
+
+        p->worker = NULL;
+        p->records = record_job_free(p->records);
+        if (r < 0)
+                return provision_fail(p, &e);
+        p->after_records(p);
+}
+
+/* Writes the queued records on a worker; after(p) runs on the loop once they are all durable. Returns 0, or
+ * -errno with err set. */
+static int records_write(Provision *p, void (*after)(Provision *p), HydraError *err) {
+        int r;
+
+        assert(p->records && !p->worker);
+        hydra_error_clear(&p->records->error);
+        p->records->provision = p;
+        p->after_records = after;
+        r = worker_start(p->ctx.event, "provision-records", records_run, NULL, on_records_written, p->records,
+                         &p->worker);
+        if (r < 0)
+                return hydra_error_set(err, r, "start a thread to write the preparation's records: %s",
+                                       strerror(-r));
+        return 0;
+}
+
+/* The same from a completion callback: a failure ends the preparation. */
+static void records_write_or_fail(Provision *p, void (*after)(Provision *p)) {
+        HydraError e;
+
+        hydra_error_clear(&e);
+        if (records_write(p, after, &e) < 0)
+                provision_fail(p, &e);
+}
+
 static int sha256_hex(const void *data, size_t size, char ret[static 65]) {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned n = 0;
@@ -213,6 +322,12 @@ static int set_progress_what(Provision *p, const char *url) {
         return p->progress_what ? 0 : -ENOMEM;
 }
 
+static void after_image_source(Provision *p) {
+        p->base_format = disk_format_probe(p->image_base);
+        p->step = STEP_ARTIFACT_FETCH;
+        step_next(p);
+}
+
 static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *userdata) {
         Provision *p = userdata;
         _cleanup_free_ char *entry = NULL;
@@ -229,12 +344,10 @@ static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *use
         hydra_error_clear(&e);
         if (!entry)
                 return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-        r = store_write_atomic(entry, "image.source", p->base_identity, strlen(p->base_identity), 0600, &e);
+        r = record_add(p, entry, "image.source", p->base_identity, 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->base_format = disk_format_probe(p->image_base);
-        p->step = STEP_ARTIFACT_FETCH;
-        step_next(p);
+        records_write_or_fail(p, after_image_source);
 }
 
 static void on_unpack_progress(Unpack *u, uint64_t in_bytes, uint64_t in_total, void *userdata) {
@@ -310,6 +423,11 @@ static int start_fetch(Provision *p, const Source *src, fetch_done_t done, Hydra
 
 /* --- the bare-kernel artifact --- */
 
+static void after_artifact_source(Provision *p) {
+        p->step = STEP_LOCATE;
+        step_next(p);
+}
+
 static void on_artifact_unpacked(Unpack *u, int r, const HydraError *err, void *userdata) {
         Provision *p = userdata;
         HydraError e;
@@ -320,12 +438,10 @@ static void on_artifact_unpacked(Unpack *u, int r, const HydraError *err, void *
                 (void) hydra_error_set(&e, r, "unpack %s: %s", p->progress_what, err ? err->message : strerror(-r));
                 return provision_fail(p, &e);
         }
-        r = store_write_atomic(p->state_dir, "artifact.source", p->artifact_digest, strlen(p->artifact_digest),
-                               0644, &e);
+        r = record_add(p, p->state_dir, "artifact.source", p->artifact_digest, 0644, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->step = STEP_LOCATE;
-        step_next(p);
+        records_write_or_fail(p, after_artifact_source);
 }
 
 static void on_artifact_fetched(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata) {
@@ -602,6 +718,11 @@ static int commit_part(const ChildResult *res, const char *what, const char *des
         return 0;
 }
 
+static void after_seed_digest(Provision *p) {
+        p->step = STEP_DISK;
+        step_next(p);
+}
+
 static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
         Provision *p = userdata;
         HydraError e;
@@ -612,24 +733,24 @@ static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
         r = commit_part(res, "genisoimage (building the cloud-init seed)", p->out.seed_path, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        r = store_write_atomic(p->state_dir, "seed.digest", p->seed_digest, strlen(p->seed_digest), 0600, &e);
+        r = record_add(p, p->state_dir, "seed.digest", p->seed_digest, 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->step = STEP_DISK;
-        step_next(p);
+        records_write_or_fail(p, after_seed_digest);
 }
+
+static void build_iso(Provision *p);
 
 static int step_seed(Provision *p, HydraError *err) {
         _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
         _cleanup_(tool_blobs_done) ToolBlobs tools = {};
-        _cleanup_free_ char *dir = NULL, *tmp = NULL, *old = NULL, *iso_part = NULL;
+        _cleanup_free_ char *dir = NULL, *old = NULL;
         char digest[65];
         int r;
 
         p->out.seed_path = path_join(p->state_dir, "seed.iso");
         dir = path_join(p->state_dir, "cloud-init");
-        iso_part = path_join(p->state_dir, "seed.iso.part");
-        if (!p->out.seed_path || !dir || !iso_part)
+        if (!p->out.seed_path || !dir)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
 
         r = load_tool_blobs(p, &tools, err);
@@ -653,26 +774,37 @@ static int step_seed(Provision *p, HydraError *err) {
                 return 0;
         }
 
-        /* The files the ISO is made of, written in full before the ISO is built (store_write_atomic). */
+        /* The files the ISO is made of, durable before the ISO is built (records_write). */
         (void) store_remove(p->state_dir, "seed.digest");
         r = mkdir_p(dir, 0700);
         if (r < 0)
                 return hydra_error_set(err, r, "create '%s': %s", dir, strerror(-r));
         for (size_t i = 0; i < ELEMENTSOF(seed_names); i++) {
-                r = store_write_atomic(dir, seed_names[i], seed_file(&files, i), strlen(seed_file(&files, i)), 0600,
-                                       err);
+                r = record_add(p, dir, seed_names[i], seed_file(&files, i), 0600, err);
                 if (r < 0)
                         return r;
         }
-
         emit_progress(p, "seed", p->out.seed_path, 0, 0, 0);
+        return records_write(p, build_iso, err);
+}
+
+/* The cloud-init files are durable: genisoimage makes the ISO of them. */
+static void build_iso(Provision *p) {
+        _cleanup_free_ char *dir = path_join(p->state_dir, "cloud-init"),
+                            *iso_part = path_join(p->state_dir, "seed.iso.part");
+        HydraError e;
+
+        hydra_error_clear(&e);
+        if (!dir || !iso_part)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
         char *argv[] = {
                 (char *) "genisoimage", (char *) "-quiet", (char *) "-output", iso_part, (char *) "-volid",
                 (char *) "cidata", (char *) "-joliet", (char *) "-rock", (char *) "-input-charset", (char *) "utf-8",
                 dir, NULL,
         };
         (void) unlink(iso_part);
-        return child_run(p->ctx.event, argv, on_iso_built, p, &p->child, err);
+        if (child_run(p->ctx.event, argv, on_iso_built, p, &p->child, &e) < 0)
+                provision_fail(p, &e);
 }
 
 /* --- the disk --- */
@@ -684,6 +816,11 @@ static int disk_identity(Provision *p, char ret[static 65]) {
                      p->spec.keep_pristine) < 0)
                 return -ENOMEM;
         return sha256_hex(s, strlen(s), ret);
+}
+
+static void after_disk_identity(Provision *p) {
+        p->step = STEP_GROW;
+        step_next(p);
 }
 
 static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
@@ -701,11 +838,10 @@ static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
         r = disk_identity(p, identity);
         if (r < 0)
                 return provision_fail(p, &(HydraError) { .code = r, .message = "hash the disk identity" });
-        r = store_write_atomic(p->state_dir, "disk.identity", identity, strlen(identity), 0600, &e);
+        r = record_add(p, p->state_dir, "disk.identity", identity, 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->step = STEP_GROW;
-        step_next(p);
+        records_write_or_fail(p, after_disk_identity);
 }
 
 static int step_disk(Provision *p, HydraError *err) {
@@ -733,12 +869,10 @@ static int step_disk(Provision *p, HydraError *err) {
                 if (p->spec.reuse_disk_on_change) {
                         emit_notice(p, "guest configuration changed; disk kept as is (reuse_disk_on_change): the "
                                        "changes reach the guest only through a fresh disk");
-                        r = store_write_atomic(p->state_dir, "disk.identity", identity, strlen(identity), 0600, err);
+                        r = record_add(p, p->state_dir, "disk.identity", identity, 0600, err);
                         if (r < 0)
                                 return r;
-                        p->step = STEP_GROW;
-                        step_next(p);
-                        return 0;
+                        return records_write(p, after_disk_identity, err);
                 }
                 emit_notice(p, "disk reset to pristine: %s changed since the disk was made",
                             old ? "the guest configuration or the base image" : "the record of what it was made from");
