@@ -71,7 +71,8 @@ def main():
               f"worst {worst * 1000:.1f} ms", flush=True)
         check("a 4 GiB stored log: the answer is its last 16 MiB",
               len(big) == READ_MAX and big[-2 * MIB:] == parts[1] + parts[2] and big[:-2 * MIB] == bytes(READ_MAX - 2 * MIB))
-        check("GetVm answered throughout (worst < 250 ms)", worst < 0.25)
+        check("GetVm answered throughout (worst < 1 s; the read held the loop for 17 s when it was the loop's)",
+              worst < 1.0)
 
         # A client that goes away while its read runs; hydrad carries on.
         for _ in range(5):
