@@ -40,7 +40,7 @@ typedef enum Step {
 /* The small records a preparation keeps (image.source, artifact.source, the cloud-init files, seed.digest,
  * disk.identity) are fsync'd: written in order on a worker thread, not on the loop (issue 10). The step that
  * follows starts from the job's completion, so a record is durable before the step it records. */
-#define RECORDS_MAX 4U
+#define RECORDS_MAX 1U /* one per step today */
 
 typedef struct Record {
         char *dir, *name, *data;
@@ -54,6 +54,8 @@ typedef struct RecordJob {
         Provision *provision;      /* borrowed; for the loop side only */
 } RecordJob;
 
+typedef struct SeedJob SeedJob;
+
 struct Provision {
         ProvisionContext ctx;      /* strings owned below */
         char *name, *state_dir, *cache_dir;
@@ -66,8 +68,9 @@ struct Provision {
         Fetch *fetch;
         Unpack *unpack;
         Child *child;
-        Worker *worker;            /* writing the records below */
+        Worker *worker;            /* writing the records below, or preparing the seed's files */
         RecordJob *records;
+        SeedJob *seed_job;
         void (*after_records)(Provision *p);
         sd_event_source *defer;
 
@@ -123,6 +126,7 @@ static Provision *provision_free(Provision *p) {
                 child_cancel(p->child);
         worker_cancel(p->worker);  /* waits for the record being written */
         record_job_free(p->records);
+        free(p->seed_job);
         sd_event_source_disable_unref(p->defer);
         vm_spec_done(&p->spec);
         provision_output_done(&p->out);
@@ -638,13 +642,13 @@ static void tool_blobs_done(ToolBlobs *t) {
 
 #define TOOL_MAX_SIZE (256U * 1024U * 1024U)
 
-static int load_tool_blobs(Provision *p, ToolBlobs *t, HydraError *err) {
+static int load_tool_blobs(const VmSpec *spec, const char *artifact_dir, ToolBlobs *t, HydraError *err) {
         _cleanup_free_ char *dir = NULL;
         int r;
 
-        if (!p->spec.bare.encrypted_tools || !p->artifact_dir)
+        if (!spec->bare.encrypted_tools || !artifact_dir)
                 return 0;
-        r = tools_dir(&p->spec, p->artifact_dir, &dir);
+        r = tools_dir(spec, artifact_dir, &dir);
         if (r < 0)
                 return hydra_error_set(err, r, "out of memory");
         for (size_t i = 0; i < ELEMENTSOF(encrypted_tools); i++) {
@@ -739,53 +743,107 @@ static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
         records_write_or_fail(p, after_seed_digest);
 }
 
-static void build_iso(Provision *p);
+/* The seed's files are a worker's job from start to end: the encrypted-container tools are binaries of tens of
+ * MiB, read and base64'd into user-data, and the files are fsync'd (issue 10). The job reads the spec and the
+ * paths of its Provision, which stay as they are while it runs, and writes only its own fields. */
+struct SeedJob {
+        const VmSpec *spec;        /* borrowed */
+        const char *artifact_dir;  /* borrowed */
+        const char *state_dir;     /* borrowed */
+        const char *seed_path;     /* borrowed */
+        char digest[65];
+        bool unchanged;            /* seed.iso was built from these very files: nothing was written */
+        HydraError error;
+        Provision *provision;      /* borrowed; for the loop side only */
+};
 
-static int step_seed(Provision *p, HydraError *err) {
+/* On the worker thread. */
+static int seed_run(Worker *w, void *userdata) {
         _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
         _cleanup_(tool_blobs_done) ToolBlobs tools = {};
         _cleanup_free_ char *dir = NULL, *old = NULL;
-        char digest[65];
+        SeedJob *j = userdata;
         int r;
 
-        p->out.seed_path = path_join(p->state_dir, "seed.iso");
-        dir = path_join(p->state_dir, "cloud-init");
-        if (!p->out.seed_path || !dir)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
-
-        r = load_tool_blobs(p, &tools, err);
+        r = load_tool_blobs(j->spec, j->artifact_dir, &tools, &j->error);
         if (r < 0)
                 return r;
-        r = render_seed(&p->spec, &tools, &files, err);
+        r = render_seed(j->spec, &tools, &files, &j->error);
         if (r < 0)
                 return r;
-        r = seed_digest(&files, digest);
+        r = seed_digest(&files, j->digest);
         if (r < 0)
-                return hydra_error_set(err, r, "hash the cloud-init files: %s", strerror(-r));
-        p->seed_digest = strdup(digest);
-        if (!p->seed_digest)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
+                return hydra_error_set(&j->error, r, "hash the cloud-init files: %s", strerror(-r));
 
-        old = read_small(p->state_dir, "seed.digest");
-        if (old && streq(old, digest) && is_file(p->out.seed_path)) {
-                log_vm_debug(p->name, "VM '%s': cloud-init seed unchanged", p->name);
-                p->step = STEP_DISK;
-                step_next(p);
+        old = read_small(j->state_dir, "seed.digest");
+        if (old && streq(old, j->digest) && is_file(j->seed_path)) {
+                j->unchanged = true;
                 return 0;
         }
 
-        /* The files the ISO is made of, durable before the ISO is built (records_write). */
-        (void) store_remove(p->state_dir, "seed.digest");
+        /* The files the ISO is made of, durable before the ISO is built. */
+        (void) store_remove(j->state_dir, "seed.digest");
+        dir = path_join(j->state_dir, "cloud-init");
+        if (!dir)
+                return hydra_error_set(&j->error, -ENOMEM, "out of memory");
         r = mkdir_p(dir, 0700);
         if (r < 0)
-                return hydra_error_set(err, r, "create '%s': %s", dir, strerror(-r));
+                return hydra_error_set(&j->error, r, "create '%s': %s", dir, strerror(-r));
         for (size_t i = 0; i < ELEMENTSOF(seed_names); i++) {
-                r = record_add(p, dir, seed_names[i], seed_file(&files, i), 0600, err);
+                if (worker_cancelled(w))
+                        return -ECANCELED;
+                r = store_write_atomic(dir, seed_names[i], seed_file(&files, i), strlen(seed_file(&files, i)), 0600,
+                                       &j->error);
                 if (r < 0)
                         return r;
         }
+        return 0;
+}
+
+static void build_iso(Provision *p);
+
+static void on_seed_ready(Worker *w, int r, void *userdata) {
+        SeedJob *j = userdata;
+        Provision *p = j->provision;
+        HydraError e = j->error;
+        bool unchanged = j->unchanged;
+
+        p->worker = NULL;
+        if (r >= 0) {
+                p->seed_digest = strdup(j->digest);
+                if (!p->seed_digest)
+                        r = hydra_error_set(&e, -ENOMEM, "out of memory");
+        }
+        p->seed_job = mfree(p->seed_job);
+        if (r < 0)
+                return provision_fail(p, &e);
+        if (unchanged) {
+                log_vm_debug(p->name, "VM '%s': cloud-init seed unchanged", p->name);
+                p->step = STEP_DISK;
+                return step_next(p);
+        }
         emit_progress(p, "seed", p->out.seed_path, 0, 0, 0);
-        return records_write(p, build_iso, err);
+        build_iso(p);
+}
+
+static int step_seed(Provision *p, HydraError *err) {
+        SeedJob *j;
+        int r;
+
+        p->out.seed_path = path_join(p->state_dir, "seed.iso");
+        j = calloc(1, sizeof(*j));
+        if (!p->out.seed_path || !j) {
+                free(j);
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        *j = (SeedJob) { .spec = &p->spec, .artifact_dir = p->artifact_dir, .state_dir = p->state_dir,
+                         .seed_path = p->out.seed_path, .provision = p };
+        hydra_error_clear(&j->error);
+        p->seed_job = j;
+        r = worker_start(p->ctx.event, "provision-seed", seed_run, NULL, on_seed_ready, j, &p->worker);
+        if (r < 0)
+                return hydra_error_set(err, r, "start a thread to prepare the cloud-init seed: %s", strerror(-r));
+        return 0;
 }
 
 /* The cloud-init files are durable: genisoimage makes the ISO of them. */
