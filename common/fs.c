@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -65,16 +65,70 @@ int mkdir_p(const char *path, mode_t mode) {
         return 0;
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        if (flag == FTW_DP)
-                return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
-        return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+static void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+}
+
+/* dev: the device of the tree's top (0: take it from name, which is the top). */
+static int rm_rf_dev(int dir_fd, const char *name, dev_t dev) {
+        _cleanup_(closedirp) DIR *d = NULL;
+        struct stat st;
+        int fd, r = 0;
+
+        if (unlinkat(dir_fd, name, 0) >= 0 || errno == ENOENT)
+                return 0;
+        if (errno != EISDIR && errno != EPERM)
+                return -errno;
+
+        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (fstat(fd, &st) < 0) {
+                r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        /* Another file system mounted inside the tree is not ours to empty. */
+        if (dev != 0 && st.st_dev != dev) {
+                safe_close(fd);
+                return -EXDEV;
+        }
+        (void) fchmod(fd, 0700); /* an archive's 0555 directory must not keep us from emptying it */
+        d = fdopendir(fd);
+        if (!d) {
+                r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        for (;;) {
+                struct dirent *de;
+                int k;
+
+                errno = 0;
+                de = readdir(d);
+                if (!de) {
+                        if (errno != 0 && r == 0)
+                                r = -errno;
+                        break;
+                }
+                if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+                        continue;
+                k = rm_rf_dev(dirfd(d), de->d_name, st.st_dev);
+                if (k < 0 && r == 0)
+                        r = k;
+        }
+        if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
+                r = -errno;
+        return r;
+}
+
+int rm_rf_at(int dir_fd, const char *name) {
+        return rm_rf_dev(dir_fd, name, 0);
 }
 
 int rm_rf(const char *path) {
-        if (nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0)
-                return errno == ENOENT ? 0 : -errno;
-        return 0;
+        return rm_rf_at(AT_FDCWD, path);
 }
 
 const char *disk_format_probe(const char *path) {

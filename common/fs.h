@@ -16,8 +16,12 @@ int write_all(int fd, const void *data, size_t size);
 /* mkdir -p with mode for the directories it creates. */
 int mkdir_p(const char *path, mode_t mode);
 
-/* Removes a directory tree without following symlinks or crossing mounts; absent is fine. */
+/* Removes a file or a directory tree through openat/unlinkat, never following a symlink (a symlink is removed,
+ * not what it points at) nor entering another file system mounted inside; read-only directories are made writable
+ * first (an archive's 0555). Absent is fine. Carries on past a failure and returns the first error. */
 int rm_rf(const char *path);
+/* The same for name relative to dir_fd (AT_FDCWD: the working directory). */
+int rm_rf_at(int dir_fd, const char *name);
 
 /* "qcow2" if the file starts with qcow2's magic, else "raw" (also when it cannot be read: QEMU says why). */
 const char *disk_format_probe(const char *path);

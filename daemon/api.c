@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <fcntl.h>
 #include <limits.h>
-#include <grp.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_posix.h>
@@ -28,6 +27,7 @@
 #include "log.h"
 #include "pbcheck.h"
 #include "vm.h"
+#include "worker.h"
 
 #define SHUTDOWN_GRACE_USEC (5ULL * 1000000ULL)
 #define STREAM_QUEUE_MAX 256U
@@ -36,6 +36,7 @@
 typedef struct Api Api;
 typedef struct Call Call;
 typedef struct Tag Tag;
+typedef struct ConsoleRead ConsoleRead;
 
 /* Every operation we give gRPC carries a Tag; the completion-queue thread moves finished tags to the loop. */
 struct Tag {
@@ -83,7 +84,8 @@ struct Call {
         VmOp *op;               /* a Start/Stop/Destroy waiting on the VM */
         Role role;
 
-        Subscription *sub;      /* WatchEvents */
+        Subscription *sub;      /* WatchEvents, ConsoleLog follow */
+        ConsoleRead *console_read; /* ConsoleLog: the stored log, being read by a worker */
         grpc_byte_buffer *queue[STREAM_QUEUE_MAX];
         unsigned q_head, q_len;
         uint64_t dropped;
@@ -153,6 +155,7 @@ struct Api {
 
 static void call_maybe_free(Call *c);
 static void api_maybe_finish(Api *a);
+static void console_read_cancel(Call *c);
 
 /* --- the completion-queue thread --- */
 
@@ -391,6 +394,7 @@ static void stream_push(Call *c, grpc_byte_buffer *bb) {
 
 static void stream_end(Call *c, grpc_status_code code, const char *message) {
         c->sub = subscription_free(c->sub);
+        console_read_cancel(c);
         c->end_pending = true;
         c->end_code = code;
         (void) snprintf(c->end_message, sizeof(c->end_message), "%s", message);
@@ -820,66 +824,128 @@ static void console_push(Call *c, const void *data, size_t size) {
         }
 }
 
-static void on_console_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
-        if (ev->type == HYDRA_EVENT_CONSOLE)
-                console_push(userdata, ev->data, ev->size);
+/* ConsoleLog's stored part: up to KEEP + 1 files of a MiB each, read and packed into stream messages by a worker
+ * thread (not on the loop: issue 10); the loop queues them when it is done. Meanwhile what the guest prints (with
+ * follow) is held back, so that it comes after: the snapshot and the subscription are taken in one loop
+ * iteration, no byte falls between them and none comes twice. */
+#define CONSOLE_READ_MAX ((uint64_t) STREAM_QUEUE_MAX * CONSOLE_CHUNK_MAX) /* what one stream queue holds */
+#define CONSOLE_HELD_MAX (1024U * 1024U)
+
+struct ConsoleRead {
+        Call *call;                     /* borrowed; the loop side only */
+        Worker *worker;
+        ConsoleLogSnapshot *snapshot;   /* the worker's while it runs */
+        grpc_byte_buffer **chunks;      /* filled by the worker */
+        size_t n_chunks, n_allocated;
+        bool follow;
+        char *held;                     /* guest output that arrived meanwhile */
+        size_t n_held;
+};
+
+static ConsoleRead *console_read_free(ConsoleRead *cr) {
+        if (!cr)
+                return NULL;
+        worker_cancel(cr->worker);
+        console_log_snapshot_free(cr->snapshot);
+        for (size_t i = 0; i < cr->n_chunks; i++)
+                if (cr->chunks[i])
+                        grpc_byte_buffer_destroy(cr->chunks[i]);
+        free(cr->chunks);
+        free(cr->held);
+        free(cr);
+        return NULL;
 }
 
-/* Sends the stored log, oldest file first, from the file offset where the last tail_bytes begin. */
-static int console_send_stored(Call *c, const Vm *vm, uint64_t tail_bytes) {
-        _cleanup_free_ char *buf = NULL;
-        char path[PATH_MAX];
-        uint64_t sizes[CONSOLE_LOG_KEEP_DEFAULT + 1] = {}, total = 0, skip;
-        unsigned n = CONSOLE_LOG_KEEP_DEFAULT + 1;
+/* The client went away, or hydrad shuts down: the worker stops between two chunks. */
+static void console_read_cancel(Call *c) {
+        c->console_read = console_read_free(c->console_read);
+}
 
-        buf = malloc(CONSOLE_CHUNK_MAX);
+/* On the worker thread: touches nothing but cr's snapshot and chunks. */
+static int console_read_run(Worker *w, void *userdata) {
+        ConsoleRead *cr = userdata;
+        Hydra__V1__ConsoleChunk chunk = HYDRA__V1__CONSOLE_CHUNK__INIT;
+        _cleanup_free_ uint8_t *buf = malloc(CONSOLE_CHUNK_MAX);
+        size_t k, n;
+
         if (!buf)
                 return -ENOMEM;
-        /* index 0: console.log.KEEP (oldest) ... index KEEP: console.log */
-        for (unsigned i = 0; i < n; i++) {
-                struct stat st;
-                unsigned gen = n - 1 - i;
-
-                if (gen > 0)
-                        (void) snprintf(path, sizeof(path), "%s.%u", vm_console_log(vm), gen);
-                else
-                        (void) snprintf(path, sizeof(path), "%s", vm_console_log(vm));
-                if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
-                        sizes[i] = (uint64_t) st.st_size;
-                total += sizes[i];
-        }
-        skip = tail_bytes > 0 && tail_bytes < total ? total - tail_bytes : 0;
-        for (unsigned i = 0; i < n; i++) {
-                _cleanup_close_ int fd = -EBADF;
-                unsigned gen = n - 1 - i;
-                off_t off;
-                ssize_t k;
-
-                if (skip >= sizes[i]) {
-                        skip -= sizes[i];
-                        continue;
+        for (;;) {
+                /* Full chunks across file boundaries: CONSOLE_READ_MAX bytes fit the stream's queue. */
+                for (n = 0; n < CONSOLE_CHUNK_MAX; n += k) {
+                        k = console_log_snapshot_read(cr->snapshot, buf + n, CONSOLE_CHUNK_MAX - n);
+                        if (k == 0)
+                                break;
                 }
-                if (gen > 0)
-                        (void) snprintf(path, sizeof(path), "%s.%u", vm_console_log(vm), gen);
-                else
-                        (void) snprintf(path, sizeof(path), "%s", vm_console_log(vm));
-                fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-                if (fd < 0)
-                        continue; /* rotated away meanwhile, or never there */
-                off = (off_t) skip;
-                skip = 0;
-                while ((k = pread(fd, buf, CONSOLE_CHUNK_MAX, off)) > 0) {
-                        console_push(c, buf, (size_t) k);
-                        off += k;
+                if (n == 0)
+                        break;
+                if (worker_cancelled(w))
+                        return -ECANCELED;
+                if (cr->n_chunks == cr->n_allocated) {
+                        size_t m = cr->n_allocated ? 2 * cr->n_allocated : 16;
+                        grpc_byte_buffer **a = reallocarray(cr->chunks, m, sizeof(*a));
+
+                        if (!a)
+                                return -ENOMEM;
+                        cr->chunks = a;
+                        cr->n_allocated = m;
                 }
+                chunk.data.data = buf;
+                chunk.data.len = n;
+                cr->chunks[cr->n_chunks++] = pack_message(&chunk.base);
         }
         return 0;
+}
+
+static void on_console_read(Worker *w, int r, void *userdata) {
+        ConsoleRead *cr = userdata;
+        Call *c = cr->call;
+
+        cr->worker = NULL; /* freed when we return */
+        c->console_read = NULL;
+        if (r < 0) {
+                console_read_free(cr);
+                return stream_end(c, status_from_errno(r), "cannot read the console log");
+        }
+        for (size_t i = 0; i < cr->n_chunks; i++)
+                stream_push(c, TAKE_PTR(cr->chunks[i]));
+        if (cr->n_held > 0)
+                console_push(c, cr->held, cr->n_held);
+        if (!cr->follow)
+                stream_end(c, GRPC_STATUS_OK, "");
+        console_read_free(cr);
+}
+
+static void on_console_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
+        Call *c = userdata;
+        ConsoleRead *cr = c->console_read;
+
+        if (ev->type != HYDRA_EVENT_CONSOLE)
+                return;
+        if (!cr)
+                return console_push(c, ev->data, ev->size);
+        /* The stored log is still being read: this comes after it. Bounded like the stream's queue. */
+        if (cr->n_held + ev->size > CONSOLE_HELD_MAX) {
+                c->dropped++;
+                return;
+        }
+        if (!cr->held) {
+                cr->held = malloc(CONSOLE_HELD_MAX);
+                if (!cr->held) {
+                        c->dropped++;
+                        return;
+                }
+        }
+        memcpy(cr->held + cr->n_held, ev->data, ev->size);
+        cr->n_held += ev->size;
 }
 
 static void handle_console_log(Call *c, const uint8_t *data, size_t size) {
         Hydra__V1__ConsoleLogRequest *req = DECODE(c, Hydra__V1__ConsoleLogRequest, hydra__v1__console_log_request,
                                                    data, size);
+        _cleanup_(console_log_snapshot_freep) ConsoleLogSnapshot *snapshot = NULL;
         grpc_op op = {};
+        ConsoleRead *cr;
         Vm *vm;
         int r;
 
@@ -892,19 +958,39 @@ static void handle_console_log(Call *c, const uint8_t *data, size_t size) {
         c->metadata_sent = true;
         (void) call_start_batch(c, &op, 1);
 
-        /* The stored log and the subscription in the same loop iteration: no byte falls between them. */
-        r = console_send_stored(c, vm, req->tail_bytes);
+        /* The snapshot of the stored log and the subscription in the same loop iteration. */
+        r = console_log_snapshot(vm_console_log(vm), CONSOLE_LOG_KEEP_DEFAULT, req->tail_bytes, CONSOLE_READ_MAX,
+                                 &snapshot);
         if (r < 0) {
                 stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
                 goto out;
         }
-        if (!req->follow) {
-                stream_end(c, GRPC_STATUS_OK, "");
+        if (req->follow) {
+                r = manager_subscribe(c->api->manager, (int) vm_role(vm), on_console_event, c, &c->sub);
+                if (r < 0) {
+                        stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                        goto out;
+                }
+        }
+        if (console_log_snapshot_size(snapshot) == 0) {
+                if (!req->follow)
+                        stream_end(c, GRPC_STATUS_OK, "");
                 goto out;
         }
-        r = manager_subscribe(c->api->manager, (int) vm_role(vm), on_console_event, c, &c->sub);
-        if (r < 0)
+
+        cr = calloc(1, sizeof(*cr));
+        if (!cr) {
                 stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+                goto out;
+        }
+        *cr = (ConsoleRead) { .call = c, .snapshot = TAKE_PTR(snapshot), .follow = req->follow };
+        r = worker_start(c->api->event, "console-log", console_read_run, NULL, on_console_read, cr, &cr->worker);
+        if (r < 0) {
+                console_read_free(cr);
+                stream_end(c, status_from_errno(r), "cannot start a thread to read the console log");
+                goto out;
+        }
+        c->console_read = cr;
 out:
         hydra__v1__console_log_request__free_unpacked(req, NULL);
 }
@@ -945,6 +1031,7 @@ static const Method methods[] = {
 static void call_drop_waits(Call *c) {
         c->op = vm_op_cancel(c->op);
         c->sub = subscription_free(c->sub);
+        console_read_cancel(c);
         while (c->q_len > 0) {
                 grpc_byte_buffer_destroy(c->queue[c->q_head]);
                 c->queue[c->q_head] = NULL;
@@ -982,6 +1069,7 @@ static void on_send_done(Tag *t, bool ok) {
         if (!ok && c->method && c->method->streaming && !c->status_sent) {
                 /* The client is gone: stop producing; the close tag frees us. */
                 c->sub = subscription_free(c->sub);
+                console_read_cancel(c);
         } else if (c->method && c->method->streaming)
                 stream_pump(c);
         call_maybe_free(c);
@@ -996,6 +1084,7 @@ static void on_close_done(Tag *t, bool ok) {
         /* Whatever was waiting has lost its listener; the VM carries on. */
         c->op = vm_op_cancel(c->op);
         c->sub = subscription_free(c->sub);
+        console_read_cancel(c);
         call_maybe_free(c);
 }
 
@@ -1307,7 +1396,6 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
         a->manager = m;
         a->config = config;
         a->wake_fd = a->listen_fd = a->lock_fd = -EBADF;
-        a->socket_gid = (gid_t) -1;
         pthread_mutex_init(&a->lock, NULL);
         a->shutdown_tag.fn = NULL;
 
@@ -1316,14 +1404,7 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
                 r = hydra_error_set(err, -ENOMEM, "out of memory");
                 goto fail;
         }
-        if (config->socket_group) {
-                struct group *g = getgrnam(config->socket_group);
-                if (!g) {
-                        r = hydra_error_set(err, -ENOENT, "socket_group: group '%s' does not exist", config->socket_group);
-                        goto fail;
-                }
-                a->socket_gid = g->gr_gid;
-        }
+        a->socket_gid = config->socket_gid; /* resolved once at start-up (config_finish) */
 
         r = socket_take(a, err);
         if (r < 0)

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <grp.h>
 #include <ini.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +21,7 @@ void config_init(HydraConfig *c) {
                 .qmp_timeout_usec = 5ULL * 1000000ULL,
                 .api_max_connections = 128,
                 .api_idle_timeout_usec = 300ULL * 1000000ULL,
+                .socket_gid = (gid_t) -1,
         };
 }
 
@@ -151,14 +153,37 @@ int config_load_file(HydraConfig *c, const char *path, HydraError *err) {
         return 0;
 }
 
-int config_finish(HydraConfig *c) {
+static int resolve_group(const char *name, gid_t *ret, HydraError *err) {
+        struct group *g;
+
+        errno = 0;
+        g = getgrnam(name);
+        if (!g) {
+                if (errno != 0 && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
+                        return hydra_error_set(err, -errno, "socket_group: cannot look up group '%s': %s", name,
+                                               strerror(errno));
+                return hydra_error_set(err, -ENOENT, "socket_group: group '%s' does not exist", name);
+        }
+        *ret = g->gr_gid;
+        return 0;
+}
+
+int config_finish(HydraConfig *c, HydraError *err) {
+        int r;
+
         if (!c->state_dir && set_string(&c->state_dir, "/var/lib/hydra") < 0)
-                return -ENOMEM;
+                return hydra_error_set(err, -ENOMEM, "out of memory");
         if (!c->run_dir && set_string(&c->run_dir, "/run/hydra") < 0)
-                return -ENOMEM;
+                return hydra_error_set(err, -ENOMEM, "out of memory");
         if (!c->socket_path && asprintf(&c->socket_path, "%s/hydra.sock", c->run_dir) < 0) {
                 c->socket_path = NULL;
-                return -ENOMEM;
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        c->socket_gid = (gid_t) -1;
+        if (c->socket_group) {
+                r = resolve_group(c->socket_group, &c->socket_gid, err);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }

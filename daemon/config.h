@@ -3,6 +3,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "error.h"
 
@@ -20,6 +21,7 @@ typedef struct HydraConfig {
         char *run_dir;              /* default /run/hydra */
         char *socket_path;          /* default RUN_DIR/hydra.sock */
         char *socket_group;         /* group owning the API socket (mode 0660); NULL: the daemon's */
+        gid_t socket_gid;           /* socket_group's, resolved once by config_finish; (gid_t) -1: none */
         int log_level;              /* syslog level */
         OnExit on_exit;
         uint64_t stop_timeout_usec; /* graceful stop default (StopVm timeout 0, on-exit=stop) */
@@ -42,5 +44,6 @@ int config_load_file(HydraConfig *c, const char *path, HydraError *err);
 /* Sets one key ("state_dir", "log_level", ...) from a string, as the file and the flags do. */
 int config_set(HydraConfig *c, const char *key, const char *value, HydraError *err);
 
-/* Fills what depends on other values (socket_path from run_dir). */
-int config_finish(HydraConfig *c);
+/* Fills what depends on other values (socket_path from run_dir) and resolves socket_group to socket_gid, once:
+ * NSS may block (LDAP, sssd), so the loop never asks it. An unknown group is an error (err names it). */
+int config_finish(HydraConfig *c, HydraError *err);

@@ -748,3 +748,93 @@ Console *console_free(Console *c) {
         console_unref(c);
         return NULL;
 }
+
+/* --- the stored log, for readers --- */
+
+struct ConsoleLogSnapshot {
+        size_t n, i;             /* files, the one being read */
+        struct {
+                int fd;
+                uint64_t offset, end;
+        } files[];
+};
+
+int console_log_snapshot(const char *log_path, unsigned keep, uint64_t tail_bytes, uint64_t max_bytes,
+                         ConsoleLogSnapshot **ret) {
+        _cleanup_(console_log_snapshot_freep) ConsoleLogSnapshot *s = NULL;
+        uint64_t total = 0, skip, limit;
+
+        s = calloc(1, sizeof(*s) + ((size_t) keep + 1) * sizeof(s->files[0]));
+        if (!s)
+                return -ENOMEM;
+        s->n = (size_t) keep + 1;
+        for (size_t i = 0; i < s->n; i++)
+                s->files[i].fd = -EBADF;
+
+        /* index 0: console.log.KEEP (oldest) ... index KEEP: console.log */
+        for (size_t i = 0; i < s->n; i++) {
+                _cleanup_close_ int fd = -EBADF;
+                _cleanup_free_ char *path = NULL;
+                unsigned gen = keep - (unsigned) i;
+                struct stat st;
+
+                if (gen > 0 ? asprintf(&path, "%s.%u", log_path, gen) < 0 : !(path = strdup(log_path)))
+                        return -ENOMEM;
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+                if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                        continue; /* never there, rotated away, or not a log */
+                s->files[i].fd = TAKE_FD(fd);
+                s->files[i].end = (uint64_t) st.st_size;
+                total += (uint64_t) st.st_size;
+        }
+
+        limit = tail_bytes > 0 ? tail_bytes : total;
+        if (max_bytes > 0 && limit > max_bytes)
+                limit = max_bytes;
+        skip = limit < total ? total - limit : 0;
+        for (size_t i = 0; i < s->n; i++) {
+                uint64_t size = s->files[i].end;
+
+                s->files[i].offset = skip < size ? skip : size;
+                skip -= s->files[i].offset;
+        }
+
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+uint64_t console_log_snapshot_size(const ConsoleLogSnapshot *s) {
+        uint64_t n = 0;
+
+        for (size_t i = 0; i < s->n; i++)
+                n += s->files[i].end - s->files[i].offset;
+        return n;
+}
+
+size_t console_log_snapshot_read(ConsoleLogSnapshot *s, void *buf, size_t size) {
+        for (; s->i < s->n; s->i++) {
+                uint64_t left = s->files[s->i].end - s->files[s->i].offset;
+                ssize_t k;
+
+                if (s->files[s->i].fd < 0 || left == 0)
+                        continue;
+                do
+                        k = pread(s->files[s->i].fd, buf, left < size ? (size_t) left : size,
+                                  (off_t) s->files[s->i].offset);
+                while (k < 0 && errno == EINTR);
+                if (k <= 0)
+                        continue; /* unreadable or truncated: the rest of this file is gone */
+                s->files[s->i].offset += (uint64_t) k;
+                return (size_t) k;
+        }
+        return 0;
+}
+
+ConsoleLogSnapshot *console_log_snapshot_free(ConsoleLogSnapshot *s) {
+        if (!s)
+                return NULL;
+        for (size_t i = 0; i < s->n; i++)
+                safe_close(s->files[i].fd);
+        free(s);
+        return NULL;
+}

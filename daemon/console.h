@@ -58,3 +58,22 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Console *, console_free);
 
 bool console_is_connected(const Console *c);
 unsigned console_get_n_clients(const Console *c);
+
+/* The stored log, for a reader (ConsoleLog). console_log_snapshot() opens console.log.KEEP ... console.log
+ * (oldest first) and notes their sizes: on the loop, in the same iteration as the reader subscribes to what
+ * follows, so that no byte falls between the two and none comes twice. It holds the files open: a rotation
+ * meanwhile does not disturb it. Reading it can be slow (KEEP + 1 files of log_max_bytes): do it off the loop,
+ * from one thread at a time. */
+typedef struct ConsoleLogSnapshot ConsoleLogSnapshot;
+
+/* Keeps the last tail_bytes (0: all), and never more than the last max_bytes (0: no limit). A missing file, or one
+ * that is not a regular file, counts as empty. Opening never blocks on a FIFO. Returns 0 or -ENOMEM. */
+int console_log_snapshot(const char *log_path, unsigned keep, uint64_t tail_bytes, uint64_t max_bytes,
+                         ConsoleLogSnapshot **ret);
+/* The bytes the snapshot will deliver, at most. */
+uint64_t console_log_snapshot_size(const ConsoleLogSnapshot *s);
+/* Reads the next bytes, at most size and never across two files. Returns the count, or 0 at the end. A file that
+ * fails to read, or shrank (truncated), ends early: what it held is gone. */
+size_t console_log_snapshot_read(ConsoleLogSnapshot *s, void *buf, size_t size);
+ConsoleLogSnapshot *console_log_snapshot_free(ConsoleLogSnapshot *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(ConsoleLogSnapshot *, console_log_snapshot_free);

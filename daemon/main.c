@@ -157,9 +157,10 @@ int main(int argc, char *argv[]) {
                 config_done(&d.config);
                 return r < 0 ? 2 : 0;
         }
-        if (config_finish(&d.config) < 0) {
-                fprintf(stderr, "hydrad: out of memory\n");
-                return 1;
+        if (config_finish(&d.config, &err) < 0) {
+                fprintf(stderr, "hydrad: %s\n", err.message);
+                config_done(&d.config);
+                return 2;
         }
         log_set_max_level(d.config.log_level);
 

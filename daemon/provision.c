@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -17,6 +18,7 @@
 #include "store.h"
 #include "unpack.h"
 #include "url.h"
+#include "worker.h"
 
 #define GIB (UINT64_C(1024) * 1024 * 1024)
 #define MIB (UINT64_C(1024) * 1024)
@@ -35,6 +37,25 @@ typedef enum Step {
         STEP_DONE,
 } Step;
 
+/* The small records a preparation keeps (image.source, artifact.source, the cloud-init files, seed.digest,
+ * disk.identity) are fsync'd: written in order on a worker thread, not on the loop (issue 10). The step that
+ * follows starts from the job's completion, so a record is durable before the step it records. */
+#define RECORDS_MAX 1U /* one per step today */
+
+typedef struct Record {
+        char *dir, *name, *data;
+        mode_t mode;
+} Record;
+
+typedef struct RecordJob {
+        Record records[RECORDS_MAX];
+        size_t n;
+        HydraError error;          /* the job's own: the loop reads it after the thread is done */
+        Provision *provision;      /* borrowed; for the loop side only */
+} RecordJob;
+
+typedef struct SeedJob SeedJob;
+
 struct Provision {
         ProvisionContext ctx;      /* strings owned below */
         char *name, *state_dir, *cache_dir;
@@ -47,6 +68,10 @@ struct Provision {
         Fetch *fetch;
         Unpack *unpack;
         Child *child;
+        Worker *worker;            /* writing the records below, or preparing the seed's files */
+        RecordJob *records;
+        SeedJob *seed_job;
+        void (*after_records)(Provision *p);
         sd_event_source *defer;
 
         char *image_base;          /* the base the disk is made from */
@@ -61,6 +86,18 @@ struct Provision {
 };
 
 static void step_next(Provision *p);
+
+static RecordJob *record_job_free(RecordJob *j) {
+        if (!j)
+                return NULL;
+        for (size_t i = 0; i < j->n; i++) {
+                free(j->records[i].dir);
+                free(j->records[i].name);
+                free(j->records[i].data);
+        }
+        free(j);
+        return NULL;
+}
 
 const char *provision_debian_arch(Arch arch) {
         return arch == ARCH_AARCH64 ? "arm64" : "amd64";
@@ -87,6 +124,9 @@ static Provision *provision_free(Provision *p) {
                 unpack_cancel(p->unpack);
         if (p->child)
                 child_cancel(p->child);
+        worker_cancel(p->worker);  /* waits for the record being written */
+        record_job_free(p->records);
+        free(p->seed_job);
         sd_event_source_disable_unref(p->defer);
         vm_spec_done(&p->spec);
         provision_output_done(&p->out);
@@ -154,6 +194,79 @@ static char *path_join(const char *a, const char *b) {
         return asprintf(&s, "%s/%s", a, b) < 0 ? NULL : s;
 }
 
+/* Queues dir/name = data for records_write(). Returns 0 or -ENOMEM (err). */
+static int record_add(Provision *p, const char *dir, const char *name, const char *data, mode_t mode,
+                      HydraError *err) {
+        Record *rec;
+
+        if (!p->records) {
+                p->records = calloc(1, sizeof(*p->records));
+                if (!p->records)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        assert(p->records->n < RECORDS_MAX);
+        rec = &p->records->records[p->records->n];
+        *rec = (Record) { .dir = strdup(dir), .name = strdup(name), .data = strdup(data), .mode = mode };
+        p->records->n++;
+        if (!rec->dir || !rec->name || !rec->data)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* On the worker thread: touches nothing but the job. */
+static int records_run(Worker *w, void *userdata) {
+        RecordJob *j = userdata;
+        int r;
+
+        for (size_t i = 0; i < j->n; i++) {
+                if (worker_cancelled(w))
+                        return -ECANCELED;
+                r = store_write_atomic(j->records[i].dir, j->records[i].name, j->records[i].data,
+                                       strlen(j->records[i].data), j->records[i].mode, &j->error);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static void on_records_written(Worker *w, int r, void *userdata) {
+        RecordJob *j = userdata;
+        Provision *p = j->provision;
+        HydraError e = j->error;
+
+        p->worker = NULL;
+        p->records = record_job_free(p->records);
+        if (r < 0)
+                return provision_fail(p, &e);
+        p->after_records(p);
+}
+
+/* Writes the queued records on a worker; after(p) runs on the loop once they are all durable. Returns 0, or
+ * -errno with err set. */
+static int records_write(Provision *p, void (*after)(Provision *p), HydraError *err) {
+        int r;
+
+        assert(p->records && !p->worker);
+        hydra_error_clear(&p->records->error);
+        p->records->provision = p;
+        p->after_records = after;
+        r = worker_start(p->ctx.event, "provision-records", records_run, NULL, on_records_written, p->records,
+                         &p->worker);
+        if (r < 0)
+                return hydra_error_set(err, r, "start a thread to write the preparation's records: %s",
+                                       strerror(-r));
+        return 0;
+}
+
+/* The same from a completion callback: a failure ends the preparation. */
+static void records_write_or_fail(Provision *p, void (*after)(Provision *p)) {
+        HydraError e;
+
+        hydra_error_clear(&e);
+        if (records_write(p, after, &e) < 0)
+                provision_fail(p, &e);
+}
+
 static int sha256_hex(const void *data, size_t size, char ret[static 65]) {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned n = 0;
@@ -213,6 +326,12 @@ static int set_progress_what(Provision *p, const char *url) {
         return p->progress_what ? 0 : -ENOMEM;
 }
 
+static void after_image_source(Provision *p) {
+        p->base_format = disk_format_probe(p->image_base);
+        p->step = STEP_ARTIFACT_FETCH;
+        step_next(p);
+}
+
 static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *userdata) {
         Provision *p = userdata;
         _cleanup_free_ char *entry = NULL;
@@ -229,12 +348,10 @@ static void on_image_unpacked(Unpack *u, int r, const HydraError *err, void *use
         hydra_error_clear(&e);
         if (!entry)
                 return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
-        r = store_write_atomic(entry, "image.source", p->base_identity, strlen(p->base_identity), 0600, &e);
+        r = record_add(p, entry, "image.source", p->base_identity, 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->base_format = disk_format_probe(p->image_base);
-        p->step = STEP_ARTIFACT_FETCH;
-        step_next(p);
+        records_write_or_fail(p, after_image_source);
 }
 
 static void on_unpack_progress(Unpack *u, uint64_t in_bytes, uint64_t in_total, void *userdata) {
@@ -310,6 +427,11 @@ static int start_fetch(Provision *p, const Source *src, fetch_done_t done, Hydra
 
 /* --- the bare-kernel artifact --- */
 
+static void after_artifact_source(Provision *p) {
+        p->step = STEP_LOCATE;
+        step_next(p);
+}
+
 static void on_artifact_unpacked(Unpack *u, int r, const HydraError *err, void *userdata) {
         Provision *p = userdata;
         HydraError e;
@@ -320,12 +442,10 @@ static void on_artifact_unpacked(Unpack *u, int r, const HydraError *err, void *
                 (void) hydra_error_set(&e, r, "unpack %s: %s", p->progress_what, err ? err->message : strerror(-r));
                 return provision_fail(p, &e);
         }
-        r = store_write_atomic(p->state_dir, "artifact.source", p->artifact_digest, strlen(p->artifact_digest),
-                               0644, &e);
+        r = record_add(p, p->state_dir, "artifact.source", p->artifact_digest, 0644, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->step = STEP_LOCATE;
-        step_next(p);
+        records_write_or_fail(p, after_artifact_source);
 }
 
 static void on_artifact_fetched(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata) {
@@ -522,13 +642,13 @@ static void tool_blobs_done(ToolBlobs *t) {
 
 #define TOOL_MAX_SIZE (256U * 1024U * 1024U)
 
-static int load_tool_blobs(Provision *p, ToolBlobs *t, HydraError *err) {
+static int load_tool_blobs(const VmSpec *spec, const char *artifact_dir, ToolBlobs *t, HydraError *err) {
         _cleanup_free_ char *dir = NULL;
         int r;
 
-        if (!p->spec.bare.encrypted_tools || !p->artifact_dir)
+        if (!spec->bare.encrypted_tools || !artifact_dir)
                 return 0;
-        r = tools_dir(&p->spec, p->artifact_dir, &dir);
+        r = tools_dir(spec, artifact_dir, &dir);
         if (r < 0)
                 return hydra_error_set(err, r, "out of memory");
         for (size_t i = 0; i < ELEMENTSOF(encrypted_tools); i++) {
@@ -602,6 +722,11 @@ static int commit_part(const ChildResult *res, const char *what, const char *des
         return 0;
 }
 
+static void after_seed_digest(Provision *p) {
+        p->step = STEP_DISK;
+        step_next(p);
+}
+
 static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
         Provision *p = userdata;
         HydraError e;
@@ -612,67 +737,132 @@ static void on_iso_built(Child *c, const ChildResult *res, void *userdata) {
         r = commit_part(res, "genisoimage (building the cloud-init seed)", p->out.seed_path, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        r = store_write_atomic(p->state_dir, "seed.digest", p->seed_digest, strlen(p->seed_digest), 0600, &e);
+        r = record_add(p, p->state_dir, "seed.digest", p->seed_digest, 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->step = STEP_DISK;
-        step_next(p);
+        records_write_or_fail(p, after_seed_digest);
 }
 
-static int step_seed(Provision *p, HydraError *err) {
+/* The seed's files are a worker's job from start to end: the encrypted-container tools are binaries of tens of
+ * MiB, read and base64'd into user-data, and the files are fsync'd (issue 10). The job reads the spec and the
+ * paths of its Provision, which stay as they are while it runs, and writes only its own fields. */
+struct SeedJob {
+        const VmSpec *spec;        /* borrowed */
+        const char *artifact_dir;  /* borrowed */
+        const char *state_dir;     /* borrowed */
+        const char *seed_path;     /* borrowed */
+        char digest[65];
+        bool unchanged;            /* seed.iso was built from these very files: nothing was written */
+        HydraError error;
+        Provision *provision;      /* borrowed; for the loop side only */
+};
+
+/* On the worker thread. */
+static int seed_run(Worker *w, void *userdata) {
         _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
         _cleanup_(tool_blobs_done) ToolBlobs tools = {};
-        _cleanup_free_ char *dir = NULL, *tmp = NULL, *old = NULL, *iso_part = NULL;
-        char digest[65];
+        _cleanup_free_ char *dir = NULL, *old = NULL;
+        SeedJob *j = userdata;
         int r;
 
-        p->out.seed_path = path_join(p->state_dir, "seed.iso");
-        dir = path_join(p->state_dir, "cloud-init");
-        iso_part = path_join(p->state_dir, "seed.iso.part");
-        if (!p->out.seed_path || !dir || !iso_part)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
-
-        r = load_tool_blobs(p, &tools, err);
+        r = load_tool_blobs(j->spec, j->artifact_dir, &tools, &j->error);
         if (r < 0)
                 return r;
-        r = render_seed(&p->spec, &tools, &files, err);
+        r = render_seed(j->spec, &tools, &files, &j->error);
         if (r < 0)
                 return r;
-        r = seed_digest(&files, digest);
+        r = seed_digest(&files, j->digest);
         if (r < 0)
-                return hydra_error_set(err, r, "hash the cloud-init files: %s", strerror(-r));
-        p->seed_digest = strdup(digest);
-        if (!p->seed_digest)
-                return hydra_error_set(err, -ENOMEM, "out of memory");
+                return hydra_error_set(&j->error, r, "hash the cloud-init files: %s", strerror(-r));
 
-        old = read_small(p->state_dir, "seed.digest");
-        if (old && streq(old, digest) && is_file(p->out.seed_path)) {
-                log_vm_debug(p->name, "VM '%s': cloud-init seed unchanged", p->name);
-                p->step = STEP_DISK;
-                step_next(p);
+        old = read_small(j->state_dir, "seed.digest");
+        if (old && streq(old, j->digest) && is_file(j->seed_path)) {
+                j->unchanged = true;
                 return 0;
         }
 
-        /* The files the ISO is made of, written in full before the ISO is built (store_write_atomic). */
-        (void) store_remove(p->state_dir, "seed.digest");
+        /* The files the ISO is made of, durable before the ISO is built. */
+        (void) store_remove(j->state_dir, "seed.digest");
+        dir = path_join(j->state_dir, "cloud-init");
+        if (!dir)
+                return hydra_error_set(&j->error, -ENOMEM, "out of memory");
         r = mkdir_p(dir, 0700);
         if (r < 0)
-                return hydra_error_set(err, r, "create '%s': %s", dir, strerror(-r));
+                return hydra_error_set(&j->error, r, "create '%s': %s", dir, strerror(-r));
         for (size_t i = 0; i < ELEMENTSOF(seed_names); i++) {
+                if (worker_cancelled(w))
+                        return -ECANCELED;
                 r = store_write_atomic(dir, seed_names[i], seed_file(&files, i), strlen(seed_file(&files, i)), 0600,
-                                       err);
+                                       &j->error);
                 if (r < 0)
                         return r;
         }
+        return 0;
+}
 
+static void build_iso(Provision *p);
+
+static void on_seed_ready(Worker *w, int r, void *userdata) {
+        SeedJob *j = userdata;
+        Provision *p = j->provision;
+        HydraError e = j->error;
+        bool unchanged = j->unchanged;
+
+        p->worker = NULL;
+        if (r >= 0) {
+                p->seed_digest = strdup(j->digest);
+                if (!p->seed_digest)
+                        r = hydra_error_set(&e, -ENOMEM, "out of memory");
+        }
+        p->seed_job = mfree(p->seed_job);
+        if (r < 0)
+                return provision_fail(p, &e);
+        if (unchanged) {
+                log_vm_debug(p->name, "VM '%s': cloud-init seed unchanged", p->name);
+                p->step = STEP_DISK;
+                return step_next(p);
+        }
         emit_progress(p, "seed", p->out.seed_path, 0, 0, 0);
+        build_iso(p);
+}
+
+static int step_seed(Provision *p, HydraError *err) {
+        SeedJob *j;
+        int r;
+
+        p->out.seed_path = path_join(p->state_dir, "seed.iso");
+        j = calloc(1, sizeof(*j));
+        if (!p->out.seed_path || !j) {
+                free(j);
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        *j = (SeedJob) { .spec = &p->spec, .artifact_dir = p->artifact_dir, .state_dir = p->state_dir,
+                         .seed_path = p->out.seed_path, .provision = p };
+        hydra_error_clear(&j->error);
+        p->seed_job = j;
+        r = worker_start(p->ctx.event, "provision-seed", seed_run, NULL, on_seed_ready, j, &p->worker);
+        if (r < 0)
+                return hydra_error_set(err, r, "start a thread to prepare the cloud-init seed: %s", strerror(-r));
+        return 0;
+}
+
+/* The cloud-init files are durable: genisoimage makes the ISO of them. */
+static void build_iso(Provision *p) {
+        _cleanup_free_ char *dir = path_join(p->state_dir, "cloud-init"),
+                            *iso_part = path_join(p->state_dir, "seed.iso.part");
+        HydraError e;
+
+        hydra_error_clear(&e);
+        if (!dir || !iso_part)
+                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
         char *argv[] = {
                 (char *) "genisoimage", (char *) "-quiet", (char *) "-output", iso_part, (char *) "-volid",
                 (char *) "cidata", (char *) "-joliet", (char *) "-rock", (char *) "-input-charset", (char *) "utf-8",
                 dir, NULL,
         };
         (void) unlink(iso_part);
-        return child_run(p->ctx.event, argv, on_iso_built, p, &p->child, err);
+        if (child_run(p->ctx.event, argv, on_iso_built, p, &p->child, &e) < 0)
+                provision_fail(p, &e);
 }
 
 /* --- the disk --- */
@@ -684,6 +874,11 @@ static int disk_identity(Provision *p, char ret[static 65]) {
                      p->spec.keep_pristine) < 0)
                 return -ENOMEM;
         return sha256_hex(s, strlen(s), ret);
+}
+
+static void after_disk_identity(Provision *p) {
+        p->step = STEP_GROW;
+        step_next(p);
 }
 
 static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
@@ -701,11 +896,10 @@ static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
         r = disk_identity(p, identity);
         if (r < 0)
                 return provision_fail(p, &(HydraError) { .code = r, .message = "hash the disk identity" });
-        r = store_write_atomic(p->state_dir, "disk.identity", identity, strlen(identity), 0600, &e);
+        r = record_add(p, p->state_dir, "disk.identity", identity, 0600, &e);
         if (r < 0)
                 return provision_fail(p, &e);
-        p->step = STEP_GROW;
-        step_next(p);
+        records_write_or_fail(p, after_disk_identity);
 }
 
 static int step_disk(Provision *p, HydraError *err) {
@@ -733,12 +927,10 @@ static int step_disk(Provision *p, HydraError *err) {
                 if (p->spec.reuse_disk_on_change) {
                         emit_notice(p, "guest configuration changed; disk kept as is (reuse_disk_on_change): the "
                                        "changes reach the guest only through a fresh disk");
-                        r = store_write_atomic(p->state_dir, "disk.identity", identity, strlen(identity), 0600, err);
+                        r = record_add(p, p->state_dir, "disk.identity", identity, 0600, err);
                         if (r < 0)
                                 return r;
-                        p->step = STEP_GROW;
-                        step_next(p);
-                        return 0;
+                        return records_write(p, after_disk_identity, err);
                 }
                 emit_notice(p, "disk reset to pristine: %s changed since the disk was made",
                             old ? "the guest configuration or the base image" : "the record of what it was made from");

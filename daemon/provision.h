@@ -12,9 +12,10 @@
 
 /* Everything start-vm.sh does before it execs QEMU, as a chain of asynchronous steps on the loop: fetch the
  * cloud image or the bare-kernel artifact (fetch.c), unpack it (unpack.c, on a worker thread), render the
- * cloud-init seed (cloudinit.c) and build its ISO (genisoimage, a child), make the VM's disk from the base
- * (qemu-img create/convert, a child), grow it (qemu-img info + resize), copy the firmware variable store, size
- * the shared-memory file. One step runs at a time; provision_cancel() stops the one in flight.
+ * cloud-init seed (cloudinit.c, on a worker thread) and build its ISO (genisoimage, a child), make the VM's disk
+ * from the base (qemu-img create/convert, a child), grow it (qemu-img info + resize), copy the firmware variable
+ * store, size the shared-memory file. The fsync'd records below are written on a worker thread too, each durable
+ * before the step that follows it starts. One step runs at a time; provision_cancel() stops the one in flight.
  *
  * Files, per VM (STATE = the VM's state dir):
  *     STATE/disk.qcow2 + disk.identity   the VM's disk, and what it was made from (base + guest configuration)

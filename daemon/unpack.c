@@ -150,48 +150,6 @@ static int pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t offset) {
         return 0;
 }
 
-/* Removes a file or a tree; never follows a symlink. Returns 0 if it is gone (or never was), else the first
- * error. */
-static int rm_rf_at(int dir_fd, const char *name) {
-        _cleanup_(closedirp) DIR *d = NULL;
-        int fd, r = 0;
-
-        if (unlinkat(dir_fd, name, 0) >= 0 || errno == ENOENT)
-                return 0;
-        if (errno != EISDIR && errno != EPERM)
-                return -errno;
-
-        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        (void) fchmod(fd, 0700); /* an archive's 0555 directory must not keep us from emptying it */
-        d = fdopendir(fd);
-        if (!d) {
-                safe_close(fd);
-                return -errno;
-        }
-        for (;;) {
-                struct dirent *de;
-                int k;
-
-                errno = 0;
-                de = readdir(d);
-                if (!de) {
-                        if (errno != 0 && r == 0)
-                                r = -errno;
-                        break;
-                }
-                if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-                        continue;
-                k = rm_rf_at(dirfd(d), de->d_name);
-                if (k < 0 && r == 0)
-                        r = k;
-        }
-        if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
-                r = -errno;
-        return r;
-}
-
 /* Keeps the dirty part of the output bounded: start writeback of each window as it fills, and wait for the
  * window before it (write-behind). Best effort: fsync() at the end reports what matters. */
 typedef struct Writeback {

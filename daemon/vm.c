@@ -2,7 +2,6 @@
 /* The Vm object: its ops (API calls waiting for a state), the restart policy, the preparation, the executor of the
  * state table, and the operations the API calls. QEMU itself is in vm_qemu.c, the records in vm_records.c. */
 #include <fcntl.h>
-#include <grp.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1027,16 +1026,6 @@ static const VmServicesCallbacks services_callbacks = {
         .console_data = on_services_console_data,
 };
 
-/* The group of the sockets people use (console, CRI), looked up once. */
-static gid_t socket_gid(const HydraConfig *cfg) {
-        struct group *g;
-
-        if (!cfg->socket_group)
-                return (gid_t) -1;
-        g = getgrnam(cfg->socket_group);
-        return g ? g->gr_gid : (gid_t) -1;
-}
-
 /* --- object --- */
 
 int vm_new(const VmContext *ctx, Role role, Vm **ret) {
@@ -1072,7 +1061,7 @@ int vm_new(const VmContext *ctx, Role role, Vm **ret) {
                 .console_log_path = vm->console_path,
                 .console_sock_path = vm->console_sock_path,
                 .cri_path = vm->cri_path,
-                .socket_gid = socket_gid(cfg),
+                .socket_gid = cfg->socket_gid, /* resolved once, at start-up (config_finish) */
         };
         r = vm_services_new(&sc, &services_callbacks, vm, &vm->services);
         if (r >= 0)

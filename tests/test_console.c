@@ -778,6 +778,88 @@ START_TEST(test_log_write_error) {
 }
 END_TEST
 
+/* --- the stored log, for ConsoleLog --- */
+
+static void put(const char *suffix, const char *data) {
+        char path[PATH_MAX + 8];
+        FILE *f;
+
+        (void) snprintf(path, sizeof(path), "%s%s", log_path, suffix);
+        f = fopen(path, "we");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(fputs(data, f) >= 0, 1);
+        ck_assert_int_eq(fclose(f), 0);
+}
+
+/* Everything the snapshot delivers, with "|" where one read ended. */
+static char *read_all(ConsoleLogSnapshot *s, size_t chunk) {
+        char *out = calloc(1, 4096), buf[64];
+        size_t n = 0, k;
+
+        ck_assert_ptr_nonnull(out);
+        while ((k = console_log_snapshot_read(s, buf, chunk)) > 0) {
+                ck_assert_uint_lt(n + k + 2, 4096);
+                memcpy(out + n, buf, k);
+                n += k;
+                out[n++] = '|';
+        }
+        return out;
+}
+
+static char *snapshot_text(uint64_t tail, uint64_t max, size_t chunk) {
+        _cleanup_(console_log_snapshot_freep) ConsoleLogSnapshot *s = NULL;
+
+        ck_assert_int_eq(console_log_snapshot(log_path, 2, tail, max, &s), 0);
+        return read_all(s, chunk);
+}
+
+START_TEST(test_snapshot_order_and_tail) {
+        _cleanup_free_ char *all = NULL, *tail = NULL, *capped = NULL, *small = NULL, *none = NULL;
+
+        none = snapshot_text(0, 0, 64);
+        ck_assert_str_eq(none, "");
+        put(".2", "oldest ");
+        put(".1", "older ");
+        put("", "newest");
+        all = snapshot_text(0, 0, 64);
+        ck_assert_str_eq(all, "oldest |older |newest|");
+        tail = snapshot_text(9, 0, 64);
+        ck_assert_str_eq(tail, "er |newest|");
+        capped = snapshot_text(0, 8, 64); /* max_bytes keeps the newest */
+        ck_assert_str_eq(capped, "r |newest|");
+        small = snapshot_text(0, 0, 4); /* reads of at most size bytes */
+        ck_assert_str_eq(small, "olde|st |olde|r |newe|st|");
+}
+END_TEST
+
+/* The files are held open: a rotation after the snapshot changes nothing it delivers; a file truncated meanwhile
+ * ends early; a missing file or a FIFO counts as empty (and opening the FIFO does not block). */
+START_TEST(test_snapshot_stable) {
+        _cleanup_(console_log_snapshot_freep) ConsoleLogSnapshot *s = NULL, *t = NULL;
+        _cleanup_free_ char *rotated = NULL, *cut = NULL;
+        char p1[PATH_MAX + 8], p2[PATH_MAX + 8];
+
+        (void) snprintf(p1, sizeof(p1), "%s.1", log_path);
+        (void) snprintf(p2, sizeof(p2), "%s.2", log_path);
+        put(".1", "first ");
+        put("", "second");
+        ck_assert_int_eq(console_log_snapshot(log_path, 2, 0, 0, &s), 0);
+        ck_assert_uint_eq(console_log_snapshot_size(s), 12);
+        ck_assert_int_eq(rename(p1, p2), 0);
+        ck_assert_int_eq(rename(log_path, p1), 0);
+        put("", "third, not in the snapshot");
+        rotated = read_all(s, 64);
+        ck_assert_str_eq(rotated, "first |second|");
+
+        ck_assert_int_eq(unlink(p2), 0);
+        ck_assert_int_eq(mkfifo(p2, 0600), 0);
+        ck_assert_int_eq(console_log_snapshot(log_path, 2, 0, 0, &t), 0);
+        ck_assert_int_eq(truncate(p1, 3), 0);
+        cut = read_all(t, 64);
+        ck_assert_str_eq(cut, "sec|third, not in the snapshot|");
+}
+END_TEST
+
 static Suite *console_suite(void) {
         Suite *s = suite_create("console");
         TCase *tc;
@@ -801,6 +883,12 @@ static Suite *console_suite(void) {
         tcase_add_test(tc, test_free);
         tcase_add_test(tc, test_free_in_on_data);
         tcase_add_test(tc, test_bad_paths);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("stored");
+        tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_add_test(tc, test_snapshot_order_and_tail);
+        tcase_add_test(tc, test_snapshot_stable);
         suite_add_tcase(s, tc);
 
         return s;

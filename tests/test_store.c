@@ -179,6 +179,40 @@ START_TEST(test_mkdir_p_and_rm_rf) {
 }
 END_TEST
 
+/* An archive's read-only directories (0555, files inside) go too (unpack.c relies on it as non-root); a top that is
+ * a symlink is removed, not its target; rm_rf_at works relative to a directory fd. */
+START_TEST(test_rm_rf_read_only_and_at) {
+        _cleanup_free_ char *ro = path_in("t/ro"), *f = path_in("t/ro/file"), *top = path_in("t"),
+                            *link = path_in("link"), *kept = path_in("kept"), *kept_file = path_in("kept/x");
+        _cleanup_close_ int dfd = -EBADF;
+        struct stat st;
+        int fd;
+
+        ck_assert_int_eq(mkdir_p(ro, 0755), 0);
+        fd = open(f, O_WRONLY | O_CREAT | O_CLOEXEC, 0400);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(chmod(ro, 0555), 0);
+        ck_assert_int_eq(rm_rf(top), 0);
+        ck_assert_int_lt(lstat(top, &st), 0);
+
+        ck_assert_int_eq(mkdir_p(kept, 0755), 0);
+        fd = open(kept_file, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(symlink(kept, link), 0);
+        ck_assert_int_eq(rm_rf(link), 0);
+        ck_assert_int_lt(lstat(link, &st), 0);
+        ck_assert_int_eq(stat(kept_file, &st), 0);
+
+        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        ck_assert_int_ge(dfd, 0);
+        ck_assert_int_eq(rm_rf_at(dfd, "kept"), 0);
+        ck_assert_int_lt(lstat(kept, &st), 0);
+        ck_assert_int_eq(rm_rf_at(dfd, "kept"), 0); /* absent is fine */
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("store");
         TCase *tc = tcase_create("core");
@@ -191,6 +225,7 @@ int main(void) {
         tcase_add_test(tc, test_read_limits);
         tcase_add_test(tc, test_read_trusted);
         tcase_add_test(tc, test_mkdir_p_and_rm_rf);
+        tcase_add_test(tc, test_rm_rf_read_only_and_at);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

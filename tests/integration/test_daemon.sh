@@ -26,6 +26,15 @@ OUT=$("$HYDRAD" --log-level loud 2>&1); RC=$?
 set -e
 check "hydrad --log-level loud: exit 2" test $RC -eq 2
 check "... naming the value" grep -q "log_level: 'loud'" <<<"$OUT"
+# An unknown socket_group is a configuration error at start-up (resolved once: the loop never asks NSS), before
+# hydrad takes the run directory or adopts anything.
+printf '[hydrad]\nsocket_group = hydra-no-such-group\n' >"$T/badgroup.conf"
+set +e
+OUT=$("$HYDRAD" --config "$T/badgroup.conf" --state-dir "$T/badgroup-state" --run-dir "$T/badgroup-run" 2>&1); RC=$?
+set -e
+check "hydrad with an unknown socket_group: exit 2" test $RC -eq 2
+check "... naming the group" grep -q "socket_group: group 'hydra-no-such-group' does not exist" <<<"$OUT"
+check "... before touching its directories" test ! -e "$T/badgroup-run" -a ! -e "$T/badgroup-state"
 
 # QEMU refusing its options: StartVm fails with QEMU's own words.
 SPEC=$T/bad-machine.ini

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/* The daemon's settings: what config_finish derives, and socket_group resolved to a gid once, at start-up (the
+ * loop never asks NSS: issue 10). */
+#include <check.h>
+#include <grp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+START_TEST(test_finish_defaults) {
+        HydraConfig c;
+        HydraError err;
+
+        hydra_error_clear(&err);
+        config_init(&c);
+        ck_assert_int_eq(config_finish(&c, &err), 0);
+        ck_assert_str_eq(c.state_dir, "/var/lib/hydra");
+        ck_assert_str_eq(c.socket_path, "/run/hydra/hydra.sock");
+        ck_assert_int_eq(c.socket_gid, (gid_t) -1);
+        config_done(&c);
+}
+END_TEST
+
+START_TEST(test_socket_group_resolved) {
+        struct group *g = getgrgid(0);
+        _cleanup_free_ char *name = NULL;
+        HydraConfig c;
+        HydraError err;
+
+        ck_assert_ptr_nonnull(g); /* gid 0 has a name everywhere we build */
+        name = strdup(g->gr_name);
+        hydra_error_clear(&err);
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "socket_group", name, &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), 0);
+        ck_assert_int_eq(c.socket_gid, 0);
+        config_done(&c);
+        ck_assert_int_eq(c.socket_gid, (gid_t) -1); /* config_done resets */
+}
+END_TEST
+
+START_TEST(test_socket_group_unknown) {
+        HydraConfig c;
+        HydraError err;
+
+        hydra_error_clear(&err);
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "socket_group", "hydra-no-such-group", &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), -ENOENT);
+        ck_assert_str_eq(err.message, "socket_group: group 'hydra-no-such-group' does not exist");
+        config_done(&c);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("config");
+        TCase *tc = tcase_create("core");
+        SRunner *sr;
+        int failed;
+
+        tcase_add_test(tc, test_finish_defaults);
+        tcase_add_test(tc, test_socket_group_resolved);
+        tcase_add_test(tc, test_socket_group_unknown);
+        suite_add_tcase(s, tc);
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_NORMAL);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
