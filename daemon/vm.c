@@ -632,10 +632,15 @@ static VmRegister *register_free(VmRegister *reg) {
 /* r: 1 changed, 0 unchanged, or a negative errno with err. */
 static void register_finish(Vm *vm, int r, const HydraError *err) {
         VmOp *op = vm->reg->op;
+        HydraError e;
 
+        /* err may point into the registration (the worker's error): copied before it goes. */
+        hydra_error_clear(&e);
+        if (err)
+                e = *err;
         vm->reg = register_free(vm->reg);
         if (op)
-                op_complete(op, r, err);
+                op_complete(op, r, err ? &e : NULL);
 }
 
 static void register_cancelled(Vm *vm) {

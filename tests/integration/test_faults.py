@@ -577,8 +577,10 @@ def main():
         note(f"API after the frozen stop: last_exit {vm.last_exit.reason!r} signal {vm.last_exit.signal}, "
              f"last_error {vm.last_error!r}")
         for name, v in lat.items():
-            check(f"while QMP hangs: {name} answers within 100 ms ({len(v)} calls, max {max(v) * 1000:.1f} ms)",
-                  len(v) >= 20 and max(v) < 0.1, f"{sorted(v)[-5:]}")
+            # The QMP timeout is 1 s: a loop that waited for QMP would hold a call that long. Half of it leaves
+            # room for ASan on a loaded 2-core machine (130 ms seen) and still tells the two apart.
+            check(f"while QMP hangs: {name} answers well within the 1 s QMP timeout ({len(v)} calls, max "
+                  f"{max(v) * 1000:.1f} ms)", len(v) >= 20 and max(v) < 0.5, f"{sorted(v)[-5:]}")
         check("while QMP hangs: no API call failed", not errors, str(errors[:5]))
         check("the other VM is unaffected by the frozen one", h.get(ISO).state == pb.VM_STATE_RUNNING
               and h.get(ISO).pid == iso_pid and alive(iso_pid))
