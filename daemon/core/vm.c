@@ -991,7 +991,13 @@ int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp 
                 if (r < 0)
                         return hydra_error_set(err, r, "destroy VM '%s' (%s): %s", vm->name,
                                                vm_state_to_string(vm->state), strerror(-r));
-                return 1;
+                if (disk_queue_idle(vm->disk))
+                        return 1;
+                /* Done once its files are gone (the disk queue removes them). */
+                r = op_new(vm, VM_OP_DESTROY, 0, done, userdata, ret_op);
+                if (r < 0)
+                        return hydra_error_set(err, r, "out of memory");
+                return 0;
         }
 
         r = op_new(vm, VM_OP_DESTROY, 0, done, userdata, ret_op);
