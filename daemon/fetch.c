@@ -305,12 +305,11 @@ static void fetch_detach(Fetch *f) {
                 curl_easy_cleanup(f->easy);
                 f->easy = NULL;
         }
+        /* what is queued for data.part still gets written: a .part kept for resuming then has all of it */
+        sink_release(TAKE_PTR(f->sink), false);
         if (!fr)
                 return;
-
-        /* what is queued for data.part still gets written: a .part kept for resuming then has all of it */
         buffer_put(fr, TAKE_PTR(f->wbuf));
-        sink_release(TAKE_PTR(f->sink), false);
 
         if (f->prev)
                 f->prev->next = f->next;
