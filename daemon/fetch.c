@@ -633,7 +633,9 @@ static size_t on_write(char *ptr, size_t size, size_t n, void *userdata) {
          * buffer this piece needs first: a paused write must leave nothing behind, libcurl delivers it again. */
         room = f->wbuf ? FETCH_WRITE_BUFFER_SIZE - f->wbuf->len : 0;
         for (size_t need = len > room ? len - room : 0; need > 0;) {
-                FetchBuffer *b = sink_worker_buffer_get(f->fetcher->worker);
+                /* libcurl cannot pause a file:// transfer: wait for the worker instead */
+                FetchBuffer *b = f->cur_is_file ? sink_worker_buffer_wait(f->fetcher->worker)
+                                                : sink_worker_buffer_get(f->fetcher->worker);
                 if (!b) {
                         buffers_put(f->fetcher, spare);
                         f->paused = true;

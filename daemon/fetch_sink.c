@@ -89,7 +89,9 @@ struct SinkWorker {
         Job *returned, **returned_tail;
         FetchBuffer *free_buffers;
         unsigned n_buffers;
+        unsigned n_queued_buffers; /* in data jobs not run yet: they come back */
         bool want_buffer; /* a transfer is paused until a buffer comes back */
+        pthread_cond_t buffer_cond; /* a buffer came back (sink_worker_buffer_wait) */
 };
 
 static bool job_reported(JobType t) {
@@ -403,7 +405,9 @@ static void *worker_main(void *userdata) {
                         j->buf->next = w->free_buffers;
                         w->free_buffers = j->buf;
                         j->buf = NULL;
+                        w->n_queued_buffers--;
                         notify = w->want_buffer;
+                        pthread_cond_signal(&w->buffer_cond);
                 }
                 if (job_reported(j->type)) {
                         j->next = NULL;
@@ -427,6 +431,7 @@ static SinkWorker *worker_unref(SinkWorker *w) {
         if (!w || --w->n_ref > 0)
                 return NULL;
         (void) pthread_cond_destroy(&w->cond);
+        (void) pthread_cond_destroy(&w->buffer_cond);
         (void) pthread_mutex_destroy(&w->lock);
         return mfree(w);
 }
@@ -485,6 +490,7 @@ int sink_worker_new(sd_event *event, sink_done_t done, sink_wakeup_t wakeup, voi
         w->returned_tail = &w->returned;
         (void) pthread_mutex_init(&w->lock, NULL);
         (void) pthread_cond_init(&w->cond, NULL);
+        (void) pthread_cond_init(&w->buffer_cond, NULL);
         *ret = w;
         return 0;
 }
@@ -571,6 +577,8 @@ static int submit(Sink *s, JobType type, FetchBuffer *buf, const char *text, boo
 
         pthread_mutex_lock(&w->lock);
         s->n_ref++;
+        if (buf)
+                w->n_queued_buffers++;
         *w->queue_tail = j;
         w->queue_tail = &j->next;
         pthread_cond_signal(&w->cond);
@@ -617,14 +625,16 @@ int sink_barrier(Sink *s) {
 
 /* --- buffers --- */
 
-FetchBuffer *sink_worker_buffer_get(SinkWorker *w) {
+static FetchBuffer *buffer_take(SinkWorker *w, bool wait) {
         FetchBuffer *b = NULL;
 
         pthread_mutex_lock(&w->lock);
+        while (wait && !w->free_buffers && w->n_buffers >= FETCH_WRITE_BUFFERS && w->n_queued_buffers > 0)
+                pthread_cond_wait(&w->buffer_cond, &w->lock);
         if (w->free_buffers) {
                 b = w->free_buffers;
                 w->free_buffers = b->next;
-        } else if (w->n_buffers < FETCH_WRITE_BUFFERS) {
+        } else if (w->n_buffers < FETCH_WRITE_BUFFERS || wait) {
                 /* mapped, not malloc'ed: handed back to the kernel when idle (sink_worker_buffers_trim) */
                 b = mmap(NULL, sizeof(FetchBuffer), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
                 if (b == MAP_FAILED)
@@ -639,6 +649,14 @@ FetchBuffer *sink_worker_buffer_get(SinkWorker *w) {
                 b->len = 0;
         }
         return b;
+}
+
+FetchBuffer *sink_worker_buffer_get(SinkWorker *w) {
+        return buffer_take(w, false);
+}
+
+FetchBuffer *sink_worker_buffer_wait(SinkWorker *w) {
+        return buffer_take(w, true);
 }
 
 void sink_worker_buffer_put(SinkWorker *w, FetchBuffer *b) {

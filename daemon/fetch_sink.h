@@ -62,6 +62,10 @@ SinkWorker *sink_worker_free(SinkWorker *w);
 
 /* A free buffer (at most 32 of 1 MiB in flight), or NULL: then the wakeup callback says when one is back. */
 FetchBuffer *sink_worker_buffer_get(SinkWorker *w);
+/* For a transfer libcurl cannot pause (file://, read whole within one call): waits until the worker hands a
+ * buffer back (it blocks the loop, which libcurl's read of the file holds anyway); when none is in the worker's
+ * hands (the buffers are being filled), maps one more. NULL only when mapping fails. */
+FetchBuffer *sink_worker_buffer_wait(SinkWorker *w);
 void sink_worker_buffer_put(SinkWorker *w, FetchBuffer *b);
 /* Unmaps the free buffers: up to 32 MiB an idle daemon has no use for. */
 void sink_worker_buffers_trim(SinkWorker *w);

@@ -976,6 +976,27 @@ START_TEST(test_file_url) {
 }
 END_TEST
 
+/* libcurl cannot pause a file:// transfer: one larger than the 32 MiB the worker may have in hand must not fail
+ * when the worker falls behind (here: hashing with SHA-512 as well). */
+START_TEST(test_file_url_large) {
+        char sha[129], sha512[129];
+        _cleanup_free_ char *url = NULL, *src = NULL, *sum = NULL;
+        Outcome o = {};
+
+        make_file("large.img", 80 * 1024 * 1024, sha, sha512);
+        src = strf("%s/large.img", root);
+        url = strf("file://%s", src);
+        sum = strf("sha512:%s", sha512);
+        FetchRequest req = request(url);
+        req.checksum = sum;
+
+        ck_assert_int_eq(fetch(&req, &o), 0);
+        ck_assert_msg(o.r == 0, "%s", o.error);
+        ck_assert_str_eq(o.sha256, sha);
+        ck_assert(!o.from_cache);
+}
+END_TEST
+
 START_TEST(test_progress) {
         _cleanup_free_ char *url = NULL;
         const char *slow[] = { "--slow", "400000", NULL };
@@ -1350,6 +1371,7 @@ static Suite *fetch_suite(void) {
         tcase_add_test(tc, test_sums_mismatch_and_missing);
         tcase_add_test(tc, test_missing_404);
         tcase_add_test(tc, test_file_url);
+        tcase_add_test(tc, test_file_url_large);
         tcase_add_test(tc, test_unreachable_uses_cache);
         tcase_add_test(tc, test_empty_file_and_busy);
         tcase_add_test(tc, test_free_fetcher_in_done);
