@@ -115,6 +115,77 @@ START_TEST(test_scrub_text) {
 }
 END_TEST
 
+START_TEST(test_scheme) {
+        ck_assert(url_scheme_is("http://h/x", "http"));
+        ck_assert(url_scheme_is("HTTPS://h/x", "https"));
+        ck_assert(url_scheme_is("https://h/x", "HTTPS"));
+        ck_assert(url_scheme_is("file:///srv/x.img", "file"));
+        ck_assert(!url_scheme_is("https://h/x", "http"));
+        ck_assert(!url_scheme_is("ftp://h/x", "http"));
+        /* a scheme name alone is no URL; nor is one libcurl cannot parse */
+        ck_assert(!url_scheme_is("http", "http"));
+        ck_assert(!url_scheme_is("http://bad host/x", "http"));
+        ck_assert(!url_scheme_is(NULL, "http"));
+}
+END_TEST
+
+START_TEST(test_password) {
+        char *p = NULL;
+
+        ck_assert_int_eq(url_password("http://user:s3cret@h/x", &p), 0);
+        ck_assert_str_eq(p, "s3cret");
+        p = mfree(p);
+        /* as written: scrubbing looks for it in text that quotes the URL */
+        ck_assert_int_eq(url_password("https://u:p%40ss@h:8443/x?q=1", &p), 0);
+        ck_assert_str_eq(p, "p%40ss");
+        p = mfree(p);
+        ck_assert_int_eq(url_password("http://user@h/x", &p), 0);
+        ck_assert_ptr_null(p);
+        ck_assert_int_eq(url_password("http://user:@h/x", &p), 0);
+        ck_assert_ptr_null(p);
+        ck_assert_int_eq(url_password("http://h/a:b@c", &p), 0);
+        ck_assert_ptr_null(p);
+        ck_assert_int_eq(url_password("not a url", &p), 0);
+        ck_assert_ptr_null(p);
+}
+END_TEST
+
+START_TEST(test_same_origin) {
+        ck_assert(url_same_origin("http://h/a", "http://h/b?x=1"));
+        ck_assert(url_same_origin("http://H/a", "http://h:80/b"));
+        ck_assert(url_same_origin("https://u:p@h/a", "https://h:443/"));
+        ck_assert(!url_same_origin("http://h/a", "https://h/a"));
+        ck_assert(!url_same_origin("http://h/a", "http://h:8080/a"));
+        ck_assert(!url_same_origin("http://h/a", "http://g/a"));
+        ck_assert(!url_same_origin("http://h/a", "not a url"));
+        ck_assert(!url_same_origin("not a url", "not a url"));
+}
+END_TEST
+
+START_TEST(test_file_name) {
+        static const Case cases[] = {
+                { "http://h/images/jammy.img", "jammy.img" },
+                { "https://u:p@h/a/b%20c.qcow2?sig=x#frag", "b c.qcow2" },
+                /* split before decoding: an encoded slash belongs to the name */
+                { "http://h/a/x%2Fy.img", "x/y.img" },
+                { "file:///srv/img/disk.raw", "disk.raw" },
+                { "http://h/dir/", "" },
+                { "http://h", "" },
+                { "http://h/%zz", "%zz" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_free_ char *n = NULL;
+                ck_assert_int_eq(url_file_name(cases[i].in, &n), 0);
+                ck_assert_msg(streq(n, cases[i].out), "url_file_name(\"%s\"): got \"%s\", expected \"%s\"",
+                              cases[i].in, n, cases[i].out);
+        }
+        char *n = NULL;
+        ck_assert_int_eq(url_file_name("http://bad host/x.img", &n), -EINVAL);
+        ck_assert_ptr_null(n);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("url");
         TCase *tc = tcase_create("core");
@@ -126,6 +197,10 @@ int main(void) {
         tcase_add_test(tc, test_unparsable_by_hand);
         tcase_add_test(tc, test_redact_query);
         tcase_add_test(tc, test_scrub_text);
+        tcase_add_test(tc, test_scheme);
+        tcase_add_test(tc, test_password);
+        tcase_add_test(tc, test_same_origin);
+        tcase_add_test(tc, test_file_name);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "macro.h"
 #include "url.h"
@@ -121,5 +123,88 @@ int url_scrub_text(char *text, size_t size, const char *url) {
                 p[put + keep] = '\0';
                 p += put;
         }
+        return 0;
+}
+
+/* url parsed the way libcurl will parse it to fetch it: any scheme, path as given. NULL if it cannot be. */
+static CURLU *url_parse(const char *url) {
+        CURLU *u;
+
+        if (!url)
+                return NULL;
+        u = curl_url();
+        if (u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS) != CURLUE_OK) {
+                curl_url_cleanup(u);
+                return NULL;
+        }
+        return u;
+}
+
+bool url_scheme_is(const char *url, const char *scheme) {
+        _cleanup_(curl_url_cleanupp) CURLU *u = url_parse(url);
+        _cleanup_(curl_freep) char *s = NULL;
+
+        return u && curl_url_get(u, CURLUPART_SCHEME, &s, 0) == CURLUE_OK && strcasecmp(s, scheme) == 0;
+}
+
+int url_password(const char *url, char **ret) {
+        _cleanup_(curl_url_cleanupp) CURLU *u = url_parse(url);
+        _cleanup_(curl_freep) char *p = NULL;
+
+        *ret = NULL;
+        if (!u || curl_url_get(u, CURLUPART_PASSWORD, &p, 0) != CURLUE_OK || isempty(p))
+                return 0;
+        *ret = strdup(p);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* scheme://host:port, host lowercased, the default port filled in; NULL if url cannot be parsed. */
+static char *url_origin(const char *url) {
+        _cleanup_(curl_url_cleanupp) CURLU *u = url_parse(url);
+        _cleanup_(curl_freep) char *scheme = NULL, *host = NULL, *port = NULL;
+        char *s;
+
+        if (!u || curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+                return NULL;
+        for (char *p = host; *p; p++)
+                *p = (char) tolower((unsigned char) *p);
+        if (asprintf(&s, "%s://%s:%s", scheme, host, port) < 0)
+                return NULL;
+        return s;
+}
+
+bool url_same_origin(const char *a, const char *b) {
+        _cleanup_free_ char *oa = url_origin(a), *ob = url_origin(b);
+
+        return oa && ob && streq(oa, ob);
+}
+
+int url_file_name(const char *url, char **ret) {
+        _cleanup_(curl_url_cleanupp) CURLU *u = url_parse(url);
+        _cleanup_(curl_freep) char *path = NULL, *name = NULL;
+        const char *seg;
+        CURLUcode rc;
+        char *s;
+        int n = 0;
+
+        if (!u)
+                return -EINVAL;
+        rc = curl_url_get(u, CURLUPART_PATH, &path, 0);
+        if (rc == CURLUE_OUT_OF_MEMORY)
+                return -ENOMEM;
+        if (rc != CURLUE_OK)
+                return -EINVAL;
+        /* split before decoding: an encoded "%2F" is part of the name */
+        seg = strrchr(path, '/');
+        seg = seg ? seg + 1 : path;
+        name = curl_easy_unescape(NULL, seg, 0, &n);
+        if (!name)
+                return -ENOMEM;
+        s = strndup(name, (size_t) n);
+        if (!s)
+                return -ENOMEM;
+        *ret = s;
         return 0;
 }

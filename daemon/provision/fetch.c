@@ -1,38 +1,34 @@
 /* SPDX-License-Identifier: MIT */
-/* libcurl's multi interface on sd-event, the way systemd's src/import/curl-util.c glues them: curl tells us which
- * sockets to watch (CURLMOPT_SOCKETFUNCTION: one io source per socket) and when to wake it up
- * (CURLMOPT_TIMERFUNCTION: one timer); we hand readiness back with curl_multi_socket_action() and collect
- * finished transfers with curl_multi_info_read().
+/* The downloader's curl glue: libcurl's multi interface on sd-event, the way systemd's src/import/curl-util.c
+ * glues them: curl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION: one io source per socket) and when
+ * to wake it up (CURLMOPT_TIMERFUNCTION: one timer); we hand readiness back with curl_multi_socket_action() and
+ * collect finished transfers with curl_multi_info_read(). Its callbacks decide what a response means (redirect,
+ * 304, resume, cache fallback); they never touch the disk beyond a read or a stat.
  *
- * The bytes themselves go to a worker thread (one per Fetcher) that writes, hashes and fsyncs them: SHA-256 runs at
- * about the speed of a local network, and a disk may stall, so doing either on the loop would halve throughput
- * and block every VM's QMP for as long. The hand-over is the one gRPC uses (DESIGN.md): a mutex-protected queue
- * to the worker, and an eventfd back to the loop, where everything else happens. When the worker falls behind,
- * the transfer is paused (CURL_WRITEFUNC_PAUSE) instead of the loop waiting.
-
+ * Everything that writes goes to the sink (fetch_sink.c): one worker thread per Fetcher that writes, hashes,
+ * fsyncs, renames and unlinks, in the order it was asked, and reports back on the loop. When it falls behind, the
+ * transfer is paused (CURL_WRITEFUNC_PAUSE) instead of the loop waiting. What needs no I/O at all (checksums, SUMS
+ * files, headers, the cache key, meta.json's content) is in fetch_meta.c; URLs are taken apart in url.c.
  *
- * A Fetch goes through up to three steps: the SUMS file (into memory), hashing an existing .part (resume, on the
- * worker), the download itself. Each ends on the loop, outside of libcurl's callbacks, where the next one starts
- * or the done callback runs. */
-#include <ctype.h>
+ * A Fetch goes through up to four steps: the SUMS file (into memory), preparing data.part (removed, or kept and
+ * hashed for resuming, on the worker), the download itself, and committing data into the cache (on the worker).
+ * Each ends on the loop, outside of libcurl's callbacks, where the next one starts; the done callback runs once
+ * the worker has done everything the Fetch queued, so that the cache is as the result says. */
 #include <curl/curl.h>
-#include <fcntl.h>
+#include <ctype.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <openssl/evp.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fetch.h"
+#include "fetch_meta.h"
+#include "fetch_sink.h"
 #include "log.h"
 #include "macro.h"
 #include "store.h"
@@ -42,35 +38,24 @@
 #define USEC_PER_MSEC 1000ULL
 
 #define FETCH_BUFFER_SIZE (512L * 1024L)            /* CURLOPT_BUFFERSIZE: fewer, larger recv() calls */
-#define FETCH_WRITE_BUFFER_SIZE (1024 * 1024)       /* libcurl's 16 KiB pieces, gathered for one write() */
-#define FETCH_WRITE_BUFFERS 32                      /* in flight to the worker; then the transfer pauses */
 #define FETCH_MAX_REDIRECTS 5
 #define FETCH_SUMS_MAX (1024 * 1024)                /* a SUMS file larger than this is not one */
-#define FETCH_HASH_CHUNK (4 * 1024 * 1024)          /* read size when hashing an existing .part */
 #define FETCH_PROGRESS_USEC (250 * USEC_PER_MSEC)
 #define FETCH_CONNECT_TIMEOUT_SEC 30L
 #define FETCH_USER_AGENT "hydrad/0.1"
 #define FETCH_DEFAULT_TOKEN_HEADER "PRIVATE-TOKEN"
 #define FETCH_META_MAX (64 * 1024)
-
-typedef enum DigestAlgo {
-        DIGEST_NONE,
-        DIGEST_SHA256,
-        DIGEST_SHA512,
-} DigestAlgo;
-
-static const char *const digest_algo_table[] = {
-        [DIGEST_NONE] = NULL,
-        [DIGEST_SHA256] = "sha256",
-        [DIGEST_SHA512] = "sha512",
-};
+/* Bytes one wake-up of the loop takes from libcurl before the transfer pauses until the next iteration: libcurl
+ * reads a socket up to 100 times per call, 50 MiB of copying on a fast link, during which nothing else runs. */
+#define FETCH_DISPATCH_BYTES (1U * 1024U * 1024U)
 
 typedef enum FetchPhase {
-        PHASE_SUMS,      /* the SUMS file, into memory */
-        PHASE_HASH_PART, /* the worker hashes what an interrupted download left */
-        PHASE_MAIN,      /* the file itself, into data.part */
-        PHASE_FINISH,    /* the transfer ended; the worker writes (and syncs) what is left of it */
-        PHASE_DONE,      /* result known, delivered from a defer source */
+        PHASE_SUMS,    /* the SUMS file, into memory */
+        PHASE_PREPARE, /* the worker removes data.part, or hashes it for resuming */
+        PHASE_MAIN,    /* the file itself, into data.part */
+        PHASE_FINISH,  /* the transfer ended; the worker writes (and syncs) what is left of it */
+        PHASE_COMMIT,  /* verified; the worker renames data.part into data and writes meta.json */
+        PHASE_DONE,    /* result known, delivered once the worker has caught up */
 } FetchPhase;
 
 /* What the write callback does with the body of the current response, decided at its first byte. */
@@ -87,41 +72,6 @@ typedef struct CurlIo {
         struct CurlIo *prev, *next;
 } CurlIo;
 
-typedef struct Buffer {
-        struct Buffer *next;
-        size_t len;
-        char data[FETCH_WRITE_BUFFER_SIZE];
-} Buffer;
-
-/* data.part as the worker sees it. */
-typedef struct Sink {
-        unsigned n_ref;        /* under Fetcher.lock: the Fetch's, plus one per queued job */
-        atomic_bool cancelled; /* the .part is gone: skip what is left */
-        Fetch *fetch;          /* loop only; NULL once the Fetch let go */
-        int fd;                /* O_APPEND */
-        EVP_MD_CTX *sha256;
-        EVP_MD_CTX *sha512;    /* only when the expected checksum is a sha512 */
-        /* The worker's while jobs are queued; the loop's once a JOB_HASH_FILE or JOB_FINISH came back. */
-        uint64_t size;         /* bytes written (or hashed) */
-        int error;             /* the first failure, negative errno */
-        const char *error_op;
-} Sink;
-
-typedef enum JobType {
-        JOB_DATA,      /* write and hash a buffer */
-        JOB_HASH_FILE, /* hash the first size bytes of the file; reported back */
-        JOB_FINISH,    /* a barrier: everything before it is written (and synced, if asked); reported back */
-} JobType;
-
-typedef struct Job {
-        struct Job *next;
-        JobType type;
-        Sink *sink;
-        Buffer *buf;   /* JOB_DATA */
-        uint64_t size; /* JOB_HASH_FILE */
-        bool fsync;    /* JOB_FINISH */
-} Job;
-
 struct Fetcher {
         unsigned n_ref;   /* the owner's, plus one per handler running (a done callback may free us) */
         bool dead;        /* fetcher_free() ran: curl and the sources are gone, only the struct is left */
@@ -133,20 +83,9 @@ struct Fetcher {
         Fetch *fetches;
         long low_speed_limit;
         long low_speed_time;
-
-        /* The disk worker, started with the first download. The fields after lock are shared with it. */
-        bool worker_running;
-        pthread_t worker;
-        int efd; /* worker → loop: a job came back, or a buffer is free again */
-        sd_event_source *efd_source;
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
-        bool stop;
-        Job *queue, **queue_tail;
-        Job *returned, **returned_tail;
-        Buffer *free_buffers;
-        unsigned n_buffers;
-        bool want_buffer; /* a transfer is paused until a buffer comes back */
+        SinkWorker *worker; /* the disk side */
+        uint64_t dispatch_bytes;      /* taken from libcurl since the loop last woke us */
+        sd_event_source *budget_defer; /* resumes the transfers paused for FETCH_DISPATCH_BYTES */
 };
 
 struct Fetch {
@@ -167,7 +106,7 @@ struct Fetch {
         char *entry, *data_path, *part_path;
 
         DigestAlgo expected_algo;
-        char expected_hex[129];
+        char expected_hex[FETCH_HEX_MAX];
 
         fetch_progress_t progress;
         fetch_done_t done;
@@ -177,7 +116,9 @@ struct Fetch {
         CURL *easy;
         bool in_multi;
         bool paused; /* waiting for a free buffer */
+        bool budget_paused; /* waiting for the next iteration of the loop (FETCH_DISPATCH_BYTES) */
         char *cur_url; /* this hop's URL: url, or where a redirect sent us */
+        bool cur_is_file; /* cur_url is a file:// URL (libcurl cannot pause those) */
         unsigned hops;
         bool send_auth; /* false once a redirect left the first URL's origin */
         bool revalidate;
@@ -187,15 +128,16 @@ struct Fetch {
         BodyMode body_mode;
         char *resp_etag, *resp_last_modified;
         int64_t resp_range_start; /* Content-Range's first byte; -1: none */
-        HydraError error;         /* a local failure inside a callback (open, a bad Content-Range) */
+        HydraError error;         /* a local failure inside a callback (a bad Content-Range) */
 
         /* The cache entry. */
         json_t *meta;
         bool have_data; /* data with a meta.json whose size and sha256 fit */
 
         /* The download. */
-        Sink *sink;
-        Buffer *wbuf;    /* being filled */
+        Sink *sink;      /* the entry's files, on the worker; for the whole life of the Fetch */
+        bool part_open;  /* data.part was created (or kept for resuming) and not unlinked since */
+        FetchBuffer *wbuf; /* being filled */
         uint64_t offset; /* bytes data.part had when this transfer started */
         uint64_t bytes;  /* bytes of the file received so far, .part included */
         uint64_t total;  /* expected size of the file; 0: unknown */
@@ -207,11 +149,9 @@ struct Fetch {
 
         uint64_t start_usec, progress_usec, progress_bytes;
 
-        sd_event_source *defer; /* delivers a result that needed no transfer */
-
         /* The outcome. */
         int result_r;
-        char sha256_hex[129];
+        char sha256_hex[FETCH_HEX_MAX];
         char *notice;
         FetchResult result;
 };
@@ -255,246 +195,23 @@ static void curl_slist_free_allp(struct curl_slist **l) {
         *l = NULL;
 }
 
-static void hex_encode(const unsigned char *d, size_t n, char *out) {
-        static const char digits[] = "0123456789abcdef";
-
-        for (size_t i = 0; i < n; i++) {
-                out[2 * i] = digits[d[i] >> 4];
-                out[2 * i + 1] = digits[d[i] & 15];
-        }
-        out[2 * n] = '\0';
-}
-
-static DigestAlgo digest_algo_from_hex_len(size_t n) {
-        return n == 64 ? DIGEST_SHA256 : n == 128 ? DIGEST_SHA512 : DIGEST_NONE;
-}
-
-/* Copies a hex digest of a known length, lowercased, into out[129]. Returns the algorithm or DIGEST_NONE. */
-static DigestAlgo hex_digest_copy(const char *hex, size_t n, char out[static 129]) {
-        DigestAlgo a = digest_algo_from_hex_len(n);
-
-        if (a == DIGEST_NONE)
-                return DIGEST_NONE;
-        for (size_t i = 0; i < n; i++) {
-                if (!isxdigit((unsigned char) hex[i]))
-                        return DIGEST_NONE;
-                out[i] = (char) tolower((unsigned char) hex[i]);
-        }
-        out[n] = '\0';
-        return a;
-}
-
-/* "sha256:HEX", "sha512:HEX", or a bare HEX whose length says which. */
-static int parse_checksum(const char *s, DigestAlgo *ret_algo, char ret_hex[static 129]) {
-        const char *colon = strchr(s, ':');
-        DigestAlgo a, named = DIGEST_NONE;
-
-        if (colon) {
-                size_t l = (size_t) (colon - s);
-                if (l == 6 && strncasecmp(s, "sha256", 6) == 0)
-                        named = DIGEST_SHA256;
-                else if (l == 6 && strncasecmp(s, "sha512", 6) == 0)
-                        named = DIGEST_SHA512;
-                else
-                        return -EINVAL;
-                s = colon + 1;
-        }
-        a = hex_digest_copy(s, strlen(s), ret_hex);
-        if (a == DIGEST_NONE || (named != DIGEST_NONE && named != a))
-                return -EINVAL;
-        *ret_algo = a;
-        return 0;
-}
-
 static bool url_is_file(const char *url) {
-        return strncasecmp(url, "file://", 7) == 0;
+        return url_scheme_is(url, "file");
 }
 
 static bool url_scheme_supported(const char *url) {
-        return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0 || url_is_file(url);
-}
-
-/* The authority of a URL: after "://", up to the path, query or fragment. */
-static const char *url_authority(const char *url, size_t *ret_len) {
-        const char *p = strstr(url, "://");
-
-        if (!p)
-                return NULL;
-        p += 3;
-        *ret_len = strcspn(p, "/?#");
-        return p;
-}
-
-/* The URL with any user:password@ removed: what the cache key is made of (the query stays: it may name another
- * file). Never shown: url_display() is. */
-static char *url_strip_userinfo(const char *url) {
-        const char *auth, *at;
-        char *s;
-        size_t l;
-
-        if (!url)
-                return NULL;
-        auth = url_authority(url, &l);
-        at = auth ? memrchr(auth, '@', l) : NULL;
-        if (!at)
-                return strdup(url);
-        if (asprintf(&s, "%.*s%s", (int) (auth - url), url, at + 1) < 0)
-                return NULL;
-        return s;
-}
-
-/* The password of a URL's user:password@, for scrubbing. Returns 0 and NULL if there is none. */
-static int url_userinfo_password(const char *url, char **ret) {
-        const char *auth, *at, *colon;
-        size_t l;
-
-        *ret = NULL;
-        auth = url_authority(url, &l);
-        at = auth ? memrchr(auth, '@', l) : NULL;
-        if (!at)
-                return 0;
-        colon = memchr(auth, ':', (size_t) (at - auth));
-        if (!colon || colon + 1 == at)
-                return 0;
-        *ret = strndup(colon + 1, (size_t) (at - colon - 1));
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* scheme://host:port, lowercased, default ports filled in; NULL on parse failure (never the same origin). */
-static char *url_origin(const char *url) {
-        _cleanup_free_ char *scheme = NULL, *host = NULL, *port = NULL;
-        CURLU *u = curl_url();
-        char *s = NULL;
-
-        if (!u)
-                return NULL;
-        if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
-                for (char *p = host; *p; p++)
-                        *p = (char) tolower((unsigned char) *p);
-                if (asprintf(&s, "%s://%s:%s", scheme, host, port) < 0)
-                        s = NULL;
-        }
-        curl_url_cleanup(u);
-        return s;
-}
-
-static bool same_origin(const char *a, const char *b) {
-        _cleanup_free_ char *oa = url_origin(a), *ob = url_origin(b);
-
-        return oa && ob && streq(oa, ob);
-}
-
-/* The last path segment of a URL, percent-decoded: the name a SUMS file lists. */
-static char *url_file_name(const char *url) {
-        const char *auth, *path, *end, *slash;
-        _cleanup_free_ char *raw = NULL;
-        char *out;
-        size_t l, j = 0;
-
-        auth = url_authority(url, &l);
-        path = auth ? auth + l : url;
-        end = path + strcspn(path, "?#");
-        slash = memrchr(path, '/', (size_t) (end - path));
-        if (slash)
-                path = slash + 1;
-        raw = strndup(path, (size_t) (end - path));
-        if (!raw)
-                return NULL;
-        out = malloc(strlen(raw) + 1);
-        if (!out)
-                return NULL;
-        for (size_t i = 0; raw[i]; i++) {
-                if (raw[i] == '%' && isxdigit((unsigned char) raw[i + 1]) && isxdigit((unsigned char) raw[i + 2])) {
-                        char h[3] = { raw[i + 1], raw[i + 2], 0 };
-                        out[j++] = (char) strtol(h, NULL, 16);
-                        i += 2;
-                } else
-                        out[j++] = raw[i];
-        }
-        out[j] = '\0';
-        return out;
+        return url_scheme_is(url, "http") || url_scheme_is(url, "https") || url_is_file(url);
 }
 
 char *fetch_cache_entry(const char *cache_dir, const char *url) {
-        _cleanup_free_ char *key = NULL;
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        char key[65];
         char *s;
 
-        if (!cache_dir || !url)
+        if (!cache_dir || !url || fetch_cache_key(url, key) < 0)
                 return NULL;
-        key = url_strip_userinfo(url);
-        if (!key)
-                return NULL;
-        if (EVP_Digest(key, strlen(key), md, &md_len, EVP_sha256(), NULL) != 1)
-                return NULL;
-        hex_encode(md, md_len, hex);
-        if (asprintf(&s, "%s/%s", cache_dir, hex) < 0)
+        if (asprintf(&s, "%s/%s", cache_dir, key) < 0)
                 return NULL;
         return s;
-}
-
-/* Looks name up in a SHA256SUMS / SHA512SUMS text: "HEX  NAME", "HEX *NAME" (GNU), or "SHA256 (NAME) = HEX"
- * (BSD). The algorithm follows from the digest's length. Returns 0, or -ENOENT if name is not listed. */
-static int sums_lookup(const char *text, size_t len, const char *name, DigestAlgo *ret_algo,
-                       char ret_hex[static 129]) {
-        const char *p = text, *end = text + len;
-        size_t name_len = strlen(name);
-
-        while (p < end) {
-                const char *eol = memchr(p, '\n', (size_t) (end - p));
-                const char *le = eol ? eol : end, *hex, *fname;
-                size_t hex_len, fname_len;
-
-                if (le > p && le[-1] == '\r')
-                        le--;
-                while (p < le && (*p == ' ' || *p == '\t'))
-                        p++;
-
-                if ((size_t) (le - p) > 8 && (strncmp(p, "SHA256 (", 8) == 0 || strncmp(p, "SHA512 (", 8) == 0)) {
-                        /* BSD: the name ends at the last ") = " */
-                        const char *sep = NULL;
-                        for (const char *q = p + 8; q + 4 <= le; q++)
-                                if (memcmp(q, ") = ", 4) == 0)
-                                        sep = q;
-                        if (!sep)
-                                goto next;
-                        fname = p + 8;
-                        fname_len = (size_t) (sep - fname);
-                        hex = sep + 4;
-                        hex_len = (size_t) (le - hex);
-                } else {
-                        hex = p;
-                        hex_len = 0;
-                        while (hex + hex_len < le && isxdigit((unsigned char) hex[hex_len]))
-                                hex_len++;
-                        fname = hex + hex_len;
-                        if (le - fname < 2 || fname[0] != ' ' || (fname[1] != ' ' && fname[1] != '*'))
-                                goto next;
-                        fname += 2;
-                        fname_len = (size_t) (le - fname);
-                }
-                if (fname_len >= 2 && fname[0] == '.' && fname[1] == '/') {
-                        fname += 2;
-                        fname_len -= 2;
-                }
-                if (fname_len == name_len && memcmp(fname, name, name_len) == 0) {
-                        DigestAlgo a = hex_digest_copy(hex, hex_len, ret_hex);
-                        if (a != DIGEST_NONE) {
-                                *ret_algo = a;
-                                return 0;
-                        }
-                }
-        next:
-                if (!eol)
-                        break;
-                p = eol + 1;
-        }
-        return -ENOENT;
 }
 
 /* Replaces every secret in s (in place) with "***", and the query of every URL of f with its redacted form, so
@@ -520,382 +237,67 @@ static void scrub(const Fetch *f, char *s, size_t size) {
         (void) url_scrub_text(s, size, f->cur_url);
 }
 
-/* --- meta.json --- */
+/* --- meta.json: read here (a small read), written by the worker --- */
 
-static int meta_save(Fetch *f);
+/* Queues meta.json's new content: written after whatever the worker was handed before (its data), before
+ * whatever comes after. Failures are logged when the worker reports back (sink_meta_error). */
+static void meta_save(Fetch *f) {
+        _cleanup_free_ char *text = fetch_meta_format(f->meta);
+        int r = text ? sink_save_meta(f->sink, text) : -ENOMEM;
+
+        if (r < 0)
+                log_warning_errno(r, "Cannot write the cache metadata of %s, ignoring: %m", f->url_redacted);
+}
+
+static void meta_log_error(Fetch *f) {
+        int r = sink_meta_error(f->sink);
+
+        if (r < 0)
+                log_warning_errno(r, "Cannot write the cache metadata of %s, ignoring: %m", f->url_redacted);
+}
 
 static int meta_load(Fetch *f) {
         _cleanup_free_ void *data = NULL;
         _cleanup_free_ char *path = NULL;
-        json_t *m, *sha, *size, *url;
         struct stat st;
-        size_t n;
+        size_t n = 0;
         int r;
 
         f->meta = json_unref(f->meta);
         r = store_read(f->entry, "meta.json", FETCH_META_MAX, &data, &n, NULL);
         if (r < 0 && r != -ENOENT)
                 log_debug_errno(r, "Cannot read meta.json of %s, ignoring: %m", f->url_redacted);
-        m = r >= 0 ? json_loadb(data, n, 0, NULL) : NULL;
-        if (m && !json_is_object(m))
-                m = json_unref(m);
-        f->meta = m ?: json_object();
+        f->meta = fetch_meta_parse(r >= 0 ? data : NULL, n);
         if (!f->meta)
                 return -ENOMEM;
 
         /* An older hydrad stored the URL with its query values, readable by all: rewrite it the way it is
          * written now (the URL as shown, mode 0600). */
-        url = json_object_get(f->meta, "url");
-        if (m && asprintf(&path, "%s/meta.json", f->entry) >= 0 && lstat(path, &st) >= 0 &&
-            ((st.st_mode & 0077) != 0 || (json_is_string(url) && !streq(json_string_value(url), f->url_redacted)))) {
-                if (url)
+        if (r >= 0 && json_object_size(f->meta) > 0 && asprintf(&path, "%s/meta.json", f->entry) >= 0 &&
+            lstat(path, &st) >= 0 && ((st.st_mode & 0077) != 0 || fetch_meta_url_stale(f->meta, f->url_redacted))) {
+                if (json_object_get(f->meta, "url"))
                         (void) json_object_set_new(f->meta, "url", json_string(f->url_redacted));
-                (void) meta_save(f);
+                meta_save(f);
         }
 
-        sha = json_object_get(f->meta, "sha256");
-        size = json_object_get(f->meta, "size");
-        f->have_data = json_is_string(sha) && strlen(json_string_value(sha)) == 64 && json_is_integer(size) &&
-                       stat(f->data_path, &st) >= 0 && S_ISREG(st.st_mode) &&
-                       (json_int_t) st.st_size == json_integer_value(size);
+        f->have_data = stat(f->data_path, &st) >= 0 && S_ISREG(st.st_mode) &&
+                       fetch_meta_describes(f->meta, (uint64_t) st.st_size);
         return 0;
-}
-
-/* Private: its URL shows parameter names, and it tells what this host downloads. */
-static int meta_save(Fetch *f) {
-        _cleanup_free_ char *text = json_dumps(f->meta, JSON_INDENT(2) | JSON_SORT_KEYS);
-        HydraError e = {};
-        int r;
-
-        if (!text)
-                return -ENOMEM;
-        r = store_write_atomic(f->entry, "meta.json", text, strlen(text), 0600, &e);
-        if (r < 0)
-                log_warning_errno(r, "Cannot write the cache metadata of %s, ignoring: %s", f->url_redacted,
-                                  e.message);
-        return r;
 }
 
 static const char *meta_string(Fetch *f, const char *key) {
-        return json_string_value(json_object_get(f->meta, key));
-}
-
-static void meta_set_string(json_t *o, const char *key, const char *value) {
-        if (value)
-                (void) json_object_set_new(o, key, json_string(value));
-}
-
-/* --- the disk worker --- */
-
-static void eventfd_signal(int fd) {
-        uint64_t one = 1;
-
-        (void) write(fd, &one, sizeof(one));
-}
-
-static int digests_init(Sink *s) {
-        if (EVP_DigestInit_ex(s->sha256, EVP_sha256(), NULL) != 1)
-                return -EIO;
-        if (s->sha512 && EVP_DigestInit_ex(s->sha512, EVP_sha512(), NULL) != 1)
-                return -EIO;
-        return 0;
-}
-
-static int digests_update(Sink *s, const void *p, size_t n) {
-        if (EVP_DigestUpdate(s->sha256, p, n) != 1)
-                return -EIO;
-        if (s->sha512 && EVP_DigestUpdate(s->sha512, p, n) != 1)
-                return -EIO;
-        return 0;
-}
-
-static Sink *sink_free(Sink *s) {
-        if (!s)
-                return NULL;
-        s->fd = safe_close(s->fd);
-        EVP_MD_CTX_free(s->sha256);
-        EVP_MD_CTX_free(s->sha512);
-        return mfree(s);
-}
-
-/* Takes over fd. */
-static Sink *sink_new(Fetch *f, int fd) {
-        Sink *s = calloc(1, sizeof(*s));
-
-        if (!s) {
-                safe_close(fd);
-                return NULL;
-        }
-        s->n_ref = 1;
-        s->fd = fd;
-        s->fetch = f;
-        s->sha256 = EVP_MD_CTX_new();
-        if (f->expected_algo == DIGEST_SHA512)
-                s->sha512 = EVP_MD_CTX_new();
-        if (!s->sha256 || (f->expected_algo == DIGEST_SHA512 && !s->sha512) || digests_init(s) < 0)
-                return sink_free(s);
-        return s;
-}
-
-/* Called with fr->lock held, or once the worker is gone. */
-static void sink_unref_locked(Sink *s) {
-        if (s && --s->n_ref == 0)
-                sink_free(s);
-}
-
-static void fetcher_lock(Fetcher *fr) {
-        if (fr->worker_running)
-                pthread_mutex_lock(&fr->lock);
-}
-
-static void fetcher_unlock(Fetcher *fr) {
-        if (fr->worker_running)
-                pthread_mutex_unlock(&fr->lock);
-}
-
-/* The Fetch lets go of its sink. With cancel, queued work for it is skipped (its .part is gone). */
-static void sink_release(Fetcher *fr, Sink **sp, bool cancel) {
-        Sink *s = *sp;
-
-        if (!s)
-                return;
-        *sp = NULL;
-        s->fetch = NULL;
-        if (cancel)
-                atomic_store(&s->cancelled, true);
-        fetcher_lock(fr);
-        sink_unref_locked(s);
-        fetcher_unlock(fr);
-}
-
-static void sink_fail(Sink *s, int r, const char *op) {
-        if (s->error == 0) {
-                s->error = r;
-                s->error_op = op;
-        }
-}
-
-static void job_run(Job *j) {
-        Sink *s = j->sink;
-        int r;
-
-        if (atomic_load(&s->cancelled) || s->error < 0)
-                return;
-
-        switch (j->type) {
-        case JOB_DATA:
-                r = write_all(s->fd, j->buf->data, j->buf->len);
-                if (r < 0) {
-                        sink_fail(s, r, "write");
-                        return;
-                }
-                if (digests_update(s, j->buf->data, j->buf->len) < 0) {
-                        sink_fail(s, -EIO, "hash");
-                        return;
-                }
-                s->size += j->buf->len;
-                return;
-
-        case JOB_HASH_FILE: {
-                _cleanup_free_ char *buf = malloc(FETCH_HASH_CHUNK);
-
-                if (!buf) {
-                        sink_fail(s, -ENOMEM, "read");
-                        return;
-                }
-                while (s->size < j->size && !atomic_load(&s->cancelled)) {
-                        size_t want = j->size - s->size < FETCH_HASH_CHUNK ? (size_t) (j->size - s->size)
-                                                                           : FETCH_HASH_CHUNK;
-                        ssize_t n = pread(s->fd, buf, want, (off_t) s->size);
-                        if (n < 0 && errno == EINTR)
-                                continue;
-                        if (n <= 0) {
-                                sink_fail(s, n < 0 ? -errno : -EIO, "read");
-                                return;
-                        }
-                        if (digests_update(s, buf, (size_t) n) < 0) {
-                                sink_fail(s, -EIO, "hash");
-                                return;
-                        }
-                        s->size += (uint64_t) n;
-                }
-                return;
-        }
-
-        case JOB_FINISH:
-                if (j->fsync && fsync(s->fd) < 0)
-                        sink_fail(s, -errno, "sync");
-                return;
-        }
-}
-
-static void *worker_main(void *userdata) {
-        Fetcher *fr = userdata;
-
-        pthread_mutex_lock(&fr->lock);
-        for (;;) {
-                bool notify = false;
-                Job *j = fr->queue;
-
-                if (!j) {
-                        if (fr->stop)
-                                break;
-                        pthread_cond_wait(&fr->cond, &fr->lock);
-                        continue;
-                }
-                fr->queue = j->next;
-                if (!fr->queue)
-                        fr->queue_tail = &fr->queue;
-                pthread_mutex_unlock(&fr->lock);
-
-                job_run(j);
-
-                pthread_mutex_lock(&fr->lock);
-                if (j->buf) {
-                        j->buf->next = fr->free_buffers;
-                        fr->free_buffers = j->buf;
-                        j->buf = NULL;
-                        notify = fr->want_buffer;
-                }
-                if (j->type == JOB_DATA) {
-                        sink_unref_locked(j->sink);
-                        free(j);
-                } else {
-                        j->next = NULL;
-                        *fr->returned_tail = j;
-                        fr->returned_tail = &j->next;
-                        notify = true;
-                }
-                if (notify)
-                        eventfd_signal(fr->efd);
-        }
-        pthread_mutex_unlock(&fr->lock);
-        return NULL;
-}
-
-static int on_worker(sd_event_source *s, int fd, uint32_t revents, void *userdata);
-
-static int worker_start(Fetcher *fr) {
-        sigset_t all, saved;
-        int r;
-
-        if (fr->worker_running)
-                return 0;
-
-        if (fr->efd < 0) {
-                fr->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-                if (fr->efd < 0)
-                        return -errno;
-        }
-        if (!fr->efd_source) {
-                r = sd_event_add_io(fr->event, &fr->efd_source, fr->efd, EPOLLIN, on_worker, fr);
-                if (r < 0)
-                        return r;
-                (void) sd_event_source_set_description(fr->efd_source, "fetch-worker");
-        }
-
-        /* the worker takes no signal: they are the loop's (signalfd) */
-        (void) sigfillset(&all);
-        (void) pthread_sigmask(SIG_SETMASK, &all, &saved);
-        r = -pthread_create(&fr->worker, NULL, worker_main, fr);
-        (void) pthread_sigmask(SIG_SETMASK, &saved, NULL);
-        if (r < 0)
-                return r;
-        fr->worker_running = true;
-        return 0;
-}
-
-static void worker_stop(Fetcher *fr) {
-        if (!fr->worker_running)
-                return;
-        /* queued writes still happen (a .part kept for resuming gets all that arrived); then the thread ends */
-        pthread_mutex_lock(&fr->lock);
-        fr->stop = true;
-        pthread_cond_signal(&fr->cond);
-        pthread_mutex_unlock(&fr->lock);
-        (void) pthread_join(fr->worker, NULL);
-        fr->worker_running = false;
-}
-
-static int worker_submit(Fetcher *fr, JobType type, Sink *s, Buffer *buf, uint64_t size, bool fsync) {
-        Job *j;
-        int r;
-
-        r = worker_start(fr);
-        if (r < 0)
-                return r;
-        j = calloc(1, sizeof(*j));
-        if (!j)
-                return -ENOMEM;
-        *j = (Job) { .type = type, .sink = s, .buf = buf, .size = size, .fsync = fsync };
-
-        pthread_mutex_lock(&fr->lock);
-        s->n_ref++;
-        *fr->queue_tail = j;
-        fr->queue_tail = &j->next;
-        pthread_cond_signal(&fr->cond);
-        pthread_mutex_unlock(&fr->lock);
-        return 0;
-}
-
-/* A free buffer, or NULL: then the worker says when one is back. */
-static Buffer *buffer_get(Fetcher *fr) {
-        Buffer *b = NULL;
-
-        fetcher_lock(fr);
-        if (fr->free_buffers) {
-                b = fr->free_buffers;
-                fr->free_buffers = b->next;
-        } else if (fr->n_buffers < FETCH_WRITE_BUFFERS) {
-                /* mapped, not malloc'ed: handed back to the kernel when idle (buffers_trim) */
-                b = mmap(NULL, sizeof(Buffer), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-                if (b == MAP_FAILED)
-                        b = NULL;
-                else
-                        fr->n_buffers++;
-        } else
-                fr->want_buffer = true;
-        fetcher_unlock(fr);
-        if (b) {
-                b->next = NULL;
-                b->len = 0;
-        }
-        return b;
-}
-
-static void buffer_put(Fetcher *fr, Buffer *b) {
-        if (!b)
-                return;
-        fetcher_lock(fr);
-        b->next = fr->free_buffers;
-        fr->free_buffers = b;
-        fetcher_unlock(fr);
-}
-
-/* Unmaps the free buffers once nothing is being fetched: up to 32 MiB that an idle daemon has no use for. */
-static void buffers_trim(Fetcher *fr) {
-        Buffer *l;
-
-        if (fr->fetches)
-                return;
-        fetcher_lock(fr);
-        l = TAKE_PTR(fr->free_buffers);
-        for (Buffer *b = l; b; b = b->next)
-                fr->n_buffers--;
-        fetcher_unlock(fr);
-        while (l) {
-                Buffer *b = l;
-                l = b->next;
-                (void) munmap(b, sizeof(Buffer));
-        }
+        return fetch_meta_string(f->meta, key);
 }
 
 /* --- the Fetch object --- */
 
+static void buffer_put(Fetcher *fr, FetchBuffer *b) {
+        sink_worker_buffer_put(fr->worker, b);
+}
+
 static void fetch_detach(Fetch *f) {
         Fetcher *fr = f->fetcher;
 
-        f->defer = sd_event_source_disable_unref(f->defer);
         if (f->easy) {
                 if (f->in_multi && fr && !fr->dead)
                         (void) curl_multi_remove_handle(fr->multi, f->easy);
@@ -903,12 +305,11 @@ static void fetch_detach(Fetch *f) {
                 curl_easy_cleanup(f->easy);
                 f->easy = NULL;
         }
+        /* what is queued for data.part still gets written: a .part kept for resuming then has all of it */
+        sink_release(TAKE_PTR(f->sink), false);
         if (!fr)
                 return;
-
-        /* what is queued for data.part still gets written: a .part kept for resuming then has all of it */
         buffer_put(fr, TAKE_PTR(f->wbuf));
-        sink_release(fr, &f->sink, false);
 
         if (f->prev)
                 f->prev->next = f->next;
@@ -918,7 +319,8 @@ static void fetch_detach(Fetch *f) {
                 f->next->prev = f->prev;
         f->prev = f->next = NULL;
         f->fetcher = NULL;
-        buffers_trim(fr);
+        if (!fr->fetches)
+                sink_worker_buffers_trim(fr->worker);
 }
 
 static Fetch *fetch_free(Fetch *f) {
@@ -949,18 +351,24 @@ static Fetch *fetch_free(Fetch *f) {
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Fetch *, fetch_free);
 
-/* Removes data.part; what the worker still has queued for it is dropped. */
+/* Removes data.part (on the worker); data queued for it before is dropped. */
 static void unlink_part(Fetch *f) {
-        if (f->fetcher) {
+        if (f->fetcher)
                 buffer_put(f->fetcher, TAKE_PTR(f->wbuf));
-                sink_release(f->fetcher, &f->sink, true);
-        }
-        if (unlink(f->part_path) < 0 && errno != ENOENT)
+        f->part_open = false;
+        if (f->sink && sink_unlink(f->sink) < 0 && unlink(f->part_path) < 0 && errno != ENOENT)
                 log_debug_errno(errno, "Cannot remove '%s', ignoring: %m", f->part_path);
 }
 
+/* fetch_cancel(): the .part goes, what is still queued for it is skipped, no callback. */
+static void fetch_drop(Fetch *f) {
+        unlink_part(f);
+        sink_release(TAKE_PTR(f->sink), true);
+        fetch_free(f);
+}
+
 /* Delivers the outcome and frees f. The Fetch leaves the fetcher first, so the callback may free it. */
-static void fetch_complete(Fetch *f) {
+static void fetch_deliver(Fetch *f) {
         fetch_done_t done = f->done;
         void *userdata = f->userdata;
 
@@ -981,29 +389,23 @@ static void fetch_complete(Fetch *f) {
         fetch_free(f);
 }
 
+/* The outcome is known: delivered from the loop once the worker has done all f queued before (never from
+ * fetch_start() itself). */
+static int fetch_complete_later(Fetch *f) {
+        f->phase = PHASE_DONE;
+        return sink_barrier(f->sink);
+}
+
+static void fetch_complete(Fetch *f) {
+        if (fetch_complete_later(f) < 0)
+                fetch_deliver(f); /* cannot wait for the worker: deliver now */
+}
+
 static void fetch_fail(Fetch *f, int r) {
         if (f->error.code >= 0 || f->error.message[0] == '\0')
                 (void) hydra_error_set(&f->error, r, "download %s failed", f->url_redacted);
         f->result_r = f->error.code;
         fetch_complete(f);
-}
-
-static int on_deferred_complete(sd_event_source *s, void *userdata) {
-        fetch_complete(userdata);
-        return 0;
-}
-
-/* A result known without (further) transfer: delivered from the loop, never from fetch_start() itself. */
-static int fetch_complete_later(Fetch *f) {
-        int r;
-
-        f->phase = PHASE_DONE;
-        f->defer = sd_event_source_disable_unref(f->defer);
-        r = sd_event_add_defer(f->fetcher->event, &f->defer, on_deferred_complete, f);
-        if (r < 0)
-                return r;
-        (void) sd_event_source_set_description(f->defer, "fetch-complete");
-        return 0;
 }
 
 /* Success from the cached data: sha256 from meta.json. */
@@ -1022,21 +424,6 @@ static int fetch_use_cache(Fetch *f, bool revalidated, const char *notice) {
 
 /* --- libcurl callbacks (they run inside curl_multi_socket_action) --- */
 
-static char *header_value(const char *buf, size_t len, const char *name) {
-        size_t nl = strlen(name);
-        const char *v, *e;
-
-        if (len <= nl || strncasecmp(buf, name, nl) != 0 || buf[nl] != ':')
-                return NULL;
-        v = buf + nl + 1;
-        e = buf + len;
-        while (v < e && (*v == ' ' || *v == '\t'))
-                v++;
-        while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t'))
-                e--;
-        return strndup(v, (size_t) (e - v));
-}
-
 static size_t on_header(char *buf, size_t size, size_t n, void *userdata) {
         Fetch *f = userdata;
         size_t len = size * n;
@@ -1047,16 +434,14 @@ static size_t on_header(char *buf, size_t size, size_t n, void *userdata) {
                 f->resp_etag = mfree(f->resp_etag);
                 f->resp_last_modified = mfree(f->resp_last_modified);
                 f->resp_range_start = -1;
-        } else if ((v = header_value(buf, len, "ETag"))) {
+        } else if ((v = fetch_header_value(buf, len, "ETag"))) {
                 free(f->resp_etag);
                 f->resp_etag = v;
-        } else if ((v = header_value(buf, len, "Last-Modified"))) {
+        } else if ((v = fetch_header_value(buf, len, "Last-Modified"))) {
                 free(f->resp_last_modified);
                 f->resp_last_modified = v;
-        } else if ((v = header_value(buf, len, "Content-Range"))) {
-                unsigned long long first;
-                if (sscanf(v, "bytes %llu-", &first) == 1)
-                        f->resp_range_start = (int64_t) first;
+        } else if ((v = fetch_header_value(buf, len, "Content-Range"))) {
+                f->resp_range_start = fetch_content_range_start(v);
                 free(v);
         }
         return len;
@@ -1073,6 +458,8 @@ static long response_code(Fetch *f) {
 static BodyMode body_start(Fetch *f) {
         curl_off_t cl = -1;
         long code = response_code(f);
+        bool restart = false;
+        int r;
 
         if (code >= 300 && code < 400)
                 return BODY_DISCARD;
@@ -1081,21 +468,9 @@ static BodyMode body_start(Fetch *f) {
         if (f->phase == PHASE_SUMS)
                 return BODY_WRITE;
 
-        /* Nothing is queued for the sink at this point (the .part was hashed, no byte of this body went out
-         * yet), so the loop may touch it. */
         if (f->offset > 0 && code != 206) {
                 log_info("Server ignored the Range request for %s, downloading it from the start", f->url_redacted);
-                if (ftruncate(f->sink->fd, 0) < 0) {
-                        (void) hydra_error_set(&f->error, -errno, "truncate '%s': %s", f->part_path,
-                                               strerror(errno));
-                        return BODY_ABORT;
-                }
-                f->sink->size = 0;
-                f->offset = f->bytes = 0;
-                if (digests_init(f->sink) < 0) {
-                        (void) hydra_error_set(&f->error, -EIO, "digest of %s", f->url_redacted);
-                        return BODY_ABORT;
-                }
+                restart = true;
         } else if (code == 206 && f->resp_range_start != (int64_t) f->offset) {
                 (void) hydra_error_set(&f->error, -EPROTO,
                                        "download %s: asked for bytes from %" PRIu64 ", the server sent %" PRIi64,
@@ -1103,17 +478,15 @@ static BodyMode body_start(Fetch *f) {
                 return BODY_ABORT;
         }
 
-        if (!f->sink) {
-                int fd = open(f->part_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
-                if (fd < 0) {
-                        (void) hydra_error_set(&f->error, -errno, "create '%s': %s", f->part_path, strerror(errno));
+        if (restart || !f->part_open) {
+                /* data.part from zero: created, or truncated, with the digests, on the worker before any byte
+                 * of this body (a failure there stops the transfer at the next write: sink_failed) */
+                r = sink_create(f->sink);
+                if (r < 0) {
+                        (void) hydra_error_set(&f->error, r, "create '%s': %s", f->part_path, strerror(-r));
                         return BODY_ABORT;
                 }
-                f->sink = sink_new(f, fd);
-                if (!f->sink) {
-                        (void) hydra_error_set(&f->error, -ENOMEM, "out of memory");
-                        return BODY_ABORT;
-                }
+                f->part_open = true;
                 f->offset = f->bytes = 0;
         }
 
@@ -1122,16 +495,11 @@ static BodyMode body_start(Fetch *f) {
         f->start_usec = now_usec();
         f->progress_usec = 0;
 
-        /* Remember which version of the file data.part holds, for If-Range when resuming it. */
-        if (f->resp_etag || f->resp_last_modified) {
-                json_t *part = json_object();
-                if (part) {
-                        meta_set_string(part, "etag", f->resp_etag);
-                        meta_set_string(part, "last_modified", f->resp_last_modified);
-                        (void) json_object_set_new(f->meta, "part", part);
-                        (void) meta_save(f);
-                }
-        }
+        /* Remember which version of the file data.part holds, for If-Range when resuming it: durable before the
+         * first byte of it is written (the worker runs the two in this order). */
+        if ((f->resp_etag || f->resp_last_modified) &&
+            fetch_meta_set_part(f->meta, f->resp_etag, f->resp_last_modified) >= 0)
+                meta_save(f);
         return BODY_WRITE;
 }
 
@@ -1177,7 +545,7 @@ static size_t sums_append(Fetch *f, const char *ptr, size_t len) {
 }
 
 static int buffer_submit(Fetch *f) {
-        Buffer *b = TAKE_PTR(f->wbuf);
+        FetchBuffer *b = TAKE_PTR(f->wbuf);
         int r;
 
         if (!b)
@@ -1186,7 +554,7 @@ static int buffer_submit(Fetch *f) {
                 buffer_put(f->fetcher, b);
                 return 0;
         }
-        r = worker_submit(f->fetcher, JOB_DATA, f->sink, b, 0, false);
+        r = sink_write(f->sink, b);
         if (r < 0) {
                 buffer_put(f->fetcher, b);
                 return hydra_error_set(&f->error, r, "write '%s': %s", f->part_path, strerror(-r));
@@ -1194,10 +562,51 @@ static int buffer_submit(Fetch *f) {
         return 0;
 }
 
+static void buffers_put(Fetcher *fr, FetchBuffer *l) {
+        while (l) {
+                FetchBuffer *b = l;
+                l = b->next;
+                buffer_put(fr, b);
+        }
+}
+
+static void fetcher_process(Fetcher *fr);
+
+/* The next iteration of the loop: transfers paused for FETCH_DISPATCH_BYTES go on. */
+static int on_budget(sd_event_source *s, void *userdata) {
+        _cleanup_(fetcher_unrefp) Fetcher *fr = fetcher_ref(userdata);
+
+        fr->dispatch_bytes = 0;
+        for (Fetch *f = fr->fetches; f && !fr->dead; f = f->next)
+                if (f->budget_paused) {
+                        f->budget_paused = false;
+                        if (!f->in_multi)
+                                continue;
+                        fr->in_curl++;
+                        (void) curl_easy_pause(f->easy, CURLPAUSE_CONT);
+                        fr->in_curl--;
+                }
+        if (!fr->dead)
+                fetcher_process(fr);
+        return 0;
+}
+
+static int budget_arm(Fetcher *fr) {
+        int r;
+
+        if (!fr->budget_defer) {
+                r = sd_event_add_defer(fr->event, &fr->budget_defer, on_budget, fr);
+                if (r < 0)
+                        return r;
+                (void) sd_event_source_set_description(fr->budget_defer, "fetch-budget");
+        }
+        return sd_event_source_set_enabled(fr->budget_defer, SD_EVENT_ONESHOT);
+}
+
 static size_t on_write(char *ptr, size_t size, size_t n, void *userdata) {
         Fetch *f = userdata;
         size_t len = size * n, room;
-        Buffer *spare = NULL;
+        FetchBuffer *spare = NULL;
 
         if (f->cancelled)
                 return 0;
@@ -1209,18 +618,26 @@ static size_t on_write(char *ptr, size_t size, size_t n, void *userdata) {
                 return 0;
         if (f->phase == PHASE_SUMS)
                 return sums_append(f, ptr, len);
+        if (sink_failed(f->sink)) {
+                /* the worker could not create or write data.part: main_done() reports it */
+                f->body_mode = BODY_ABORT;
+                return 0;
+        }
+
+        if (f->fetcher->dispatch_bytes >= FETCH_DISPATCH_BYTES && !f->cur_is_file && budget_arm(f->fetcher) >= 0) {
+                f->budget_paused = true;
+                return CURL_WRITEFUNC_PAUSE;
+        }
 
         /* libcurl hands over 16 KiB at a time; they are gathered into 1 MiB buffers for the worker. Take every
          * buffer this piece needs first: a paused write must leave nothing behind, libcurl delivers it again. */
         room = f->wbuf ? FETCH_WRITE_BUFFER_SIZE - f->wbuf->len : 0;
         for (size_t need = len > room ? len - room : 0; need > 0;) {
-                Buffer *b = buffer_get(f->fetcher);
+                /* libcurl cannot pause a file:// transfer: wait for the worker instead */
+                FetchBuffer *b = f->cur_is_file ? sink_worker_buffer_wait(f->fetcher->worker)
+                                                : sink_worker_buffer_get(f->fetcher->worker);
                 if (!b) {
-                        while (spare) {
-                                b = spare;
-                                spare = b->next;
-                                buffer_put(f->fetcher, b);
-                        }
+                        buffers_put(f->fetcher, spare);
                         f->paused = true;
                         return CURL_WRITEFUNC_PAUSE;
                 }
@@ -1246,24 +663,19 @@ static size_t on_write(char *ptr, size_t size, size_t n, void *userdata) {
                 ptr += k;
                 len -= k;
                 if (f->wbuf->len == FETCH_WRITE_BUFFER_SIZE && buffer_submit(f) < 0) {
-                        while (spare) {
-                                Buffer *b = spare;
-                                spare = b->next;
-                                buffer_put(f->fetcher, b);
-                        }
+                        buffers_put(f->fetcher, spare);
                         f->body_mode = BODY_ABORT;
                         return 0;
                 }
         }
 
+        f->fetcher->dispatch_bytes += size * n;
         if (f->progress)
                 report_progress(f);
         return f->cancelled ? 0 : size * n;
 }
 
 /* --- the glue: libcurl's sockets and timer on sd-event --- */
-
-static void fetcher_process(Fetcher *fr);
 
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         CurlIo *io = userdata;
@@ -1277,6 +689,7 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         if (revents & (EPOLLERR | EPOLLHUP))
                 action |= CURL_CSELECT_ERR;
 
+        fr->dispatch_bytes = 0;
         fr->in_curl++;
         (void) curl_multi_socket_action(fr->multi, fd, action, &running);
         fr->in_curl--;
@@ -1345,6 +758,7 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         _cleanup_(fetcher_unrefp) Fetcher *fr = fetcher_ref(userdata);
         int running = 0;
 
+        fr->dispatch_bytes = 0;
         fr->in_curl++;
         (void) curl_multi_socket_action(fr->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         fr->in_curl--;
@@ -1466,6 +880,8 @@ static int transfer_start(Fetch *f, const char *url) {
                 return -ENOMEM;
         free_secret(f->cur_url);
         f->cur_url = u;
+        f->cur_is_file = url_is_file(u);
+        f->budget_paused = false;
 
         f->body_mode = BODY_UNKNOWN;
         f->errbuf[0] = '\0';
@@ -1521,10 +937,11 @@ static int main_start(Fetch *f) {
         return transfer_start(f, f->url);
 }
 
-/* The checksum is known (or there is none): use the cache, resume, revalidate or download. */
+/* The checksum is known (or there is none): use the cache, or have the worker prepare data.part (kept and
+ * hashed for resuming, or removed), then revalidate or download (on_sink_done). */
 static int fetch_proceed(Fetch *f, HydraError *err) {
-        const char *algo = digest_algo_table[f->expected_algo];
-        struct stat st;
+        const char *algo = digest_algo_to_string(f->expected_algo);
+        bool resume;
         int r;
 
         if (f->expected_algo != DIGEST_NONE && f->have_data) {
@@ -1542,32 +959,13 @@ static int fetch_proceed(Fetch *f, HydraError *err) {
         f->revalidate = f->have_data && f->expected_algo == DIGEST_NONE;
         f->offset = f->bytes = 0;
 
-        if (lstat(f->part_path, &st) >= 0) {
-                /* Resume unless the URL is a local file (copying it again is cheap) or the .part cannot be told
-                 * apart from a left-over next to good data. */
-                bool resume = S_ISREG(st.st_mode) && st.st_size > 0 && !url_is_file(f->url) &&
-                              (!f->have_data || json_object_get(f->meta, "part"));
-                if (resume) {
-                        int fd = open(f->part_path, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
-                        if (fd < 0)
-                                return hydra_error_set(err, -errno, "open '%s': %s", f->part_path, strerror(errno));
-                        f->sink = sink_new(f, fd);
-                        if (!f->sink)
-                                return hydra_error_set(err, -ENOMEM, "out of memory");
-                        /* the digest must cover what is there: the worker reads it back first */
-                        r = worker_submit(f->fetcher, JOB_HASH_FILE, f->sink, NULL, (uint64_t) st.st_size, false);
-                        if (r < 0)
-                                return hydra_error_set(err, r, "hash '%s': %s", f->part_path, strerror(-r));
-                        f->revalidate = false;
-                        f->phase = PHASE_HASH_PART;
-                        return 0;
-                }
-                unlink_part(f);
-        }
-
-        r = main_start(f);
+        /* Resume unless the URL is a local file (copying it again is cheap) or the .part cannot be told apart
+         * from a left-over next to good data. */
+        resume = !url_is_file(f->url) && (!f->have_data || json_object_get(f->meta, "part"));
+        r = sink_prepare(f->sink, resume, f->expected_algo == DIGEST_SHA512);
         if (r < 0)
-                return hydra_error_set(err, r, "start downloading %s", f->url_redacted);
+                return hydra_error_set(err, r, "prepare '%s': %s", f->part_path, strerror(-r));
+        f->phase = PHASE_PREPARE;
         return 0;
 }
 
@@ -1663,12 +1061,13 @@ static int on_redirect(Fetch *f, long code, const char *url_redacted) {
         _cleanup_free_ char *target = NULL, *shown = NULL;
         int r;
 
+        /* libcurl resolves a relative Location against the URL it fetched */
         if (curl_easy_getinfo(f->easy, CURLINFO_REDIRECT_URL, &location) != CURLE_OK || !location)
                 return 0;
         if (++f->hops > FETCH_MAX_REDIRECTS)
                 return hydra_error_set(&f->error, -ELOOP, "%s: more than %d redirects", url_redacted,
                                        FETCH_MAX_REDIRECTS);
-        if (strncasecmp(location, "http://", 7) != 0 && strncasecmp(location, "https://", 8) != 0)
+        if (!url_scheme_is(location, "http") && !url_scheme_is(location, "https"))
                 return hydra_error_set(&f->error, -EPROTONOSUPPORT,
                                        "%s: redirect to a URL that is not http or https refused", url_redacted);
         target = strdup(location); /* owned by the easy handle, which transfer_start() reconfigures */
@@ -1676,7 +1075,7 @@ static int on_redirect(Fetch *f, long code, const char *url_redacted) {
         if (!target || !shown)
                 return hydra_error_set(&f->error, -ENOMEM, "out of memory");
         log_debug("%s: HTTP %ld, redirected to %s", url_redacted, code, shown);
-        if (f->send_auth && !same_origin(f->cur_url, target)) {
+        if (f->send_auth && !url_same_origin(f->cur_url, target)) {
                 log_debug("%s redirects to another origin: credentials are not sent there", url_redacted);
                 f->send_auth = false;
         }
@@ -1735,14 +1134,14 @@ static void sums_done(Fetch *f, CURLcode cc) {
                 return;
         }
 
-        r = sums_lookup(f->sums ?: "", f->sums_len, f->name, &f->expected_algo, f->expected_hex);
+        r = fetch_sums_lookup(f->sums ?: "", f->sums_len, f->name, &f->expected_algo, f->expected_hex);
         f->sums = mfree(f->sums);
         f->sums_len = 0;
         if (r < 0) {
                 fetch_fail(f, hydra_error_set(&f->error, r, "%s lists no checksum for '%s'", u, f->name));
                 return;
         }
-        log_debug("%s: %s of '%s' is %s", u, digest_algo_table[f->expected_algo], f->name, f->expected_hex);
+        log_debug("%s: %s of '%s' is %s", u, digest_algo_to_string(f->expected_algo), f->name, f->expected_hex);
 
         r = fetch_proceed(f, &e);
         if (r < 0) {
@@ -1751,75 +1150,75 @@ static void sums_done(Fetch *f, CURLcode cc) {
         }
 }
 
-/* The worker has written and synced everything: verify, then data.part becomes data. */
+/* The worker has written and synced everything: verify, then have it commit data.part as data. */
 static int main_finish(Fetch *f) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        char got[129], got512[129] = "";
-        unsigned md_len = 0;
+        char got[FETCH_HEX_MAX], got512[FETCH_HEX_MAX];
+        _cleanup_free_ char *text = NULL;
         const char *actual;
-        Sink *s = f->sink;
         json_t *m;
         int r;
 
-        if (EVP_DigestFinal_ex(s->sha256, md, &md_len) != 1)
+        if (sink_digests(f->sink, got, got512) < 0)
                 return hydra_error_set(&f->error, -EIO, "digest of %s", f->url_redacted);
-        hex_encode(md, md_len, got);
-        if (s->sha512) {
-                if (EVP_DigestFinal_ex(s->sha512, md, &md_len) != 1)
-                        return hydra_error_set(&f->error, -EIO, "digest of %s", f->url_redacted);
-                hex_encode(md, md_len, got512);
-        }
 
         actual = f->expected_algo == DIGEST_SHA512 ? got512 : got;
         if (f->expected_algo != DIGEST_NONE && !streq(actual, f->expected_hex)) {
-                const char *algo = digest_algo_table[f->expected_algo];
+                const char *algo = digest_algo_to_string(f->expected_algo);
                 /* Nothing of this is worth keeping: the .part is wrong, and a data file from before is not what
                  * the server serves any more. */
-                (void) unlink(f->data_path);
-                (void) store_remove(f->entry, "meta.json");
+                (void) sink_discard(f->sink);
                 return hydra_error_set(&f->error, -EBADMSG, "checksum mismatch for %s: expected %s:%s, got %s:%s",
                                        f->url_redacted, algo, f->expected_hex, algo, actual);
         }
 
-        /* The old meta.json goes first, durably: a crash before the new one is written leaves data without
-         * meta.json (downloaded again), never data described by the metadata of another version. */
-        r = store_remove(f->entry, "meta.json");
-        if (r >= 0)
-                r = fsync_dir(f->entry);
-        if (r < 0)
-                return hydra_error_set(&f->error, r, "remove the old metadata in '%s': %s", f->entry, strerror(-r));
-        if (rename(f->part_path, f->data_path) < 0)
-                return hydra_error_set(&f->error, -errno, "rename '%s' into '%s': %s", f->part_path, f->data_path,
-                                       strerror(errno));
-
-        m = json_object();
-        if (!m)
+        m = fetch_meta_new(f->url_redacted, f->resp_etag, f->resp_last_modified, f->bytes, got, got512,
+                           (int64_t) time(NULL));
+        text = m ? fetch_meta_format(m) : NULL;
+        if (!text) {
+                json_decref(m);
                 return hydra_error_set(&f->error, -ENOMEM, "out of memory");
-        meta_set_string(m, "url", f->url_redacted);
-        meta_set_string(m, "etag", f->resp_etag);
-        meta_set_string(m, "last_modified", f->resp_last_modified);
-        (void) json_object_set_new(m, "size", json_integer((json_int_t) f->bytes));
-        meta_set_string(m, "sha256", got);
-        if (got512[0])
-                meta_set_string(m, "sha512", got512);
-        (void) json_object_set_new(m, "time", json_integer((json_int_t) time(NULL)));
+        }
+        r = sink_commit(f->sink, text);
+        if (r < 0) {
+                json_decref(m);
+                return hydra_error_set(&f->error, r, "rename '%s' into '%s': %s", f->part_path, f->data_path,
+                                       strerror(-r));
+        }
         json_decref(f->meta);
         f->meta = m;
-        sink_release(f->fetcher, &f->sink, false);
-        (void) meta_save(f); /* on failure, data is simply not a cache hit next time */
-
         memcpy(f->sha256_hex, got, sizeof(got));
+        f->phase = PHASE_COMMIT;
+        return 0;
+}
+
+/* The worker committed data (or failed to). */
+static void main_committed(Fetch *f) {
+        const char *op = NULL;
+        int r = sink_error(f->sink, &op);
+
+        if (r < 0) {
+                if (op && streq(op, "rename"))
+                        (void) hydra_error_set(&f->error, r, "rename '%s' into '%s': %s", f->part_path,
+                                               f->data_path, strerror(-r));
+                else
+                        (void) hydra_error_set(&f->error, r, "remove the old metadata in '%s': %s", f->entry,
+                                               strerror(-r));
+                unlink_part(f);
+                fetch_fail(f, r);
+                return;
+        }
+        f->part_open = false;
         f->result.from_cache = false;
         f->result_r = 0;
-        log_info("Downloaded %s: %" PRIu64 " bytes, sha256 %s", f->url_redacted, f->bytes, got);
-        return 0;
+        log_info("Downloaded %s: %" PRIu64 " bytes, sha256 %s", f->url_redacted, f->bytes, f->sha256_hex);
+        fetch_deliver(f); /* everything f queued is done */
 }
 
 /* The transfer ended, well (ok) or interrupted: the worker writes what is left, then reports back. */
 static int finish_start(Fetch *f, bool ok, CURLcode cc) {
         int r;
 
-        if (!f->sink) {
+        if (!f->part_open) {
                 /* no body ever started: an empty file (or nothing to keep) */
                 if (!ok)
                         return 0;
@@ -1833,7 +1232,7 @@ static int finish_start(Fetch *f, bool ok, CURLcode cc) {
         if (r < 0)
                 return r;
         /* a finished download is synced before it is renamed: data is durable once the done callback runs */
-        r = worker_submit(f->fetcher, JOB_FINISH, f->sink, NULL, 0, ok);
+        r = sink_finish(f->sink, ok);
         if (r < 0)
                 return hydra_error_set(&f->error, r, "write '%s': %s", f->part_path, strerror(-r));
         f->phase = PHASE_FINISH;
@@ -1842,23 +1241,39 @@ static int finish_start(Fetch *f, bool ok, CURLcode cc) {
         return 1;
 }
 
-/* The worker is done with a JOB_HASH_FILE or JOB_FINISH of f. */
-static void on_sink_done(Fetch *f, Job *j) {
-        Sink *s = f->sink;
-        const char *u = f->url_redacted;
+/* The worker is done with a reported job of f's sink (see fetch_sink.h). */
+static void on_sink_done(Sink *s, SinkOp op, void *owner) {
+        Fetch *f = owner;
+        const char *u = f->url_redacted, *what = NULL;
         CURLcode cc = f->finish_cc;
+        uint64_t size;
         int r;
 
-        if (s->error < 0) {
-                (void) hydra_error_set(&f->error, s->error, "%s '%s': %s", s->error_op, f->part_path,
-                                       strerror(-s->error));
+        meta_log_error(f);
+        if (op == SINK_BARRIER) {
+                if (f->phase == PHASE_DONE)
+                        fetch_deliver(f);
+                return;
+        }
+        if (op == SINK_COMMIT) {
+                main_committed(f);
+                return;
+        }
+
+        r = sink_error(s, &what);
+        if (r < 0) {
+                (void) hydra_error_set(&f->error, r, "%s '%s': %s", what, f->part_path, strerror(-r));
                 unlink_part(f);
                 fetch_fail(f, f->error.code);
                 return;
         }
 
-        if (j->type == JOB_HASH_FILE) {
-                f->offset = f->bytes = s->size;
+        size = sink_size(s);
+        if (op == SINK_PREPARE) {
+                f->offset = f->bytes = size;
+                f->part_open = size > 0;
+                if (size > 0)
+                        f->revalidate = false;
                 r = main_start(f);
                 if (r < 0)
                         fetch_fail(f, hydra_error_set(&f->error, r, "start downloading %s", u));
@@ -1870,19 +1285,17 @@ static void on_sink_done(Fetch *f, Job *j) {
                 if (r < 0) {
                         unlink_part(f);
                         fetch_fail(f, r);
-                } else
-                        fetch_complete(f);
+                }
                 return;
         }
 
         /* interrupted: what arrived stays for the next attempt */
-        if (s->size == 0)
+        if (size == 0)
                 unlink_part(f);
         if (f->revalidate && f->have_data) {
                 /* a newer version was coming: the verified copy we have still serves */
                 log_warning("Download of a newer %s interrupted after %" PRIu64 " bytes (%s), using the cached copy",
-                            u, s->size, curl_error_text(f, cc));
-                sink_release(f->fetcher, &f->sink, false);
+                            u, size, curl_error_text(f, cc));
                 r = fetch_use_cache(f, false, "the download of a newer version was interrupted, using the cached copy");
                 if (r < 0)
                         fetch_fail(f, hydra_error_set(&f->error, r, "out of memory"));
@@ -1891,8 +1304,8 @@ static void on_sink_done(Fetch *f, Job *j) {
                 return;
         }
         (void) hydra_error_set(&f->error, curl_code_to_errno(cc),
-                               "download %s interrupted after %" PRIu64 " bytes%s: %s", u, s->size,
-                               s->size > 0 ? " (kept for resuming)" : "",
+                               "download %s interrupted after %" PRIu64 " bytes%s: %s", u, size,
+                               size > 0 ? " (kept for resuming)" : "",
                                curl_error_text(f, cc));
         fetch_fail(f, f->error.code);
 }
@@ -1919,6 +1332,8 @@ static void main_done(Fetch *f, CURLcode cc) {
                 fetch_fail(f, f->error.code);
                 return;
         }
+        if (sink_failed(f->sink) && finish_start(f, false, cc) > 0)
+                return; /* the worker could not write data.part: on_sink_done() says why */
 
         if (cc == CURLE_OK || f->body_mode == BODY_ABORT) {
                 long unmet = 0;
@@ -1984,7 +1399,7 @@ static void main_done(Fetch *f, CURLcode cc) {
                         use_cache_or_fail(f, false, "server unreachable, using the cached copy");
                         return;
                 }
-                if (f->sink) {
+                if (f->part_open) {
                         r = finish_start(f, false, cc);
                         if (r > 0)
                                 return;
@@ -2001,10 +1416,10 @@ static void on_transfer_done(Fetch *f, CURLcode cc) {
         (void) curl_multi_remove_handle(fr->multi, f->easy);
         f->in_multi = false;
         f->paused = false;
+        f->budget_paused = false;
 
         if (f->cancelled) {
-                unlink_part(f);
-                fetch_free(f);
+                fetch_drop(f);
                 return;
         }
         if (f->phase == PHASE_SUMS)
@@ -2031,57 +1446,31 @@ static void fetcher_process(Fetcher *fr) {
 
         for (Fetch *f = fr->dead ? NULL : fr->fetches, *next; f; f = next) {
                 next = f->next;
-                if (f->cancelled) {
-                        unlink_part(f);
-                        fetch_free(f);
-                }
+                if (f->cancelled)
+                        fetch_drop(f);
         }
 }
 
-/* The worker returned jobs, or freed a buffer a paused transfer waits for. */
-static int on_worker(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+/* After the worker reported back: buffers a cancelled download held came back, or one a paused transfer waits
+ * for is free. */
+static void on_worker_wakeup(bool buffers_free, void *userdata) {
         _cleanup_(fetcher_unrefp) Fetcher *fr = fetcher_ref(userdata);
-        Job *returned;
-        uint64_t v;
-        bool unpause;
 
-        (void) read(fr->efd, &v, sizeof(v));
-
-        pthread_mutex_lock(&fr->lock);
-        returned = fr->returned;
-        fr->returned = NULL;
-        fr->returned_tail = &fr->returned;
-        unpause = fr->free_buffers;
-        if (unpause)
-                fr->want_buffer = false;
-        pthread_mutex_unlock(&fr->lock);
-
-        while (returned) {
-                Job *j = returned;
-                returned = j->next;
-                /* a done callback may have freed the fetcher: then only clean up */
-                if (!fr->dead && j->sink->fetch)
-                        on_sink_done(j->sink->fetch, j);
-                fetcher_lock(fr);
-                sink_unref_locked(j->sink);
-                fetcher_unlock(fr);
-                free(j);
-        }
-
-        if (!fr->dead)
-                buffers_trim(fr); /* buffers of a cancelled download came back */
-
-        if (unpause && !fr->dead) {
-                for (Fetch *f = fr->fetches; f; f = f->next)
-                        if (f->paused && f->in_multi) {
-                                f->paused = false;
-                                fr->in_curl++;
-                                (void) curl_easy_pause(f->easy, CURLPAUSE_CONT);
-                                fr->in_curl--;
-                        }
-                fetcher_process(fr);
-        }
-        return 0;
+        if (fr->dead)
+                return;
+        if (!fr->fetches)
+                sink_worker_buffers_trim(fr->worker);
+        if (!buffers_free)
+                return;
+        fr->dispatch_bytes = 0;
+        for (Fetch *f = fr->fetches; f; f = f->next)
+                if (f->paused && f->in_multi) {
+                        f->paused = false;
+                        fr->in_curl++;
+                        (void) curl_easy_pause(f->easy, CURLPAUSE_CONT);
+                        fr->in_curl--;
+                }
+        fetcher_process(fr);
 }
 
 /* --- the public side --- */
@@ -2099,15 +1488,10 @@ int fetcher_new(sd_event *event, Fetcher **ret) {
                 return -ENOMEM;
         fr->n_ref = 1;
         fr->event = sd_event_ref(event);
-        fr->efd = -EBADF;
         fr->low_speed_limit = 1024;
         fr->low_speed_time = 60;
-        fr->queue_tail = &fr->queue;
-        fr->returned_tail = &fr->returned;
-        (void) pthread_mutex_init(&fr->lock, NULL);
-        (void) pthread_cond_init(&fr->cond, NULL);
         fr->multi = curl_multi_init();
-        if (!fr->multi ||
+        if (!fr->multi || sink_worker_new(event, on_sink_done, on_worker_wakeup, fr, &fr->worker) < 0 ||
             curl_multi_setopt(fr->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
             curl_multi_setopt(fr->multi, CURLMOPT_SOCKETDATA, fr) != CURLM_OK ||
             curl_multi_setopt(fr->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
@@ -2137,19 +1521,9 @@ Fetcher *fetcher_free(Fetcher *fr) {
                 free(io);
         }
         fr->timer = sd_event_source_disable_unref(fr->timer);
+        fr->budget_defer = sd_event_source_disable_unref(fr->budget_defer);
 
-        worker_stop(fr);
-        while (fr->returned) {
-                Job *j = fr->returned;
-                fr->returned = j->next;
-                sink_unref_locked(j->sink);
-                free(j);
-        }
-        buffers_trim(fr);
-        fr->efd_source = sd_event_source_disable_unref(fr->efd_source);
-        fr->efd = safe_close(fr->efd);
-        (void) pthread_cond_destroy(&fr->cond);
-        (void) pthread_mutex_destroy(&fr->lock);
+        fr->worker = sink_worker_free(fr->worker); /* lets it write what it was handed */
 
         fr->event = sd_event_unref(fr->event);
         fetcher_unref(fr);
@@ -2172,8 +1546,7 @@ void fetch_cancel(Fetch *f) {
                 return;
         }
         log_debug("Cancelled the download of %s", f->url_redacted);
-        unlink_part(f);
-        fetch_free(f);
+        fetch_drop(f);
 }
 
 static bool header_name_valid(const char *s) {
@@ -2208,8 +1581,7 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
         f->url = strdup(req->url);
         f->url_redacted = url_display(req->url);
         f->entry = fetch_cache_entry(req->cache_dir, req->url);
-        f->name = url_file_name(req->url);
-        if (!f->url || !f->url_redacted || !f->entry || !f->name || url_userinfo_password(f->url, &f->url_password) < 0)
+        if (!f->url || !f->url_redacted || !f->entry || url_password(f->url, &f->url_password) < 0)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
         if (asprintf(&f->data_path, "%s/data", f->entry) < 0 || asprintf(&f->part_path, "%s/data.part", f->entry) < 0)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
@@ -2241,7 +1613,7 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
         f->secrets[1] = req->token ? f->token_line + strlen(f->token_line) - strlen(req->token) : NULL;
         f->secrets[2] = f->url_password;
 
-        if (req->checksum && parse_checksum(req->checksum, &f->expected_algo, f->expected_hex) < 0)
+        if (req->checksum && fetch_parse_checksum(req->checksum, &f->expected_algo, f->expected_hex) < 0)
                 return hydra_error_set(err, -EINVAL,
                                        "fetch %s: invalid checksum '%s' (expected sha256:HEX or sha512:HEX)",
                                        f->url_redacted, req->checksum);
@@ -2255,9 +1627,12 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
                 f->sums_url = strdup(req->sums_url);
                 f->sums_url_redacted = url_display(req->sums_url);
                 if (!f->sums_url || !f->sums_url_redacted ||
-                    url_userinfo_password(f->sums_url, &f->sums_url_password) < 0)
+                    url_password(f->sums_url, &f->sums_url_password) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
                 f->secrets[3] = f->sums_url_password;
+                r = url_file_name(req->url, &f->name);
+                if (r == -ENOMEM)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
                 if (isempty(f->name))
                         return hydra_error_set(err, -EINVAL, "fetch %s: the URL names no file to look up in %s",
                                                f->url_redacted, f->sums_url_redacted);
@@ -2270,6 +1645,9 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
         r = mkdir_p(f->entry, 0755);
         if (r < 0)
                 return hydra_error_set(err, r, "create the cache directory '%s': %s", f->entry, strerror(-r));
+        f->sink = sink_new(fr->worker, f->entry, f);
+        if (!f->sink)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
         r = meta_load(f);
         if (r < 0)
                 return hydra_error_set(err, r, "out of memory");
@@ -2284,7 +1662,7 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
                 f->phase = PHASE_SUMS;
                 f->hops = 0;
                 /* the SUMS file gets the credentials only if it lives where the file does */
-                f->send_auth = same_origin(f->sums_url, f->url);
+                f->send_auth = url_same_origin(f->sums_url, f->url);
                 log_debug("Fetching the checksum of %s from %s", f->url_redacted, f->sums_url_redacted);
                 r = transfer_start(f, f->sums_url);
                 if (r < 0)

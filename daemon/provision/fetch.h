@@ -28,13 +28,18 @@
  * ?private_token=): every URL, the SUMS url's and a redirect's included, is shown as url_display() makes it, and
  * libcurl's error text is scrubbed of them too. Only libcurl gets the URL whole.
  *
- * Details of this implementation:
- * - The bytes are written, hashed and fsynced by one worker thread per Fetcher (SHA-256 costs about as much as a
- *   local transfer; a disk may stall): handed over through a queue, reported back to the loop through an eventfd.
- *   The thread touches only the file and its digest; callbacks all run on the loop. When it falls behind, the
- *   transfer pauses. On resume it also reads back and hashes the existing .part before the Range request.
+ * Details of this implementation (three files: fetch.c the curl glue, fetch_sink.c the disk worker, fetch_meta.c
+ * the pure helpers):
+ * - Every write to the cache (data.part's bytes, their hash, fsync, meta.json, rename, unlink) is done by one
+ *   worker thread per Fetcher (SHA-256 costs about as much as a local transfer; an fsync, or an unlink or rename
+ *   that frees a large file's blocks, may take tens of milliseconds): handed over through a queue, run in that
+ *   order, reported back to the loop through an eventfd. Callbacks all run on the loop, the done callback once the
+ *   worker has done everything its Fetch queued (the cache is then as the result says). When the worker falls
+ *   behind, the transfer pauses; so does one that took 1 MiB in one wake-up of the loop, until the next. On resume
+ *   the worker also reads back and hashes the existing .part before the Range request.
  * - The old meta.json is removed (durably) before the rename and the new one written after it: a crash in between
- *   leaves data without meta.json, which is never a cache hit (downloaded again).
+ *   leaves data without meta.json, which is never a cache hit (downloaded again). The "part" record below is
+ *   durable before the first byte of the response it describes is written.
  * - Redirects (at most 5, to http/https only) are followed by fetch.c itself rather than by libcurl, so that a
  *   redirect to another origin (scheme, host, port) drops the password AND the token header: libcurl drops only
  *   the former. A SUMS url gets the credentials only when it has the URL's origin.
@@ -83,8 +88,8 @@ typedef void (*fetch_done_t)(Fetch *f, int r, const FetchResult *res, const Hydr
 
 int fetcher_new(sd_event *event, Fetcher **ret);
 /* Cancels every fetch (no callbacks). Unlike fetch_cancel(), a .part is kept: a daemon that stops mid-download
- * resumes it when it comes back. Waits for the worker to write what it was handed (at most 32 MiB, or an fsync
- * in progress). May be called from a done callback, not from a progress callback. */
+ * resumes it when it comes back. Waits for the worker to do what it was handed (at most 32 MiB of writes, an
+ * fsync, a commit into the cache). May be called from a done callback, not from a progress callback. */
 Fetcher *fetcher_free(Fetcher *fr);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Fetcher *, fetcher_free);
 
@@ -96,7 +101,8 @@ void fetcher_set_low_speed(Fetcher *fr, unsigned long limit, unsigned long secon
 int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress, fetch_done_t done,
                 void *userdata, Fetch **ret, HydraError *err);
 
-/* Stops a fetch: no callback follows, the .part file is removed. NULL is fine. */
+/* Stops a fetch: no callback follows, the .part file is removed (by the worker, right after what it is doing:
+ * not necessarily when this returns), and nothing else the fetch queued is written. NULL is fine. */
 void fetch_cancel(Fetch *f);
 
 /* The cache directory entry of a URL: CACHE_DIR/<key>, key the SHA-256 of the URL without user:password@ (its
