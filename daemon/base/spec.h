@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* daemon/base: the vocabulary and the tools every layer of hydrad uses: the spec (this file), atomic files
+ * (store.h), the disk queue and worker threads (disk_queue.h, worker.h), processes and helper programs (process.h,
+ * child.h), listening sockets (listener.h), how URLs are shown and taken apart (url.h). It includes nothing of
+ * hydrad above it; a tool belongs here when two layers need it and it knows no VM. */
+
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>

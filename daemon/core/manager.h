@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* daemon/core: the supervisor: the Manager (this file) and its two Vms (vm.h: the object; vm_state.h: the table
+ * every state change goes through; restart.h: the restart policy), and hydrad.conf (config.h). The Vm's insides
+ * (struct Vm, VmServices) are in core/internal/, which nothing above core/ can include. core/ sees qemu/,
+ * provision/, net/ and base/; main.c and api.c see core/. */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

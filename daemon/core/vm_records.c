@@ -33,14 +33,25 @@ static void on_record_removed(int r, const HydraError *err, void *userdata) {
                 log_vm_warning(vm->name, "VM '%s': %s", vm->name, err->message);
 }
 
+/* Queues dir/name := o as compact JSON (taking o); what goes wrong reaches done, as a failed write would. */
+static void record_queue(Vm *vm, const char *dir, const char *name, json_t *o, disk_job_done_t done) {
+        _cleanup_free_ char *data = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        HydraError err;
+        int r;
+
+        json_decref(o);
+        r = data ? disk_queue_replace(vm->disk, dir, name, data, strlen(data), 0600, done, vm) : -ENOMEM;
+        if (r < 0) {
+                hydra_error_set(&err, r, "out of memory");
+                done(r, &err, vm);
+        }
+}
+
 /* RUN_DIR/ROLE/runtime.json: what a restarted hydrad needs to find its QEMU again. Replaced atomically at every
  * state with a process; removed when the process is gone. */
 void vm_runtime_save(Vm *vm) {
-        _cleanup_free_ char *data = NULL;
         uint64_t ready_since;
-        HydraError err;
         json_t *o;
-        int r;
 
         (void) vm_services_ready(vm->services, &ready_since, NULL);
         o = json_pack("{s:I, s:I, s:s, s:I, s:I, s:s, s:s*, s:s*, s:I}", "pid", (json_int_t) vm->pid, "start_time",
@@ -49,15 +60,7 @@ void vm_runtime_save(Vm *vm) {
                       (json_int_t) (vm_now_usec(CLOCK_REALTIME) - (vm_now_usec(CLOCK_MONOTONIC) - vm->spawn_usec)),
                       "state", vm_state_to_string(vm->state), "disk_path", vm->prepared.disk_path, "seed_path",
                       vm->prepared.seed_path, "ready_since_usec", (json_int_t) ready_since);
-        data = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        json_decref(o);
-        r = data ? disk_queue_replace(vm->disk, vm->run_dir, RUNTIME_FILE, data, strlen(data), 0600,
-                                      on_runtime_written, vm)
-                 : -ENOMEM;
-        if (r < 0) {
-                hydra_error_set(&err, r, "out of memory");
-                on_runtime_written(r, &err, vm);
-        }
+        record_queue(vm, vm->run_dir, RUNTIME_FILE, o, on_runtime_written);
 }
 
 void vm_runtime_update(Vm *vm) {
@@ -143,24 +146,13 @@ static void on_state_written(int r, const HydraError *err, void *userdata) {
  * restarted hydrad shows what happened instead of "defined"; or "preparing", so that a hydrad that dies during the
  * preparation is followed by one that says so. */
 void vm_state_save(Vm *vm) {
-        _cleanup_free_ char *data = NULL;
-        HydraError err;
         json_t *o;
-        int r;
 
         o = json_pack("{s:s, s:{s:b, s:i, s:i, s:s, s:I}, s:s}", "state", vm_state_to_string(vm->state), "last_exit",
                       "exited", vm->last_exit.exited, "code", vm->last_exit.code, "signal", vm->last_exit.signal,
                       "reason", vm->last_exit.reason, "time_usec", (json_int_t) vm->last_exit.time_usec, "last_error",
                       vm->last_error.code < 0 ? vm->last_error.message : "");
-        data = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        json_decref(o);
-        r = data ? disk_queue_replace(vm->disk, vm->state_dir, STATE_FILE, data, strlen(data), 0600, on_state_written,
-                                      vm)
-                 : -ENOMEM;
-        if (r < 0) {
-                hydra_error_set(&err, r, "out of memory");
-                on_state_written(r, &err, vm);
-        }
+        record_queue(vm, vm->state_dir, STATE_FILE, o, on_state_written);
 }
 
 void vm_state_load(Vm *vm) {

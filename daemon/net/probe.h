@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* daemon/net: hydrad's network side around a running guest: readiness probes (this file), the CRI socket's proxy
+ * (proxy.h), and apart, as a library of its own, the one gRPC client of the daemon: containerd's Version for the
+ * readiness probe (grpc_probe.h). It sees base/ only. */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* daemon/provision: what a VM needs before QEMU can start: the preparation chain (this file), downloads into the
+ * cache (fetch.h: curl glue; fetch_sink.h: its disk side; fetch_meta.h: pure helpers), unpacking (unpack.h) and the
+ * cloud-init seed (cloudinit.h). It sees base/ only, and knows no Vm: the core hands it a spec and hears back
+ * through callbacks. */
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>

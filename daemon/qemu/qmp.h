@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* daemon/qemu: QEMU itself, knowing no Vm: the QMP client (this file), the argv a spec means (qemu_argv.h) and the
+ * serial console relay (console.h). It sees base/ only. What hydrad says to QEMU, and how, belongs here; when to
+ * say it belongs to core/. */
+
 #include <jansson.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
