@@ -505,11 +505,31 @@ static void vm_prepare_continue(Vm *vm) {
         }
 }
 
+/* The staged stop from stage on (a later stage than one already reached escalates), once the record of the state
+ * that asked for it is durable: a hydrad killed after the guest was told to power off is followed by one that
+ * knows the stop was under way, and finishes it instead of taking the exit for a crash. */
+static void vm_stop_continue(Vm *vm) {
+        StopStage stage = vm->stop_pending;
+
+        vm->stop_pending = STOP_STAGE_NONE;
+        if (stage == STOP_STAGE_NONE || vm->pid <= 0 || vm->stop_stage >= stage)
+                return;
+        vm_stop_advance(vm, stage);
+}
+
+static void vm_stop_when_recorded(Vm *vm, StopStage stage) {
+        if (stage > vm->stop_pending)
+                vm->stop_pending = stage;
+        if (disk_queue_idle(vm->disk))
+                vm_stop_continue(vm);
+}
+
 /* Everything queued on vm->disk is durable: the steps that waited for it go on. */
 static void on_disk_idle(DiskQueue *q, void *userdata) {
         Vm *vm = userdata;
 
         vm_prepare_continue(vm);
+        vm_stop_continue(vm);
         vm_check_ops(vm);
 }
 
@@ -553,13 +573,10 @@ static int vm_act(Vm *vm, VmAction action) {
                 }
                 return 0;
         case VM_ACTION_STOP:
-                vm_stop_advance(vm, STOP_STAGE_POWERDOWN);
+                vm_stop_when_recorded(vm, STOP_STAGE_POWERDOWN);
                 return 0;
         case VM_ACTION_KILL:
-                if (vm->pid <= 0)
-                        return 0;
-                if (vm->stop_stage < STOP_STAGE_QUIT)
-                        vm_stop_advance(vm, STOP_STAGE_QUIT);
+                vm_stop_when_recorded(vm, STOP_STAGE_QUIT);
                 return 0;
         case VM_ACTION_CANCEL:
                 /* The download, unpack or helper in flight stops and its partial files go. */

@@ -64,6 +64,7 @@ void vm_teardown_process(Vm *vm) {
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
         vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
         vm->stop_stage = STOP_STAGE_NONE;
+        vm->stop_pending = STOP_STAGE_NONE;
         vm->pid = 0;
         vm->start_ticks = 0;
         vm->spawn_usec = 0;

@@ -88,6 +88,7 @@ struct Vm {
         DiskQueue *disk;
         VmRegister *reg;           /* a RegisterVm in flight (vm.c) */
         bool prepare_pending;      /* PREPARING: the provision starts once the "preparing" record is durable */
+        StopStage stop_pending;    /* the stop begins at this stage once the "stopping" record is durable */
 };
 
 /* --- vm.c --- */
