@@ -209,7 +209,7 @@ START_TEST(test_missing_program) {
         ck_assert_ptr_null(c);
         ck_assert_int_eq(err.code, -ENOENT);
         ck_assert_msg(strstr(err.message, "'hydra-no-such-program'"), "%s", err.message);
-        /* An absolute path is not searched for: its exec fails in the child and is reported. */
+        /* A path with a slash is not searched for: it must be there itself. */
         argv[0] = (char *) "/nonexistent/hydra-tool";
         hydra_error_clear(&err);
         ck_assert_int_eq(child_run(event, argv, on_done, &o, &c, &err), -ENOENT);
