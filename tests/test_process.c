@@ -2,7 +2,8 @@
 /* process.c with real processes: spawn (an exec failure reported with its errno, fds passed as 3, 4, ..., a
  * setsid'd child with stdin from /dev/null and no blocked or ignored signal of ours), the $PATH search, the
  * start-time identity (a zombie reads as gone), signals through the pidfd, and finding an unrecorded QEMU by its
- * exact option (issue 9, item 3): the executable, the uid and the whole argument must all match. perl stands in for QEMU: it runs with any trailing arguments. */
+ * exact option (issue 9, item 3): the executable, the uid and the whole argument must all match. perl stands in
+ * for QEMU: it runs with any trailing arguments. */
 #include <check.h>
 #include <fcntl.h>
 #include <limits.h>
