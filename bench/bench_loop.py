@@ -79,7 +79,7 @@ def main():
     os.environ.setdefault("HYDRA_PYTHONPATH", f"{build}/python")
     sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
     sys.path.insert(0, f"{ROOT}/tests/integration")
-    from hydra_client import Daemon, pb  # noqa: E402
+    from hydra_client import Daemon, HttpServer, pb, wait_for  # noqa: E402
 
     tmp = tempfile.mkdtemp(prefix="hydra-bench-loop.")
     www = f"{tmp}/www"
@@ -90,12 +90,8 @@ def main():
             block = os.urandom(1 << 20)
             h.update(block)
             f.write(block)
-    port_file = f"{tmp}/httpd.port"
-    httpd = subprocess.Popen(["/usr/bin/python3", f"{ROOT}/tests/httpd.py", "--root", www, "--port-file", port_file,
-                              "--log", "/dev/null"])
-    while not (os.path.exists(port_file) and open(port_file).read().strip()):
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{int(open(port_file).read())}/image.raw"
+    httpd = HttpServer(tmp, "httpd", www, log=False)
+    url = f"{httpd.url}/image.raw"
 
     os.environ["HYDRA_LOOP_STATS"] = "1"
     d = Daemon(f"{build}/hydrad", prefix="hydra-bench-loop-d.", extra_args=["--log-level", "info"])
@@ -129,9 +125,7 @@ def main():
             t0 = time.perf_counter()
             op()
             wall = time.perf_counter() - t0
-            deadline = time.time() + 5  # a short phase still gets the batch that overlapped it
-            while not load.batches and time.time() < deadline:
-                time.sleep(0.02)
+            wait_for(lambda: load.batches, 5, 0.02)  # a short phase still gets the batch that overlapped it
             lag = loop_lag(d, name)
             batches = load.take()
             results[name] = {
@@ -145,8 +139,7 @@ def main():
         results["hydrad_exit"] = d.stop()
     finally:
         d.cleanup()
-        httpd.kill()
-        httpd.wait()
+        httpd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
