@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchenv
 
 
 class Hydrad:
@@ -93,15 +93,9 @@ def write_spec(path, guest):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
-    os.environ.setdefault("HYDRA_PYTHONPATH", f"{build}/python")
-    sys.path[:0] = [os.environ["HYDRA_PYTHONPATH"], f"{ROOT}/tests/integration"]
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
     from hydra_client import connect, pb, rss_kib, wait_booted  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench.")
     results = {}

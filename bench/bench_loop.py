@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchenv
 
 
 class Load(threading.Thread):
@@ -68,17 +68,10 @@ def loop_lag(daemon, label):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--image-mib", type=int, default=512)
     ap.add_argument("--disk-gib", type=int, default=8)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
-    os.environ.setdefault("HYDRA_PYTHONPATH", f"{build}/python")
-    sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
-    sys.path.insert(0, f"{ROOT}/tests/integration")
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
     from hydra_client import Daemon, HttpServer, pb, wait_for  # noqa: E402
 
     tmp = tempfile.mkdtemp(prefix="hydra-bench-loop.")

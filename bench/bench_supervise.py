@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchenv
+
+ROOT = benchenv.ROOT
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 10), ("grpc.min_reconnect_backoff_ms", 10),
                   ("grpc.max_reconnect_backoff_ms", 20)]
 
@@ -296,17 +298,11 @@ def bench_streams(grpc, hc, d, n_streams):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--crash-runs", type=int, default=10)
     ap.add_argument("--streams", type=int, default=1000)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
-    os.environ.setdefault("HYDRA_PYTHONPATH", f"{build}/python")
-    sys.path[:0] = [os.environ["HYDRA_PYTHONPATH"], f"{ROOT}/tests/integration"]
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
     import grpc  # noqa: E402
     import hydra_client as hc  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench-sup.")

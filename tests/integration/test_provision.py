@@ -13,16 +13,13 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import (Checks, EventCollector, HttpServer, connect, rpc_error, wait_booted,  # noqa: E402
-                          wait_for)
+from hydra_client import Checks, Daemon, EventCollector, HttpServer, rpc_error, wait_booted  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
@@ -51,7 +48,8 @@ def disk_marked(path):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="hydra-prov.")
+    d = Daemon(HYDRAD, prefix="hydra-prov.")
+    tmp, state = d.tmp, d.state
     www, private = f"{tmp}/www", f"{tmp}/private"
     os.makedirs(www)
     os.makedirs(private)
@@ -75,16 +73,8 @@ def main():
     public = HttpServer(tmp, "public", www)
     secret = HttpServer(tmp, "private", private, "--require-token", TOKEN)
 
-    sock = f"{tmp}/run/hydra.sock"
-    state = f"{tmp}/state"
-    log_path = f"{tmp}/hydrad.log"
-    log = open(log_path, "w")
-    daemon = subprocess.Popen([HYDRAD, "--state-dir", state, "--run-dir", f"{tmp}/run", "--log-level", "debug"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    channel = None
     try:
-        wait_for(lambda: os.path.exists(sock), 60)
-        channel, h = connect(sock, timeout=60)
+        h = d.start(timeout=60)
         iso = pb.ROLE_ISOLATED
 
         def cloud_spec(**over):
@@ -293,25 +283,16 @@ def main():
               not any(os.path.exists(f"{d}/data") and "rimd" in open(f"{d}/meta.json").read()
                       for d in glob.glob(f"{state}/cache/*")))
     finally:
-        if channel:
-            channel.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            rc = daemon.wait()
+        rc = d.stop()
         public.stop()
         secret.stop()
-        log.close()
         check("hydrad exits 0 (no leak under ASan)", rc == 0, f"exit status {rc}")
-        text = open(log_path, errors="replace").read()
+        text = d.log()
         check("the token never appears in hydrad's log", TOKEN not in text)
         check("the guest password never appears in hydrad's log", "correct horse" not in text)
         if check.failed:
             print(text[-6000:])
-        if not os.environ.get("HYDRA_KEEP_TMP"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        d.cleanup(keep=bool(os.environ.get("HYDRA_KEEP_TMP")))
     return check.finish()
 
 

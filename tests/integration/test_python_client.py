@@ -6,18 +6,15 @@ WatchEvents stream, StartVm, GetVm, ListVms, PlanVm, StopVm, DestroyVm; plus bad
 method, and 32 concurrent GetVm calls. Prints "N passed, N failed"."""
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import (Checks, EventCollector, connect, free_port, guest_spec, health_pb2, rpc_error,  # noqa: E402
+from hydra_client import (Checks, Daemon, EventCollector, free_port, guest_spec, health_pb2, rpc_error,  # noqa: E402
                           wait_booted)
 
 HYDRAD = os.environ["HYDRAD"]
@@ -27,17 +24,11 @@ check = Checks()
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="hydra-py.")
-    sock = f"{tmp}/run/hydra.sock"
-    cmd = [HYDRAD, "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run", "--log-level", "debug"]
-    log = open(f"{tmp}/hydrad.log", "w")
-    daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    channel = None
+    d = Daemon(HYDRAD, prefix="hydra-py.")
+    tmp = d.tmp
     try:
-        deadline = time.time() + 60
-        while not os.path.exists(sock) and time.time() < deadline:
-            time.sleep(0.1)
-        channel, h = connect(sock, timeout=60)
+        h = d.start(timeout=60)
+        channel = d.channel
 
         r = h.Check(health_pb2.HealthCheckRequest(), timeout=10)
         check("health: SERVING", r.status == health_pb2.HealthCheckResponse.SERVING)
@@ -149,24 +140,16 @@ def main():
 
         # Shutdown with a stream open: the stream ends with UNAVAILABLE and hydrad still exits 0 (below).
         watch = EventCollector(h)
-        daemon.send_signal(signal.SIGTERM)
+        d.proc.send_signal(signal.SIGTERM)
         watch.join(timeout=15)
         check("SIGTERM ends an open WatchEvents stream with UNAVAILABLE", watch.ended == grpc.StatusCode.UNAVAILABLE)
     finally:
-        if channel:
-            channel.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            rc = daemon.wait()
+        rc = d.stop()
         check("hydrad exits 0 on SIGTERM (an ASan build: no leak, no memory error)", rc == 0)
-        subprocess.run(["pkill", "-KILL", "-f", f"{tmp}/state/"], check=False)
         if check.failed:
             print("--- hydrad log ---")
-            print(open(f"{tmp}/hydrad.log").read()[-6000:])
-        shutil.rmtree(tmp, ignore_errors=True)
+            print(d.log()[-6000:])
+        d.cleanup()
     return check.finish()
 
 
