@@ -23,15 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+import benchenv
 
 
 class Hydrad:
@@ -56,17 +48,6 @@ class Hydrad:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
-
-
-def grpc_stub(sock):
-    sys.path.insert(0, os.environ.get("HYDRA_PYTHONPATH", f"{ROOT}/build/python"))
-    import grpc
-    from hydra.v1 import hydra_pb2 as pb
-    from hydra.v1 import hydra_pb2_grpc
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    grpc.channel_ready_future(channel).result(timeout=10)
-    stub = hydra_pb2_grpc.HydraStub(channel)
-    return pb, channel, stub.StartVm, stub.StopVm, stub.PlanVm
 
 
 def bare_qemu_until_qmp(argv, tmp):
@@ -110,25 +91,12 @@ def write_spec(path, guest):
                 f"initrd = {guest}/initrd.img\ncmdline = console=ttyS0 panic=-1\n")
 
 
-def wait_booted(console, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(console) and "hydra-guest: booted" in open(console, errors="replace").read():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
-    os.environ.setdefault("HYDRA_PYTHONPATH", f"{build}/python")
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
+    from hydra_client import connect, pb, rss_kib, wait_booted  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench.")
     results = {}
 
@@ -137,7 +105,8 @@ def main():
         time.sleep(1.0)
         results["rss_idle_kib"] = rss_kib(d.proc.pid)
 
-        pb, channel, start, stop, plan = grpc_stub(d.sock)
+        channel, api = connect(d.sock, timeout=10)
+        start, stop, plan = api.StartVm, api.StopVm, api.PlanVm
         for role in ("isolated", "host"):
             write_spec(f"{tmp}/{role}.ini", guest)
             d.ctl_json("register", role, "--spec", f"{tmp}/{role}.ini")

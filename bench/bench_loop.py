@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchenv
 
 
 class Load(threading.Thread):
@@ -68,18 +68,11 @@ def loop_lag(daemon, label):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--image-mib", type=int, default=512)
     ap.add_argument("--disk-gib", type=int, default=8)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
-    os.environ.setdefault("HYDRA_PYTHONPATH", f"{build}/python")
-    sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
-    sys.path.insert(0, f"{ROOT}/tests/integration")
-    from hydra_client import Daemon, pb  # noqa: E402
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
+    from hydra_client import Daemon, HttpServer, pb, wait_for  # noqa: E402
 
     tmp = tempfile.mkdtemp(prefix="hydra-bench-loop.")
     www = f"{tmp}/www"
@@ -90,12 +83,8 @@ def main():
             block = os.urandom(1 << 20)
             h.update(block)
             f.write(block)
-    port_file = f"{tmp}/httpd.port"
-    httpd = subprocess.Popen(["/usr/bin/python3", f"{ROOT}/tests/httpd.py", "--root", www, "--port-file", port_file,
-                              "--log", "/dev/null"])
-    while not (os.path.exists(port_file) and open(port_file).read().strip()):
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{int(open(port_file).read())}/image.raw"
+    httpd = HttpServer(tmp, "httpd", www, log=False)
+    url = f"{httpd.url}/image.raw"
 
     os.environ["HYDRA_LOOP_STATS"] = "1"
     d = Daemon(f"{build}/hydrad", prefix="hydra-bench-loop-d.", extra_args=["--log-level", "info"])
@@ -129,9 +118,7 @@ def main():
             t0 = time.perf_counter()
             op()
             wall = time.perf_counter() - t0
-            deadline = time.time() + 5  # a short phase still gets the batch that overlapped it
-            while not load.batches and time.time() < deadline:
-                time.sleep(0.02)
+            wait_for(lambda: load.batches, 5, 0.02)  # a short phase still gets the batch that overlapped it
             lag = loop_lag(d, name)
             batches = load.take()
             results[name] = {
@@ -145,8 +132,7 @@ def main():
         results["hydrad_exit"] = d.stop()
     finally:
         d.cleanup()
-        httpd.kill()
-        httpd.wait()
+        httpd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -20,95 +20,54 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchenv
 
 
-class Server:
-    def __init__(self, tmp, root):
-        port_file = f"{root}.port"
-        self.proc = subprocess.Popen(["/usr/bin/python3", f"{ROOT}/tests/httpd.py", "--root", root, "--port-file",
-                                      port_file, "--log", "/dev/null"])
-        deadline = time.time() + 30
-        while not (os.path.exists(port_file) and open(port_file).read().strip()):
-            if time.time() > deadline:
-                raise RuntimeError("httpd did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{int(open(port_file).read())}"
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
-def stub(sock, pythonpath):
-    sys.path.insert(0, pythonpath)
-    import grpc
-    from hydra.v1 import hydra_pb2 as pb
-    from hydra.v1 import hydra_pb2_grpc
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    grpc.channel_ready_future(channel).result(timeout=30)
-    stub = hydra_pb2_grpc.HydraStub(channel)
-    calls = {n: getattr(stub, n) for n in ("RegisterVm", "StartVm", "StopVm", "WatchEvents")}
-    return pb, grpc, channel, calls
-
-
-def bench_prepare(build, guest, runs, tmp):
+def bench_prepare(hc, build, guest, runs, tmp):
     www = f"{tmp}/www"
     os.makedirs(www)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", f"{www}/cloud.qcow2", "64M"], check=True)
     digest = hashlib.sha256(open(f"{www}/cloud.qcow2", "rb").read()).hexdigest()
-    srv = Server(tmp, www)
+    srv = hc.HttpServer(tmp, "www", www, log=False)
     sock = f"{tmp}/run/hydra.sock"
     log = open(f"{tmp}/hydrad.log", "w")
     d = subprocess.Popen([f"{build}/hydrad", "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run"],
                          stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 30
-        while not os.path.exists(sock) and time.time() < deadline:
-            time.sleep(0.05)
-        pb, grpc, channel, c = stub(sock, f"{build}/python")
+        hc.wait_for(lambda: os.path.exists(sock), 30, 0.05)
+        pb = hc.pb
+        channel, api = hc.connect(sock, timeout=30)
         kernel = pb.KernelBoot(kernel=f"{guest}/vmlinuz", initrd=f"{guest}/initrd.img", cmdline="console=ttyS0")
         cloud = pb.VmSpec(cpus=1, memory_mib=256, accel=pb.ACCEL_TCG, kernel=kernel, disk_size_gib=1,
                           keep_pristine=True, image=pb.Source(url=f"{srv.url}/cloud.qcow2", checksum=f"sha256:{digest}"),
                           guest=pb.Guest(hostname="bench"))
         local = pb.VmSpec(cpus=1, memory_mib=256, accel=pb.ACCEL_TCG, kernel=kernel)
-        c["RegisterVm"](pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=cloud), timeout=10)
-        c["RegisterVm"](pb.RegisterVmRequest(role=pb.ROLE_HOST, spec=local), timeout=10)
+        api.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=cloud), timeout=10)
+        api.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_HOST, spec=local), timeout=10)
 
-        events = []
-        stream = c["WatchEvents"](pb.WatchEventsRequest(role=pb.ROLE_ISOLATED))
-
-        def collect():
-            try:
-                for ev in stream:
-                    events.append(ev)
-            except grpc.RpcError:
-                pass
-        threading.Thread(target=collect, daemon=True).start()
-        time.sleep(0.3)
+        events = hc.EventCollector(api, role=pb.ROLE_ISOLATED).events
 
         # First start: download, disk, seed. Not measured.
-        c["StartVm"](pb.StartVmRequest(role=pb.ROLE_ISOLATED), timeout=120)
-        c["StopVm"](pb.StopVmRequest(role=pb.ROLE_ISOLATED, force=True), timeout=60)
+        api.StartVm(pb.StartVmRequest(role=pb.ROLE_ISOLATED), timeout=120)
+        api.StopVm(pb.StopVmRequest(role=pb.ROLE_ISOLATED, force=True), timeout=60)
 
         prep_ms, cloud_ms, local_ms = [], [], []
         for _ in range(runs):
             n = len(events)
             t0 = time.perf_counter()
-            c["StartVm"](pb.StartVmRequest(role=pb.ROLE_ISOLATED), timeout=120)
+            api.StartVm(pb.StartVmRequest(role=pb.ROLE_ISOLATED), timeout=120)
             cloud_ms.append((time.perf_counter() - t0) * 1000)
-            c["StopVm"](pb.StopVmRequest(role=pb.ROLE_ISOLATED, force=True), timeout=60)
+            api.StopVm(pb.StopVmRequest(role=pb.ROLE_ISOLATED, force=True), timeout=60)
             sc = [e for e in events[n:] if e.WhichOneof("kind") == "state_change"]
             t_prep = next(e.time_unix_usec for e in sc if e.state_change.to == pb.VM_STATE_PREPARING)
             t_start = next(e.time_unix_usec for e in sc if e.state_change.to == pb.VM_STATE_STARTING)
             prep_ms.append((t_start - t_prep) / 1000)
             t0 = time.perf_counter()
-            c["StartVm"](pb.StartVmRequest(role=pb.ROLE_HOST), timeout=120)
+            api.StartVm(pb.StartVmRequest(role=pb.ROLE_HOST), timeout=120)
             local_ms.append((time.perf_counter() - t0) * 1000)
-            c["StopVm"](pb.StopVmRequest(role=pb.ROLE_HOST, force=True), timeout=60)
+            api.StopVm(pb.StopVmRequest(role=pb.ROLE_HOST, force=True), timeout=60)
         channel.close()
         return {
             "prepare_cached_ms_median": round(statistics.median(prep_ms), 2),
@@ -122,13 +81,13 @@ def bench_prepare(build, guest, runs, tmp):
         srv.stop()
 
 
-def bench_download(build, runs, size_mib, tmp):
+def bench_download(hc, build, runs, size_mib, tmp):
     www = f"{tmp}/dl"
     os.makedirs(www)
     with open(f"{www}/blob", "wb") as f:
         for _ in range(size_mib):
             f.write(os.urandom(1 << 20))
-    srv = Server(tmp, www)
+    srv = hc.HttpServer(tmp, "dl", www, log=False)
     url = f"{srv.url}/blob"
     ours, curl = [], []
     try:
@@ -158,18 +117,15 @@ def bench_download(build, runs, size_mib, tmp):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
+    import hydra_client as hc  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench-prov.")
     try:
-        res = bench_prepare(build, guest, args.runs, tmp)
-        res.update(bench_download(build, max(3, args.runs // 2), args.size_mib, tmp))
+        res = bench_prepare(hc, build, guest, args.runs, tmp)
+        res.update(bench_download(hc, build, max(3, args.runs // 2), args.size_mib, tmp))
     finally:
         subprocess.run(["pkill", "-KILL", "-f", f"{tmp}/state/"], check=False)
         shutil.rmtree(tmp, ignore_errors=True)

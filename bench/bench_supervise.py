@@ -31,20 +31,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchenv
+
+ROOT = benchenv.ROOT
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 10), ("grpc.min_reconnect_backoff_ms", 10),
                   ("grpc.max_reconnect_backoff_ms", 20)]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def percentile(values, p):
@@ -95,45 +88,17 @@ class Hydrad:
         self.proc.wait(timeout=60)
 
 
-def load_api(build):
-    sys.path.insert(0, os.environ.get("HYDRA_PYTHONPATH", f"{build}/python"))
-    import grpc
-    from hydra.v1 import hydra_pb2 as pb
-    return grpc, pb
-
-
-def connect(grpc, pb, sock, timeout=30):
-    channel = grpc.insecure_channel(f"unix:{sock}", options=FAST_RECONNECT)
-    grpc.channel_ready_future(channel).result(timeout=timeout)
-    from hydra.v1 import hydra_pb2_grpc
-    return channel, hydra_pb2_grpc.HydraStub(channel)
-
-
-def guest_spec(pb, guest):
-    return pb.VmSpec(cpus=1, memory_mib=256, accel=pb.ACCEL_TCG,
-                     kernel=pb.KernelBoot(kernel=f"{guest}/vmlinuz", initrd=f"{guest}/initrd.img",
-                                          cmdline="console=ttyS0 panic=-1"))
-
-
-def wait_booted(console, n=1, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(console) and open(console, errors="replace").read().count("hydra-guest: booted") >= n:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 # --- (a) ---
 
-def bench_adopt(grpc, pb, d, guest, runs, tmp):
-    channel, s = connect(grpc, pb, d.sock)
+def bench_adopt(hc, d, guest, runs, tmp):
+    pb = hc.pb
+    channel, s = hc.connect(d.sock, options=FAST_RECONNECT)
     roles = (pb.ROLE_HOST, pb.ROLE_ISOLATED)
     for role in roles:
-        s.RegisterVm(pb.RegisterVmRequest(role=role, spec=guest_spec(pb, guest)), timeout=10)
+        s.RegisterVm(pb.RegisterVmRequest(role=role, spec=hc.guest_spec(guest)), timeout=10)
         s.StartVm(pb.StartVmRequest(role=role), timeout=60)
-    wait_booted(f"{tmp}/state/host/console.log")
-    wait_booted(f"{tmp}/state/isolated/console.log")
+    hc.wait_booted(f"{tmp}/state/host/console.log")
+    hc.wait_booted(f"{tmp}/state/isolated/console.log")
     pids = {r: s.GetVm(pb.GetVmRequest(role=r), timeout=10).pid for r in roles}
     channel.close()
 
@@ -152,7 +117,7 @@ def bench_adopt(grpc, pb, d, guest, runs, tmp):
                 time.sleep(0.0005)
             finally:
                 probe.close()
-        channel, s = connect(grpc, pb, d.sock)
+        channel, s = hc.connect(d.sock, options=FAST_RECONNECT)
         while True:
             vms = [s.GetVm(pb.GetVmRequest(role=r), timeout=10) for r in roles]
             if all(v.state == pb.VM_STATE_RUNNING for v in vms):
@@ -175,7 +140,7 @@ def bench_adopt(grpc, pb, d, guest, runs, tmp):
             first_ms.append((first - t_exec) * 1000)
         time.sleep(0.5)
 
-    channel, s = connect(grpc, pb, d.sock)
+    channel, s = hc.connect(d.sock, options=FAST_RECONNECT)
     for role in roles:
         s.StopVm(pb.StopVmRequest(role=role, force=True), timeout=60)
     channel.close()
@@ -190,43 +155,26 @@ def bench_adopt(grpc, pb, d, guest, runs, tmp):
 
 # --- (b) ---
 
-def bench_crash(grpc, pb, d, runs):
-    channel, s = connect(grpc, pb, d.sock)
-    events = []
-    cond = threading.Condition()
-    stream = s.WatchEvents(pb.WatchEventsRequest(role=pb.ROLE_ISOLATED))
-
-    def collect():
-        try:
-            for ev in stream:
-                t = time.time()
-                with cond:
-                    events.append((t, ev))
-                    cond.notify_all()
-        except grpc.RpcError:
-            pass
-    th = threading.Thread(target=collect, daemon=True)
-    th.start()
-    time.sleep(0.3)
+def bench_crash(hc, d, runs):
+    pb = hc.pb
+    channel, s = hc.connect(d.sock, options=FAST_RECONNECT)
+    events = hc.EventCollector(s, role=pb.ROLE_ISOLATED)
 
     noticed_ms, arrived_ms = [], []
     for _ in range(runs):
         vm = s.StartVm(pb.StartVmRequest(role=pb.ROLE_ISOLATED), timeout=60)
         time.sleep(0.5)
-        with cond:
-            n = len(events)
+        n = len(events)
         t0 = time.time()
         os.kill(vm.pid, signal.SIGKILL)
-        with cond:
-            ok = cond.wait_for(lambda: any(e.WhichOneof("kind") == "state_change"
-                                           and e.state_change.to == pb.VM_STATE_CRASHED for _, e in events[n:]), 10)
-            hit = next(((t, e) for t, e in events[n:] if e.WhichOneof("kind") == "state_change"
-                        and e.state_change.to == pb.VM_STATE_CRASHED), None)
-        if not ok or not hit:
+        hits = events.wait(lambda e: e.WhichOneof("kind") == "state_change"
+                           and e.state_change.to == pb.VM_STATE_CRASHED, 10, since=n, timed=True)
+        if not hits:
             raise RuntimeError("no crashed event")
-        noticed_ms.append((hit[1].time_unix_usec / 1e6 - t0) * 1000)
-        arrived_ms.append((hit[0] - t0) * 1000)
-    stream.cancel()
+        arrived, hit = hits[0]
+        noticed_ms.append((hit.time_unix_usec / 1e6 - t0) * 1000)
+        arrived_ms.append((arrived - t0) * 1000)
+    events.close()
     channel.close()
     return {
         "crash_noticed_ms_median": round(statistics.median(noticed_ms), 2),
@@ -237,7 +185,8 @@ def bench_crash(grpc, pb, d, runs):
 
 # --- (c) ---
 
-def bench_streams(grpc, pb, d, n_streams):
+def bench_streams(grpc, hc, d, n_streams):
+    pb = hc.pb
     from grpc import aio
 
     async def run():
@@ -245,8 +194,8 @@ def bench_streams(grpc, pb, d, n_streams):
         channels, calls, received = [], [], []
         counts = {}
         pid = d.proc.pid
-        rss = {"0": rss_kib(pid)}
-        ch0, s0 = connect(grpc, pb, d.sock)
+        rss = {"0": hc.rss_kib(pid)}
+        ch0, s0 = hc.connect(d.sock, options=FAST_RECONNECT)
 
         async def reader(i, call):
             try:
@@ -292,12 +241,12 @@ def bench_streams(grpc, pb, d, n_streams):
             tasks += await open_streams(min(100, n_streams))
             await warm_up()
             await asyncio.sleep(1.0)
-            rss["100"] = rss_kib(pid)
+            rss["100"] = hc.rss_kib(pid)
             if n_streams > 100:
                 tasks += await open_streams(n_streams - 100)
                 await warm_up()
                 await asyncio.sleep(1.0)
-            rss[str(n_streams)] = rss_kib(pid)
+            rss[str(n_streams)] = hc.rss_kib(pid)
 
             received.clear()
             await asyncio.get_running_loop().run_in_executor(
@@ -343,30 +292,27 @@ def bench_streams(grpc, pb, d, n_streams):
     # joins its poller thread forever. The loop is left to the process's end (main() ends with os._exit).
     res = asyncio.new_event_loop().run_until_complete(run())
     time.sleep(1.0)
-    res["rss_kib"]["closed"] = rss_kib(d.proc.pid)
+    res["rss_kib"]["closed"] = hc.rss_kib(d.proc.pid)
     return res
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", default=f"{ROOT}/build")
-    ap.add_argument("--guest", default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--crash-runs", type=int, default=10)
     ap.add_argument("--streams", type=int, default=1000)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    build = os.path.abspath(args.build)
-    guest = os.path.abspath(args.guest or f"{build}/guest")
-    grpc, pb = load_api(build)
+    args = benchenv.parse_args(ap)
+    build, guest = args.build, args.guest
+    import grpc  # noqa: E402
+    import hydra_client as hc  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench-sup.")
     d = Hydrad(build, tmp)
     res = {}
     try:
         d.start()
-        res.update(bench_adopt(grpc, pb, d, guest, args.runs, tmp))
-        res.update(bench_crash(grpc, pb, d, args.crash_runs))
-        res.update(bench_streams(grpc, pb, d, args.streams))
+        res.update(bench_adopt(hc, d, guest, args.runs, tmp))
+        res.update(bench_crash(hc, d, args.crash_runs))
+        res.update(bench_streams(grpc, hc, d, args.streams))
     finally:
         if d.proc and d.proc.poll() is None:
             d.stop()

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* process.c with real processes: spawn (an exec failure reported with its errno, fds passed as 3, 4, ..., a
- * setsid'd child with stdin from /dev/null), the start-time identity (a zombie reads as gone), signals through the
- * pidfd, and finding an unrecorded QEMU by its exact option (issue 9, item 3): the executable, the uid and the
- * whole argument must all match. perl stands in for QEMU: it runs with any trailing arguments. */
+ * setsid'd child with stdin from /dev/null and no blocked or ignored signal of ours), the $PATH search, the
+ * start-time identity (a zombie reads as gone), signals through the pidfd, and finding an unrecorded QEMU by its
+ * exact option (issue 9, item 3): the executable, the uid and the whole argument must all match. perl stands in
+ * for QEMU: it runs with any trailing arguments. */
 #include <check.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,6 +166,92 @@ START_TEST(test_find_by_option_other_uid) {
 }
 END_TEST
 
+/* $PATH in order, skipping an empty entry, a directory and a file that is not executable of the same name. */
+START_TEST(test_find_binary) {
+        char dir[] = "/tmp/test-process-XXXXXX", path[512];
+        _cleanup_free_ char *found = NULL, *plain = NULL, *exe = NULL, *sub = NULL;
+        const char *old = getenv("PATH");
+        _cleanup_free_ char *saved = old ? strdup(old) : NULL;
+        int fd;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        ck_assert_int_ge(asprintf(&sub, "%s/a", dir), 0);
+        ck_assert_int_eq(mkdir(sub, 0755), 0);
+        ck_assert_int_ge(asprintf(&plain, "%s/a/hydra-tool", dir), 0);
+        ck_assert_int_ge(fd = open(plain, O_CREAT | O_WRONLY | O_CLOEXEC, 0644), 0);
+        close(fd);
+        ck_assert_int_ge(asprintf(&exe, "%s/hydra-tool", dir), 0);
+        ck_assert_int_ge(fd = open(exe, O_CREAT | O_WRONLY | O_CLOEXEC, 0755), 0);
+        close(fd);
+
+        /* dir/a has a plain file, dir itself a directory a/ ... and the executable. */
+        (void) snprintf(path, sizeof(path), "::%s:%s/nonexistent:%s", sub, dir, dir);
+        ck_assert_int_eq(setenv("PATH", path, 1), 0);
+        ck_assert_int_eq(process_find_binary("hydra-tool", &found), 0);
+        ck_assert_str_eq(found, exe);
+        ck_assert_int_eq(process_find_binary("hydra-no-such-tool", &found), -ENOENT);
+        ck_assert_int_eq(process_find_binary("a", &found), -ENOENT);      /* a directory, not a program */
+        /* With a slash: that file or nothing. */
+        ck_assert_int_eq(process_find_binary(plain, &found), -EACCES);
+        ck_assert_int_eq(process_find_binary("/nonexistent/hydra-tool", &found), -ENOENT);
+
+        if (saved)
+                ck_assert_int_eq(setenv("PATH", saved, 1), 0);
+        (void) unlink(plain);
+        (void) unlink(exe);
+        (void) rmdir(sub);
+        (void) rmdir(dir);
+}
+END_TEST
+
+static bool status_mask_is_empty(pid_t pid, const char *field) {
+        char path[64], line[256];
+        bool empty = false;
+        FILE *f;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        while (fgets(line, sizeof(line), f))
+                if (strncmp(line, field, strlen(field)) == 0)
+                        empty = strspn(line + strlen(field), "\t0") == strlen(line + strlen(field)) - 1;
+        fclose(f);
+        return empty;
+}
+
+/* What we block or ignore is not inherited, and the child leads a session of its own. */
+START_TEST(test_clean_signals_and_session) {
+        char *argv[] = { (char *) "/bin/sleep", (char *) "30", NULL };
+        struct sigaction ign = { .sa_handler = SIG_IGN };
+        char path[64], stat[512];
+        sigset_t mask;
+        int pidfd, sid = 0;
+        pid_t pid;
+        FILE *f;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGUSR1);
+        sigaddset(&mask, SIGCHLD);
+        ck_assert_int_eq(sigprocmask(SIG_BLOCK, &mask, NULL), 0);
+        ck_assert_int_eq(sigaction(SIGUSR2, &ign, NULL), 0);
+        ck_assert(!status_mask_is_empty(getpid(), "SigBlk:"));
+        ck_assert(!status_mask_is_empty(getpid(), "SigIgn:"));
+
+        pid = spawn(argv, &pidfd);
+        ck_assert_msg(status_mask_is_empty(pid, "SigBlk:"), "the child inherited a blocked signal");
+        ck_assert_msg(status_mask_is_empty(pid, "SigIgn:"), "the child inherited an ignored signal");
+        (void) snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_ptr_nonnull(fgets(stat, sizeof(stat), f));
+        fclose(f);
+        /* pid (comm) state ppid pgrp session: comm is "sleep", no spaces or parentheses in it. */
+        ck_assert_int_eq(sscanf(strrchr(stat, ')') + 1, " %*c %*d %*d %d", &sid), 1);
+        ck_assert_int_eq(sid, pid);
+        kill_and_reap(pid, pidfd);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("process");
         TCase *tc = tcase_create("core");
@@ -176,6 +264,8 @@ int main(void) {
         tcase_add_test(tc, test_start_time_and_zombie);
         tcase_add_test(tc, test_find_by_option);
         tcase_add_test(tc, test_find_by_option_other_uid);
+        tcase_add_test(tc, test_find_binary);
+        tcase_add_test(tc, test_clean_signals_and_session);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

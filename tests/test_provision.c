@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The synchronous file steps of provisioning, on real files in a temporary directory: where the bare kernel is
  * found in an unpacked artifact (issue 9 item 9), and which shared-memory backing files hydrad may create, grow
- * and map (issue 9 item 7). */
+ * and map (issue 9 item 7). And the pure decision of which steps a preparation runs, as a table: each change to
+ * the spec or to what is on disk, and exactly the steps it must run. */
 #include <check.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -299,6 +300,215 @@ START_TEST(test_shmem_other_vms_file) {
 }
 END_TEST
 
+/* --- which steps a preparation runs (provision_steps) --- */
+
+/* The table's baseline: a cloud-image VM prepared before, nothing changed since. Its image came packed and was
+ * unpacked from download "img-1", its seed built from files hashing to "seed-1", its 4 GiB disk made from both
+ * (the record holds what provision_disk_identity makes of them, as the chain writes it). */
+static char baseline_disk_record[65];
+
+static void baseline(VmSpec *s, ProvisionFacts *f) {
+        *s = (VmSpec) { .disk_size_gib = 4, .shares.kubelet = KUBELET_SHARES_NONE };
+        set(&s->image.url, "https://example.com/debian.qcow2.xz");
+        *f = (ProvisionFacts) {
+                .image_digest = "img-1", .image_packed = true, .image_unpacked_from = "img-1", .image_unpacked = true,
+                .seed_digest = "seed-1", .seed_built_from = "seed-1", .seed_built = true,
+                .base_identity = "img-1", .disk_made_from = baseline_disk_record, .disk_exists = true,
+                .disk_size = 4 * GIB, .firmware_vars_copied = true,
+        };
+}
+
+static void unchanged(VmSpec *s, ProvisionFacts *f) {}
+static void first_start(VmSpec *s, ProvisionFacts *f) { *f = (ProvisionFacts) {}; }
+static void new_download(VmSpec *s, ProvisionFacts *f) { f->image_digest = f->base_identity = "img-2"; }
+static void new_download_unpacked(VmSpec *s, ProvisionFacts *f) {
+        new_download(s, f);
+        f->image_packed = false;
+}
+static void unpacked_image_gone(VmSpec *s, ProvisionFacts *f) { f->image_unpacked = false; }
+static void unpack_record_lost(VmSpec *s, ProvisionFacts *f) { f->image_unpacked_from = NULL; }
+static void seed_changed(VmSpec *s, ProvisionFacts *f) { f->seed_digest = "seed-2"; }
+static void seed_changed_reuse(VmSpec *s, ProvisionFacts *f) {
+        seed_changed(s, f);
+        s->reuse_disk_on_change = true;
+}
+static void reuse_unchanged(VmSpec *s, ProvisionFacts *f) { s->reuse_disk_on_change = true; }
+static void seed_iso_gone(VmSpec *s, ProvisionFacts *f) { f->seed_built = false; }
+static void pristine_toggled(VmSpec *s, ProvisionFacts *f) { s->keep_pristine = true; }
+static void disk_gone(VmSpec *s, ProvisionFacts *f) {
+        f->disk_exists = false;
+        f->disk_size = 0;
+}
+static void disk_record_lost(VmSpec *s, ProvisionFacts *f) { f->disk_made_from = NULL; }
+static void disk_size_raised(VmSpec *s, ProvisionFacts *f) { s->disk_size_gib = 10; }
+static void disk_size_lowered(VmSpec *s, ProvisionFacts *f) { s->disk_size_gib = 2; }
+static void disk_size_unknown(VmSpec *s, ProvisionFacts *f) { f->disk_size = 0; }
+static void disk_size_unset(VmSpec *s, ProvisionFacts *f) {
+        s->disk_size_gib = 0;
+        f->disk_size = 0;
+}
+static void firmware_copied(VmSpec *s, ProvisionFacts *f) { set(&s->firmware_vars, "/usr/share/OVMF/OVMF_VARS.fd"); }
+static void firmware_not_copied(VmSpec *s, ProvisionFacts *f) {
+        firmware_copied(s, f);
+        f->firmware_vars_copied = false;
+}
+static void shmem_asked(VmSpec *s, ProvisionFacts *f) { s->devices.shmem = SHMEM_IVSHMEM; }
+static void kubelet_virtio(VmSpec *s, ProvisionFacts *f) { s->shares.kubelet = KUBELET_SHARES_VIRTIO; }
+static void kubelet_tcp(VmSpec *s, ProvisionFacts *f) { s->shares.kubelet = KUBELET_SHARES_TCP; }
+static void extra_share(VmSpec *s, ProvisionFacts *f) {
+        s->shares.extra = calloc(1, sizeof(Share));
+        ck_assert_ptr_nonnull(s->shares.extra);
+        s->shares.n_extra = 1;
+}
+
+/* A bare-kernel VM prepared before from artifact "art-1" (its rootfs the disk's base). */
+static void bare(VmSpec *s, ProvisionFacts *f) {
+        set(&s->image.url, NULL);
+        set(&s->bare.artifact.url, "https://example.com/rimd.tar.gz");
+        *f = (ProvisionFacts) { .artifact_digest = "art-1", .artifact_unpacked_from = "art-1",
+                                .artifact_unpacked = true, .base_identity = "art-1:rootfs.qcow2",
+                                .disk_exists = true, .disk_size = 4 * GIB };
+}
+static char bare_disk_record[65];
+static void bare_unchanged(VmSpec *s, ProvisionFacts *f) {
+        bare(s, f);
+        f->disk_made_from = bare_disk_record;
+}
+static void bare_new_artifact(VmSpec *s, ProvisionFacts *f) {
+        bare_unchanged(s, f);
+        f->artifact_digest = "art-2";
+        f->base_identity = "art-2:rootfs.qcow2";
+}
+static void bare_artifact_gone(VmSpec *s, ProvisionFacts *f) {
+        bare_unchanged(s, f);
+        f->artifact_unpacked = false;
+}
+static void bare_first_start(VmSpec *s, ProvisionFacts *f) {
+        bare(s, f);
+        *f = (ProvisionFacts) {};
+}
+/* A cloud image with the encrypted-container tools from an artifact. */
+static void image_and_tools(VmSpec *s, ProvisionFacts *f) {
+        set(&s->bare.artifact.url, "https://example.com/rimd.tar.gz");
+        s->bare.encrypted_tools = true;
+        f->artifact_digest = f->artifact_unpacked_from = "art-1";
+        f->artifact_unpacked = true;
+}
+/* Local files only: nothing is fetched or made, whatever is (not) on disk. */
+static void local(VmSpec *s, ProvisionFacts *f) {
+        set(&s->image.url, NULL);
+        set(&s->disk, "/srv/vm/disk.qcow2");
+        *f = (ProvisionFacts) {};
+}
+
+enum {
+        FETCH_IMAGE = PROVISION_STEP_FETCH_IMAGE,
+        UNPACK_IMAGE = PROVISION_STEP_UNPACK_IMAGE,
+        FETCH_ARTIFACT = PROVISION_STEP_FETCH_ARTIFACT,
+        UNPACK_ARTIFACT = PROVISION_STEP_UNPACK_ARTIFACT,
+        LOCATE = PROVISION_STEP_LOCATE,
+        SEED = PROVISION_STEP_BUILD_SEED,
+        RESET = PROVISION_STEP_RESET_DISK,
+        KEEP = PROVISION_STEP_KEEP_DISK,
+        MAKE = PROVISION_STEP_MAKE_DISK,
+        GROW = PROVISION_STEP_GROW_DISK,
+        FIRMWARE = PROVISION_STEP_COPY_FIRMWARE_VARS,
+        SHARES = PROVISION_STEP_SHARES,
+        SHMEM = PROVISION_STEP_SHMEM,
+};
+
+static const char *const step_names[] = {
+        "fetch-image", "unpack-image", "fetch-artifact", "unpack-artifact", "locate", "build-seed", "reset-disk",
+        "keep-disk", "make-disk", "grow-disk", "copy-firmware-vars", "shares", "shmem",
+};
+
+/* Every step not listed must not run. */
+static const struct {
+        const char *what;
+        void (*change)(VmSpec *s, ProvisionFacts *f);
+        unsigned steps;
+} step_cases[] = {
+        { "nothing changed",                        unchanged,              FETCH_IMAGE },
+        { "first start, nothing on disk",           first_start,            FETCH_IMAGE | SEED | MAKE | GROW },
+        { "a new download of the image",            new_download,           FETCH_IMAGE | UNPACK_IMAGE | RESET | MAKE },
+        { "a new download, used where it lies",     new_download_unpacked,  FETCH_IMAGE | RESET | MAKE },
+        { "unpacked image removed from the cache",  unpacked_image_gone,    FETCH_IMAGE | UNPACK_IMAGE },
+        { "unpack record lost",                     unpack_record_lost,     FETCH_IMAGE | UNPACK_IMAGE },
+        { "cloud-init files changed",               seed_changed,           FETCH_IMAGE | SEED | RESET | MAKE },
+        { "cloud-init changed, reuse_disk_on_change", seed_changed_reuse,   FETCH_IMAGE | SEED | KEEP },
+        { "reuse_disk_on_change, nothing changed",  reuse_unchanged,        FETCH_IMAGE },
+        { "seed.iso removed",                       seed_iso_gone,          FETCH_IMAGE | SEED },
+        { "keep_pristine turned on",                pristine_toggled,       FETCH_IMAGE | RESET | MAKE },
+        { "disk removed",                           disk_gone,              FETCH_IMAGE | MAKE | GROW },
+        { "disk record lost",                       disk_record_lost,       FETCH_IMAGE | RESET | MAKE },
+        { "disk_size raised",                       disk_size_raised,       FETCH_IMAGE | GROW },
+        { "disk_size lowered (never shrunk)",       disk_size_lowered,      FETCH_IMAGE },
+        { "disk's size not known",                  disk_size_unknown,      FETCH_IMAGE | GROW },
+        { "disk_size unset",                        disk_size_unset,        FETCH_IMAGE },
+        { "firmware vars copied before",            firmware_copied,        FETCH_IMAGE },
+        { "firmware vars not copied yet",           firmware_not_copied,    FETCH_IMAGE | FIRMWARE },
+        { "shared memory asked for",                shmem_asked,            FETCH_IMAGE | SHMEM },
+        { "kubelet shares over virtio",             kubelet_virtio,         FETCH_IMAGE | SHARES },
+        { "kubelet shares over TCP (the guest's)",  kubelet_tcp,            FETCH_IMAGE },
+        { "an extra share",                         extra_share,            FETCH_IMAGE | SHARES },
+        { "bare kernel, nothing changed",           bare_unchanged,         FETCH_ARTIFACT | LOCATE },
+        { "bare kernel, new artifact",              bare_new_artifact,
+          FETCH_ARTIFACT | UNPACK_ARTIFACT | LOCATE | RESET | MAKE },
+        { "bare kernel, unpacked artifact removed", bare_artifact_gone,     FETCH_ARTIFACT | UNPACK_ARTIFACT | LOCATE },
+        { "bare kernel, first start",               bare_first_start,
+          FETCH_ARTIFACT | UNPACK_ARTIFACT | LOCATE | MAKE | GROW },
+        { "cloud image + encrypted-container tools", image_and_tools,       FETCH_IMAGE | FETCH_ARTIFACT | LOCATE },
+        { "local files",                            local,                  0 },
+};
+
+static const char *step_list(unsigned steps, char *buf, size_t size) {
+        size_t n = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; i < ELEMENTSOF(step_names); i++)
+                if (steps & (1U << i))
+                        n += (size_t) snprintf(buf + n, size - n, "%s%s", n ? " " : "", step_names[i]);
+        return n ? buf : "none";
+}
+
+START_TEST(test_steps_table) {
+        _cleanup_(vm_spec_done) VmSpec s = {};
+        ProvisionFacts f;
+        char want[256], got[256];
+        unsigned steps = ~0U;
+
+        ck_assert_int_eq(provision_disk_identity("img-1", "seed-1", false, baseline_disk_record), 0);
+        ck_assert_int_eq(provision_disk_identity("art-1:rootfs.qcow2", NULL, false, bare_disk_record), 0);
+
+        baseline(&s, &f);
+        step_cases[_i].change(&s, &f);
+        ck_assert_int_eq(provision_steps(&s, &f, &steps), 0);
+        ck_assert_msg(steps == step_cases[_i].steps, "%s: want %s, got %s", step_cases[_i].what,
+                      step_list(step_cases[_i].steps, want, sizeof(want)), step_list(steps, got, sizeof(got)));
+}
+END_TEST
+
+/* What the disk record stands for: each of its three inputs counts, and nothing else. */
+START_TEST(test_disk_identity) {
+        char a[65], b[65];
+
+        ck_assert_int_eq(provision_disk_identity("img-1", "seed-1", false, a), 0);
+        ck_assert_uint_eq(strlen(a), 64);
+        ck_assert_uint_eq(strspn(a, "0123456789abcdef"), 64);
+        ck_assert_int_eq(provision_disk_identity("img-1", "seed-1", false, b), 0);
+        ck_assert_str_eq(a, b);
+        ck_assert_int_eq(provision_disk_identity("img-2", "seed-1", false, b), 0);
+        ck_assert_str_ne(a, b);
+        ck_assert_int_eq(provision_disk_identity("img-1", "seed-2", false, b), 0);
+        ck_assert_str_ne(a, b);
+        ck_assert_int_eq(provision_disk_identity("img-1", "seed-1", true, b), 0);
+        ck_assert_str_ne(a, b);
+        /* The fields cannot be shifted into each other. */
+        ck_assert_int_eq(provision_disk_identity("img-1seed", "-1", false, b), 0);
+        ck_assert_str_ne(a, b);
+}
+END_TEST
+
 static Suite *suite(void) {
         Suite *s = suite_create("provision");
         TCase *tc = tcase_create("files");
@@ -313,6 +523,11 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_shmem_not_regular);
         tcase_add_test(tc, test_shmem_default_created_marked_grown);
         tcase_add_test(tc, test_shmem_other_vms_file);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("steps");
+        tcase_add_loop_test(tc, test_steps_table, 0, ELEMENTSOF(step_cases));
+        tcase_add_test(tc, test_disk_identity);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -64,6 +64,7 @@ struct Provision {
         ProvisionCallbacks cb;
         void *userdata;
 
+        unsigned planned;          /* provision_steps() without facts: what the spec asks for */
         Step step;
         Fetch *fetch;
         Unpack *unpack;
@@ -278,6 +279,84 @@ static int sha256_hex(const void *data, size_t size, char ret[static 65]) {
         return 0;
 }
 
+/* --- which steps run (pure) --- */
+
+int provision_disk_identity(const char *base_identity, const char *seed_digest, bool keep_pristine,
+                            char ret[static 65]) {
+        _cleanup_free_ char *s = NULL;
+
+        if (asprintf(&s, "base=%s\nseed=%s\npristine=%d\n", strempty(base_identity), strempty(seed_digest),
+                     keep_pristine) < 0) {
+                s = NULL;
+                return -ENOMEM;
+        }
+        return sha256_hex(s, strlen(s), ret);
+}
+
+/* Made from exactly this, and still there. */
+static bool made_from(const char *recorded, const char *now, bool exists) {
+        return recorded && now && streq(recorded, now) && exists;
+}
+
+int provision_steps(const VmSpec *spec, const ProvisionFacts *f, unsigned *ret) {
+        BootMode mode = vm_spec_boot_mode(spec);
+        unsigned steps = 0;
+
+        if (mode == BOOT_CLOUD_IMAGE) {
+                steps |= PROVISION_STEP_FETCH_IMAGE;
+                if (f->image_packed && !made_from(f->image_unpacked_from, f->image_digest, f->image_unpacked))
+                        steps |= PROVISION_STEP_UNPACK_IMAGE;
+        }
+        /* A cloud image may come with an artifact too: the encrypted-container tools are in it. */
+        if (!isempty(spec->bare.artifact.url)) {
+                steps |= PROVISION_STEP_FETCH_ARTIFACT | PROVISION_STEP_LOCATE;
+                if (!made_from(f->artifact_unpacked_from, f->artifact_digest, f->artifact_unpacked))
+                        steps |= PROVISION_STEP_UNPACK_ARTIFACT;
+        }
+        if (mode == BOOT_CLOUD_IMAGE && !made_from(f->seed_built_from, f->seed_digest, f->seed_built))
+                steps |= PROVISION_STEP_BUILD_SEED;
+        if (mode != BOOT_LOCAL) {
+                char identity[65];
+                int r;
+
+                if (!f->disk_exists)
+                        steps |= PROVISION_STEP_MAKE_DISK;
+                else {
+                        r = provision_disk_identity(f->base_identity, f->seed_digest, spec->keep_pristine, identity);
+                        if (r < 0)
+                                return r;
+                        if (made_from(f->disk_made_from, identity, true))
+                                ;
+                        else if (spec->reuse_disk_on_change)
+                                steps |= PROVISION_STEP_KEEP_DISK;
+                        else
+                                steps |= PROVISION_STEP_RESET_DISK | PROVISION_STEP_MAKE_DISK;
+                }
+                /* Never shrunk; a size not known yet is asked of qemu-img, which tells. */
+                if (spec->disk_size_gib > 0 && f->disk_size < (uint64_t) spec->disk_size_gib * GIB)
+                        steps |= PROVISION_STEP_GROW_DISK;
+        }
+        if (spec->firmware_vars && !f->firmware_vars_copied)
+                steps |= PROVISION_STEP_COPY_FIRMWARE_VARS;
+        if (spec->shares.kubelet == KUBELET_SHARES_VIRTIO || spec->shares.n_extra > 0)
+                steps |= PROVISION_STEP_SHARES;
+        if (spec->devices.shmem != SHMEM_NONE)
+                steps |= PROVISION_STEP_SHMEM;
+        *ret = steps;
+        return 0;
+}
+
+/* Whether step must run, given the facts known now: 1, 0, or -ENOMEM. */
+static int must_run(const Provision *p, const ProvisionFacts *f, ProvisionStep step) {
+        unsigned steps;
+        int r;
+
+        r = provision_steps(&p->spec, f, &steps);
+        if (r < 0)
+                return r;
+        return !!(steps & step);
+}
+
 /* What a file starts with decides whether it must be unpacked: compressed streams and archives must, an image
  * (qcow2 or anything else) is used where it lies. */
 static bool looks_packed(const char *path) {
@@ -363,6 +442,7 @@ static void on_unpack_progress(Unpack *u, uint64_t in_bytes, uint64_t in_total, 
 static void on_image_fetched(Fetch *f, int r, const FetchResult *res, const HydraError *err, void *userdata) {
         Provision *p = userdata;
         _cleanup_free_ char *entry = NULL, *unpacked = NULL, *source = NULL;
+        bool packed;
         HydraError e;
 
         p->fetch = NULL;
@@ -376,28 +456,32 @@ static void on_image_fetched(Fetch *f, int r, const FetchResult *res, const Hydr
         if (!p->base_identity)
                 return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
 
-        if (!looks_packed(res->path)) {
-                p->image_base = strdup(res->path);
+        packed = looks_packed(res->path);
+        if (packed) {
+                entry = fetch_cache_entry(p->cache_dir, p->spec.image.url);
+                unpacked = entry ? path_join(entry, "image") : NULL;
+                if (!unpacked)
+                        return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+                source = read_small(entry, "image.source");
+        }
+        r = must_run(p, &(ProvisionFacts) { .image_digest = p->base_identity, .image_packed = packed,
+                                            .image_unpacked_from = source,
+                                            .image_unpacked = unpacked && access(unpacked, F_OK) == 0 },
+                     PROVISION_STEP_UNPACK_IMAGE);
+        if (r < 0)
+                return provision_fail(p, &(HydraError) { .code = r, .message = "out of memory" });
+        if (r == 0) {
+                /* An image used where it lies, or one unpacked from this very download before. */
+                p->image_base = packed ? TAKE_PTR(unpacked) : strdup(res->path);
                 if (!p->image_base)
                         return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
+                if (packed)
+                        log_vm_debug(p->name, "VM '%s': %s already unpacked", p->name, p->image_base);
                 p->base_format = disk_format_probe(p->image_base);
                 p->step = STEP_ARTIFACT_FETCH;
                 return step_next(p);
         }
-
-        entry = fetch_cache_entry(p->cache_dir, p->spec.image.url);
-        unpacked = entry ? path_join(entry, "image") : NULL;
-        if (!unpacked)
-                return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
         p->image_base = TAKE_PTR(unpacked);
-
-        source = read_small(entry, "image.source");
-        if (source && streq(source, p->base_identity) && access(p->image_base, F_OK) == 0) {
-                log_vm_debug(p->name, "VM '%s': %s already unpacked", p->name, p->image_base);
-                p->base_format = disk_format_probe(p->image_base);
-                p->step = STEP_ARTIFACT_FETCH;
-                return step_next(p);
-        }
 
         hydra_error_clear(&e);
         (void) store_remove(entry, "image.source");
@@ -465,7 +549,12 @@ static void on_artifact_fetched(Fetch *f, int r, const FetchResult *res, const H
                 return provision_fail(p, &(HydraError) { .code = -ENOMEM, .message = "out of memory" });
 
         source = read_small(p->state_dir, "artifact.source");
-        if (source && streq(source, p->artifact_digest) && access(p->artifact_dir, F_OK) == 0) {
+        r = must_run(p, &(ProvisionFacts) { .artifact_digest = p->artifact_digest, .artifact_unpacked_from = source,
+                                            .artifact_unpacked = access(p->artifact_dir, F_OK) == 0 },
+                     PROVISION_STEP_UNPACK_ARTIFACT);
+        if (r < 0)
+                return provision_fail(p, &(HydraError) { .code = r, .message = "out of memory" });
+        if (r == 0) {
                 p->step = STEP_LOCATE;
                 return step_next(p);
         }
@@ -763,6 +852,7 @@ static int seed_run(Worker *w, void *userdata) {
         _cleanup_(tool_blobs_done) ToolBlobs tools = {};
         _cleanup_free_ char *dir = NULL, *old = NULL;
         SeedJob *j = userdata;
+        unsigned steps;
         int r;
 
         r = load_tool_blobs(j->spec, j->artifact_dir, &tools, &j->error);
@@ -776,7 +866,11 @@ static int seed_run(Worker *w, void *userdata) {
                 return hydra_error_set(&j->error, r, "hash the cloud-init files: %s", strerror(-r));
 
         old = read_small(j->state_dir, "seed.digest");
-        if (old && streq(old, j->digest) && is_file(j->seed_path)) {
+        r = provision_steps(j->spec, &(ProvisionFacts) { .seed_digest = j->digest, .seed_built_from = old,
+                                                         .seed_built = is_file(j->seed_path) }, &steps);
+        if (r < 0)
+                return hydra_error_set(&j->error, r, "out of memory");
+        if (!(steps & PROVISION_STEP_BUILD_SEED)) {
                 j->unchanged = true;
                 return 0;
         }
@@ -868,12 +962,7 @@ static void build_iso(Provision *p) {
 /* --- the disk --- */
 
 static int disk_identity(Provision *p, char ret[static 65]) {
-        _cleanup_free_ char *s = NULL;
-
-        if (asprintf(&s, "base=%s\nseed=%s\npristine=%d\n", strempty(p->base_identity), strempty(p->seed_digest),
-                     p->spec.keep_pristine) < 0)
-                return -ENOMEM;
-        return sha256_hex(s, strlen(s), ret);
+        return provision_disk_identity(p->base_identity, p->seed_digest, p->spec.keep_pristine, ret);
 }
 
 static void after_disk_identity(Provision *p) {
@@ -905,6 +994,8 @@ static void on_disk_made(Child *c, const ChildResult *res, void *userdata) {
 static int step_disk(Provision *p, HydraError *err) {
         _cleanup_free_ char *old = NULL, *part = NULL, *backing = NULL;
         char identity[65];
+        unsigned steps;
+        bool exists;
         int r;
 
         p->out.disk_path = path_join(p->state_dir, "disk.qcow2");
@@ -917,14 +1008,22 @@ static int step_disk(Provision *p, HydraError *err) {
         if (r < 0)
                 return hydra_error_set(err, r, "hash the disk identity: %s", strerror(-r));
 
-        if (is_file(p->out.disk_path)) {
+        exists = is_file(p->out.disk_path);
+        if (exists)
                 old = read_small(p->state_dir, "disk.identity");
-                if (old && streq(old, identity)) {
+        r = provision_steps(&p->spec, &(ProvisionFacts) { .base_identity = p->base_identity,
+                                                          .seed_digest = p->seed_digest, .disk_made_from = old,
+                                                          .disk_exists = exists },
+                            &steps);
+        if (r < 0)
+                return hydra_error_set(err, r, "hash the disk identity: %s", strerror(-r));
+        if (exists) {
+                if (!(steps & (PROVISION_STEP_KEEP_DISK | PROVISION_STEP_RESET_DISK))) {
                         p->step = STEP_GROW;
                         step_next(p);
                         return 0;
                 }
-                if (p->spec.reuse_disk_on_change) {
+                if (steps & PROVISION_STEP_KEEP_DISK) {
                         emit_notice(p, "guest configuration changed; disk kept as is (reuse_disk_on_change): the "
                                        "changes reach the guest only through a fresh disk");
                         r = record_add(p, p->state_dir, "disk.identity", identity, 0600, err);
@@ -995,7 +1094,10 @@ static void on_disk_info(Child *c, const ChildResult *res, void *userdata) {
         have = (uint64_t) json_integer_value(vsize);
         json_decref(root);
 
-        if (have >= want) {
+        r = must_run(p, &(ProvisionFacts) { .disk_size = have }, PROVISION_STEP_GROW_DISK);
+        if (r < 0)
+                return provision_fail(p, &(HydraError) { .code = r, .message = "out of memory" });
+        if (r == 0) {
                 if (have > want)
                         log_vm_info(p->name, "VM '%s': disk is %.1f GiB, not shrunk to disk_size %" PRIu32 " GiB",
                                     p->name, (double) have / (double) GIB, p->spec.disk_size_gib);
@@ -1033,14 +1135,20 @@ static int qcow2_virtual_size(const char *path, uint64_t *ret) {
 }
 
 static int step_grow(Provision *p, HydraError *err) {
-        uint64_t have;
+        uint64_t have = 0;
+        int r;
 
-        if (p->spec.disk_size_gib == 0) {
+        if (!(p->planned & PROVISION_STEP_GROW_DISK)) {
                 p->step = STEP_FIRMWARE;
                 step_next(p);
                 return 0;
         }
-        if (qcow2_virtual_size(p->out.disk_path, &have) >= 0 && have >= (uint64_t) p->spec.disk_size_gib * GIB) {
+        if (qcow2_virtual_size(p->out.disk_path, &have) < 0)
+                have = 0; /* not known: qemu-img info tells */
+        r = must_run(p, &(ProvisionFacts) { .disk_size = have }, PROVISION_STEP_GROW_DISK);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        if (r == 0) {
                 if (have > (uint64_t) p->spec.disk_size_gib * GIB)
                         log_vm_debug(p->name, "VM '%s': disk is %.1f GiB, not shrunk to disk_size %" PRIu32 " GiB",
                                      p->name, (double) have / (double) GIB, p->spec.disk_size_gib);
@@ -1069,8 +1177,9 @@ static void on_vars_copied(Child *c, const ChildResult *res, void *userdata) {
 
 static int step_firmware(Provision *p, HydraError *err) {
         _cleanup_free_ char *part = NULL;
+        int r;
 
-        if (!p->spec.firmware_vars) {
+        if (!(p->planned & PROVISION_STEP_COPY_FIRMWARE_VARS)) {
                 p->step = STEP_SHMEM;
                 step_next(p);
                 return 0;
@@ -1080,7 +1189,11 @@ static int step_firmware(Provision *p, HydraError *err) {
         if (!p->out.firmware_vars || !part)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
         /* The VM's variables persist across boots: copied from the template once. */
-        if (is_file(p->out.firmware_vars)) {
+        r = must_run(p, &(ProvisionFacts) { .firmware_vars_copied = is_file(p->out.firmware_vars) },
+                     PROVISION_STEP_COPY_FIRMWARE_VARS);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        if (r == 0) {
                 p->step = STEP_SHMEM;
                 step_next(p);
                 return 0;
@@ -1207,7 +1320,7 @@ static int step_shmem(Provision *p, HydraError *err) {
         uint64_t grown_to;
         int r;
 
-        if (p->spec.devices.shmem == SHMEM_NONE)
+        if (!(p->planned & PROVISION_STEP_SHMEM))
                 return 0;
         r = provision_shmem(p->state_dir, p->name, &p->spec, &p->out.shmem_path, &grown_to, err);
         if (r < 0)
@@ -1226,6 +1339,8 @@ static int step_shares(Provision *p, HydraError *err) {
         struct stat st;
         int r;
 
+        if (!(p->planned & PROVISION_STEP_SHARES))
+                return 0;
         if (p->spec.shares.kubelet == KUBELET_SHARES_VIRTIO)
                 for (size_t i = 0; i < ELEMENTSOF(kubelet); i++) {
                         _cleanup_free_ char *dir = NULL;
@@ -1258,13 +1373,13 @@ static int step_run(Provision *p, HydraError *err) {
 
         switch (p->step) {
         case STEP_IMAGE_FETCH:
-                if (p->mode != BOOT_CLOUD_IMAGE) {
+                if (!(p->planned & PROVISION_STEP_FETCH_IMAGE)) {
                         p->step = STEP_ARTIFACT_FETCH;
                         return step_run(p, err);
                 }
                 return start_fetch(p, &p->spec.image, on_image_fetched, err);
         case STEP_ARTIFACT_FETCH:
-                if (isempty(p->spec.bare.artifact.url)) {
+                if (!(p->planned & PROVISION_STEP_FETCH_ARTIFACT)) {
                         p->step = STEP_SEED;
                         return step_run(p, err);
                 }
@@ -1276,13 +1391,13 @@ static int step_run(Provision *p, HydraError *err) {
                 p->step = STEP_SEED;
                 return step_run(p, err);
         case STEP_SEED:
-                if (p->mode != BOOT_CLOUD_IMAGE) {
+                if (!(p->planned & PROVISION_STEP_BUILD_SEED)) {
                         p->step = STEP_DISK;
                         return step_run(p, err);
                 }
                 return step_seed(p, err);
         case STEP_DISK:
-                if (p->mode == BOOT_LOCAL) {
+                if (!(p->planned & PROVISION_STEP_MAKE_DISK)) {
                         p->step = STEP_FIRMWARE;
                         return step_run(p, err);
                 }
@@ -1349,6 +1464,11 @@ int provision_start(const ProvisionContext *ctx, const VmSpec *spec, const Provi
         p->cb = *cb;
         p->userdata = userdata;
         p->mode = vm_spec_boot_mode(spec);
+        r = provision_steps(&p->spec, &(ProvisionFacts) {}, &p->planned);
+        if (r < 0) {
+                provision_free(p);
+                return hydra_error_set(err, r, "out of memory");
+        }
         p->step = STEP_IMAGE_FETCH;
 
         /* The first step runs from the loop, so that done is never called before this returns. */

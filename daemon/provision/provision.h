@@ -79,6 +79,51 @@ void provision_cancel(Provision *p);
 int provision_plan(const ProvisionContext *ctx, const VmSpec *spec, ProvisionOutput *out, CloudInitFiles *files,
                    HydraError *err);
 
+/* Which steps a preparation runs: the chain's decisions, apart from the I/O that gathers their inputs. The chain
+ * learns its facts as it goes (a digest is known once its download is done) and asks at each step with what it
+ * knows by then; a fact not known (NULL, false, 0) counts as "not there". With no facts at all, the answer is what
+ * a VM with nothing on disk yet would run. */
+typedef enum ProvisionStep {
+        PROVISION_STEP_FETCH_IMAGE        = 1U << 0,  /* the cloud image (the cache may answer) */
+        PROVISION_STEP_UNPACK_IMAGE       = 1U << 1,  /* packed, and not unpacked from this download yet */
+        PROVISION_STEP_FETCH_ARTIFACT     = 1U << 2,  /* the bare-kernel artifact */
+        PROVISION_STEP_UNPACK_ARTIFACT    = 1U << 3,  /* not unpacked from this download yet */
+        PROVISION_STEP_LOCATE             = 1U << 4,  /* the bare kernel and the encrypted-container tools in it */
+        PROVISION_STEP_BUILD_SEED         = 1U << 5,  /* the cloud-init ISO: none yet, or its files changed */
+        PROVISION_STEP_RESET_DISK         = 1U << 6,  /* remove a disk made from another base or configuration */
+        PROVISION_STEP_KEEP_DISK          = 1U << 7,  /* reuse_disk_on_change: keep it, record it anew */
+        PROVISION_STEP_MAKE_DISK          = 1U << 8,  /* qemu-img create (keep_pristine: an overlay) or convert */
+        PROVISION_STEP_GROW_DISK          = 1U << 9,  /* smaller than disk_size, or its size unknown */
+        PROVISION_STEP_COPY_FIRMWARE_VARS = 1U << 10, /* the template, once per VM */
+        PROVISION_STEP_SHARES             = 1U << 11, /* make the kubelet dirs, check the extra shares */
+        PROVISION_STEP_SHMEM              = 1U << 12, /* the shared-memory backing file */
+} ProvisionStep;
+
+typedef struct ProvisionFacts {
+        const char *image_digest;           /* sha256 of the downloaded cloud image */
+        bool image_packed;                  /* compressed or an archive */
+        const char *image_unpacked_from;    /* CACHE/<key>/image.source */
+        bool image_unpacked;                /* CACHE/<key>/image exists */
+        const char *artifact_digest;        /* sha256 of the downloaded artifact */
+        const char *artifact_unpacked_from; /* STATE/artifact.source */
+        bool artifact_unpacked;             /* STATE/artifact exists */
+        const char *seed_digest;            /* of the cloud-init files as rendered now */
+        const char *seed_built_from;        /* STATE/seed.digest */
+        bool seed_built;                    /* STATE/seed.iso is a file */
+        const char *base_identity;          /* the disk's base: the image digest, or artifact digest:rootfs */
+        const char *disk_made_from;         /* STATE/disk.identity */
+        bool disk_exists;                   /* STATE/disk.qcow2 is a file */
+        uint64_t disk_size;                 /* its virtual size in bytes; 0: not known */
+        bool firmware_vars_copied;          /* STATE/firmware-vars.fd is a file */
+} ProvisionFacts;
+
+/* Pure. Sets *ret to the ProvisionStep bits of what must run; returns 0 or -ENOMEM. */
+int provision_steps(const VmSpec *spec, const ProvisionFacts *facts, unsigned *ret);
+
+/* What a disk is made from (base, seed, keep_pristine), as recorded in STATE/disk.identity: sha256, hex. */
+int provision_disk_identity(const char *base_identity, const char *seed_digest, bool keep_pristine,
+                            char ret[static 65]);
+
 /* Where the bare kernel, initrd and rootfs are in the unpacked artifact. must_exist: each must be a regular
  * file, else -ENOENT with err saying which paths were tried; otherwise the paths where they would be. */
 int provision_locate_bare(const VmSpec *spec, const char *artifact_dir, bool must_exist, char **ret_kernel,

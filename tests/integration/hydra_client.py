@@ -1,12 +1,15 @@
 """What the Python integration tests and benchmarks share: the grpcio stub for hydra.v1.Hydra, a private hydrad,
-TAP-like checks. Import after putting HYDRA_PYTHONPATH (the protoc --python_out tree) on sys.path."""
+TAP-like checks, a WatchEvents collector, tests/httpd.py, waiting and /proc helpers. Import after putting
+HYDRA_PYTHONPATH (the protoc --python_out tree) on sys.path."""
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import grpc
@@ -37,22 +40,36 @@ class Hydra(hydra_pb2_grpc.HydraStub):
                                          response_deserializer=health_pb2.HealthCheckResponse.FromString)
 
 
+def connect(sock, timeout=30, options=()):
+    """A channel to hydrad's socket once it is ready, and the stub on it."""
+    channel = grpc.insecure_channel(f"unix:{sock}", options=list(options))
+    grpc.channel_ready_future(channel).result(timeout=timeout)
+    return channel, Hydra(channel)
+
+
 class Checks:
+    """`check(desc, cond, detail)` prints "ok - desc" or "not ok - desc" (and the detail under it); finish() prints
+    "N passed, N failed" and returns the exit status."""
+
     def __init__(self):
         self.passed = self.failed = 0
 
-    def __call__(self, desc, cond):
+    def __call__(self, desc, cond, detail=None):
         if cond:
             self.passed += 1
             print(f"ok - {desc}", flush=True)
         else:
             self.failed += 1
-            print(f"not ok - {desc}", flush=True)
+            print(f"not ok - {desc}" + (f"\n#   {detail}" if detail else ""), flush=True)
         return cond
 
     def finish(self):
         print(f"{self.passed} passed, {self.failed} failed")
         return 0 if self.failed == 0 else 1
+
+
+def note(msg):
+    print(f"# {msg}", flush=True)
 
 
 def rpc_error(fn, *args, **kw):
@@ -73,13 +90,139 @@ def guest_spec(guest_dir, cmdline="console=ttyS0 panic=-1", **over):
 
 
 def wait_for(cond, timeout, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    """Polls cond until it returns something true (returned) or timeout seconds have passed (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
         time.sleep(interval)
     return cond()
+
+
+def wait_booted(console, n=1, timeout=120):
+    """Until the tiny guest has said it booted n times in console.log."""
+    def booted():
+        try:
+            with open(console, errors="replace") as f:
+                return f.read().count("hydra-guest: booted") >= n
+        except FileNotFoundError:
+            return False
+    return bool(wait_for(booted, timeout, 0.2))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class EventCollector(threading.Thread):
+    """Reads one WatchEvents stream (of role, or of both VMs) on a thread of its own, keeping every event and the
+    time.time() it arrived. Starts at once and waits `settle` seconds, so that the stream is set up before the
+    caller acts. Pass `stream` to read a stream opened earlier."""
+
+    def __init__(self, api, role=pb.ROLE_UNSPECIFIED, settle=0.3, stream=None):
+        super().__init__(daemon=True)
+        self.stream = stream if stream is not None else api.WatchEvents(pb.WatchEventsRequest(role=role))
+        self.events = []
+        self.arrived = []
+        self.ended = None          # the status code the stream ended with, once it has
+        self.cond = threading.Condition()
+        self.start()
+        if settle:
+            time.sleep(settle)
+
+    def run(self):
+        try:
+            for ev in self.stream:
+                t = time.time()
+                with self.cond:
+                    self.events.append(ev)
+                    self.arrived.append(t)
+                    self.cond.notify_all()
+        except grpc.RpcError as e:
+            with self.cond:
+                self.ended = e.code()
+                self.cond.notify_all()
+
+    def __len__(self):
+        with self.cond:
+            return len(self.events)
+
+    def find(self, pred, since=0, timed=False):
+        """The events from index `since` on for which pred holds (as (arrival time, event) pairs if timed)."""
+        with self.cond:
+            return [(t, e) if timed else e for t, e in zip(self.arrived[since:], self.events[since:]) if pred(e)]
+
+    def wait(self, pred, timeout, since=0, timed=False):
+        """As find, once there is at least one (an empty list after timeout seconds)."""
+        with self.cond:
+            self.cond.wait_for(lambda: any(pred(e) for e in self.events[since:]), timeout)
+        return self.find(pred, since, timed)
+
+    def clear(self):
+        """Forgets the events so far (indexes start again at 0)."""
+        with self.cond:
+            self.events.clear()
+            self.arrived.clear()
+
+    def close(self, timeout=10):
+        self.stream.cancel()
+        self.join(timeout)
+
+
+class HttpServer:
+    """tests/httpd.py serving root on 127.0.0.1 (port 0: any free one); its request log in TMP/NAME.log (log=False:
+    none)."""
+
+    HTTPD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "httpd.py")
+
+    def __init__(self, tmp, name, root, *extra, port=0, log=True):
+        self.port_file = f"{tmp}/{name}.port"
+        self.log = f"{tmp}/{name}.log" if log else "/dev/null"
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        self.proc = subprocess.Popen(["/usr/bin/python3", self.HTTPD, "--root", root, "--port", str(port),
+                                      "--port-file", self.port_file, "--log", self.log, *extra])
+
+        def port():
+            try:
+                with open(self.port_file) as f:
+                    return f.read().strip()
+            except FileNotFoundError:
+                return None
+        written = wait_for(port, 30, 0.05)
+        if not written:
+            self.stop()
+            raise RuntimeError("httpd did not start")
+        self.port = int(written)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def requests(self, path=None):
+        """The requests it logged (dicts with "path", ...), all or those for path."""
+        if not os.path.exists(self.log) or self.log == "/dev/null":
+            return []
+        with open(self.log) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        return [r for r in lines if path is None or r["path"] == path]
+
+    def paths(self):
+        return [r["path"] for r in self.requests()]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
 
 
 class Daemon:

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,50 +32,18 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
 import hydra_client  # noqa: E402
+from hydra_client import (Checks, HttpServer, free_port, note, rpc_error, rss_kib, wait_booted,  # noqa: E402
+                          wait_for)
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
-SOURCE = os.environ["HYDRA_SOURCE_DIR"]
-HTTPD = os.path.join(SOURCE, "tests", "httpd.py")
 CYCLES = int(os.environ.get("HYDRA_FAULT_CYCLES", "200"))
 
 HOST, ISO = pb.ROLE_HOST, pb.ROLE_ISOLATED
 NAMES = {HOST: "host", ISO: "isolated"}
 ST = pb.VmState.Name
 
-passed = failed = 0
-
-
-def check(desc, cond, detail=None):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok - {desc}", flush=True)
-    else:
-        failed += 1
-        print(f"not ok - {desc}" + (f"\n#   {detail}" if detail else ""), flush=True)
-
-
-def note(msg):
-    print(f"# {msg}", flush=True)
-
-
-def wait_for(pred, timeout=60, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
-def rpc_error(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except grpc.RpcError as e:
-        return e
-    return None
+check = Checks()
 
 
 # --- processes ---
@@ -119,14 +86,6 @@ def qemus(*under):
 
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class Hydra(hydra_client.Hydra):
@@ -199,47 +158,13 @@ class Daemon:
         return rc
 
 
-class Server:
-    """tests/httpd.py on a given port (0: any), as in test_provision.py."""
-
-    def __init__(self, tmp, name, root, port=0, *extra):
-        self.port_file = f"{tmp}/{name}.port"
-        self.log = f"{tmp}/{name}.log"
-        self.proc = subprocess.Popen(["/usr/bin/python3", HTTPD, "--root", root, "--port", str(port), "--port-file",
-                                      self.port_file, "--log", self.log, *extra])
-        if not wait_for(lambda: os.path.exists(self.port_file) and open(self.port_file).read().strip(), 30, 0.05):
-            raise RuntimeError("httpd did not start")
-        self.port = int(open(self.port_file).read().strip())
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def requests(self, path=None):
-        if not os.path.exists(self.log):
-            return []
-        lines = [json.loads(line) for line in open(self.log) if line.strip()]
-        return [r for r in lines if path is None or r["path"] == path]
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def asan():
     with open(HYDRAD, "rb") as f:
         return b"__asan_init" in f.read()
 
 
-def guest_spec(memory_mib=256, **kw):
-    return pb.VmSpec(cpus=1, memory_mib=memory_mib, accel=pb.ACCEL_TCG,
-                     kernel=pb.KernelBoot(kernel=f"{GUEST}/vmlinuz", initrd=f"{GUEST}/initrd.img",
-                                          cmdline="console=ttyS0 panic=-1"), **kw)
+def guest_spec(**kw):
+    return hydra_client.guest_spec(GUEST, **kw)
 
 
 def runtime_state(run, role):
@@ -256,10 +181,6 @@ def main():
     servers, holder, frozen = [], None, []
     t_begin = time.monotonic()
 
-    def booted(role, n=1):
-        path = f"{state}/{NAMES[role]}/console.log"
-        return os.path.exists(path) and open(path, errors="replace").read().count("hydra-guest: booted") >= n
-
     def boots(role):
         path = f"{state}/{NAMES[role]}/console.log"
         return open(path, errors="replace").read().count("hydra-guest: booted") if os.path.exists(path) else 0
@@ -270,7 +191,7 @@ def main():
         if h.get(role).state == pb.VM_STATE_RUNNING:
             return h.get(role)
         vm = h.start(role)
-        wait_for(lambda: booted(role, n + 1), 120)
+        wait_booted(f"{state}/{NAMES[role]}/console.log", n + 1, 120)
         return vm
 
     try:
@@ -313,7 +234,7 @@ def main():
                   o.state == pb.VM_STATE_RUNNING and o.pid == other_before.pid and alive(o.pid)
                   and o.uptime_usec > other_before.uptime_usec, f"{ST(o.state)} pid {o.pid}/{other_before.pid}")
             check(f"{vn}: starts again after the crash (and boots)",
-                  start_booted(h, victim).state == pb.VM_STATE_RUNNING and booted(victim, 2))
+                  start_booted(h, victim).state == pb.VM_STATE_RUNNING and boots(victim) >= 2)
 
         # ---------------------------------------------------------------- 2. kill -9 of hydrad, both running
         pids = {r: h.get(r).pid for r in (HOST, ISO)}
@@ -394,7 +315,7 @@ def main():
             f.write(blob)
         digest = hashlib.sha256(blob).hexdigest()
         port = free_port()
-        slow = Server(tmp, "slow", www, port, "--slow", "300000")
+        slow = HttpServer(tmp, "slow", www, "--slow", "300000", port=port)
         servers.append(slow)
         img_spec = guest_spec(image=pb.Source(url=f"{slow.url}/image.raw", checksum=f"sha256:{digest}"),
                               keep_pristine=True, guest=pb.Guest(hostname="fault"))
@@ -414,7 +335,7 @@ def main():
         part_size = os.path.getsize(parts[0]) if parts else 0
         check("the .part survives hydrad's kill -9", 0 < part_size < len(blob), f"{parts} {part_size}")
         slow.stop()
-        fast = Server(tmp, "fast", www, port)
+        fast = HttpServer(tmp, "fast", www, port=port)
         servers.append(fast)
         h = d.start()
         vm = h.get(HOST)
@@ -768,13 +689,12 @@ def main():
             except ProcessLookupError:
                 pass
         note(f"test_faults took {time.monotonic() - t_begin:.0f} s")
-        if failed:
+        if check.failed:
             with open(d.log_path, errors="replace") as f:
                 print("--- the end of hydrad's log ---\n" + f.read()[-8000:])
         if not os.environ.get("HYDRA_KEEP_TMP"):
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, ConsoleClient, Daemon, Hydra, guest_spec, wait_for  # noqa: E402
+from hydra_client import Checks, ConsoleClient, Daemon, Hydra, guest_spec, note, wait_for  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
@@ -30,10 +30,6 @@ SHELL_CMDLINE = "console=ttyS0 panic=-1 hydra.shell=1"
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 check = Checks()
-
-
-def note(msg):
-    print(f"# {msg}", flush=True)
 
 
 def cpu_seconds(pid):

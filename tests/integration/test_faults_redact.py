@@ -7,24 +7,19 @@ appear in hydrad's log, WatchEvents (progress, notices), GetVm / ListVms, hydrac
 do appear, so that a person can tell which URL it was. Also a 404 on such a URL: the error (RPC status, last_error)
 shows the names only. The guest is started (QEMU running) but not waited for. Prints "N passed, N failed"."""
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, Daemon, rpc_error, wait_for  # noqa: E402
+from hydra_client import Checks, Daemon, EventCollector, HttpServer, rpc_error  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 HYDRACTL = os.environ["HYDRACTL"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
-HTTPD = os.path.join(os.environ["HYDRA_SOURCE_DIR"], "tests", "httpd.py")
 
 TOKEN = "s3cret-private-token-1f0a"
 SIG = "s3cret-amz-signature-77b2"
@@ -44,23 +39,6 @@ def leaked(text):
     return [s for s in SECRETS if s in text]
 
 
-class Server:
-    def __init__(self, tmp, root):
-        self.port_file, self.log = f"{tmp}/httpd.port", f"{tmp}/httpd.log"
-        self.proc = subprocess.Popen(["/usr/bin/python3", HTTPD, "--root", root, "--port-file", self.port_file,
-                                      "--log", self.log, "--redirect-query", f"X-Amz-Signature={REDIRECT_SIG}"])
-        if not wait_for(lambda: os.path.exists(self.port_file), 30):
-            raise RuntimeError("httpd did not start")
-        self.url = f"http://127.0.0.1:{int(open(self.port_file).read())}"
-
-    def paths(self):
-        return [json.loads(line)["path"] for line in open(self.log)] if os.path.exists(self.log) else []
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
 def hydractl(sock, *args):
     r = subprocess.run([HYDRACTL, "--socket", sock, *args], capture_output=True, text=True, timeout=60)
     return r.stdout + r.stderr
@@ -76,7 +54,7 @@ def main():
     digest = hashlib.sha256(open(f"{www}/cloud.qcow2.xz", "rb").read()).hexdigest()
     with open(f"{www}/SHA256SUMS", "w") as f:
         f.write(f"{digest}  cloud.qcow2.xz\n")
-    srv = Server(d.tmp, www)
+    srv = HttpServer(d.tmp, "httpd", www, "--redirect-query", f"X-Amz-Signature={REDIRECT_SIG}")
 
     image_url = f"{srv.url}/_redirect/query/cloud.qcow2.xz?private_token={TOKEN}&X-Amz-Signature={SIG}"
     missing_url = f"{srv.url}/nope.qcow2.xz?private_token={TOKEN}&X-Amz-Signature={SIG}"
@@ -95,17 +73,7 @@ def main():
     try:
         h = d.start()
         iso, host = pb.ROLE_ISOLATED, pb.ROLE_HOST
-        events = []
-        stream = h.WatchEvents(pb.WatchEventsRequest())
-
-        def collect():
-            try:
-                for ev in stream:
-                    events.append(ev)
-            except grpc.RpcError:
-                pass
-        threading.Thread(target=collect, daemon=True).start()
-        time.sleep(0.3)
+        events = EventCollector(h).events
 
         r = h.RegisterVm(pb.RegisterVmRequest(role=iso, spec=spec(image_url, f"{srv.url}/SHA256SUMS?X-Amz-Signature="
                                                                               f"{SUMS_SIG}")), timeout=10)

@@ -13,69 +13,19 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
-import threading
-import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
-import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Hydra  # noqa: E402
+from hydra_client import Checks, Daemon, EventCollector, HttpServer, rpc_error, wait_booted  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
-SOURCE = os.environ["HYDRA_SOURCE_DIR"]
-HTTPD = os.path.join(SOURCE, "tests", "httpd.py")
 TOKEN = "tok-3c1f-secret-9a7e"
 
-passed = failed = 0
-
-
-def check(desc, cond, detail=None):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok - {desc}")
-    else:
-        failed += 1
-        print(f"not ok - {desc}" + (f"\n#   {detail}" if detail else ""))
-
-
-def rpc_error(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except grpc.RpcError as e:
-        return e
-    return None
-
-
-class Server:
-    def __init__(self, tmp, name, root, *extra):
-        self.port_file = f"{tmp}/{name}.port"
-        self.log = f"{tmp}/{name}.log"
-        self.proc = subprocess.Popen(["/usr/bin/python3", HTTPD, "--root", root, "--port-file", self.port_file,
-                                      "--log", self.log, *extra])
-        deadline = time.time() + 30
-        while not (os.path.exists(self.port_file) and open(self.port_file).read().strip()):
-            if time.time() > deadline:
-                raise RuntimeError("httpd did not start")
-            time.sleep(0.05)
-        self.port = int(open(self.port_file).read().strip())
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def requests(self, path=None):
-        if not os.path.exists(self.log):
-            return []
-        lines = [json.loads(line) for line in open(self.log) if line.strip()]
-        return [r for r in lines if path is None or r["path"] == path]
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
+check = Checks()
 
 
 def run(*cmd, **kw):
@@ -97,17 +47,9 @@ def disk_marked(path):
     return r.returncode == 0 and "Pattern verification failed" not in r.stdout + r.stderr
 
 
-def wait_for(pred, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def main():
-    tmp = tempfile.mkdtemp(prefix="hydra-prov.")
+    d = Daemon(HYDRAD, prefix="hydra-prov.")
+    tmp, state = d.tmp, d.state
     www, private = f"{tmp}/www", f"{tmp}/private"
     os.makedirs(www)
     os.makedirs(private)
@@ -128,21 +70,11 @@ def main():
         t.add(f"{GUEST}/initrd.img", "tiny/initrd.img")
         t.add(f"{tmp}/rootfs.qcow2", "tiny/rootfs.qcow2")
 
-    public = Server(tmp, "public", www)
-    secret = Server(tmp, "private", private, "--require-token", TOKEN)
+    public = HttpServer(tmp, "public", www)
+    secret = HttpServer(tmp, "private", private, "--require-token", TOKEN)
 
-    sock = f"{tmp}/run/hydra.sock"
-    state = f"{tmp}/state"
-    log_path = f"{tmp}/hydrad.log"
-    log = open(log_path, "w")
-    daemon = subprocess.Popen([HYDRAD, "--state-dir", state, "--run-dir", f"{tmp}/run", "--log-level", "debug"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    channel = None
     try:
-        wait_for(lambda: os.path.exists(sock), 60)
-        channel = grpc.insecure_channel(f"unix:{sock}")
-        grpc.channel_ready_future(channel).result(timeout=60)
-        h = Hydra(channel)
+        h = d.start(timeout=60)
         iso = pb.ROLE_ISOLATED
 
         def cloud_spec(**over):
@@ -185,17 +117,7 @@ def main():
               and any(f"{state}/isolated/seed.iso" in a for a in plan.argv))
         check("plan: nothing downloaded", public.requests("/cloud.qcow2.xz") == [])
 
-        events = []
-        stream = h.WatchEvents(pb.WatchEventsRequest(role=iso))
-
-        def collect():
-            try:
-                for ev in stream:
-                    events.append(ev)
-            except grpc.RpcError:
-                pass
-        threading.Thread(target=collect, daemon=True).start()
-        time.sleep(0.3)
+        events = EventCollector(h, role=iso).events
 
         vm = h.StartVm(pb.StartVmRequest(role=iso, timeout_seconds=120), timeout=150)
         check("StartVm: running", vm.state == pb.VM_STATE_RUNNING, vm.last_error)
@@ -237,7 +159,7 @@ def main():
         check("the kubelet share directories were made", os.path.isdir(f"{tmp}/k3s-var/var/lib/kubelet")
               and os.path.isdir(f"{tmp}/k3s-var/var/log/pods"))
         check("the guest boots with disk and seed attached",
-              wait_for(lambda: "hydra-guest: booted" in open(console, errors="replace").read()))
+              wait_booted(console, timeout=120))
 
         h.StopVm(pb.StopVmRequest(role=iso, force=True), timeout=60)
         mark_disk(vm.disk_path)
@@ -332,8 +254,7 @@ def main():
         drives = {d.id: d for d in vm.drives}
         check("bare kernel: the rootfs is the VM's disk (an independent copy)", "disk0" in drives
               and "backing-filename" not in qemu_img_info(vm.disk_path))
-        check("bare kernel: the guest boots", wait_for(
-            lambda: "hydra-guest: booted" in open(f"{state}/isolated/console.log", errors="replace").read()))
+        check("bare kernel: the guest boots", wait_booted(f"{state}/isolated/console.log", timeout=120))
         reqs = secret.requests("/rimd.tar.gz")
         check("the token header was sent", reqs and reqs[0]["headers"].get("PRIVATE-TOKEN") == TOKEN, str(reqs[:1]))
         h.StopVm(pb.StopVmRequest(role=iso, force=True), timeout=60)
@@ -362,27 +283,17 @@ def main():
               not any(os.path.exists(f"{d}/data") and "rimd" in open(f"{d}/meta.json").read()
                       for d in glob.glob(f"{state}/cache/*")))
     finally:
-        if channel:
-            channel.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            rc = daemon.wait()
+        rc = d.stop()
         public.stop()
         secret.stop()
-        log.close()
         check("hydrad exits 0 (no leak under ASan)", rc == 0, f"exit status {rc}")
-        text = open(log_path, errors="replace").read()
+        text = d.log()
         check("the token never appears in hydrad's log", TOKEN not in text)
         check("the guest password never appears in hydrad's log", "correct horse" not in text)
-        if failed:
+        if check.failed:
             print(text[-6000:])
-        if not os.environ.get("HYDRA_KEEP_TMP"):
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+        d.cleanup(keep=bool(os.environ.get("HYDRA_KEEP_TMP")))
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -6,79 +6,29 @@ WatchEvents stream, StartVm, GetVm, ListVms, PlanVm, StopVm, DestroyVm; plus bad
 method, and 32 concurrent GetVm calls. Prints "N passed, N failed"."""
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
-import importlib.util  # noqa: E402
-
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Hydra  # noqa: E402
-
-
-def load_generated(path, name):
-    """grpc/health/v1/health_pb2.py would shadow, or be shadowed by, the grpc package: load it by path."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-health_pb2 = load_generated(os.path.join(os.environ["HYDRA_PYTHONPATH"], "grpc/health/v1/health_pb2.py"), "health_pb2")
+from hydra_client import (Checks, Daemon, EventCollector, free_port, guest_spec, health_pb2, rpc_error,  # noqa: E402
+                          wait_booted)
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
 
-passed = failed = 0
-
-
-def check(desc, cond):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok - {desc}")
-    else:
-        failed += 1
-        print(f"not ok - {desc}")
-
-
-def rpc_error(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except grpc.RpcError as e:
-        return e
-    return None
-
-
-def guest_spec(**over):
-    spec = pb.VmSpec(cpus=1, memory_mib=256, accel=pb.ACCEL_TCG,
-                     kernel=pb.KernelBoot(kernel=f"{GUEST}/vmlinuz", initrd=f"{GUEST}/initrd.img",
-                                          cmdline="console=ttyS0 panic=-1"))
-    for k, v in over.items():
-        setattr(spec, k, v)
-    return spec
+check = Checks()
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="hydra-py.")
-    sock = f"{tmp}/run/hydra.sock"
-    cmd = [HYDRAD, "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run", "--log-level", "debug"]
-    log = open(f"{tmp}/hydrad.log", "w")
-    daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    channel = None
+    d = Daemon(HYDRAD, prefix="hydra-py.")
+    tmp = d.tmp
     try:
-        deadline = time.time() + 60
-        while not os.path.exists(sock) and time.time() < deadline:
-            time.sleep(0.1)
-        channel = grpc.insecure_channel(f"unix:{sock}")
-        grpc.channel_ready_future(channel).result(timeout=60)
-        h = Hydra(channel)
+        h = d.start(timeout=60)
+        channel = d.channel
 
         r = h.Check(health_pb2.HealthCheckRequest(), timeout=10)
         check("health: SERVING", r.status == health_pb2.HealthCheckResponse.SERVING)
@@ -90,20 +40,20 @@ def main():
 
         # Rejected specs: INVALID_ARGUMENT naming the field and the value; nothing registered.
         bad = {
-            "cpus": guest_spec(cpus=300),
-            "memory_mib": guest_spec(memory_mib=16),
-            "machine": guest_spec(machine="q35,accel=kvm"),
+            "cpus": guest_spec(GUEST, cpus=300),
+            "memory_mib": guest_spec(GUEST, memory_mib=16),
+            "machine": guest_spec(GUEST, machine="q35,accel=kvm"),
         }
         for field, spec in bad.items():
             e = rpc_error(h.RegisterVm, pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=spec), timeout=10)
             check(f"bad {field}: INVALID_ARGUMENT naming the field",
                   e is not None and e.code() == grpc.StatusCode.INVALID_ARGUMENT and field in e.details())
-        spec = guest_spec()
+        spec = guest_spec(GUEST)
         spec.forwards.add(host_port=70000, guest_port=22)
         e = rpc_error(h.RegisterVm, pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=spec), timeout=10)
         check("port 70000: INVALID_ARGUMENT naming forwards[0].host_port",
               e is not None and e.code() == grpc.StatusCode.INVALID_ARGUMENT and "forwards[0].host_port" in e.details())
-        e = rpc_error(h.RegisterVm, pb.RegisterVmRequest(role=pb.ROLE_UNSPECIFIED, spec=guest_spec()), timeout=10)
+        e = rpc_error(h.RegisterVm, pb.RegisterVmRequest(role=pb.ROLE_UNSPECIFIED, spec=guest_spec(GUEST)), timeout=10)
         check("role unspecified: INVALID_ARGUMENT", e is not None and e.code() == grpc.StatusCode.INVALID_ARGUMENT)
         e = rpc_error(h.GetVm, pb.GetVmRequest(role=pb.ROLE_ISOLATED), timeout=10)
         check("nothing registered by the rejected specs", e is not None and e.code() == grpc.StatusCode.NOT_FOUND)
@@ -118,11 +68,8 @@ def main():
         e = rpc_error(unknown, None, timeout=10)
         check("unknown method: UNIMPLEMENTED", e is not None and e.code() == grpc.StatusCode.UNIMPLEMENTED)
 
-        port = __import__("socket").socket()
-        port.bind(("127.0.0.1", 0))
-        free = port.getsockname()[1]
-        port.close()
-        spec = guest_spec()
+        free = free_port()
+        spec = guest_spec(GUEST)
         spec.forwards.add(host_port=free, guest_port=22)
         r = h.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=spec), timeout=10)
         check("register: changed, defined", r.changed and r.vm.state == pb.VM_STATE_DEFINED)
@@ -136,18 +83,7 @@ def main():
               and f"{GUEST}/vmlinuz" in argv and "-kernel" in argv)
         check("plan: the forward on 127.0.0.1", any(f"hostfwd=tcp:127.0.0.1:{free}-:22" in a for a in argv))
 
-        events = []
-        stream = h.WatchEvents(pb.WatchEventsRequest(role=pb.ROLE_ISOLATED))
-
-        def collect():
-            try:
-                for ev in stream:
-                    events.append(ev)
-            except grpc.RpcError:
-                pass
-        t = threading.Thread(target=collect, daemon=True)
-        t.start()
-        time.sleep(0.3)
+        watch = EventCollector(h, role=pb.ROLE_ISOLATED)
 
         vm = h.StartVm(pb.StartVmRequest(role=pb.ROLE_ISOLATED, timeout_seconds=60), timeout=90)
         check("StartVm: running with a pid", vm.state == pb.VM_STATE_RUNNING and vm.pid > 0)
@@ -168,17 +104,13 @@ def main():
         check("ListVms: one VM, isolated", len(lst.vms) == 1 and lst.vms[0].role == pb.ROLE_ISOLATED)
 
         console = f"{tmp}/state/isolated/console.log"
-        deadline = time.time() + 120
-        booted = False
-        while time.time() < deadline and not booted:
-            booted = os.path.exists(console) and "hydra-guest: booted" in open(console, errors="replace").read()
-            time.sleep(0.3)
-        check("the guest boots", booted)
+        check("the guest boots", wait_booted(console, timeout=120))
 
-        e = rpc_error(h.RegisterVm, pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=guest_spec(cpus=2)), timeout=10)
+        e = rpc_error(h.RegisterVm, pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=guest_spec(GUEST, cpus=2)),
+                      timeout=10)
         check("replacing the spec of a running VM: FAILED_PRECONDITION",
               e is not None and e.code() == grpc.StatusCode.FAILED_PRECONDITION)
-        r = h.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=guest_spec(cpus=2),
+        r = h.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=guest_spec(GUEST, cpus=2),
                                               apply_on_next_start=True), timeout=10)
         check("... allowed with apply_on_next_start, VM still running",
               r.changed and r.vm.state == pb.VM_STATE_RUNNING and r.vm.spec.cpus == 2)
@@ -188,8 +120,8 @@ def main():
               and vm.last_exit.reason == "guest-shutdown" and vm.last_exit.exited)
 
         time.sleep(0.5)
-        stream.cancel()
-        t.join(timeout=5)
+        watch.close(timeout=5)
+        events = watch.events
         transitions = [(ev.state_change.__getattribute__("from"), ev.state_change.to) for ev in events
                        if ev.WhichOneof("kind") == "state_change"]
         qmp = [ev.qmp_event.name for ev in events if ev.WhichOneof("kind") == "qmp_event"]
@@ -207,38 +139,18 @@ def main():
         check("destroyed: NOT_FOUND", e is not None and e.code() == grpc.StatusCode.NOT_FOUND)
 
         # Shutdown with a stream open: the stream ends with UNAVAILABLE and hydrad still exits 0 (below).
-        ended = []
-        stream = h.WatchEvents(pb.WatchEventsRequest())
-
-        def drain():
-            try:
-                for _ in stream:
-                    pass
-            except grpc.RpcError as err:
-                ended.append(err.code())
-        t = threading.Thread(target=drain, daemon=True)
-        t.start()
-        time.sleep(0.3)
-        daemon.send_signal(signal.SIGTERM)
-        t.join(timeout=15)
-        check("SIGTERM ends an open WatchEvents stream with UNAVAILABLE", ended == [grpc.StatusCode.UNAVAILABLE])
+        watch = EventCollector(h)
+        d.proc.send_signal(signal.SIGTERM)
+        watch.join(timeout=15)
+        check("SIGTERM ends an open WatchEvents stream with UNAVAILABLE", watch.ended == grpc.StatusCode.UNAVAILABLE)
     finally:
-        if channel:
-            channel.close()
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            rc = daemon.wait()
+        rc = d.stop()
         check("hydrad exits 0 on SIGTERM (an ASan build: no leak, no memory error)", rc == 0)
-        subprocess.run(["pkill", "-KILL", "-f", f"{tmp}/state/"], check=False)
-        if failed:
+        if check.failed:
             print("--- hydrad log ---")
-            print(open(f"{tmp}/hydrad.log").read()[-6000:])
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+            print(d.log()[-6000:])
+        d.cleanup()
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -16,50 +16,14 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, ConsoleClient, Daemon, Hydra, guest_spec, rpc_error, wait_for  # noqa: E402
+from hydra_client import (Checks, ConsoleClient, Daemon, EventCollector, Hydra, free_port, guest_spec,  # noqa: E402
+                          rpc_error, wait_for)
 
 HYDRAD = os.environ["HYDRAD"]
 GUEST = os.environ["HYDRA_GUEST_DIR"]
 SHELL_CMDLINE = "console=ttyS0 panic=-1 hydra.shell=1"
 
 check = Checks()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Watcher(threading.Thread):
-    """Collects every event of one WatchEvents stream."""
-
-    def __init__(self, api):
-        super().__init__(daemon=True)
-        self.stream = api.WatchEvents(pb.WatchEventsRequest())
-        self.events = []
-        self.lock = threading.Lock()
-        self.start()
-
-    def run(self):
-        try:
-            for ev in self.stream:
-                with self.lock:
-                    self.events.append(ev)
-        except grpc.RpcError:
-            pass
-
-    def find(self, pred):
-        with self.lock:
-            return [e for e in self.events if pred(e)]
-
-    def wait(self, pred, timeout):
-        return wait_for(lambda: self.find(pred), timeout)
-
-    def close(self):
-        self.stream.cancel()
 
 
 def state_change(to, reason=None, role=pb.ROLE_HOST):
@@ -77,7 +41,7 @@ def test_console_ready_panic_restart(d, api):
     sup = pb.Supervision(restart=pb.RESTART_ON_FAILURE, max_restarts=2, restart_window_seconds=600)
     spec = guest_spec(GUEST, cmdline=SHELL_CMDLINE, supervision=sup)
     api.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_HOST, spec=spec), timeout=10)
-    w = Watcher(api)
+    w = EventCollector(api, settle=0)
 
     vm = api.StartVm(pb.StartVmRequest(role=pb.ROLE_HOST, wait=pb.WAIT_FOR_READY, timeout_seconds=180), timeout=200)
     check("start --wait ready: running and ready (console pattern: the login prompt)",
@@ -140,7 +104,7 @@ def test_console_ready_panic_restart(d, api):
     person.close()
 
     # kill -9 of QEMU: crashed (signal 9), restarted after 2 s (the backoff doubles).
-    w.events.clear()
+    w.clear()
     pid = get(api).pid
     t0 = time.time()
     os.kill(pid, 9)
@@ -158,7 +122,7 @@ def test_console_ready_panic_restart(d, api):
           bool(w.wait(lambda e: state_change(pb.VM_STATE_RUNNING)(e) and e.vm.restart_count == 2, 60)))
 
     # A third death within the window with max_restarts 2: the policy gives up, with the reason.
-    w.events.clear()
+    w.clear()
     os.kill(get(api).pid, 9)
     check("third death: crashed", bool(w.wait(state_change(pb.VM_STATE_CRASHED), 10)))
     gave_up = w.wait(lambda e: e.WhichOneof("kind") == "notice" and "gave up" in e.notice.message, 10)
@@ -172,7 +136,7 @@ def test_console_ready_panic_restart(d, api):
     # A client's start resets the count; a guest that powers itself off is not a failure (on-failure).
     vm = api.StartVm(pb.StartVmRequest(role=pb.ROLE_HOST, wait=pb.WAIT_FOR_READY, timeout_seconds=180), timeout=200)
     check("a client's start after giving up works", vm.state == pb.VM_STATE_RUNNING and vm.ready)
-    w.events.clear()
+    w.clear()
     person = ConsoleClient(vm.console_socket)
     person.shell_prompt(60)
     person.send("poweroff -f\n")
@@ -190,7 +154,7 @@ def test_console_ready_panic_restart(d, api):
     vm = api.StartVm(pb.StartVmRequest(role=pb.ROLE_HOST, wait=pb.WAIT_FOR_READY, timeout_seconds=180), timeout=200)
     check("registered with restart always (defaults max_restarts 5, window 600 s)",
           vm.spec.supervision.max_restarts == 5 and vm.spec.supervision.restart_window_seconds == 600)
-    w.events.clear()
+    w.clear()
     person = ConsoleClient(vm.console_socket)
     person.shell_prompt(60)
     person.send("poweroff -f\n")
@@ -198,7 +162,7 @@ def test_console_ready_panic_restart(d, api):
           bool(w.wait(state_change(pb.VM_STATE_PREPARING, "restart"), 60)) and
           bool(w.wait(state_change(pb.VM_STATE_RUNNING), 60)))
     person.close()
-    w.events.clear()
+    w.clear()
     os.kill(get(api).pid, 9)
     check("crashed again", bool(w.wait(state_change(pb.VM_STATE_CRASHED), 10)))
     vm = api.StopVm(pb.StopVmRequest(role=pb.ROLE_HOST), timeout=30)
@@ -292,20 +256,11 @@ def test_lost_events(d, api):
         api.StopVm(pb.StopVmRequest(role=pb.ROLE_HOST, force=True), timeout=60)
     check("GetVm still answers while a stream is stuck", get(api).state == pb.VM_STATE_STOPPED)
 
-    events = []
-
-    def read():
-        try:
-            for ev in stream:
-                events.append(ev)
-        except grpc.RpcError:
-            pass
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = EventCollector(None, stream=stream, settle=0)
     time.sleep(5)  # everything was sent already: the backlog drains at once
-    stream.cancel()
-    reader.join(10)
+    reader.close(10)
     channel.close()
+    events = reader.events
 
     lost = [(i, e.lost.count) for i, e in enumerate(events) if e.WhichOneof("kind") == "lost"]
     check("the slow stream got a lost event", len(lost) > 0 and all(n > 0 for _, n in lost))
