@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: MIT */
+/* Must not build: qemu/ is below core/ (CMakeLists.txt, test layers/qemu_sees_core). */
+#include "vm.h"
