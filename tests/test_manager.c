@@ -315,6 +315,131 @@ START_TEST(test_lookup_and_settings) {
 }
 END_TEST
 
+/* --- RegisterVm through the Vm: the password hashed on a worker, spec.pb durable before it takes effect --- */
+
+typedef struct Done {
+        int calls;
+        int r;
+        char message[sizeof(((HydraError *) NULL)->message)];
+} Done;
+
+static void on_done(Vm *vm, int r, const HydraError *err, void *userdata) {
+        Done *d = userdata;
+
+        d->calls++;
+        d->r = r;
+        (void) snprintf(d->message, sizeof(d->message), "%s", err ? err->message : "");
+}
+
+static void run_until(const Done *d, int calls) {
+        for (int i = 0; i < 1000 && d->calls < calls; i++)
+                ck_assert_int_ge(sd_event_run(event, 10 * 1000), 0);
+        ck_assert_int_eq(d->calls, calls);
+}
+
+static VmSpec small_spec(unsigned cpus, const char *password) {
+        VmSpec spec = { .cpus = cpus, .memory_mib = 64 };
+
+        if (password)
+                ck_assert_ptr_nonnull(spec.guest.password = strdup(password));
+        return spec;
+}
+
+static int register_vm(Vm *vm, unsigned cpus, const char *password, Done *d, HydraError *err) {
+        VmSpec spec = small_spec(cpus, password);
+        VmOp *op = NULL;
+        int r;
+
+        hydra_error_clear(err);
+        r = vm_register(vm, &spec, false, on_done, d, &op, err);
+        vm_spec_done(&spec);
+        return r;
+}
+
+START_TEST(test_register_async) {
+        Vm *vm = manager_get_vm(manager, ROLE_HOST);
+        _cleanup_free_ char *spec_file = at("state/host/spec.pb");
+        _cleanup_free_ char *hash = NULL;
+        Done d = {}, other = {};
+        HydraError err;
+
+        /* A password to hash: the call returns at once, the VM is not registered yet. */
+        ck_assert_int_eq(register_vm(vm, 2, "correct horse", &d, &err), 0);
+        ck_assert(!vm_is_registered(vm));
+        ck_assert_int_eq(access(spec_file, F_OK), -1);
+        /* One registration at a time. */
+        ck_assert_int_eq(register_vm(vm, 3, NULL, &other, &err), -EBUSY);
+        ck_assert_msg(strstr(err.message, "being registered"), "%s", err.message);
+
+        run_until(&d, 1);
+        ck_assert_msg(d.r == 1, "changed: %d %s", d.r, d.message);
+        ck_assert(vm_is_registered(vm));
+        ck_assert_int_eq(vm_get_spec(vm)->cpus, 2);
+        ck_assert_ptr_null(vm_get_spec(vm)->guest.password);
+        ck_assert_ptr_nonnull(vm_get_spec(vm)->guest.password_hash);
+        ck_assert_msg(strncmp(vm_get_spec(vm)->guest.password_hash, "$y$", 3) == 0, "yescrypt: %s",
+                      vm_get_spec(vm)->guest.password_hash);
+        ck_assert_int_eq(access(spec_file, F_OK), 0); /* durable before the VM took it */
+        hash = strdup(vm_get_spec(vm)->guest.password_hash);
+
+        /* The same password again: checked against the stored hash (on the worker), kept, nothing changed. */
+        ck_assert_int_eq(register_vm(vm, 2, "correct horse", &d, &err), 0);
+        run_until(&d, 2);
+        ck_assert_msg(d.r == 0, "unchanged: %d %s", d.r, d.message);
+        ck_assert_str_eq(vm_get_spec(vm)->guest.password_hash, hash);
+
+        /* No password: nothing to hash, the same spec answers at once. */
+        {
+                VmSpec spec = small_spec(2, NULL);
+                VmOp *op = NULL;
+
+                ck_assert_ptr_nonnull(spec.guest.password_hash = strdup(hash));
+                ck_assert_int_eq(vm_register(vm, &spec, false, on_done, &d, &op, &err), 1);
+                vm_spec_done(&spec);
+        }
+
+        /* A refusal found while hashing comes back through the callback, naming the field. */
+        {
+                char long_password[600];
+
+                memset(long_password, 'x', sizeof(long_password) - 1);
+                long_password[sizeof(long_password) - 1] = '\0';
+                ck_assert_int_eq(register_vm(vm, 2, long_password, &d, &err), 0);
+                run_until(&d, 3);
+                ck_assert_int_eq(d.r, -EINVAL);
+                ck_assert_msg(strstr(d.message, "guest.password") && !strstr(d.message, "xxxx"), "%s", d.message);
+                ck_assert_str_eq(vm_get_spec(vm)->guest.password_hash, hash);
+        }
+}
+END_TEST
+
+/* A destroy while a new spec is being hashed: the registration is cancelled, and nothing of the VM stays. */
+START_TEST(test_destroy_cancels_register) {
+        Vm *vm = manager_get_vm(manager, ROLE_ISOLATED);
+        _cleanup_free_ char *vm_dir = at("state/isolated");
+        Done d = {}, destroyed = {};
+        HydraError err;
+        VmOp *op = NULL;
+        int r;
+
+        ck_assert_int_eq(register_vm(vm, 1, NULL, &d, &err), 0);
+        run_until(&d, 1);
+        ck_assert_int_eq(d.r, 1);
+        ck_assert_int_eq(access(vm_dir, F_OK), 0);
+
+        ck_assert_int_eq(register_vm(vm, 4, "another one", &d, &err), 0);
+        r = vm_destroy(vm, false, on_done, &destroyed, &op, &err);
+        ck_assert_msg(r >= 0, "%s", err.message);
+        run_until(&d, 2);
+        ck_assert_int_eq(d.r, -ECANCELED);
+        ck_assert_msg(strstr(d.message, "destroy"), "%s", d.message);
+        if (r == 0)
+                run_until(&destroyed, 1);
+        ck_assert(!vm_is_registered(vm));
+        ck_assert_int_eq(access(vm_dir, F_OK), -1);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("manager");
         TCase *tc = tcase_create("load");
@@ -331,6 +456,8 @@ int main(void) {
         tcase_add_test(tc, test_corrupt_state_record);
         tcase_add_test(tc, test_state_dir_unusable);
         tcase_add_test(tc, test_lookup_and_settings);
+        tcase_add_test(tc, test_register_async);
+        tcase_add_test(tc, test_destroy_cancels_register);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);
