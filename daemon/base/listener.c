@@ -283,3 +283,25 @@ fail:
         (void) unlink(path);
         return r;
 }
+
+int listener_new_unix(sd_event *e, const char *what, const char *path, mode_t mode, gid_t gid,
+                      const ListenerConfig *cfg, Listener **ret, HydraError *err) {
+        _cleanup_free_ char *name = NULL;
+        ListenerConfig c = *cfg;
+        int fd, r;
+
+        r = unix_listen(what, path, mode, gid, &fd, NULL, err);
+        if (r < 0)
+                return r;
+        if (!c.name) {
+                if (asprintf(&name, "%s '%s'", what, path) < 0)
+                        name = NULL;
+                c.name = name ?: path;
+        }
+        r = listener_new(e, fd, &c, ret);
+        if (r < 0) {
+                (void) unlink(path);
+                return hydra_error_set(err, r, "watch %s '%s': %s", what, path, strerror(-r));
+        }
+        return 0;
+}

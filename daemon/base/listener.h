@@ -75,3 +75,9 @@ void listener_get_stats(const Listener *l, ListenerStats *ret);
  * gets the socket file's stat, to tell later whether the file at path is still ours. */
 int unix_listen(const char *what, const char *path, mode_t mode, gid_t gid, int *ret_fd, struct stat *ret_st,
                 HydraError *err);
+
+/* unix_listen() and listener_new() in one, for a socket people connect to (a console, the CRI socket): cfg->name
+ * may be NULL (then "WHAT 'PATH'"). On failure nothing is left at path; on success the caller removes path when
+ * it frees the listener. */
+int listener_new_unix(sd_event *e, const char *what, const char *path, mode_t mode, gid_t gid,
+                      const ListenerConfig *cfg, Listener **ret, HydraError *err);

@@ -397,26 +397,18 @@ static unsigned count_connections(void *userdata) {
 }
 
 static int proxy_listen(Proxy *p, mode_t mode, gid_t gid, HydraError *err) {
-        _cleanup_free_ char *name = NULL;
-        int fd, r;
+        int r;
 
-        r = unix_listen("proxy socket", p->listen_path, mode, gid, &fd, NULL, err);
+        r = listener_new_unix(p->event, "proxy socket", p->listen_path, mode, gid, &(ListenerConfig) {
+                                      .description = "proxy-listen",
+                                      .max_connections = PROXY_CONNECTIONS_MAX,
+                                      .on_connection = on_connection,
+                                      .count = count_connections,
+                                      .userdata = p,
+                              }, &p->listener, err);
         if (r < 0)
                 return r;
         p->listening = true; /* from here on, proxy_free() removes the path */
-
-        if (asprintf(&name, "proxy '%s'", p->listen_path) < 0)
-                name = NULL;
-        r = listener_new(p->event, fd, &(ListenerConfig) {
-                                 .name = name ?: p->listen_path,
-                                 .description = "proxy-listen",
-                                 .max_connections = PROXY_CONNECTIONS_MAX,
-                                 .on_connection = on_connection,
-                                 .count = count_connections,
-                                 .userdata = p,
-                         }, &p->listener);
-        if (r < 0)
-                return hydra_error_set(err, r, "watch proxy socket '%s': %s", p->listen_path, strerror(-r));
         return 0;
 }
 

@@ -665,27 +665,19 @@ unsigned console_get_n_clients(const Console *c) {
 /* --- life --- */
 
 static int console_listen(Console *c, mode_t mode, gid_t gid, HydraError *err) {
-        _cleanup_free_ char *name = NULL;
-        int fd, r;
+        int r;
 
-        r = unix_listen("console socket", c->listen_path, mode, gid, &fd, NULL, err);
+        r = listener_new_unix(c->event, "console socket", c->listen_path, mode, gid, &(ListenerConfig) {
+                                      .description = "console-listen",
+                                      .max_connections = CONSOLE_CLIENTS_MAX,
+                                      .on_connection = on_connection,
+                                      .count = count_clients,
+                                      .refuse = refuse_client,
+                                      .userdata = c,
+                              }, &c->listener, err);
         if (r < 0)
                 return r;
         c->listening = true; /* from here on, console_free() removes the path */
-
-        if (asprintf(&name, "console '%s'", c->listen_path) < 0)
-                name = NULL;
-        r = listener_new(c->event, fd, &(ListenerConfig) {
-                                 .name = name ?: c->listen_path,
-                                 .description = "console-listen",
-                                 .max_connections = CONSOLE_CLIENTS_MAX,
-                                 .on_connection = on_connection,
-                                 .count = count_clients,
-                                 .refuse = refuse_client,
-                                 .userdata = c,
-                         }, &c->listener);
-        if (r < 0)
-                return hydra_error_set(err, r, "watch console socket '%s': %s", c->listen_path, strerror(-r));
         return 0;
 }
 
