@@ -17,6 +17,12 @@ PACKAGES=(
     cloud-init curl
     # the containerd readiness probe's unit test runs a real containerd
     containerd
+    # e2e tier (tests/e2e/): build-image makes a Debian guest image without loop mounts (mmdebstrap, sfdisk from
+    # fdisk, an ESP filled with mtools holding grub-mkstandalone's EFI binary, mke2fs -d, qemu-img, xz);
+    # boot-check boots it with ovmf and a genisoimage seed (both above); build-oci makes the guest's container
+    # image (umoci, busybox-static's root file system) and checks it with containerd's ctr (above)
+    mmdebstrap mtools grub-efi-amd64-bin fdisk e2fsprogs xz-utils
+    umoci busybox-static
 )
 
 if [ "$(id -u)" -ne 0 ]; then
