@@ -122,6 +122,20 @@ START_TEST(test_exit_code_and_message) {
 }
 END_TEST
 
+/* The cap is exact whatever the pipe's chunks: here the last chunk crosses it (1 MiB - 1 bytes, then, after a
+ * pause so that they arrive apart, 10 more) and its first byte is kept. */
+START_TEST(test_output_cap_exact) {
+        Outcome o = {};
+
+        run_sh("head -c 1048575 /dev/zero | tr '\\0' o; sleep 0.5; printf abcdefghij", &o);
+        ck_assert_int_eq(o.code, 0);
+        ck_assert_uint_eq(o.out_len, 1024 * 1024);
+        ck_assert_uint_eq(strspn(o.out, "o"), 1024 * 1024 - 1);
+        ck_assert_int_eq(o.out[1024 * 1024 - 1], 'a');
+        outcome_done(&o);
+}
+END_TEST
+
 START_TEST(test_killed_by_signal) {
         Outcome o = {};
 
@@ -245,6 +259,7 @@ int main(void) {
         tcase_add_test(tc, test_exit_code_and_message);
         tcase_add_test(tc, test_killed_by_signal);
         tcase_add_test(tc, test_large_output_capped);
+        tcase_add_test(tc, test_output_cap_exact);
         tcase_add_test(tc, test_cancel_while_running);
         tcase_add_test(tc, test_missing_program);
         suite_add_tcase(s, tc);

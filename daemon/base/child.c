@@ -120,8 +120,12 @@ static int on_child_output(sd_event_source *s, int fd, uint32_t revents, void *u
                 append_err(c, buf, (size_t) n);
                 return 0;
         }
-        if (c->out_len + (size_t) n > CHILD_OUT_MAX)
-                return 0; /* keep reading so the child never blocks, but keep no more */
+        /* Keep reading so the child never blocks, but keep no more than the first CHILD_OUT_MAX bytes (all of
+         * them: a read that crosses the cap keeps its part below it). */
+        if (c->out_len >= CHILD_OUT_MAX)
+                return 0;
+        if ((size_t) n > CHILD_OUT_MAX - c->out_len)
+                n = (ssize_t) (CHILD_OUT_MAX - c->out_len);
         char *p = realloc(c->out, c->out_len + (size_t) n + 1);
         if (!p)
                 return 0;
