@@ -109,6 +109,12 @@ static inline char **strv_copy(char *const *l) {
         return c;
 }
 
+/* *dst = a copy of src, or NULL for NULL. Returns 0 or -ENOMEM. */
+static inline int strdup_or_null(char **dst, const char *src) {
+        *dst = src ? strdup(src) : NULL;
+        return !src || *dst ? 0 : -ENOMEM;
+}
+
 #define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)        \
         static inline void func##p(type *p) {          \
                 if (*p)                                \

@@ -117,15 +117,6 @@ void vm_spec_done(VmSpec *spec) {
         *spec = (VmSpec) {};
 }
 
-static int strdup_or_null(char **dst, const char *src) {
-        if (!src) {
-                *dst = NULL;
-                return 0;
-        }
-        *dst = strdup(src);
-        return *dst ? 0 : -ENOMEM;
-}
-
 static int strv_copy_or_null(char ***dst, char *const *src) {
         *dst = NULL;
         if (!src)

@@ -76,11 +76,6 @@ void vm_runtime_record_done(VmRuntimeRecord *rec) {
         *rec = (VmRuntimeRecord) {};
 }
 
-static int strdup_or_null(const char *s, char **ret) {
-        *ret = s ? strdup(s) : NULL;
-        return !s || *ret ? 0 : -ENOMEM;
-}
-
 int vm_runtime_load(Vm *vm, VmRuntimeRecord *ret) {
         _cleanup_free_ void *data = NULL;
         const char *qmp = NULL, *state = NULL, *disk = NULL, *seed = NULL;
@@ -112,13 +107,13 @@ int vm_runtime_load(Vm *vm, VmRuntimeRecord *ret) {
         }
         rec = (VmRuntimeRecord) { .pid = (pid_t) pid, .start_ticks = (uint64_t) ticks,
                                   .spawn_realtime_usec = (uint64_t) spawned, .ready_since_usec = (uint64_t) ready_since };
-        r = strdup_or_null(qmp, &rec.qmp_socket);
+        r = strdup_or_null(&rec.qmp_socket, qmp);
         if (r >= 0)
-                r = strdup_or_null(state, &rec.state);
+                r = strdup_or_null(&rec.state, state);
         if (r >= 0)
-                r = strdup_or_null(disk, &rec.disk_path);
+                r = strdup_or_null(&rec.disk_path, disk);
         if (r >= 0)
-                r = strdup_or_null(seed, &rec.seed_path);
+                r = strdup_or_null(&rec.seed_path, seed);
         json_decref(o);
         if (r < 0) {
                 vm_runtime_record_done(&rec);
