@@ -696,18 +696,12 @@ static void on_spec_stored(int r, const HydraError *err, void *userdata) {
         register_finish(vm, 1, NULL);
 }
 
-/* The spec is complete (hashed): unchanged, refused, or queued for the disk. Returns 1 when finished (unchanged),
- * 0 when the store is pending, or a negative errno with err. */
+/* The spec is complete (validated by vm_register(), hashed by us): unchanged, refused, or queued for the disk.
+ * Returns 1 when finished (unchanged), 0 when the store is pending, or a negative errno with err. */
 static int register_store(Vm *vm, HydraError *err) {
         VmRegister *reg = vm->reg;
         int r;
 
-        r = vm_spec_apply_defaults(&reg->spec);
-        if (r < 0)
-                return hydra_error_set(err, r, "out of memory");
-        r = vm_spec_validate(&reg->spec, err);
-        if (r < 0)
-                return r;
         if (vm->registered && vm_spec_equal(&vm->spec, &reg->spec))
                 return 1;
         if (vm->registered && !vm_is_down(vm) && !reg->apply_on_next_start)
@@ -788,16 +782,20 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, vm_op_done_t don
                         return hydra_error_set(err, -ENOMEM, "out of memory");
                 }
                 reg->spec.guest.password_hash = mfree(reg->spec.guest.password_hash);
-                /* The rest of the spec is checked first: a refusal costs no hashing. */
-                r = vm_spec_apply_defaults(&reg->spec);
-                if (r < 0)
-                        hydra_error_set(err, r, "out of memory");
-                else
-                        r = vm_spec_validate(&reg->spec, err);
-                if (r < 0) {
-                        vm->reg = register_free(reg);
-                        return r;
-                }
+        }
+
+        /* Checked before anything else, without its cleartext password: a refusal costs no hashing. */
+        r = vm_spec_apply_defaults(&reg->spec);
+        if (r < 0)
+                hydra_error_set(err, r, "out of memory");
+        else
+                r = vm_spec_validate(&reg->spec, err);
+        if (r < 0) {
+                vm->reg = register_free(reg);
+                return r;
+        }
+
+        if (reg->password) {
                 r = worker_start(vm->ctx.event, "yescrypt", register_hash_run, NULL, register_hash_done, reg,
                                  &reg->worker);
                 if (r < 0) {
