@@ -487,7 +487,7 @@ static bool host_is(const char *url, const char *host) {
 
 static int map_image(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         _cleanup_free_ char *default_image = NULL, *source = NULL, *url = NULL, *sums = NULL;
-        const char *image;
+        const char *image, *checksum, *sums_url;
         Hydra__V1__Source *src;
         size_t n;
         int r;
@@ -514,7 +514,23 @@ static int map_image(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         src = spec_image(spec);
         if (!src || spec_field_set(&src->url, url) < 0)
                 return oom(ctx);
-        /* cloud.debian.org publishes SHA512SUMS next to the images: hydrad verifies the download with it. */
+        /* start-vm.sh has no checksum variable: hydrad's own HYDRA_IMAGE_CHECKSUM ("sha256:HEX"/"sha512:HEX") or
+         * HYDRA_IMAGE_SUMS_URL (a SHA256SUMS/SHA512SUMS file naming DEFAULT_IMAGE) give one; hydrad checks both
+         * at RegisterVm. Else cloud.debian.org publishes SHA512SUMS next to the images: hydrad verifies the
+         * download with it. */
+        checksum = env_get(ctx, "HYDRA_IMAGE_CHECKSUM", NULL);
+        sums_url = env_get(ctx, "HYDRA_IMAGE_SUMS_URL", NULL);
+        if (checksum && sums_url)
+                return hydra_error_set(ctx->err, -EINVAL, "HYDRA_IMAGE_CHECKSUM and HYDRA_IMAGE_SUMS_URL are both set "
+                                       "(allowed: one of them)");
+        if (checksum)
+                return spec_field_set(&src->checksum, checksum) < 0 ? oom(ctx) : 0;
+        if (sums_url) {
+                r = check_url(ctx, "HYDRA_IMAGE_SUMS_URL", sums_url);
+                if (r < 0)
+                        return r;
+                return spec_field_set(&src->sums_url, sums_url) < 0 ? oom(ctx) : 0;
+        }
         if (host_is(source, "cloud.debian.org")) {
                 if (asprintf(&sums, "%s/SHA512SUMS", source) < 0 || spec_field_set(&src->sums_url, sums) < 0)
                         return oom(ctx);

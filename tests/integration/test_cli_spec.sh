@@ -760,6 +760,16 @@ fake_qemu 9.2.0
 env_value "DEFAULT_IMAGE_SOURCE_URL + DEFAULT_IMAGE" https://mirror.example/img/debian.qcow2.xz image.url "" \
     DEFAULT_IMAGE_SOURCE_URL=https://mirror.example/img/ DEFAULT_IMAGE=debian.qcow2.xz
 env_value "no SHA512SUMS off cloud.debian.org" null image.sums_url "" DEFAULT_IMAGE_SOURCE_URL=https://mirror.example/img
+env_value "HYDRA_IMAGE_SUMS_URL" http://127.0.0.1:8080/SHA512SUMS image.sums_url "" \
+    DEFAULT_IMAGE_SOURCE_URL=https://mirror.example/img HYDRA_IMAGE_SUMS_URL=http://127.0.0.1:8080/SHA512SUMS
+env_value "HYDRA_IMAGE_CHECKSUM" "sha512:$(printf '%0128d' 0)" image.checksum "" \
+    HYDRA_IMAGE_CHECKSUM="sha512:$(printf '%0128d' 0)"
+env_value "HYDRA_IMAGE_CHECKSUM replaces cloud.debian.org's SHA512SUMS" null image.sums_url "" \
+    HYDRA_IMAGE_CHECKSUM="sha512:$(printf '%0128d' 0)"
+env_fail "HYDRA_IMAGE_CHECKSUM and HYDRA_IMAGE_SUMS_URL" 2 "HYDRA_IMAGE_CHECKSUM and HYDRA_IMAGE_SUMS_URL are both set" "" \
+    HYDRA_IMAGE_CHECKSUM=sha256:00 HYDRA_IMAGE_SUMS_URL=http://127.0.0.1/SHA256SUMS
+env_fail "HYDRA_IMAGE_SUMS_URL not a URL" 2 "HYDRA_IMAGE_SUMS_URL: 'ftp://x/SUMS' is not a URL" "" \
+    HYDRA_IMAGE_SUMS_URL=ftp://x/SUMS
 env_value "COPY_IMAGE_BACKUP" True keep_pristine "" COPY_IMAGE_BACKUP=1
 env_value "ALWAYS_REUSE_DISK_IMAGE" True reuse_disk_on_change "" ALWAYS_REUSE_DISK_IMAGE=1
 
