@@ -342,13 +342,15 @@ static void note_elsewhere(EnvContext *ctx) {
 }
 
 /* hydrad's own variables (start-vm.sh has none of these): the restart policy and autostart. Unset: the spec's
- * defaults (no restarts, no autostart). */
-static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
+ * defaults (no restarts, no autostart). A guest with the containerd proxy is ready when containerd answers
+ * through its forward (the guest's reason to exist), not at the login prompt, which comes before cloud-init has
+ * installed and started anything. */
+static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool proxy_disabled) {
         const char *restart = env_get(ctx, "HYDRA_RESTART", NULL), *autostart = env_get(ctx, "HYDRA_AUTOSTART", NULL);
         Hydra__V1__Supervision *sv;
         int policy = 0, on = 0;
 
-        if (!restart && !autostart)
+        if (!restart && !autostart && proxy_disabled)
                 return 0;
         if (restart) {
                 policy = restart_policy_from_name(restart);
@@ -369,6 +371,8 @@ static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
                 sv->restart = (Hydra__V1__RestartPolicy) policy;
         if (autostart)
                 sv->autostart = on;
+        if (!proxy_disabled)
+                sv->probe = HYDRA__V1__PROBE_KIND__PROBE_CONTAINERD; /* probe_port 0: 35000, the proxy's port */
         return 0;
 }
 
@@ -1088,6 +1092,6 @@ int spec_from_env(Hydra__V1__VmSpec *spec, const char *preset, FILE *notes, Hydr
         if (r >= 0)
                 r = map_devices(&ctx, spec, run_bare != 0);
         if (r >= 0)
-                r = map_supervision(&ctx, spec);
+                r = map_supervision(&ctx, spec, disable_proxy > 0);
         return r < 0 ? r : 0;
 }

@@ -679,6 +679,8 @@ base = {'cpus': 2, 'memory_mib': 8192, 'accel': 'auto', 'arch': '$ARCH_M', 'mach
 guest = lambda host: {'username': 'hailhydra', 'password': None, 'password_hash': '$DEFAULT_HASH', 'hostname': host,
                       'ssh_authorized_keys': []}
 k3s_dir = None if '$K3S_DIR' == 'null' else '$K3S_DIR'
+containerd_ready = {'restart': 'no', 'max_restarts': 0, 'restart_window': 0, 'autostart': False, 'stop_timeout': 0,
+                    'probe': 'containerd', 'probe_pattern': None, 'probe_port': 0}
 "
 # The common part has statements: exec'd, then the expected spec eval'd in its namespace.
 compare_preset_exec() {
@@ -686,11 +688,11 @@ compare_preset_exec() {
     compare_preset "$preset" "(lambda ns: (exec(compile('''$COMMON''', 'c', 'exec'), ns), eval('''$body''', ns))[1])({})"
 }
 compare_preset_exec "" "dict(base, forwards=[fw(5555, 22), fw(35000, 35000)], disk_size_gib=3, image=image,
-    guest=guest('hydravm'), software=software,
+    guest=guest('hydravm'), software=software, supervision=containerd_ready,
     shares=None if k3s_dir is None else {'kubelet': 'virtio', 'kubelet_host_dir': k3s_dir, 'diod_port': 0, 'extra': []})"
 compare_preset_exec isolated "dict(base,
     forwards=[fw(30800, 8000), fw(30801, 8001), fw(30802, 8002), fw(5556, 22), fw(35000, 35000)],
-    disk_size_gib=16, image=image, guest=guest('hydra-isolated'), software=software,
+    disk_size_gib=16, image=image, guest=guest('hydra-isolated'), software=software, supervision=containerd_ready,
     shares={'kubelet': 'tcp', 'kubelet_host_dir': k3s_dir, 'diod_port': 30564, 'extra': []})"
 compare_preset_exec host "dict(base,
     forwards=[fw(6443, 6443), fw(30123, 30123), fw(31883, 31883), fw(30443, 443), fw(30080, 80), fw(30700, 30700),
@@ -700,7 +702,7 @@ compare_preset_exec host "dict(base,
     shares={'kubelet': 'none', 'kubelet_host_dir': None, 'diod_port': 0, 'extra': []})"
 compare_preset_exec isolated-bare "dict(base,
     forwards=[fw(30800, 8000), fw(30801, 8001), fw(30802, 8002), fw(5556, 22), fw(35000, 35000), fw(35001, 35001)],
-    disk_size_gib=16, image=None, guest=None, software=None,
+    disk_size_gib=16, image=None, guest=None, software=None, supervision=containerd_ready,
     bare={'artifact': {'url': 'https://gitlab.arm.com/api/v4/projects/10711/packages/generic/rimdworkspace/Q2_2026_1/rimdworkspace.tar.gz',
                        'checksum': None, 'sums_url': None, 'user': None, 'password': None, 'token': None,
                        'token_header': None},
@@ -886,9 +888,15 @@ for pair in true:True false:False 1:True 0:False yes:True no:False YES:True On:T
 done
 env_value "HYDRA_RESTART=always alone: autostart stays off" False supervision.autostart "" HYDRA_RESTART=always
 env_value "HYDRA_AUTOSTART=1 alone: restart stays no" no supervision.restart "" HYDRA_AUTOSTART=1
-env_value "HYDRA_RESTART and HYDRA_AUTOSTART unset: no [supervision]" null supervision ""
-env_value "HYDRA_RESTART=no, HYDRA_AUTOSTART=0: no [supervision]" null supervision "" HYDRA_RESTART=no HYDRA_AUTOSTART=0
-env_value "HYDRA_RESTART empty counts as unset" null supervision "" HYDRA_RESTART=
+env_value "HYDRA_RESTART and HYDRA_AUTOSTART unset, no proxy: no [supervision]" null supervision "" \
+    DISABLE_CONTAINERD_CSI_PROXY=1
+env_value "HYDRA_RESTART=no, HYDRA_AUTOSTART=0, no proxy: no [supervision]" null supervision "" HYDRA_RESTART=no \
+    HYDRA_AUTOSTART=0 DISABLE_CONTAINERD_CSI_PROXY=1
+env_value "HYDRA_RESTART empty counts as unset" null supervision "" HYDRA_RESTART= DISABLE_CONTAINERD_CSI_PROXY=1
+env_value "with the containerd proxy, ready means containerd answers" containerd supervision.probe ""
+env_value "the isolated preset: probe containerd" containerd supervision.probe isolated
+env_value "the host preset (no proxy): the default probe" null supervision host
+env_value "HYDRA_RESTART keeps the containerd probe" containerd supervision.probe "" HYDRA_RESTART=always
 env_value "HYDRA_RESTART with a preset" on-failure supervision.restart isolated HYDRA_RESTART=on-failure
 if fromenv "" HYDRA_RESTART=always HYDRA_AUTOSTART=1 >/dev/null && ! grep -q "HYDRA_RESTART\|HYDRA_AUTOSTART" "$T/err"; then
     ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning any more"; else not_ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning ($(cat "$T/err"))"; fi
