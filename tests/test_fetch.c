@@ -1086,6 +1086,39 @@ START_TEST(test_cancel_from_loop) {
 }
 END_TEST
 
+/* fetcher_wait() after a fetch_cancel(): once it returns, the worker has done what the cancelled fetch queued
+ * (its .part is gone), without running the loop: a removal of the cache entry on another thread comes after. */
+START_TEST(test_cancel_then_wait) {
+        _cleanup_free_ char *url = NULL, *part = NULL;
+        const char *slow[] = { "--slow", "100000", NULL };
+        Outcome o = {};
+        uint64_t deadline, ticket;
+
+        ck_assert_uint_eq(fetcher_ticket(fetcher), 0); /* nothing queued yet */
+        make_file("a.bin", 300 * 1024, NULL, NULL);
+        httpd_start(slow);
+        url = url_of("a.bin");
+        part = entry_file(url, "data.part");
+        FetchRequest req = request(url);
+        HydraError err = {};
+
+        ck_assert_int_eq(fetch_start(fetcher, &req, on_progress, on_done, &o, &o.fetch, &err), 0);
+        deadline = now_usec() + RUN_BOUND_USEC;
+        while (o.n_progress == 0) {
+                ck_assert(now_usec() < deadline);
+                ck_assert_int_ge(sd_event_run(event, 10 * USEC_PER_MSEC), 0);
+        }
+        wait_file(part, true);
+        fetch_cancel(o.fetch);
+        ticket = fetcher_ticket(fetcher);
+        ck_assert_uint_gt(ticket, 0);
+        fetcher_wait(fetcher, ticket);
+        ck_assert_msg(access(part, F_OK) < 0, "%s is still there", part);
+        run_for(100 * USEC_PER_MSEC);
+        ck_assert(!o.done);
+}
+END_TEST
+
 START_TEST(test_unreachable_uses_cache) {
         char sha[129];
         _cleanup_free_ char *url = NULL;
@@ -1404,6 +1437,7 @@ static Suite *fetch_suite(void) {
         tcase_add_test(tc, test_progress);
         tcase_add_test(tc, test_cancel_in_progress_callback);
         tcase_add_test(tc, test_cancel_from_loop);
+        tcase_add_test(tc, test_cancel_then_wait);
         suite_add_tcase(s, tc);
 
         return s;

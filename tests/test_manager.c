@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fetch.h"
+#include "fs.h"
 #include "macro.h"
 #include "manager.h"
 #include "vm.h"
@@ -24,24 +26,44 @@ static Manager *manager;
 static char *log_path;
 static int saved_stderr = -1;
 
+/* "cpus=N", then optionally " image=URL", " artifact=URL" (with bare.encrypted_tools, as a cloud image with
+ * the encrypted-container tools has it). */
 static int decode(const void *data, size_t size, VmSpec *ret_spec, HydraError *err) {
-        char buf[32];
+        _cleanup_free_ char *buf = NULL;
+        VmSpec spec = { .memory_mib = 64 };
+        char *tok, *save = NULL;
         unsigned cpus;
         char extra;
 
-        if (size >= sizeof(buf))
+        if (size >= 512)
                 return hydra_error_set(err, -EBADMSG, "not a VmSpec (too long)");
-        memcpy(buf, data, size);
-        buf[size] = '\0';
-        if (sscanf(buf, "cpus=%u%c", &cpus, &extra) != 1)
+        buf = strndup(data, size);
+        ck_assert_ptr_nonnull(buf);
+        if (memchr(data, '\0', size))
                 return hydra_error_set(err, -EBADMSG, "not a VmSpec");
-        *ret_spec = (VmSpec) { .cpus = cpus, .memory_mib = 64 };
+        tok = strtok_r(buf, " ", &save);
+        if (!tok || sscanf(tok, "cpus=%u%c", &cpus, &extra) != 1)
+                return hydra_error_set(err, -EBADMSG, "not a VmSpec");
+        spec.cpus = cpus;
+        while ((tok = strtok_r(NULL, " ", &save))) {
+                if (strncmp(tok, "image=", 6) == 0)
+                        ck_assert_ptr_nonnull(spec.image.url = strdup(tok + 6));
+                else if (strncmp(tok, "artifact=", 9) == 0) {
+                        ck_assert_ptr_nonnull(spec.bare.artifact.url = strdup(tok + 9));
+                        spec.bare.encrypted_tools = true;
+                } else {
+                        vm_spec_done(&spec);
+                        return hydra_error_set(err, -EBADMSG, "not a VmSpec");
+                }
+        }
+        *ret_spec = spec;
         return 0;
 }
 
 static int encode(const VmSpec *spec, void **ret_data, size_t *ret_size) {
         char *s;
-        int n = asprintf(&s, "cpus=%u", spec->cpus);
+        int n = asprintf(&s, "cpus=%u%s%s%s%s", spec->cpus, spec->image.url ? " image=" : "", strempty(spec->image.url),
+                         spec->bare.artifact.url ? " artifact=" : "", strempty(spec->bare.artifact.url));
 
         if (n < 0)
                 return -ENOMEM;
@@ -440,6 +462,210 @@ START_TEST(test_destroy_cancels_register) {
 }
 END_TEST
 
+/* --- the download cache keeps only what a registered spec can use --- */
+
+#define URL_A "http://images.test/a.qcow2"
+#define URL_B "http://images.test/b.qcow2"
+#define URL_C "http://images.test/tools.tar.gz"
+
+static char *cache_entry(const char *url) {
+        _cleanup_free_ char *cache = at("state/cache");
+        char *e = fetch_cache_entry(cache, url);
+
+        ck_assert_ptr_nonnull(e);
+        return e;
+}
+
+/* A cached download of url: its entry with file in it (data, data.part, ...). */
+static char *make_cached(const char *url, const char *file) {
+        char *e = cache_entry(url);
+        _cleanup_free_ char *p = NULL;
+
+        ck_assert_int_eq(mkdir_p(e, 0755), 0);
+        ck_assert_int_ge(asprintf(&p, "%s/%s", e, file), 0);
+        write_file(p + strlen(tmpdir) + 1, "some bytes of a cloud image", 0644);
+        return e;
+}
+
+static bool exists(const char *path) {
+        return access(path, F_OK) == 0;
+}
+
+/* Runs the loop (stderr into the log file) until path is gone, for at most 10 s, then until it has nothing left
+ * to do for 50 ms (the removal's completion comes back after it). */
+static void run_until_gone(const char *path) {
+        int fd;
+
+        if (!log_path)
+                log_path = at("log");
+        fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        saved_stderr = dup(STDERR_FILENO);
+        ck_assert_int_eq(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+        close(fd);
+        for (int i = 0; i < 1000 && exists(path); i++)
+                ck_assert_int_ge(sd_event_run(event, 10 * 1000), 0);
+        for (int i = 0; i < 100 && sd_event_run(event, 50 * 1000) > 0; i++)
+                ;
+        ck_assert_int_eq(dup2(saved_stderr, STDERR_FILENO), STDERR_FILENO);
+        close(saved_stderr);
+        ck_assert_msg(!exists(path), "still there: %s", path);
+}
+
+static void register_spec(Vm *vm, const char *image, const char *artifact, Done *d) {
+        VmSpec spec = small_spec(1, NULL);
+        HydraError err;
+        VmOp *op = NULL;
+        int calls = d->calls, r;
+
+        if (image)
+                ck_assert_ptr_nonnull(spec.image.url = strdup(image));
+        if (artifact) {
+                ck_assert_ptr_nonnull(spec.bare.artifact.url = strdup(artifact));
+                spec.bare.encrypted_tools = true;
+        }
+        hydra_error_clear(&err);
+        r = vm_register(vm, &spec, false, on_done, d, &op, &err);
+        vm_spec_done(&spec);
+        ck_assert_msg(r == 0, "register: %d %s", r, err.message);
+        run_until(d, calls + 1);
+        ck_assert_msg(d->r == 1, "changed: %d %s", d->r, d->message);
+}
+
+/* A registration that replaces a spec's image or artifact URL removes the old download, once the new spec is
+ * durable, unless the other VM's spec still names it. */
+START_TEST(test_reregister_drops_old_download) {
+        Vm *host = manager_get_vm(manager, ROLE_HOST), *isolated = manager_get_vm(manager, ROLE_ISOLATED);
+        _cleanup_free_ char *a = NULL, *b = NULL, *c = NULL, *log = NULL;
+        Done d = {};
+
+        register_spec(host, URL_A, NULL, &d);
+        register_spec(isolated, URL_A, URL_C, &d);
+        a = make_cached(URL_A, "data");
+        b = make_cached(URL_B, "data");
+        c = make_cached(URL_C, "data.part");
+
+        /* The isolated VM moves to B and drops its artifact: C goes, A stays (the host's spec names it). */
+        register_spec(isolated, URL_B, NULL, &d);
+        run_until_gone(c);
+        ck_assert(exists(a));
+        ck_assert(exists(b));
+        log = logged();
+        assert_logged(log, "VM 'isolated': removed cached download ");
+        assert_logged(log, c + strlen(c) - 64);
+
+        /* The host moves to B too: nothing names A any more. */
+        register_spec(host, URL_B, NULL, &d);
+        run_until_gone(a);
+        ck_assert(exists(b));
+
+        /* Back to A and away from it again: A goes, B (the host's) stays. */
+        register_spec(isolated, URL_A, NULL, &d);
+        a = mfree(a);
+        a = make_cached(URL_A, "data");
+        register_spec(isolated, URL_B, NULL, &d);
+        run_until_gone(a);
+        ck_assert(exists(b));
+}
+END_TEST
+
+/* Writes a qcow2 header naming backing as its backing file (all cache.c reads of an overlay). */
+static void write_overlay(const char *rel, const char *backing) {
+        unsigned char h[512] = { 'Q', 'F', 'I', 0xfb, 0, 0, 0, 3 };
+        size_t n = strlen(backing);
+        _cleanup_free_ char *p = at(rel);
+        int fd;
+
+        h[15] = 64;                    /* backing_file_offset */
+        h[19] = (unsigned char) n;     /* backing_file_size */
+        memcpy(h + 64, backing, n);
+        fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, h, sizeof(h)), (ssize_t) sizeof(h));
+        close(fd);
+}
+
+/* At start-up, once the specs are loaded: what no registered spec names goes (an earlier spec's image, a partial
+ * download, a stray file), logged with its size; what a spec names stays, and so does the base a VM's disk is an
+ * overlay on. */
+START_TEST(test_startup_sweep) {
+        _cleanup_free_ char *a = NULL, *b = NULL, *c = NULL, *stray = at("state/cache/tmp.1234"), *log = NULL;
+        _cleanup_free_ char *base = NULL, *says = NULL;
+        HydraError err;
+
+        make_dir("state");
+        make_dir("state/host");
+        make_dir("state/isolated");
+        write_file("state/host/spec.pb", "cpus=1 image=" URL_A, 0600);
+        a = make_cached(URL_A, "data");
+        b = make_cached(URL_B, "data");
+        c = make_cached(URL_C, "data.part");
+        write_file("state/cache/tmp.1234", "x", 0600);
+        /* The isolated VM is not registered, but its disk (reuse_disk_on_change kept it) leans on C's base. */
+        ck_assert_int_ge(asprintf(&base, "%s/image", c), 0);
+        write_overlay("state/isolated/disk.qcow2", base);
+
+        ck_assert_msg(load(&err) == 0, "%s", err.message);
+        run_until_gone(b);
+        run_until_gone(stray);
+        ck_assert(exists(a));
+        ck_assert(exists(c));
+        log = logged();
+        ck_assert_int_ge(asprintf(&says, "removed cached download %s (", b + strlen(b) - 64), 0);
+        assert_logged(log, says);
+        assert_logged(log, "KiB): no registered VM uses it");
+}
+END_TEST
+
+/* A stored spec that cannot be read may name downloads: nothing is swept, and the log says why. */
+START_TEST(test_startup_sweep_unreadable_spec) {
+        _cleanup_free_ char *b = NULL, *log = NULL;
+        HydraError err;
+
+        make_dir("state");
+        make_dir("state/host");
+        write_file("state/host/spec.pb", "garbage", 0600);
+        b = make_cached(URL_B, "data");
+
+        ck_assert_msg(load(&err) == 0, "%s", err.message);
+        for (int i = 0; i < 20; i++)
+                ck_assert_int_ge(sd_event_run(event, 10 * 1000), 0);
+        ck_assert(exists(b));
+        log = logged();
+        assert_logged(log, "not swept");
+}
+END_TEST
+
+/* A VM's disk that is an overlay on the old image (reuse_disk_on_change kept it) keeps that download when the spec
+ * moves to another URL; a destroy, which removes the disk too, removes it. */
+START_TEST(test_overlay_keeps_download) {
+        Vm *isolated = manager_get_vm(manager, ROLE_ISOLATED);
+        _cleanup_free_ char *a = NULL, *base = NULL, *log = NULL;
+        Done d = {}, destroyed = {};
+        HydraError err;
+        VmOp *op = NULL;
+        int r;
+
+        register_spec(isolated, URL_A, NULL, &d);
+        a = make_cached(URL_A, "image");
+        ck_assert_int_ge(asprintf(&base, "%s/image", a), 0);
+        write_overlay("state/isolated/disk.qcow2", base);
+
+        register_spec(isolated, URL_B, NULL, &d);
+        for (int i = 0; i < 100 && sd_event_run(event, 50 * 1000) > 0; i++)
+                ;
+        ck_assert(exists(a));
+
+        r = vm_destroy(isolated, false, on_done, &destroyed, &op, &err);
+        ck_assert_msg(r >= 0, "%s", err.message);
+        run_until_gone(a);
+        if (r == 0)
+                run_until(&destroyed, 1);
+        log = logged();
+        assert_logged(log, "VM 'isolated': removed cached download ");
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("manager");
         TCase *tc = tcase_create("load");
@@ -447,6 +673,7 @@ int main(void) {
         int failed;
 
         tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 30);
         tcase_add_test(tc, test_load_nothing_stored);
         tcase_add_test(tc, test_load_spec_and_state);
         tcase_add_test(tc, test_corrupt_spec);
@@ -458,6 +685,10 @@ int main(void) {
         tcase_add_test(tc, test_lookup_and_settings);
         tcase_add_test(tc, test_register_async);
         tcase_add_test(tc, test_destroy_cancels_register);
+        tcase_add_test(tc, test_reregister_drops_old_download);
+        tcase_add_test(tc, test_overlay_keeps_download);
+        tcase_add_test(tc, test_startup_sweep);
+        tcase_add_test(tc, test_startup_sweep_unreadable_spec);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

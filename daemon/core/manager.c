@@ -3,6 +3,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache.h"
 #include "log.h"
 #include "manager.h"
 #include "store.h"
@@ -21,6 +22,7 @@ struct Manager {
         const SpecCodec *codec;      /* borrowed */
         Fetcher *fetcher;            /* downloads of both VMs */
         char *cache_dir;
+        DiskQueue *cache_queue;      /* removals from the cache: the sweep at start-up, the VMs' (VmContext) */
         Vm *vms[_ROLE_MAX];
         Subscription *subscriptions;
         uint64_t event_seq;
@@ -32,20 +34,21 @@ struct Manager {
 
 static void manager_emit(HydraEvent *ev, Vm *vm, void *userdata);
 
-/* A destroy keeps the downloads the other VM's spec names. */
+/* A destroy or a new spec keeps the downloads the other VM uses. */
 static bool manager_url_in_use(const Vm *vm, const char *url, void *userdata) {
         Manager *m = userdata;
 
-        for (Role role = 0; role < _ROLE_MAX; role++) {
-                const VmSpec *spec = m->vms[role] ? vm_get_spec(m->vms[role]) : NULL;
-
-                if (m->vms[role] == vm || !spec)
-                        continue;
-                if ((spec->image.url && streq(spec->image.url, url)) ||
-                    (spec->bare.artifact.url && streq(spec->bare.artifact.url, url)))
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                if (m->vms[role] && m->vms[role] != vm && vm_uses_url(m->vms[role], url))
                         return true;
-        }
         return false;
+}
+
+static void on_cache_idle(DiskQueue *q, void *userdata) {
+        Manager *m = userdata;
+
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                vm_cache_idle(m->vms[role]);
 }
 
 int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, Manager **ret) {
@@ -60,6 +63,8 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
         m->config = config;
         m->codec = codec;
         r = fetcher_new(e, &m->fetcher);
+        if (r >= 0)
+                r = disk_queue_new(e, "disk-cache", on_cache_idle, m, &m->cache_queue);
         if (r < 0 || asprintf(&m->cache_dir, "%s/cache", config->state_dir) < 0) {
                 manager_free(m);
                 return r < 0 ? r : -ENOMEM;
@@ -72,6 +77,7 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
                 .cache_dir = m->cache_dir,
                 .emit = manager_emit,
                 .url_in_use = manager_url_in_use,
+                .cache_queue = m->cache_queue,
                 .userdata = m,
         };
         for (Role role = 0; role < _ROLE_MAX; role++) {
@@ -92,6 +98,8 @@ Manager *manager_free(Manager *m) {
                 subscription_free(m->subscriptions);
         for (Role role = 0; role < _ROLE_MAX; role++)
                 m->vms[role] = vm_free(m->vms[role]);
+        /* What is queued is done (no callback follows), before the fetcher: a removal may wait for its worker. */
+        m->cache_queue = disk_queue_free(m->cache_queue);
         m->fetcher = fetcher_free(m->fetcher);
         free(m->cache_dir);
         sd_event_unref(m->event);
@@ -99,7 +107,47 @@ Manager *manager_free(Manager *m) {
         return NULL;
 }
 
+static void on_swept(int r, const HydraError *err, void *userdata) {
+        CacheSweep *s = userdata;
+        char size[32];
+
+        if (r < 0) {
+                log_warning("Cannot sweep the download cache, ignoring: %s", err->message);
+                return;
+        }
+        for (size_t i = 0; i < s->n_removed; i++)
+                log_info("removed cached download %s (%s): no registered VM uses it", s->removed[i],
+                         cache_format_size(s->sizes[i], size));
+        for (char **f = s->failed; f && *f; f++)
+                log_warning("Cannot remove the cached download %s, ignoring it", *f);
+}
+
+/* Off the loop, and before any preparation (they wait for the cache queue): what no registered spec names goes,
+ * the downloads of earlier specs and what a crash left behind. */
+static void manager_sweep_cache(Manager *m) {
+        const char *keep[2 * _ROLE_MAX] = {};
+        CacheSweep *s;
+        int r;
+
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                const VmSpec *spec = vm_get_spec(m->vms[role]);
+
+                if (spec) {
+                        keep[2 * role] = spec->image.url;
+                        keep[2 * role + 1] = spec->bare.artifact.url;
+                }
+        }
+        r = cache_sweep_new(m->cache_dir, keep, ELEMENTSOF(keep), m->config->state_dir, &s);
+        if (r >= 0) {
+                s->userdata = m;
+                r = disk_queue_call(m->cache_queue, cache_sweep_run, s, cache_sweep_free, on_swept, s);
+        }
+        if (r < 0)
+                log_warning_errno(r, "Cannot sweep the download cache, ignoring: %m");
+}
+
 int manager_load(Manager *m, HydraError *err) {
+        bool unreadable = false;
         int r;
 
         r = mkdir_p(m->config->state_dir, 0750);
@@ -115,16 +163,22 @@ int manager_load(Manager *m, HydraError *err) {
 
                 hydra_error_clear(&e);
                 r = vm_load(vm, &e);
-                if (r < 0)
+                if (r < 0) {
+                        unreadable = true;
                         log_vm_error(vm_name(vm), "VM '%s': cannot load its stored spec, leaving it unregistered: %s%s",
                                      vm_name(vm), e.message,
                                      vm_has_run_dir(vm) ? " (a QEMU it left running is taken back when the VM is "
                                                           "registered again)" : "");
-                else if (r > 0) {
+                } else if (r > 0) {
                         log_vm_info(vm_name(vm), "VM '%s': spec loaded", vm_name(vm));
                         (void) vm_adopt(vm);
                 }
         }
+        if (unreadable)
+                log_warning("The download cache is not swept: a stored spec that cannot be read may name what is in "
+                            "it (remove what it does not need from '%s' by hand)", m->cache_dir);
+        else
+                manager_sweep_cache(m);
         return 0;
 }
 

@@ -28,7 +28,9 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
 Manager *manager_free(Manager *m);
 
 /* Loads the stored specs. A spec that cannot be read is logged with its file name and skipped; the other VM
- * is still loaded. Returns 0, or a negative errno for a state dir that cannot be created. */
+ * is still loaded. Then queues the sweep of the download cache: off the loop, and before any preparation, what no
+ * loaded spec names goes (not when a spec could not be read: it may name what is there). Returns 0, or a negative
+ * errno for a state dir that cannot be created. */
 int manager_load(Manager *m, HydraError *err);
 
 /* After manager_load, once clients can watch: starts the VMs whose spec says autostart, and a VM that crashed

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "log.h"
 #include "store.h"
 #include "vm-internal.h"
@@ -144,6 +145,11 @@ bool vm_is_down(const Vm *vm) {
         return !vm_state_has_process(vm->state) && vm->state != VM_STATE_PREPARING;
 }
 
+/* Nothing queued for the cache (no VmContext.cache_queue: the VM's own disk queue carries the removals). */
+static bool vm_cache_quiet(const Vm *vm) {
+        return !vm->ctx.cache_queue || disk_queue_idle(vm->ctx.cache_queue);
+}
+
 /* Completes the ops whose wait is over. Callbacks may start new ops, so restart from the head each time. */
 void vm_check_ops(Vm *vm) {
         bool again = true;
@@ -179,8 +185,8 @@ void vm_check_ops(Vm *vm) {
                                         continue;
                                 op_complete(op, 0, NULL);
                         } else {
-                                if (vm->registered)
-                                        continue;
+                                if (vm->registered || !vm_cache_quiet(vm))
+                                        continue; /* done once the cached downloads it removes are gone too */
                                 op_complete(op, 0, NULL);
                         }
                         again = true;
@@ -336,6 +342,112 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason, bool announce
         else
                 vm_consider_restart(vm, from, next);
         vm_check_ops(vm);
+}
+
+/* --- the download cache: what a replaced or destroyed spec named goes, unless another VM uses it --- */
+
+static bool spec_names_url(const VmSpec *spec, const char *url) {
+        return (spec->image.url && streq(spec->image.url, url)) ||
+               (spec->bare.artifact.url && streq(spec->bare.artifact.url, url));
+}
+
+bool vm_uses_url(const Vm *vm, const char *url) {
+        if (isempty(url))
+                return false;
+        if (vm->registered && spec_names_url(&vm->spec, url))
+                return true;
+        if (vm->provision || vm->prepare_pending)
+                for (char **u = vm->stale_urls; u && *u; u++)
+                        if (streq(*u, url))
+                                return true;
+        return false;
+}
+
+static int stale_add(Vm *vm, const char *url) {
+        size_t n = strv_length(vm->stale_urls);
+        char **l;
+
+        for (size_t i = 0; i < n; i++)
+                if (streq(vm->stale_urls[i], url))
+                        return 0;
+        l = realloc(vm->stale_urls, (n + 2) * sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        vm->stale_urls = l;
+        l[n] = strdup(url);
+        l[n + 1] = NULL;
+        return l[n] ? 0 : -ENOMEM;
+}
+
+static void on_cache_dropped(int r, const HydraError *err, void *userdata) {
+        CacheDrop *d = userdata;
+        Vm *vm = d->userdata;
+        const char *key = strrchr(d->entry, '/') + 1;
+        char size[32];
+
+        if (r < 0)
+                log_vm_warning(vm->name, "VM '%s': %s; ignoring it", vm->name, err->message);
+        else if (d->backs_disk && vm->registered && stale_add(vm, d->url) >= 0)
+                /* The disk made from the old spec is still an overlay on it: tried again once a preparation made
+                 * another (it stays while reuse_disk_on_change keeps the disk). */
+                log_vm_debug(vm->name, "VM '%s': keeping cached download %s while its disk is an overlay on it",
+                             vm->name, key);
+        else if (d->backs_disk)
+                log_vm_info(vm->name, "VM '%s': keeping cached download %s: a VM's disk is an overlay on it (the "
+                            "sweep at hydrad's start removes it once no disk is)", vm->name, key);
+        else if (d->found)
+                log_vm_info(vm->name, "VM '%s': removed cached download %s (%s): no registered VM uses it",
+                            vm->name, key, cache_format_size(d->size, size));
+}
+
+/* Removes url's download from the cache, unless another VM uses it; off the loop (the cache queue), after a
+ * cancelled download of it has let go. A disk that is an overlay on it keeps it, except the VM's own once it is
+ * being destroyed (its disk goes too). */
+static void drop_cached(Vm *vm, const char *url) {
+        CacheDrop *d;
+        int r;
+
+        if (isempty(url) || (vm->ctx.url_in_use && vm->ctx.url_in_use(vm, url, vm->ctx.userdata)))
+                return;
+        r = cache_drop_new(vm->ctx.cache_dir, url, vm->ctx.config->state_dir, vm->registered ? -1 : (int) vm->role,
+                           vm->ctx.fetcher, &d);
+        if (r >= 0) {
+                d->userdata = vm;
+                r = disk_queue_call(vm->ctx.cache_queue ?: vm->disk, cache_drop_run, d, cache_drop_free,
+                                    on_cache_dropped, d);
+        }
+        if (r < 0)
+                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove a cached download, ignoring: %m",
+                                     vm->name);
+}
+
+/* The downloads of replaced specs go once no preparation of the old spec is in flight (it writes into them). */
+static void vm_drop_stale(Vm *vm) {
+        _cleanup_strv_free_ char **urls = NULL;
+
+        if (!vm->stale_urls || vm->provision || vm->prepare_pending)
+                return;
+        urls = TAKE_PTR(vm->stale_urls);
+        for (char **u = urls; *u; u++)
+                if (!vm->registered || !spec_names_url(&vm->spec, *u)) /* not named again since */
+                        drop_cached(vm, *u);
+}
+
+/* Remembers the URLs of the spec being replaced that the new one does not name. Returns 0 or -ENOMEM. */
+static int note_stale(Vm *vm, const VmSpec *new) {
+        const char *old[] = { vm->spec.image.url, vm->spec.bare.artifact.url };
+        int r;
+
+        if (!vm->registered)
+                return 0;
+        for (size_t i = 0; i < ELEMENTSOF(old); i++) {
+                if (isempty(old[i]) || spec_names_url(new, old[i]))
+                        continue;
+                r = stale_add(vm, old[i]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 /* --- preparation and launch --- */
@@ -495,6 +607,10 @@ static void vm_prepare_continue(Vm *vm) {
 
         if (!vm->prepare_pending || vm->state != VM_STATE_PREPARING)
                 return;
+        /* After the "preparing" record, and after the removals from the cache queued before (vm_cache_idle()
+         * calls again): a download never goes into an entry that is being removed. */
+        if (!disk_queue_idle(vm->disk) || !vm_cache_quiet(vm))
+                return;
         vm->prepare_pending = false;
         hydra_error_clear(&err);
         r = provision_start(&ctx, &vm->spec, &provision_callbacks, vm, &vm->provision, &err);
@@ -530,6 +646,11 @@ static void on_disk_idle(DiskQueue *q, void *userdata) {
 
         vm_prepare_continue(vm);
         vm_stop_continue(vm);
+        vm_check_ops(vm);
+}
+
+void vm_cache_idle(Vm *vm) {
+        vm_prepare_continue(vm);
         vm_check_ops(vm);
 }
 
@@ -616,7 +737,10 @@ int vm_dispatch(Vm *vm, VmEvent event, const char *reason) {
                 return r;
         }
         vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event), false);
-        return vm_act(vm, t.action);
+        r = vm_act(vm, t.action);
+        /* A preparation of a replaced spec may have ended (prepared, failed, cancelled): its downloads go. */
+        vm_drop_stale(vm);
+        return r;
 }
 
 /* --- operations --- */
@@ -676,6 +800,11 @@ static void on_spec_stored(int r, const HydraError *err, void *userdata) {
         if (r < 0)
                 return register_finish(vm, r, err);
 
+        /* The old spec's downloads the new one does not name go once the new spec is durable (now), or once a
+         * preparation of the old one has ended. Without memory for the list, the sweep at start-up finds them. */
+        if (note_stale(vm, &reg->spec) < 0)
+                log_vm_warning(vm->name, "VM '%s': out of memory; its replaced spec's downloads stay in the cache",
+                               vm->name);
         vm_spec_done(&vm->spec);
         vm->spec = reg->spec;
         reg->spec = (VmSpec) {};
@@ -693,6 +822,7 @@ static void on_spec_stored(int r, const HydraError *err, void *userdata) {
                 if (vm->pid <= 0)
                         (void) vm_adopt(vm);
         }
+        vm_drop_stale(vm);
         register_finish(vm, 1, NULL);
 }
 
@@ -946,21 +1076,6 @@ static void on_removed(int r, const HydraError *err, void *userdata) {
                 log_vm_warning(vm->name, "VM '%s': %s; ignoring it", vm->name, err->message);
 }
 
-static void remove_cached(Vm *vm, const char *url) {
-        _cleanup_free_ char *entry = NULL;
-        int r;
-
-        if (isempty(url) || (vm->ctx.url_in_use && vm->ctx.url_in_use(vm, url, vm->ctx.userdata)))
-                return;
-        entry = fetch_cache_entry(vm->ctx.cache_dir, url);
-        if (!entry)
-                return;
-        log_vm_info(vm->name, "VM '%s': removing cached download %s", vm->name, entry);
-        r = disk_queue_rm_rf(vm->disk, entry, on_removed, vm);
-        if (r < 0)
-                log_vm_warning_errno(vm->name, r, "VM '%s': cannot remove '%s', ignoring: %m", vm->name, entry);
-}
-
 /* The REMOVE action: forgets the VM: stored spec, disk-side state, runtime files, and unless asked to keep them,
  * the downloads no other VM uses. */
 static int vm_remove(Vm *vm) {
@@ -969,10 +1084,23 @@ static int vm_remove(Vm *vm) {
         vm->destroy_pending = false;
         if (vm->reg)
                 vm->reg->cancelled = true; /* its spec.pb, if queued, goes with the directory below */
+        /* A preparation in flight stops before anything it writes into is removed (the CANCEL action that
+         * follows a destroy's stop comes after this). */
+        vm->prepare_pending = false;
+        provision_cancel(vm->provision);
+        vm->provision = NULL;
+        vm_progress_clear(vm);
+        vm->registered = false; /* from here on: its own disk, going too, keeps no download */
         if (!vm->destroy_keep_cache) {
-                remove_cached(vm, vm->spec.image.url);
-                remove_cached(vm, vm->spec.bare.artifact.url);
+                char **stale = TAKE_PTR(vm->stale_urls);
+
+                drop_cached(vm, vm->spec.image.url);
+                drop_cached(vm, vm->spec.bare.artifact.url);
+                for (char **u = stale; u && *u; u++)
+                        drop_cached(vm, *u);
+                strv_free(stale);
         }
+        vm->stale_urls = strv_free(vm->stale_urls);
         provision_output_done(&vm->prepared);
         vm_services_close(vm->services);
         /* Off the loop (a disk image is gigabytes); the destroy op completes once they are gone. */
@@ -1006,7 +1134,7 @@ int vm_destroy(Vm *vm, bool keep_cache, vm_op_done_t done, void *userdata, VmOp 
                 if (r < 0)
                         return hydra_error_set(err, r, "destroy VM '%s' (%s): %s", vm->name,
                                                vm_state_to_string(vm->state), strerror(-r));
-                if (disk_queue_idle(vm->disk))
+                if (disk_queue_idle(vm->disk) && vm_cache_quiet(vm))
                         return 1;
                 /* Done once its files are gone (the disk queue removes them). */
                 r = op_new(vm, VM_OP_DESTROY, 0, done, userdata, ret_op);
@@ -1123,6 +1251,7 @@ Vm *vm_free(Vm *vm) {
         vm->services = vm_services_free(vm->services);
         vm_spec_done(&vm->spec);
         strv_free(vm->argv);
+        strv_free(vm->stale_urls);
         free(vm->console_sock_path);
         free(vm->qemu_console_path);
         free(vm->cri_path);

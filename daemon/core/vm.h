@@ -8,6 +8,7 @@
 
 #include "cloudinit.h"
 #include "config.h"
+#include "disk_queue.h"
 #include "error.h"
 #include "fetch.h"
 #include "probe.h"
@@ -92,8 +93,12 @@ typedef struct VmContext {
         const char *cache_dir;          /* STATE_DIR/cache */
         /* Every event (state changes, QMP events, progress, notices, readiness, console bytes). */
         void (*emit)(HydraEvent *ev, Vm *vm, void *userdata);
-        /* Does another VM's spec name this download? A destroy keeps what another VM still uses. */
+        /* Does another VM use this download (vm_uses_url)? A destroy or a new spec keeps what another VM still
+         * uses. */
         bool (*url_in_use)(const Vm *vm, const char *url, void *userdata);
+        /* Removals from the cache (the Manager's, shared; NULL: the VM's own disk queue). A preparation begins,
+         * and a destroy completes, only once it is idle: nothing downloads into an entry being removed. */
+        DiskQueue *cache_queue;
         void *userdata;
 } VmContext;
 
@@ -141,6 +146,11 @@ bool vm_is_registered(const Vm *vm);
 const VmSpec *vm_get_spec(const Vm *vm);   /* NULL unless registered */
 const char *vm_console_log(const Vm *vm);  /* STATE_DIR/ROLE/console.log (rotated: .1, .2) */
 void vm_get_status(const Vm *vm, VmStatus *ret);
+/* The VM's spec names url (image.url, bare.artifact.url), or a preparation of an earlier spec that names it is
+ * still in flight. */
+bool vm_uses_url(const Vm *vm, const char *url);
+/* The cache queue (VmContext.cache_queue) became idle: a preparation or a destroy that waited for it goes on. */
+void vm_cache_idle(Vm *vm);
 /* RUN_DIR/ROLE exists: a QEMU may have been left there (a message for a spec that cannot be loaded). */
 bool vm_has_run_dir(const Vm *vm);
 

@@ -203,6 +203,15 @@ static bool url_scheme_supported(const char *url) {
         return url_scheme_is(url, "http") || url_scheme_is(url, "https") || url_is_file(url);
 }
 
+uint64_t fetcher_ticket(Fetcher *fr) {
+        return fr && fr->worker ? sink_worker_ticket(fr->worker) : 0;
+}
+
+void fetcher_wait(Fetcher *fr, uint64_t ticket) {
+        if (fr && fr->worker && ticket > 0)
+                sink_worker_wait(fr->worker, ticket);
+}
+
 char *fetch_cache_entry(const char *cache_dir, const char *url) {
         char key[65];
         char *s;

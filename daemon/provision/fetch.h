@@ -105,6 +105,13 @@ int fetch_start(Fetcher *fr, const FetchRequest *req, fetch_progress_t progress,
  * not necessarily when this returns), and nothing else the fetch queued is written. NULL is fine. */
 void fetch_cancel(Fetch *f);
 
+/* For a removal of cache entries on another thread (cache.h): fetcher_ticket() on the loop, after fetch_cancel();
+ * on the remover's thread, fetcher_wait() returns once the fetcher's worker has done everything queued before the
+ * ticket, the cancelled fetch's last write, commit or unlink included: nothing of it touches the cache afterwards.
+ * The Fetcher must outlive the wait. */
+uint64_t fetcher_ticket(Fetcher *fr);
+void fetcher_wait(Fetcher *fr, uint64_t ticket);
+
 /* The cache directory entry of a URL: CACHE_DIR/<key>, key the SHA-256 of the URL without user:password@ (its
  * query included: it may name another file; hashed, no token shows). Returns a new string or NULL. */
 char *fetch_cache_entry(const char *cache_dir, const char *url);

@@ -92,6 +92,9 @@ struct SinkWorker {
         unsigned n_queued_buffers; /* in data jobs not run yet: they come back */
         bool want_buffer; /* a transfer is paused until a buffer comes back */
         pthread_cond_t buffer_cond; /* a buffer came back (sink_worker_buffer_wait) */
+        uint64_t n_submitted;       /* jobs queued so far: the tickets */
+        uint64_t n_run;             /* of which run */
+        pthread_cond_t run_cond;    /* n_run grew (sink_worker_wait) */
 };
 
 static bool job_reported(JobType t) {
@@ -401,6 +404,8 @@ static void *worker_main(void *userdata) {
                 job_run(j);
 
                 pthread_mutex_lock(&w->lock);
+                w->n_run++;
+                pthread_cond_broadcast(&w->run_cond);
                 if (j->buf) {
                         j->buf->next = w->free_buffers;
                         w->free_buffers = j->buf;
@@ -432,6 +437,7 @@ static SinkWorker *worker_unref(SinkWorker *w) {
                 return NULL;
         (void) pthread_cond_destroy(&w->cond);
         (void) pthread_cond_destroy(&w->buffer_cond);
+        (void) pthread_cond_destroy(&w->run_cond);
         (void) pthread_mutex_destroy(&w->lock);
         return mfree(w);
 }
@@ -491,6 +497,7 @@ int sink_worker_new(sd_event *event, sink_done_t done, sink_wakeup_t wakeup, voi
         (void) pthread_mutex_init(&w->lock, NULL);
         (void) pthread_cond_init(&w->cond, NULL);
         (void) pthread_cond_init(&w->buffer_cond, NULL);
+        (void) pthread_cond_init(&w->run_cond, NULL);
         *ret = w;
         return 0;
 }
@@ -577,6 +584,7 @@ static int submit(Sink *s, JobType type, FetchBuffer *buf, const char *text, boo
 
         pthread_mutex_lock(&w->lock);
         s->n_ref++;
+        w->n_submitted++;
         if (buf)
                 w->n_queued_buffers++;
         *w->queue_tail = j;
@@ -584,6 +592,23 @@ static int submit(Sink *s, JobType type, FetchBuffer *buf, const char *text, boo
         pthread_cond_signal(&w->cond);
         pthread_mutex_unlock(&w->lock);
         return 0;
+}
+
+uint64_t sink_worker_ticket(SinkWorker *w) {
+        uint64_t t;
+
+        pthread_mutex_lock(&w->lock);
+        t = w->n_submitted;
+        pthread_mutex_unlock(&w->lock);
+        return t;
+}
+
+void sink_worker_wait(SinkWorker *w, uint64_t ticket) {
+        pthread_mutex_lock(&w->lock);
+        /* Every queued job runs, even after sink_worker_free() asked the thread to stop. */
+        while (w->n_run < ticket)
+                pthread_cond_wait(&w->run_cond, &w->lock);
+        pthread_mutex_unlock(&w->lock);
 }
 
 int sink_prepare(Sink *s, bool resume, bool sha512) {

@@ -60,6 +60,12 @@ int sink_worker_new(sd_event *event, sink_done_t done, sink_wakeup_t wakeup, voi
 /* Lets the worker finish its queue, then ends it. May be called from the callbacks. */
 SinkWorker *sink_worker_free(SinkWorker *w);
 
+/* The loop: the ticket of the last job queued so far. Any other thread: sink_worker_wait() returns once the
+ * worker has run that job and every one before it (a released sink's last write, commit or unlink included). The
+ * SinkWorker must outlive the wait. */
+uint64_t sink_worker_ticket(SinkWorker *w);
+void sink_worker_wait(SinkWorker *w, uint64_t ticket);
+
 /* A free buffer (at most 32 of 1 MiB in flight), or NULL: then the wakeup callback says when one is back. */
 FetchBuffer *sink_worker_buffer_get(SinkWorker *w);
 /* For a transfer libcurl cannot pause (file://, read whole within one call): waits until the worker hands a

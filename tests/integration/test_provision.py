@@ -6,8 +6,10 @@ unpacks, makes the VM's disk (an overlay on the cached base), grows it, renders 
 its ISO, then boots the tiny test guest (direct kernel boot) with disk and seed attached: GetVm's drives come
 from QMP query-block. Then: cache hit (no second download of the image), disk grown but never shrunk, a guest
 configuration change resets the disk (or keeps it with reuse_disk_on_change), a wrong checksum and a missing
-file fail cleanly. Bare-kernel path: an artifact tarball (the tiny guest's kernel + initrd + a rootfs), behind a
-token, boots; the token is sent and never appears in hydrad's log or replies. Prints "N passed, N failed"."""
+file fail cleanly, another image URL removes the old URL's download. Bare-kernel path: an artifact tarball (the
+tiny guest's kernel + initrd + a rootfs), behind a token, boots; the token is sent and never appears in hydrad's
+log or replies. A destroy during a slow download cancels it and leaves nothing of it in the cache. Prints
+"N passed, N failed"."""
 import glob
 import hashlib
 import json
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
@@ -58,9 +61,10 @@ def main():
     run("qemu-img", "create", "-q", "-f", "qcow2", f"{tmp}/cloud.qcow2", "64M")
     run("xz", "-k", "-T1", "-0", f"{tmp}/cloud.qcow2")
     shutil.move(f"{tmp}/cloud.qcow2.xz", f"{www}/cloud.qcow2.xz")
+    shutil.copy(f"{www}/cloud.qcow2.xz", f"{www}/cloud-next.qcow2.xz")  # the same image under another URL
     digest = hashlib.sha256(open(f"{www}/cloud.qcow2.xz", "rb").read()).hexdigest()
     with open(f"{www}/SHA256SUMS", "w") as f:
-        f.write(f"{'0' * 64}  other.qcow2\n{digest}  cloud.qcow2.xz\n")
+        f.write(f"{'0' * 64}  other.qcow2\n{digest}  cloud.qcow2.xz\n{digest}  cloud-next.qcow2.xz\n")
 
     # The bare-kernel artifact: tiny/{vmlinuz, initrd.img, rootfs.qcow2}; the spec asks for vmlinuz-6.16 first
     # (start-vm.sh's versioned name) and falls back to vmlinuz.
@@ -72,6 +76,12 @@ def main():
 
     public = HttpServer(tmp, "public", www)
     secret = HttpServer(tmp, "private", private, "--require-token", TOKEN)
+    slow_www = f"{tmp}/slow"
+    os.makedirs(slow_www)
+    blob = os.urandom(3 << 20)
+    with open(f"{slow_www}/slow.raw", "wb") as f:
+        f.write(blob)
+    slow = HttpServer(tmp, "slow", slow_www, "--slow", "300000")
 
     try:
         h = d.start(timeout=60)
@@ -226,6 +236,27 @@ def main():
               and "404" in e.details() and "/nope.qcow2" in e.details(), e and e.details())
         h.DestroyVm(pb.DestroyVmRequest(role=pb.ROLE_HOST), timeout=30)
 
+        # The spec moves to another image URL: the old URL's download goes (it stays while the old disk is an
+        # overlay on it, until the start makes the new disk), the new one is what the disk leans on.
+        old_entry = os.path.dirname(qemu_img_info(f"{state}/isolated/disk.qcow2").get("backing-filename", "/x/y"))
+        check("the disk is an overlay on the first URL's download", os.path.isdir(old_entry), old_entry)
+        nxt = cloud_spec(image=pb.Source(url=f"{public.url}/cloud-next.qcow2.xz", sums_url=f"{public.url}/SHA256SUMS"))
+        h.RegisterVm(pb.RegisterVmRequest(role=iso, spec=nxt), timeout=10)
+        vm = h.StartVm(pb.StartVmRequest(role=iso, timeout_seconds=120), timeout=150)
+        check("another image URL: running", vm.state == pb.VM_STATE_RUNNING, vm.last_error)
+        for _ in range(100):
+            if not os.path.exists(old_entry):
+                break
+            time.sleep(0.1)
+        new_base = qemu_img_info(vm.disk_path).get("backing-filename", "")
+        check("another image URL: the old URL's cached download is gone",
+              not os.path.exists(old_entry) and os.path.dirname(new_base) != old_entry,
+              str(glob.glob(f"{state}/cache/*")))
+        check("another image URL: the disk leans on the new one", os.path.exists(new_base), new_base)
+        check("the removal is logged with its size", f"removed cached download {os.path.basename(old_entry)} ("
+              in d.log(), d.log()[-2000:])
+        h.StopVm(pb.StopVmRequest(role=iso, force=True), timeout=60)
+
         h.DestroyVm(pb.DestroyVmRequest(role=iso, keep_cache=True), timeout=60)
         check("destroy with keep_cache: the VM's files are gone, the cache stays",
               not os.path.exists(f"{state}/isolated") and glob.glob(f"{state}/cache/*/image") != [],
@@ -282,10 +313,31 @@ def main():
         check("destroy without keep_cache: the artifact's cache entry is gone",
               not any(os.path.exists(f"{d}/data") and "rimd" in open(f"{d}/meta.json").read()
                       for d in glob.glob(f"{state}/cache/*")))
+
+        # A destroy while the image is downloading: the download stops, then its entry goes, nothing of it left.
+        slow_spec = cloud_spec(image=pb.Source(url=f"{slow.url}/slow.raw",
+                                               checksum="sha256:" + hashlib.sha256(blob).hexdigest()))
+        h.RegisterVm(pb.RegisterVmRequest(role=iso, spec=slow_spec), timeout=10)
+        fut = h.StartVm.future(pb.StartVmRequest(role=iso, timeout_seconds=120), timeout=150)
+        for _ in range(300):
+            parts = glob.glob(f"{state}/cache/*/data.part")
+            if parts and os.path.getsize(parts[0]) >= 300000:
+                break
+            time.sleep(0.05)
+        vm = h.GetVm(pb.GetVmRequest(role=iso), timeout=10)
+        check("slow download: preparing, a .part growing", parts and vm.state == pb.VM_STATE_PREPARING,
+              f"{vm.state} {parts}")
+        h.DestroyVm(pb.DestroyVmRequest(role=iso), timeout=60)
+        check("destroy during the download: the start is cancelled", rpc_error(fut.result) is not None)
+        check("destroy during the download: its cache entry is gone when DestroyVm answers",
+              parts and not os.path.exists(os.path.dirname(parts[0])), str(glob.glob(f"{state}/cache/*/*")))
+        check("destroy during the download: no removal failed", "cannot remove" not in d.log().lower(),
+              d.log()[-2000:])
     finally:
         rc = d.stop()
         public.stop()
         secret.stop()
+        slow.stop()
         check("hydrad exits 0 (no leak under ASan)", rc == 0, f"exit status {rc}")
         text = d.log()
         check("the token never appears in hydrad's log", TOKEN not in text)

@@ -57,6 +57,9 @@ struct Vm {
         uint64_t stop_timeout_usec;
         bool destroy_pending;
         bool destroy_keep_cache;
+        /* The download URLs of replaced specs, removed from the cache once no preparation of the old spec is in
+         * flight (vm.c: vm_drop_stale). */
+        char **stale_urls;
 
         VmExit last_exit;
         HydraError last_error;     /* code 0: none */
