@@ -341,16 +341,18 @@ static void note_elsewhere(EnvContext *ctx) {
                         note(ctx, "%s %s", table[i].name, table[i].what);
 }
 
-/* hydrad's own variables (start-vm.sh has none of these): the restart policy and autostart. Unset: the spec's
- * defaults (no restarts, no autostart). A guest with the containerd proxy is ready when containerd answers
- * through its forward (the guest's reason to exist), not at the login prompt, which comes before cloud-init has
- * installed and started anything. */
+/* hydrad's own variables (start-vm.sh has none of these): the restart policy, autostart and the readiness limit.
+ * Unset: the spec's defaults (no restarts, no autostart, no limit). A guest with the containerd proxy is ready
+ * when containerd answers through its forward (the guest's reason to exist), not at the login prompt, which
+ * comes before cloud-init has installed and started anything. */
 static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool proxy_disabled) {
-        const char *restart = env_get(ctx, "HYDRA_RESTART", NULL), *autostart = env_get(ctx, "HYDRA_AUTOSTART", NULL);
+        const char *restart = env_get(ctx, "HYDRA_RESTART", NULL), *autostart = env_get(ctx, "HYDRA_AUTOSTART", NULL),
+                   *ready_timeout = env_get(ctx, "HYDRA_READY_TIMEOUT", NULL);
         Hydra__V1__Supervision *sv;
         int policy = 0, on = 0;
+        unsigned long seconds = 0;
 
-        if (!restart && !autostart && proxy_disabled)
+        if (!restart && !autostart && !ready_timeout && proxy_disabled)
                 return 0;
         if (restart) {
                 policy = restart_policy_from_name(restart);
@@ -364,9 +366,21 @@ static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool proxy_
                         return hydra_error_set(ctx->err, -EINVAL, "HYDRA_AUTOSTART: '%s' is not a boolean (allowed: "
                                                "true, false, yes, no, on, off, 1, 0)", autostart);
         }
+        if (ready_timeout) {
+                char *end = NULL;
+
+                errno = 0;
+                if (!isempty(ready_timeout) && strspn(ready_timeout, "0123456789") == strlen(ready_timeout))
+                        seconds = strtoul(ready_timeout, &end, 10);
+                if (!end || *end || errno != 0 || seconds > 86400)
+                        return hydra_error_set(ctx->err, -EINVAL, "HYDRA_READY_TIMEOUT: '%s' is not a number of "
+                                               "seconds (allowed: 0-86400; 0 is no limit)", ready_timeout);
+        }
         sv = spec_supervision(spec);
         if (!sv)
                 return oom(ctx);
+        if (ready_timeout)
+                sv->ready_timeout_seconds = (uint32_t) seconds;
         if (restart)
                 sv->restart = (Hydra__V1__RestartPolicy) policy;
         if (autostart)

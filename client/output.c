@@ -194,9 +194,9 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "shmem", shmem_to_name(d->shmem) ?: "unknown",
                                            "shmem_size_gib", (json_int_t) d->shmem_size_gib,
                                            "shmem_path", json_string_or_null(d->shmem_path)));
-        /* The spec file's names: durations in seconds, as restart_window and stop_timeout. */
+        /* The spec file's names: durations in seconds, as restart_window, stop_timeout and ready_timeout. */
         r |= json_object_set_new(j, "supervision", !sv ? json_null() :
-                                 json_pack("{s:s, s:i, s:i, s:b, s:i, s:s, s:o, s:i}",
+                                 json_pack("{s:s, s:i, s:i, s:b, s:i, s:s, s:o, s:i, s:i}",
                                            "restart", restart_policy_to_name(sv->restart) ?: "unknown",
                                            "max_restarts", (json_int_t) sv->max_restarts,
                                            "restart_window", (json_int_t) sv->restart_window_seconds,
@@ -204,7 +204,8 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "stop_timeout", (json_int_t) sv->stop_timeout_seconds,
                                            "probe", probe_kind_to_name(sv->probe) ?: "unknown",
                                            "probe_pattern", json_string_or_null(sv->probe_pattern),
-                                           "probe_port", (json_int_t) sv->probe_port));
+                                           "probe_port", (json_int_t) sv->probe_port,
+                                           "ready_timeout", (json_int_t) sv->ready_timeout_seconds));
         if (r != 0) {
                 json_decref(j);
                 return NULL;

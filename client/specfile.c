@@ -144,6 +144,7 @@ typedef enum SpecKey {
         KEY_SUPERVISION_PROBE,
         KEY_SUPERVISION_PROBE_PATTERN,
         KEY_SUPERVISION_PROBE_PORT,
+        KEY_SUPERVISION_READY_TIMEOUT,
         _KEY_MAX,
         _KEY_INVALID = -EINVAL,
 } SpecKey;
@@ -234,6 +235,7 @@ static const struct {
         [KEY_SUPERVISION_PROBE] = { "supervision", "probe", VT_PROBE },
         [KEY_SUPERVISION_PROBE_PATTERN] = { "supervision", "probe_pattern", VT_REGEX },
         [KEY_SUPERVISION_PROBE_PORT] = { "supervision", "probe_port", VT_PORT },
+        [KEY_SUPERVISION_READY_TIMEOUT] = { "supervision", "ready_timeout", VT_DURATION, .max = 86400 },
 };
 
 static bool type_is_list(ValueType t) {
@@ -1044,7 +1046,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_DEVICES_SHMEM_SIZE: return &d->shmem_size_gib;
                 default: return &d->shmem_path;
                 }
-        case KEY_SUPERVISION_RESTART ... KEY_SUPERVISION_PROBE_PORT:
+        case KEY_SUPERVISION_RESTART ... KEY_SUPERVISION_READY_TIMEOUT:
                 sv = spec_supervision(spec);
                 if (!sv)
                         return NULL;
@@ -1056,7 +1058,8 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_SUPERVISION_STOP_TIMEOUT: return &sv->stop_timeout_seconds;
                 case KEY_SUPERVISION_PROBE: return &sv->probe;
                 case KEY_SUPERVISION_PROBE_PATTERN: return &sv->probe_pattern;
-                default: return &sv->probe_port;
+                case KEY_SUPERVISION_PROBE_PORT: return &sv->probe_port;
+                default: return &sv->ready_timeout_seconds;
                 }
         default:
                 abort();

@@ -224,6 +224,7 @@ int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
         p->supervision.probe = (Hydra__V1__ProbeKind) s->supervision.probe;
         p->supervision.probe_pattern = pb_str(s->supervision.probe_pattern);
         p->supervision.probe_port = s->supervision.probe_port;
+        p->supervision.ready_timeout_seconds = s->supervision.ready_timeout_sec;
         p->spec.supervision = &p->supervision;
         return 0;
 }
@@ -418,6 +419,7 @@ int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err) {
                 s.supervision.stop_timeout_sec = sv->stop_timeout_seconds;
                 s.supervision.probe = (ProbeKind) sv->probe;
                 s.supervision.probe_port = sv->probe_port;
+                s.supervision.ready_timeout_sec = sv->ready_timeout_seconds;
                 if (dup_str(&s.supervision.probe_pattern, sv->probe_pattern) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
         }

@@ -439,6 +439,27 @@ START_TEST(test_deterministic) {
 }
 END_TEST
 
+/* Supervision is not guest configuration: the seed (whose digest decides a disk reset) is the same whatever the
+ * restart policy, probe or readiness limit say, so changing them never resets the disk. */
+START_TEST(test_supervision_not_in_seed) {
+        const GoldenCase *c = &golden_cases[2];
+        CloudInitInput in = case_input(c);
+        _cleanup_(cloud_init_files_done) CloudInitFiles a = {}, b = {};
+        VmSpec spec = c->spec;
+
+        render_ok(&in, &a);
+        spec.supervision.ready_timeout_sec = 300;
+        spec.supervision.restart = RESTART_ON_FAILURE;
+        spec.supervision.max_restarts = 3;
+        spec.supervision.stop_timeout_sec = 90;
+        spec.supervision.autostart = !c->spec.supervision.autostart;
+        in.spec = &spec;
+        render_ok(&in, &b);
+        for (size_t i = 0; i < ELEMENTSOF(file_names); i++)
+                ck_assert_str_eq(*file_texts(&a, i), *file_texts(&b, i));
+}
+END_TEST
+
 /* Values built to break out of a YAML scalar: quotes, flow syntax, comments, anchors, tags, backslashes,
  * characters YAML reads as line breaks or refuses raw, and non-ASCII (control characters, a raw newline among
  * them, are refused by the field rules: test_refused). They must come back from PyYAML as exactly these
@@ -737,6 +758,7 @@ static Suite *cloudinit_suite(void) {
         tcase_set_timeout(tc, 60);
         tcase_add_loop_test(tc, test_golden, 0, (int) ELEMENTSOF(golden_cases));
         tcase_add_test(tc, test_deterministic);
+        tcase_add_test(tc, test_supervision_not_in_seed);
         tcase_add_test(tc, test_injection_lands_as_strings);
         suite_add_tcase(s, tc);
 

@@ -56,6 +56,90 @@ START_TEST(test_default_pattern) {
 }
 END_TEST
 
+/* What a systemd guest prints when a unit fails, colours and all: the last such line is kept, cleaned. */
+START_TEST(test_failure_line) {
+        _cleanup_(line_matcher_freep) LineMatcher *m = NULL;
+        HydraError err = {};
+
+        ck_assert_int_eq(line_matcher_new_last(GUEST_FAILURE_PATTERN, &m, &err), 0);
+        ck_assert_ptr_null(line_matcher_last(m));
+        ck_assert(!feed(m, "[  OK  ] Started containerd.service - containerd container runtime.\r\n"));
+        ck_assert_ptr_null(line_matcher_last(m));
+
+        /* systemd's colours around FAILED, the line split across chunks. */
+        ck_assert(!feed(m, "[\x1b[0;1;31mFAI"));
+        ck_assert(feed(m, "LED\x1b[0m] Failed to start \x1b[0;1;39mcsi-grpc-proxy.service\x1b[0m - CSI gRPC proxy.\r\n"));
+        ck_assert_str_eq(line_matcher_last(m), "[FAILED] Failed to start csi-grpc-proxy.service - CSI gRPC proxy.");
+
+        /* Lines that do not match leave it; a later match replaces it. */
+        ck_assert(!feed(m, "[  OK  ] Reached target multi-user.target.\r\n"));
+        ck_assert_str_eq(line_matcher_last(m), "[FAILED] Failed to start csi-grpc-proxy.service - CSI gRPC proxy.");
+        ck_assert(feed(m, "[   42.1] systemd[1]: csi-grpc-proxy.service: Main process exited, code=exited, "
+                          "status=203/EXEC\n"));
+        ck_assert_str_eq(line_matcher_last(m),
+                         "[   42.1] systemd[1]: csi-grpc-proxy.service: Main process exited, code=exited, status=203/EXEC");
+
+        /* A line still being printed does not count; once finished it does. */
+        ck_assert(!feed(m, "x.service: Failed to start"));
+        ck_assert_str_eq(line_matcher_last(m),
+                         "[   42.1] systemd[1]: csi-grpc-proxy.service: Main process exited, code=exited, status=203/EXEC");
+        ck_assert(feed(m, "\r\n"));
+        ck_assert_str_eq(line_matcher_last(m), "x.service: Failed to start");
+
+        /* Case matters: a kernel's "failed" is not systemd's. */
+        ck_assert(!feed(m, "hydra-guest: failed to load modules: 9p\n"));
+
+        /* A very long line is cut, on a whole character, with "...". */
+        {
+                char line[1000];
+
+                memset(line, 'a', sizeof(line));
+                memcpy(line, "[FAILED] \xc3\xa9", 11);
+                memcpy(line + LINE_MATCHER_LAST_MAX - 4, "\xc3\xa9", 2);
+                ck_assert(!line_matcher_feed(m, line, sizeof(line)));
+                ck_assert(feed(m, "\n"));
+                ck_assert_uint_le(strlen(line_matcher_last(m)), LINE_MATCHER_LAST_MAX);
+                ck_assert(strncmp(line_matcher_last(m), "[FAILED] \xc3\xa9" "aaa", 14) == 0);
+                ck_assert_str_eq(line_matcher_last(m) + strlen(line_matcher_last(m)) - 3, "...");
+        }
+
+        /* A new boot forgets it. */
+        line_matcher_reset(m);
+        ck_assert_ptr_null(line_matcher_last(m));
+}
+END_TEST
+
+static const char *clean(const char *s, size_t size) {
+        static char buf[512];
+
+        ck_assert_uint_le(size, sizeof(buf));
+        console_text_clean(s, strlen(s), buf, size);
+        return buf;
+}
+
+START_TEST(test_console_text_clean) {
+        /* Line breaks (any run of CR and LF) become " | ", none at the ends; escapes and control bytes go. */
+        ck_assert_str_eq(clean("\r\nhydra-guest: booted\r\n\r\nhydra-guest login: ", 512),
+                         "hydra-guest: booted | hydra-guest login: ");
+        ck_assert_str_eq(clean("[\x1b[0;32m  OK  \x1b[0m] Started\x07 x\ty\x7f.\n", 512), "[  OK  ] Started x y.");
+        ck_assert_str_eq(clean("\x1b]0;title\x07" "a\x1b]2;t\x1b\\b\x1b" "cc\x1b[", 512), "abc");
+        /* Well-formed UTF-8 stays; anything else is '?'. */
+        ck_assert_str_eq(clean("caf\xc3\xa9 \xff\xc3 \xe2\x80\x94!", 512), "caf\xc3\xa9 ?? \xe2\x80\x94!");
+        ck_assert_str_eq(clean("", 512), "");
+        ck_assert_str_eq(clean("\r\n\x1b[0m\r\n", 512), "");
+
+        /* Too long: the end is kept, from the start of a line when one begins in it. */
+        ck_assert_str_eq(clean("first line\nsecond\nthird", 16), "second | third");
+        ck_assert_str_eq(clean("first line\nsecond\nthird", 8), "third");
+        ck_assert_str_eq(clean("first line\nsecond\nthird", 15), "second | third");
+        ck_assert_str_eq(clean("first line\nsecond\nthird", 14), "third");
+        ck_assert_str_eq(clean("ab\ncd", 5), "cd");
+        /* ... and from a whole character. */
+        ck_assert_str_eq(clean("\xe2\x80\x94\xe2\x80\x94x", 6), "\xe2\x80\x94x");
+        ck_assert_str_eq(clean("abc", 1), "");
+}
+END_TEST
+
 START_TEST(test_default_pattern_text) {
         _cleanup_(line_matcher_freep) LineMatcher *m = matcher(PROBE_DEFAULT_CONSOLE_PATTERN);
 
@@ -448,6 +532,8 @@ static Suite *probe_suite(void) {
         tcase_add_test(tc, test_nul_bytes);
         tcase_add_test(tc, test_long_lines);
         tcase_add_test(tc, test_bad_regex);
+        tcase_add_test(tc, test_failure_line);
+        tcase_add_test(tc, test_console_text_clean);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("tcp");

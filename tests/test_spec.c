@@ -234,6 +234,37 @@ START_TEST(test_reject_cpus_0) {
 }
 END_TEST
 
+/* supervision.ready_timeout: 0 (no limit) to a day, and only with a probe (a guest with none is never ready). */
+START_TEST(test_ready_timeout) {
+        _cleanup_(vm_spec_done) VmSpec s = {};
+        HydraError e = {};
+
+        make_valid(&s);
+        s.supervision.ready_timeout_sec = SPEC_MAX_READY_TIMEOUT_SEC;
+        ck_assert_msg(vm_spec_validate(&s, &e) == 0, "%s", e.message);
+        s.supervision.ready_timeout_sec = SPEC_MAX_READY_TIMEOUT_SEC + 1;
+        assert_rejected(&s, "supervision.ready_timeout", "86401 s is out of range (allowed: 0-86400 s; 0 is no limit)");
+        s.supervision.ready_timeout_sec = 300;
+        s.supervision.probe = PROBE_NONE;
+        assert_rejected(&s, "supervision.ready_timeout", "given for probe none");
+        s.supervision.ready_timeout_sec = 0;
+        ck_assert_msg(vm_spec_validate(&s, &e) == 0, "%s", e.message);
+
+        /* A field of the spec like the others: copied and compared. */
+        {
+                _cleanup_(vm_spec_done) VmSpec copy = {};
+
+                s.supervision.probe = PROBE_CONSOLE;
+                s.supervision.ready_timeout_sec = 300;
+                ck_assert_int_eq(vm_spec_copy(&copy, &s), 0);
+                ck_assert_uint_eq(copy.supervision.ready_timeout_sec, 300);
+                ck_assert(vm_spec_equal(&copy, &s));
+                copy.supervision.ready_timeout_sec = 301;
+                ck_assert(!vm_spec_equal(&copy, &s));
+        }
+}
+END_TEST
+
 START_TEST(test_reject_cpus_256) {
         _cleanup_(vm_spec_done) VmSpec s = {};
 
@@ -730,6 +761,7 @@ static Suite *spec_suite(void) {
 
         tc = tcase_create("rejected");
         tcase_add_test(tc, test_reject_cpus_0);
+        tcase_add_test(tc, test_ready_timeout);
         tcase_add_test(tc, test_reject_cpus_256);
         tcase_add_test(tc, test_reject_memory_32);
         tcase_add_test(tc, test_reject_memory_huge);

@@ -14,38 +14,39 @@ static const char *const expected_states[] = {
 static const char *const expected_events[] = {
         "start",     "prepared", "prepare-failed", "launch-failed", "qmp-ready",       "qmp-failed",
         "adopt",     "adopt-failed", "stop",       "stop-force",    "exit-clean",      "exit-unexpected",
-        "lost",      "lost-stopping", "destroy",
+        "lost",      "lost-stopping", "destroy",    "ready-timeout",
 };
 static const char *const expected_actions[] = {
         "none", "prepare", "launch", "stop", "kill", "cancel", "reap", "adopt", "remove",
 };
 
 #define N_STATES 8
-#define N_EVENTS 15
+#define N_EVENTS 16
 
 /* A resting state (no process, nothing in flight) S: start prepares, stop is a no-op, a QEMU the previous hydrad
  * left is adopted or recorded lost, destroy forgets the VM. */
 #define RESTING(S)                                                                                          \
         { "preparing/prepare", "-", "-", "-", "-", "-", "starting/adopt", "-", S "/none", S "/none", "-", "-", \
-          "crashed/reap", "stopped/reap", "defined/remove" }
+          "crashed/reap", "stopped/reap", "defined/remove", "-" }
 
 static const char *const expected[N_STATES][N_EVENTS] = {
         /* columns: start, prepared, prepare-failed, launch-failed, qmp-ready, qmp-failed, adopt, adopt-failed,
-         *          stop, stop-force, exit-clean, exit-unexpected, lost, lost-stopping, destroy */
+         *          stop, stop-force, exit-clean, exit-unexpected, lost, lost-stopping, destroy, ready-timeout */
         /* defined */
         RESTING("defined"),
         /* preparing */
         { "preparing/none", "starting/launch", "failed/none", "-", "-", "-", "-", "-", "stopped/cancel",
-          "stopped/cancel", "-", "-", "-", "-", "-" },
+          "stopped/cancel", "-", "-", "-", "-", "-", "-" },
         /* starting (spawned or being adopted) */
         { "starting/none", "-", "-", "failed/kill", "running/none", "failed/kill", "-", "failed/kill",
-          "stopping/kill", "stopping/kill", "failed/reap", "failed/reap", "crashed/reap", "stopped/reap", "-" },
+          "stopping/kill", "stopping/kill", "failed/reap", "failed/reap", "crashed/reap", "stopped/reap", "-",
+          "failed/kill" },
         /* running */
         { "running/none", "-", "-", "-", "-", "-", "-", "-", "stopping/stop", "stopping/kill", "stopped/reap",
-          "crashed/reap", "-", "-", "-" },
+          "crashed/reap", "-", "-", "-", "failed/kill" },
         /* stopping */
         { "-", "-", "-", "-", "-", "-", "-", "-", "stopping/none", "stopping/kill", "stopped/reap", "stopped/reap",
-          "-", "-", "-" },
+          "-", "-", "-", "-" },
         /* stopped */
         RESTING("stopped"),
         /* failed */
@@ -176,6 +177,40 @@ START_TEST(test_adopt_destroy_walk) {
 }
 END_TEST
 
+/* A guest that never becomes ready within supervision.ready_timeout: failed with its QEMU killed, from starting
+ * or running, never from a state where nothing runs or a stop is already under way; its exit then changes no
+ * state (the table refuses exits in failed), and the restart policy's start prepares again. */
+START_TEST(test_ready_timeout_walk) {
+        static const struct {
+                VmState from;
+                VmEvent event;
+                VmState next;
+                VmAction action;
+        } steps[] = {
+                { VM_STATE_STOPPED, VM_EVENT_START, VM_STATE_PREPARING, VM_ACTION_PREPARE },
+                { VM_STATE_PREPARING, VM_EVENT_PREPARED, VM_STATE_STARTING, VM_ACTION_LAUNCH },
+                { VM_STATE_STARTING, VM_EVENT_QMP_READY, VM_STATE_RUNNING, VM_ACTION_NONE },
+                { VM_STATE_RUNNING, VM_EVENT_READY_TIMEOUT, VM_STATE_FAILED, VM_ACTION_KILL },
+                { VM_STATE_FAILED, VM_EVENT_START, VM_STATE_PREPARING, VM_ACTION_PREPARE },
+                { VM_STATE_PREPARING, VM_EVENT_PREPARED, VM_STATE_STARTING, VM_ACTION_LAUNCH },
+                { VM_STATE_STARTING, VM_EVENT_READY_TIMEOUT, VM_STATE_FAILED, VM_ACTION_KILL },
+        };
+
+        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+                VmTransition t;
+
+                ck_assert_int_eq(vm_state_transition(steps[i].from, steps[i].event, &t), 0);
+                ck_assert_int_eq(t.next, steps[i].next);
+                ck_assert_int_eq(t.action, steps[i].action);
+        }
+        ck_assert_int_eq(vm_state_transition(VM_STATE_FAILED, VM_EVENT_EXIT_UNEXPECTED, NULL), -EBUSY);
+        ck_assert_int_eq(vm_state_transition(VM_STATE_FAILED, VM_EVENT_EXIT_CLEAN, NULL), -EBUSY);
+        for (VmState s = 0; s < _VM_STATE_MAX; s++)
+                if (s != VM_STATE_STARTING && s != VM_STATE_RUNNING)
+                        ck_assert_int_eq(vm_state_transition(s, VM_EVENT_READY_TIMEOUT, NULL), -EBUSY);
+}
+END_TEST
+
 START_TEST(test_state_strings) {
         for (int i = 0; i < _VM_STATE_MAX; i++) {
                 ck_assert_str_eq(vm_state_to_string((VmState) i), expected_states[i]);
@@ -248,6 +283,7 @@ static Suite *vm_state_suite(void) {
         tcase_add_test(tc, test_lifecycle_walk);
         tcase_add_test(tc, test_records_services);
         tcase_add_test(tc, test_adopt_destroy_walk);
+        tcase_add_test(tc, test_ready_timeout_walk);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("strings");

@@ -92,7 +92,7 @@ DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
         X(devices.vsock) X(devices.vsock_cid) X(devices.gpu) X(devices.gpu_vram_gib) X(devices.shmem)           \
         X(devices.shmem_size_gib) X(supervision.restart) X(supervision.max_restarts)                             \
         X(supervision.restart_window_sec) X(supervision.autostart) X(supervision.stop_timeout_sec)               \
-        X(supervision.probe) X(supervision.probe_port)
+        X(supervision.probe) X(supervision.probe_port) X(supervision.ready_timeout_sec)
 
 #define SPEC_STRVS(X) X(guest.ssh_authorized_keys) X(software.extra_debs)
 
@@ -1056,6 +1056,10 @@ static int check_supervision(const VmSpec *spec, HydraError *err) {
         if (s->stop_timeout_sec > 3600)
                 return hydra_error_set(err, -EINVAL, "supervision.stop_timeout: %" PRIu32 " s is out of range "
                                        "(allowed: 0-3600 s; 0 is the daemon's setting)", s->stop_timeout_sec);
+        if (s->ready_timeout_sec > SPEC_MAX_READY_TIMEOUT_SEC)
+                return hydra_error_set(err, -EINVAL, "supervision.ready_timeout: %" PRIu32 " s is out of range "
+                                       "(allowed: 0-%u s; 0 is no limit)", s->ready_timeout_sec,
+                                       SPEC_MAX_READY_TIMEOUT_SEC);
         if ((int) s->probe < 0 || s->probe >= _PROBE_KIND_MAX)
                 return hydra_error_set(err, -EINVAL, "supervision.probe: %d is not known (allowed: console, tcp, "
                                        "containerd, none)", (int) s->probe);
@@ -1094,6 +1098,10 @@ static int check_supervision(const VmSpec *spec, HydraError *err) {
         } else if (s->probe_port != 0)
                 return hydra_error_set(err, -EINVAL, "supervision.probe_port: given for probe %s (allowed: only "
                                        "with probe tcp or containerd)", probe_kind_to_string(s->probe));
+        /* A guest with no probe is never ready: a limit would fail every start. */
+        if (s->ready_timeout_sec > 0 && s->probe == PROBE_NONE)
+                return hydra_error_set(err, -EINVAL, "supervision.ready_timeout: given for probe none (allowed: "
+                                       "only with probe console, tcp or containerd)");
         return 0;
 }
 

@@ -186,6 +186,7 @@ typedef struct VmSpec {
                 ProbeKind probe;
                 char *probe_pattern;         /* PROBE_CONSOLE: POSIX extended regex; NULL: a login prompt */
                 uint32_t probe_port;         /* PROBE_TCP, PROBE_CONTAINERD: the guest port of a TCP forward */
+                uint32_t ready_timeout_sec;  /* not ready this long after QEMU started: stopped, failed; 0: none */
         } supervision;
 } VmSpec;
 
@@ -219,6 +220,7 @@ typedef struct VmSpec {
 #define SPEC_DEFAULT_RESTART_WINDOW_SEC 600U
 #define SPEC_DEFAULT_CONTAINERD_PORT 35000U
 #define SPEC_MAX_PROBE_PATTERN 256U
+#define SPEC_MAX_READY_TIMEOUT_SEC 86400U
 
 /* What a spec boots: decided by which fields are set (see vm_spec_boot_mode). */
 typedef enum BootMode {

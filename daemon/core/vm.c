@@ -224,13 +224,22 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         int r;
 
         vm_restart_cancel(vm);
-        if (!vm->registered || !vm_is_down(vm) || vm->pid > 0)
+        if (!vm->registered || !vm_is_down(vm))
                 return 0;
-        if (vm->reg) {
-                /* A new spec is being stored: the restart follows it. */
-                if (sd_event_add_time_relative(vm->ctx.event, &vm->restart_timer, CLOCK_MONOTONIC, 1000000ULL, 0,
-                                               on_restart_timer, vm) >= 0)
+        if (vm->reg || vm->pid > 0) {
+                /* A new spec is being stored, or the QEMU of the failed start is still being stopped (a
+                 * ready-timeout kills it after the state changed): the restart follows. */
+                r = sd_event_add_time_relative(vm->ctx.event, &vm->restart_timer, CLOCK_MONOTONIC, 1000000ULL, 0,
+                                               on_restart_timer, vm);
+                if (r >= 0) {
+                        (void) sd_event_source_set_description(vm->restart_timer, "vm-restart");
+                        vm->next_restart_usec = vm_now_usec(CLOCK_REALTIME) + 1000000ULL;
                         return 0;
+                }
+                if (vm->pid > 0) {
+                        log_vm_error_errno(vm->name, r, "VM '%s': cannot schedule the restart: %m", vm->name);
+                        return 0;
+                }
         }
         vm->restarting = true;
         vm->restart_count++;
@@ -245,7 +254,7 @@ static int on_restart_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 
 /* After a death: the policy decides between nothing, a restart after the backoff, and giving up. A client's
  * StopVm never gets here (stopping -> stopped is not a death). */
-static void vm_consider_restart(Vm *vm, VmState from, VmState to) {
+static void vm_consider_restart(Vm *vm, VmState from, VmState to, VmEvent event) {
         const typeof(vm->spec.supervision) *sv = &vm->spec.supervision;
         uint64_t delay, now = vm_now_usec(CLOCK_MONOTONIC);
         RestartVerdict verdict;
@@ -256,8 +265,8 @@ static void vm_consider_restart(Vm *vm, VmState from, VmState to) {
                 return;
         if (to == VM_STATE_CRASHED)
                 failure = true;
-        else if (to == VM_STATE_FAILED && vm->restarting)
-                failure = true;
+        else if (to == VM_STATE_FAILED && (vm->restarting || event == VM_EVENT_READY_TIMEOUT))
+                failure = true; /* a guest that never became ready died as surely as one that crashed */
         else if (to == VM_STATE_STOPPED && from == VM_STATE_RUNNING)
                 failure = false; /* the guest shut itself down */
         else
@@ -298,12 +307,15 @@ static void vm_consider_restart(Vm *vm, VmState from, VmState to) {
         (void) sd_event_source_set_description(vm->restart_timer, "vm-restart");
         vm->next_restart_usec = vm_now_usec(CLOCK_REALTIME) + delay;
         vm_notice(vm, "restarting in %llu s (policy %s, %s)", (unsigned long long) (delay / 1000000ULL),
-                  restart_policy_to_string(sv->restart), failure ? vm->last_exit.reason : "the guest shut down");
+                  restart_policy_to_string(sv->restart),
+                  event == VM_EVENT_READY_TIMEOUT ? "ready-timeout"
+                  : failure                       ? vm->last_exit.reason
+                                                  : "the guest shut down");
 }
 
 /* Enters a state: the records and services the table in vm_state.c names for it, the event, then what follows
  * (ops that were waiting, a pending destroy, the restart policy). Only vm_dispatch() calls it. */
-static void vm_set_state(Vm *vm, VmState next, const char *reason, bool announce) {
+static void vm_set_state(Vm *vm, VmState next, VmEvent event, const char *reason, bool announce) {
         VmState from = vm->state;
         HydraEvent ev = {
                 .role = vm->role,
@@ -333,6 +345,9 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason, bool announce
 
         if (next == VM_STATE_RUNNING)
                 vm->restarting = false;
+        /* The readiness deadline runs while the guest boots, no longer: not once it stops or failed. */
+        if (next != VM_STATE_STARTING && next != VM_STATE_RUNNING)
+                vm_ready_timer_disarm(vm);
         if (vm_state_has_services(next) && !vm_state_has_services(from))
                 vm_services_up(vm->services);
         else if (!vm_state_has_services(next) && vm_state_has_services(from))
@@ -340,7 +355,7 @@ static void vm_set_state(Vm *vm, VmState next, const char *reason, bool announce
         if (vm->destroy_pending && vm_is_down(vm))
                 (void) vm_dispatch(vm, VM_EVENT_DESTROY, "destroyed");
         else
-                vm_consider_restart(vm, from, next);
+                vm_consider_restart(vm, from, next, event);
         vm_check_ops(vm);
 }
 
@@ -733,10 +748,10 @@ int vm_dispatch(Vm *vm, VmEvent event, const char *reason) {
                 /* Forgetting comes before the state, which is announced even when it stays "defined": a
                  * subscriber that reads the VM on the event finds it gone. */
                 r = vm_act(vm, t.action);
-                vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event), true);
+                vm_set_state(vm, t.next, event, reason ? reason : vm_event_to_string(event), true);
                 return r;
         }
-        vm_set_state(vm, t.next, reason ? reason : vm_event_to_string(event), false);
+        vm_set_state(vm, t.next, event, reason ? reason : vm_event_to_string(event), false);
         r = vm_act(vm, t.action);
         /* A preparation of a replaced spec may have ended (prepared, failed, cancelled): its downloads go. */
         vm_drop_stale(vm);
@@ -1163,6 +1178,8 @@ static void on_services_ready_changed(VmServices *vs, bool ready, void *userdata
         Vm *vm = userdata;
         HydraEvent ev = { .role = vm->role, .type = HYDRA_EVENT_READY };
 
+        if (ready)
+                vm_ready_timer_disarm(vm);
         vm_runtime_update(vm);
         vm_emit(vm, &ev);
         vm_check_ops(vm);
@@ -1246,6 +1263,7 @@ Vm *vm_free(Vm *vm) {
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
         vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
+        vm_ready_timer_disarm(vm);
         vm_restart_cancel(vm);
         restart_tracker_done(&vm->restarts);
         vm->services = vm_services_free(vm->services);

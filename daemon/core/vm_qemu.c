@@ -29,6 +29,9 @@
 #define STDERR_TAIL_MAX 2048
 #define QMP_LOST_GRACE_USEC (5ULL * 1000000ULL)
 #define ADOPT_QMP_TIMEOUT_USEC (10ULL * 1000000ULL)
+/* The console lines quoted in a ready-timeout error: a few hundred bytes. */
+#define READY_TIMEOUT_TAIL_MAX 400
+#define READY_TIMEOUT_DETAIL_MAX 480
 
 static const char *const stop_stage_table[_STOP_STAGE_MAX] = {
         [STOP_STAGE_NONE] = "none",
@@ -63,6 +66,8 @@ void vm_teardown_process(Vm *vm) {
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
         vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
+        vm_ready_timer_disarm(vm);
+        vm->ready_timed_out = false;
         vm->stop_stage = STOP_STAGE_NONE;
         vm->stop_pending = STOP_STAGE_NONE;
         vm->pid = 0;
@@ -165,6 +170,10 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
         } else if (state == VM_STATE_RUNNING && vm->guest_shutdown_seen) {
                 reason = "guest-shutdown";
                 event = VM_EVENT_EXIT_CLEAN;
+        } else if (vm->ready_timed_out) {
+                /* hydrad stopped it: the VM is failed already, last_error says why. */
+                reason = "ready-timeout";
+                event = VM_EVENT_EXIT_UNEXPECTED;
         } else {
                 char tail[STDERR_TAIL_MAX];
 
@@ -191,7 +200,9 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
         if (vm_state_has_process(state))
                 (void) vm_dispatch(vm, event, reason);
         else {
-                /* A QEMU we were already killing after a failed start: nothing changes but ops may finish. */
+                /* A QEMU we were already killing after a failed start: nothing changes but ops may finish, and
+                 * the record gets its exit. */
+                vm_state_save(vm);
                 vm_runtime_remove(vm);
                 vm_check_ops(vm);
         }
@@ -209,6 +220,71 @@ static int on_qemu_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
 static int on_adopted_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         vm_process_exited(userdata, -1, -1);
         return 0;
+}
+
+/* --- the readiness deadline --- */
+
+/* Copies s, cut to at most size - 1 bytes on a whole UTF-8 character (the message is a proto3 string). */
+static const char *utf8_copy_cut(char *buf, size_t size, const char *s) {
+        size_t n = strlen(s);
+
+        if (n >= size) {
+                n = size - 1;
+                while (n > 0 && ((unsigned char) s[n] & 0xc0) == 0x80)
+                        n--;
+        }
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        return buf;
+}
+
+static int on_ready_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        char tail[READY_TIMEOUT_TAIL_MAX + 1], detail_buf[READY_TIMEOUT_DETAIL_MAX + 1];
+        Vm *vm = userdata;
+        const char *detail;
+
+        vm->ready_timer = sd_event_source_disable_unref(vm->ready_timer);
+        if ((vm->state != VM_STATE_STARTING && vm->state != VM_STATE_RUNNING) ||
+            vm_services_ready(vm->services, NULL, &detail))
+                return 0;
+
+        /* The console as it passed through hydrad (kept in memory): no file is read on the loop. Both parts are
+         * bounded so that the message fits HydraError whole. */
+        (void) vm_services_console_tail(vm->services, tail, sizeof(tail));
+        (void) hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "not ready within %" PRIu32 " s: %s; console: %s",
+                               vm->spec.supervision.ready_timeout_sec,
+                               detail ? utf8_copy_cut(detail_buf, sizeof(detail_buf), detail)
+                               : vm->state == VM_STATE_STARTING ? "QEMU did not answer QMP"
+                               : vm->spec.supervision.probe == PROBE_CONSOLE ? "no console line matched the pattern"
+                                                                             : "the probe has not passed",
+                               *tail ? tail : "(nothing)");
+        log_vm_error(vm->name, "VM '%s': %s; stopping it", vm->name, vm->last_error.message);
+        vm->ready_timed_out = true;
+        (void) vm_dispatch(vm, VM_EVENT_READY_TIMEOUT, "ready-timeout");
+        return 0;
+}
+
+void vm_ready_timer_arm(Vm *vm) {
+        uint32_t sec = vm->spec.supervision.ready_timeout_sec;
+        int r;
+
+        vm_ready_timer_disarm(vm);
+        if (sec == 0 || vm->spec.supervision.probe == PROBE_NONE || vm->pid <= 0 || vm->spawn_usec == 0 ||
+            vm_services_ready(vm->services, NULL, NULL))
+                return;
+        /* From QEMU's start: an adopted QEMU keeps the deadline its spawn set (it may have passed: fires at once). */
+        r = sd_event_add_time(vm->ctx.event, &vm->ready_timer, CLOCK_MONOTONIC,
+                              vm->spawn_usec + (uint64_t) sec * 1000000ULL, 0, on_ready_timeout, vm);
+        if (r < 0) {
+                log_vm_warning_errno(vm->name, r, "VM '%s': cannot arm the readiness deadline, ignoring: %m",
+                                     vm->name);
+                return;
+        }
+        (void) sd_event_source_set_description(vm->ready_timer, "vm-ready-timeout");
+}
+
+void vm_ready_timer_disarm(Vm *vm) {
+        vm->ready_timer = sd_event_source_disable_unref(vm->ready_timer);
 }
 
 /* --- staged stop --- */
@@ -643,6 +719,7 @@ int vm_launch(Vm *vm, HydraError *err) {
         vm->spawn_usec = vm_now_usec(CLOCK_MONOTONIC);
         vm->guest_shutdown_seen = false;
         vm->guest_panicked = false;
+        vm->ready_timed_out = false;
         vm->stop_stage = STOP_STAGE_NONE;
         (void) process_get_start_time(pid, &vm->start_ticks);
 
@@ -659,6 +736,7 @@ int vm_launch(Vm *vm, HydraError *err) {
 
         log_vm_info(vm->name, "VM '%s': QEMU started (pid %d)", vm->name, (int) pid);
         vm_runtime_save(vm);
+        vm_ready_timer_arm(vm);
 
         r = qmp_client_new(e, TAKE_FD(cfd), vm->name, QMP_HANDSHAKE_TIMEOUT_USEC, &qmp_callbacks, vm, &vm->qmp);
         if (r < 0)
@@ -780,6 +858,9 @@ int vm_adopt(Vm *vm) {
         log_vm_info(vm->name, "VM '%s': adopting QEMU (pid %d) of the previous hydrad%s", vm->name, (int) pid,
                     vm->resume_stop ? "; it was stopping" : "");
         (void) vm_dispatch(vm, VM_EVENT_ADOPT, "adopting");
+        /* Not ready yet under the previous hydrad: the deadline still runs from its start. */
+        if (!vm->resume_stop && vm_state_has_process(vm->state))
+                vm_ready_timer_arm(vm);
         return 1;
 }
 

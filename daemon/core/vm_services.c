@@ -13,6 +13,8 @@
 #define PROBE_TIMEOUT_USEC (5ULL * 1000000ULL)
 /* How long a service gets to answer the TCP probe's nudge (probe.h). */
 #define PROBE_TCP_HOLD_USEC (2ULL * 1000000ULL)
+/* The raw console bytes kept for vm_services_console_tail(). */
+#define CONSOLE_TAIL_RAW 2048U
 
 static uint64_t realtime_usec(void) {
         struct timespec ts;
@@ -35,17 +37,39 @@ struct VmServices {
         sd_event_source *probe_timer;
         bool ready;
         uint64_t ready_since_usec;      /* CLOCK_REALTIME */
-        char *ready_detail;
+        char *ready_detail;             /* what GetVm shows: the probe's word, and while not ready the guest's */
+        char *probe_detail;             /* not ready: the probe's last word */
+        LineMatcher *failure_matcher;   /* not ready: the guest's last systemd failure line (GUEST_FAILURE_PATTERN) */
         Proxy *cri;                     /* RUN_DIR/isolated/containerd.sock -> containerd's forward */
+
+        /* The last bytes this QEMU printed on its console, for an error message: kept as they pass (no file read). */
+        char tail[CONSOLE_TAIL_RAW];
+        size_t tail_len;
 };
 
 /* --- readiness --- */
+
+/* While not ready: the probe's last word, and what the guest reported, e.g. "containerd not answering: connection
+ * refused (guest console: [FAILED] Failed to start csi-grpc-proxy.service - ...)". */
+static void detail_compose(VmServices *vs) {
+        const char *guest = line_matcher_last(vs->failure_matcher);
+        char *d;
+
+        if (!guest)
+                d = vs->probe_detail ? strdup(vs->probe_detail) : NULL;
+        else if (asprintf(&d, "%s%sguest console: %s%s", strempty(vs->probe_detail), vs->probe_detail ? " (" : "",
+                          guest, vs->probe_detail ? ")" : "") < 0)
+                d = NULL;
+        free(vs->ready_detail);
+        vs->ready_detail = d;
+}
 
 static void ready_set(VmServices *vs, bool ready, const char *detail) {
         bool changed = vs->ready != ready;
 
         free(vs->ready_detail);
         vs->ready_detail = detail ? strdup(detail) : NULL;
+        vs->probe_detail = mfree(vs->probe_detail);
         if (!changed)
                 return;
         vs->ready = ready;
@@ -63,8 +87,9 @@ static void probe_result(VmServices *vs, bool ready, const char *detail) {
                 ready_set(vs, true, detail);
                 return;
         }
-        free(vs->ready_detail);
-        vs->ready_detail = detail ? strdup(detail) : NULL;
+        free(vs->probe_detail);
+        vs->probe_detail = detail ? strdup(detail) : NULL;
+        detail_compose(vs);
         probe_schedule(vs, PROBE_INTERVAL_USEC);
 }
 
@@ -159,8 +184,21 @@ void vm_services_ready_begin(VmServices *vs) {
         vs->ready_matcher = line_matcher_free(vs->ready_matcher);
         free(vs->ready_detail);
         vs->ready_detail = NULL;
+        vs->probe_detail = mfree(vs->probe_detail);
         if (vs->ready)
                 ready_set(vs, false, "the guest restarted");
+        /* A new QEMU (not a guest reset): its console starts afresh. */
+        if (!vs->up)
+                vs->tail_len = 0;
+
+        if (vs->cfg.spec->supervision.probe != PROBE_NONE) {
+                hydra_error_clear(&err);
+                if (vs->failure_matcher)
+                        line_matcher_reset(vs->failure_matcher);
+                else if (line_matcher_new_last(GUEST_FAILURE_PATTERN, &vs->failure_matcher, &err) < 0)
+                        log_vm_warning(vs->cfg.name, "VM '%s': guest failure pattern: %s", vs->cfg.name, err.message);
+        } else
+                vs->failure_matcher = line_matcher_free(vs->failure_matcher);
 
         switch (vs->cfg.spec->supervision.probe) {
         case PROBE_CONSOLE:
@@ -179,8 +217,29 @@ void vm_services_ready_begin(VmServices *vs) {
         }
 }
 
+static void tail_append(VmServices *vs, const void *data, size_t size) {
+        if (size >= sizeof(vs->tail)) {
+                memcpy(vs->tail, (const char *) data + size - sizeof(vs->tail), sizeof(vs->tail));
+                vs->tail_len = sizeof(vs->tail);
+                return;
+        }
+        if (vs->tail_len + size > sizeof(vs->tail)) {
+                size_t drop = vs->tail_len + size - sizeof(vs->tail);
+
+                memmove(vs->tail, vs->tail + drop, vs->tail_len - drop);
+                vs->tail_len -= drop;
+        }
+        memcpy(vs->tail + vs->tail_len, data, size);
+        vs->tail_len += size;
+}
+
 static void on_console_data(Console *c, const void *data, size_t size, void *userdata) {
         VmServices *vs = userdata;
+
+        tail_append(vs, data, size);
+        /* What the guest reports while it is not ready goes into the readiness detail at once. */
+        if (!vs->ready && vs->failure_matcher && line_matcher_feed(vs->failure_matcher, data, size))
+                detail_compose(vs);
 
         if (vs->ready_matcher && !vs->ready && line_matcher_feed(vs->ready_matcher, data, size)) {
                 _cleanup_free_ char *d = NULL;
@@ -282,12 +341,19 @@ void vm_services_down(VmServices *vs) {
         if (vs->ready)
                 ready_set(vs, false, "not running");
         vs->ready_detail = mfree(vs->ready_detail);
+        vs->probe_detail = mfree(vs->probe_detail);
         vs->cri = proxy_free(vs->cri);
 }
 
 void vm_services_close(VmServices *vs) {
         vm_services_down(vs);
+        vs->failure_matcher = line_matcher_free(vs->failure_matcher);
+        vs->tail_len = 0;
         vs->console = console_free(vs->console);
+}
+
+size_t vm_services_console_tail(const VmServices *vs, char *buf, size_t size) {
+        return console_text_clean(vs->tail, vs->tail_len, buf, size);
 }
 
 void vm_services_restore_ready(VmServices *vs, uint64_t since_usec) {
@@ -295,6 +361,7 @@ void vm_services_restore_ready(VmServices *vs, uint64_t since_usec) {
         vs->ready_since_usec = since_usec;
         free(vs->ready_detail);
         vs->ready_detail = strdup("ready before hydrad restarted");
+        vs->probe_detail = mfree(vs->probe_detail);
 }
 
 bool vm_services_ready(const VmServices *vs, uint64_t *ret_since_usec, const char **ret_detail) {

@@ -27,6 +27,7 @@ static const char *const vm_event_table[_VM_EVENT_MAX] = {
         [VM_EVENT_LOST] = "lost",
         [VM_EVENT_LOST_STOPPING] = "lost-stopping",
         [VM_EVENT_DESTROY] = "destroy",
+        [VM_EVENT_READY_TIMEOUT] = "ready-timeout",
 };
 DEFINE_STRING_TABLE_LOOKUP(vm_event, VmEvent, _VM_EVENT_MAX);
 
@@ -85,6 +86,8 @@ static const Cell table[_VM_STATE_MAX][_VM_EVENT_MAX] = {
                  * unknown (not our child). */
                 [VM_EVENT_LOST] = GO(CRASHED, REAP),
                 [VM_EVENT_LOST_STOPPING] = GO(STOPPED, REAP),
+                /* Not ready in time (QMP itself hung, or an adopted QEMU whose time was up): as a failed start. */
+                [VM_EVENT_READY_TIMEOUT] = GO(FAILED, KILL),
         },
         [VM_STATE_RUNNING] = {
                 [VM_EVENT_START] = GO(RUNNING, NONE),
@@ -92,6 +95,9 @@ static const Cell table[_VM_STATE_MAX][_VM_EVENT_MAX] = {
                 [VM_EVENT_STOP_FORCE] = GO(STOPPING, KILL),
                 [VM_EVENT_EXIT_CLEAN] = GO(STOPPED, REAP),
                 [VM_EVENT_EXIT_UNEXPECTED] = GO(CRASHED, REAP),
+                /* The guest never became ready: failed at once, and its QEMU must not outlive the failure (no ACPI
+                 * step: a guest that did not boot will not power off). Its exit then changes nothing. */
+                [VM_EVENT_READY_TIMEOUT] = GO(FAILED, KILL),
         },
         [VM_STATE_STOPPING] = {
                 /* START is refused: the caller waits for the stop to finish. */

@@ -36,6 +36,7 @@ typedef enum VmEvent {
         VM_EVENT_LOST,             /* a QEMU of the previous hydrad went away while no hydrad watched it */
         VM_EVENT_LOST_STOPPING,    /* the same, but it was being stopped: the stop is over */
         VM_EVENT_DESTROY,          /* DestroyVm, once nothing runs: forget the VM */
+        VM_EVENT_READY_TIMEOUT,    /* the readiness probe has not passed within supervision.ready_timeout */
         _VM_EVENT_MAX,
         _VM_EVENT_INVALID = -EINVAL,
 } VmEvent;

@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <regex.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include "macro.h"
 #include "probe.h"
+#include "utf8.h"
 
 /* --- console pattern --- */
 
@@ -17,10 +20,145 @@ struct LineMatcher {
         regex_t regex;
         bool compiled;
         bool matched;
+        bool keep_last;                         /* line_matcher_new_last() */
         bool after_cr;                          /* the last byte was CR: an LF now ends no other line */
         size_t len;
         char line[LINE_MATCHER_LINE_MAX + 1];   /* the tail of the current line, NUL-terminated when matched */
+        char *clean;                            /* keep_last: the line cleaned (LINE_MATCHER_LINE_MAX + 1) */
+        char last[LINE_MATCHER_LAST_MAX + 1];   /* keep_last: the last line that matched; "" none */
 };
+
+/* --- console text --- */
+
+/* The length of the escape sequence at p[0] == ESC (n bytes available): CSI "ESC [ params final", OSC "ESC ] ...
+ * BEL" or "... ESC \\", else ESC and the byte after it. An unfinished one runs to the end. */
+static size_t escape_length(const unsigned char *p, size_t n) {
+        size_t i;
+
+        if (n < 2)
+                return n;
+        if (p[1] == '[') {
+                for (i = 2; i < n; i++)
+                        if (p[i] >= 0x40 && p[i] <= 0x7e)
+                                return i + 1;
+                return n;
+        }
+        if (p[1] == ']') {
+                for (i = 2; i < n; i++) {
+                        if (p[i] == 0x07)
+                                return i + 1;
+                        if (p[i] == 0x1b && i + 1 < n && p[i + 1] == '\\')
+                                return i + 2;
+                }
+                return n;
+        }
+        return 2;
+}
+
+/* The length of the UTF-8 sequence its lead byte announces, 0 for a byte that leads none. */
+static size_t utf8_lead_length(unsigned char c) {
+        if (c >= 0xc2 && c <= 0xdf)
+                return 2;
+        if (c >= 0xe0 && c <= 0xef)
+                return 3;
+        if (c >= 0xf0 && c <= 0xf4)
+                return 4;
+        return 0;
+}
+
+size_t console_text_clean(const void *src, size_t n, char *dst, size_t size) {
+        const unsigned char *p = src;
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0, i = 0, start = 0, cap;
+        bool pending_break = false;
+
+        assert(size >= 1);
+        /* Each byte gives at most one, a line break three (" | "). */
+        cap = 3 * n + 1;
+        buf = malloc(cap);
+        if (!buf) {
+                dst[0] = '\0';
+                return 0;
+        }
+
+        while (i < n) {
+                unsigned char c = p[i];
+                size_t k;
+
+                if (c == 0x1b) {
+                        i += escape_length(p + i, n - i);
+                        continue;
+                }
+                if (c == '\n' || c == '\r') {
+                        pending_break = len > 0;
+                        i++;
+                        continue;
+                }
+                if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                        i++;
+                        continue;
+                }
+                if (pending_break) {
+                        memcpy(buf + len, " | ", 3);
+                        len += 3;
+                        pending_break = false;
+                }
+                if (c < 0x80) {
+                        buf[len++] = c == '\t' ? ' ' : (char) c;
+                        i++;
+                        continue;
+                }
+                k = utf8_lead_length(c);
+                if (k > 0 && i + k <= n && utf8_valid(p + i, k)) {
+                        memcpy(buf + len, p + i, k);
+                        len += k;
+                        i += k;
+                } else {
+                        buf[len++] = '?';
+                        i++;
+                }
+        }
+
+        /* Too long: its end, from a whole character, and from a line's start if one is in it. */
+        if (len > size - 1) {
+                const char *sep;
+
+                start = len - (size - 1);
+                while (start < len && ((unsigned char) buf[start] & 0xc0) == 0x80)
+                        start++;
+                buf[len] = '\0';
+                /* From 3 bytes before: a separator the cut fell into, or that ends just before it, counts. */
+                sep = strstr(buf + (start > 3 ? start - 3 : 0), " | ");
+                if (sep)
+                        start = (size_t) (sep - buf) + 3;
+        }
+        memcpy(dst, buf + start, len - start);
+        dst[len - start] = '\0';
+        return len - start;
+}
+
+/* --- console pattern --- */
+
+int line_matcher_new_last(const char *regex, LineMatcher **ret, HydraError *err) {
+        LineMatcher *m;
+        int r;
+
+        r = line_matcher_new(regex, &m, err);
+        if (r < 0)
+                return r;
+        m->clean = malloc(LINE_MATCHER_LINE_MAX + 1);
+        if (!m->clean) {
+                line_matcher_free(m);
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        m->keep_last = true;
+        *ret = m;
+        return 0;
+}
+
+const char *line_matcher_last(const LineMatcher *m) {
+        return m && m->last[0] ? m->last : NULL;
+}
 
 int line_matcher_new(const char *regex, LineMatcher **ret, HydraError *err) {
         _cleanup_(line_matcher_freep) LineMatcher *m = NULL;
@@ -51,6 +189,7 @@ LineMatcher *line_matcher_free(LineMatcher *m) {
                 return NULL;
         if (m->compiled)
                 regfree(&m->regex);
+        free(m->clean);
         free(m);
         return NULL;
 }
@@ -61,6 +200,7 @@ void line_matcher_reset(LineMatcher *m) {
         m->matched = false;
         m->after_cr = false;
         m->len = 0;
+        m->last[0] = '\0';
 }
 
 /* Appends n bytes but NULs, keeping the last LINE_MATCHER_LINE_MAX bytes of the line: a prompt is at its end. */
@@ -98,13 +238,32 @@ static bool line_matches(LineMatcher *m) {
         return regexec(&m->regex, m->line, 0, NULL, 0) == 0;
 }
 
+/* keep_last: a complete line, cleaned, matched and kept if it matches. Returns whether it did. */
+static bool line_keep_if_matches(LineMatcher *m) {
+        size_t n;
+
+        n = console_text_clean(m->line, m->len, m->clean, LINE_MATCHER_LINE_MAX + 1);
+        if (n == 0 || regexec(&m->regex, m->clean, 0, NULL, 0) != 0)
+                return false;
+        if (n > LINE_MATCHER_LAST_MAX) {
+                /* Its beginning says what failed; cut on a whole character. */
+                n = LINE_MATCHER_LAST_MAX - 3;
+                while (n > 0 && ((unsigned char) m->clean[n] & 0xc0) == 0x80)
+                        n--;
+                memcpy(m->clean + n, "...", 4);
+        }
+        memcpy(m->last, m->clean, strlen(m->clean) + 1);
+        return true;
+}
+
 bool line_matcher_feed(LineMatcher *m, const void *data, size_t size) {
         const char *p = data, *end = p + size;
+        bool kept = false;
 
         if (!m)
                 return false;
 
-        while (!m->matched && p < end) {
+        while ((m->keep_last || !m->matched) && p < end) {
                 const char *q = p;
 
                 while (q < end && *q != '\n' && *q != '\r')
@@ -121,12 +280,16 @@ bool line_matcher_feed(LineMatcher *m, const void *data, size_t size) {
                         m->after_cr = false;
                 else {
                         m->after_cr = *q == '\r';
-                        if (line_matches(m))
+                        if (m->keep_last)
+                                kept |= m->len > 0 && line_keep_if_matches(m);
+                        else if (line_matches(m))
                                 m->matched = true;
                         m->len = 0;
                 }
                 p = q + 1;
         }
+        if (m->keep_last)
+                return kept;
 
         /* A prompt: the guest waits at the end of a line it has not finished. */
         if (!m->matched && m->len > 0 && line_matches(m))

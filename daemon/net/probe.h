@@ -27,6 +27,20 @@
 
 /* The longest tail of a line that is kept and matched. */
 #define LINE_MATCHER_LINE_MAX 4096U
+/* The longest line line_matcher_last() keeps. */
+#define LINE_MATCHER_LAST_MAX 200U
+
+/* What a systemd guest prints on its console when a unit fails: "[FAILED] Failed to start csi-grpc-proxy.service -
+ * ...", "csi-grpc-proxy.service: Main process exited, code=exited, status=203/EXEC". The readiness detail quotes
+ * the last such line while the guest is not ready. */
+#define GUEST_FAILURE_PATTERN "FAILED|Failed to start|Main process exited"
+
+/* Console text made fit for a message (one log line, a proto3 string): terminal escape sequences (CSI, OSC, and
+ * ESC + one byte) removed, each run of line breaks written as " | " (none at either end), other control bytes
+ * removed, a tab as a space, bytes that are not well-formed UTF-8 as '?'. Writes at most size - 1 bytes and a NUL
+ * to dst (size >= 1); a longer result keeps its end (the last lines), starting on a whole character and, if one
+ * is within it, just after a " | ". Returns the length written. Pure. */
+size_t console_text_clean(const void *src, size_t n, char *dst, size_t size);
 
 typedef struct LineMatcher LineMatcher;
 
@@ -35,8 +49,18 @@ typedef struct LineMatcher LineMatcher;
  * -EINVAL with err quoting the regex and regcomp's complaint, or -ENOMEM. */
 int line_matcher_new(const char *regex, LineMatcher **ret, HydraError *err);
 
-/* Returns true once the regex matched (and from then on, until line_matcher_reset()). */
+/* The other way of matching: every complete line, cleaned as console_text_clean() cleans it, is matched, and the
+ * last one that matched is kept (line_matcher_last()); a line still being printed is not. For what the guest
+ * reports while it boots (GUEST_FAILURE_PATTERN). Returns as line_matcher_new(). */
+int line_matcher_new_last(const char *regex, LineMatcher **ret, HydraError *err);
+
+/* Returns true once the regex matched (and from then on, until line_matcher_reset()); made by
+ * line_matcher_new_last(): true if a line of these bytes matched. */
 bool line_matcher_feed(LineMatcher *m, const void *data, size_t size);
+
+/* The last line that matched (line_matcher_new_last()), cleaned, at most LINE_MATCHER_LAST_MAX bytes (cut with
+ * "..."); NULL if none has. */
+const char *line_matcher_last(const LineMatcher *m);
 
 /* Forgets the current line and the match: for a new boot. */
 void line_matcher_reset(LineMatcher *m);

@@ -317,6 +317,7 @@ autostart = true
 stop_timeout = 90
 probe = console
 probe_pattern = ^hydra login: *$
+ready_timeout = 5m
 INI
 chmod 600 "$T/full/full.ini"
 if FULL=$("$HYDRACTL" spec-dump --spec "$T/full/full.ini" 2>"$T/err"); then ok "a spec with every key parses"; else
@@ -394,6 +395,7 @@ supervision.stop_timeout|90
 supervision.probe|console
 supervision.probe_pattern|^hydra login: *$
 supervision.probe_port|0
+supervision.ready_timeout|300
 EOF
 HASH=$(json guest.password_hash <<<"$FULL")
 if [[ $HASH == '$y$'* ]] && $PY -W ignore -c 'import crypt,sys; sys.exit(crypt.crypt(sys.argv[1], sys.argv[2]) != sys.argv[2])' \
@@ -430,6 +432,7 @@ for pair in 600:600 45s:45 10m:600 2h:7200 7d:604800; do
         -- spec-dump --set "supervision.restart_window=${pair%%:*}"
 done
 expect_value "supervision.stop_timeout 1h" 3600 supervision.stop_timeout -- spec-dump --set supervision.stop_timeout=1h
+expect_value "supervision.ready_timeout 1d" 86400 supervision.ready_timeout -- spec-dump --set supervision.ready_timeout=1d
 expect_value "supervision.max_restarts 1000" 1000 supervision.max_restarts -- spec-dump --set supervision.max_restarts=1000
 expect_value "supervision.probe_port" 35000 supervision.probe_port \
     -- spec-dump --set supervision.probe=containerd --set supervision.probe_port=35000
@@ -439,13 +442,13 @@ expect_value "supervision.restart = no and nothing else: no [supervision] sent" 
     -- spec-dump --set supervision.restart=no
 expect_value "--set supervision.restart= resets it" null supervision \
     -- spec-dump --set supervision.restart=always --set supervision.restart=
-expect_value "a [supervision] key set: the others are their defaults" '{"restart": "always", "max_restarts": 0, "restart_window": 0, "autostart": false, "stop_timeout": 0, "probe": "console", "probe_pattern": null, "probe_port": 0}' \
+expect_value "a [supervision] key set: the others are their defaults" '{"restart": "always", "max_restarts": 0, "restart_window": 0, "autostart": false, "stop_timeout": 0, "probe": "console", "probe_pattern": null, "probe_port": 0, "ready_timeout": 0}' \
     supervision -- spec-dump --set supervision.restart=always
 expect_fail "--set supervision.restart=sometimes" 2 \
     "^hydractl: --set 'supervision.restart=sometimes': supervision.restart: 'sometimes' is not a restart policy \(allowed: no, on-failure, always\)$" \
     -- spec-dump --set supervision.restart=sometimes
 expect_fail "--set supervision.retries" 2 \
-    "^hydractl: --set 'supervision.retries=3': unknown key 'retries' in \[supervision\] \(known: restart, max_restarts, restart_window, autostart, stop_timeout, probe, probe_pattern, probe_port\)$" \
+    "^hydractl: --set 'supervision.retries=3': unknown key 'retries' in \[supervision\] \(known: restart, max_restarts, restart_window, autostart, stop_timeout, probe, probe_pattern, probe_port, ready_timeout\)$" \
     -- spec-dump --set supervision.retries=3
 printf '[supervision]\nrestart = always\nrestart = no\n' >"$BAD"
 expect_fail "supervision.restart set twice" 2 "^hydractl: $BAD:3: supervision.restart: already set on line 2" -- spec-dump --spec "$BAD"
@@ -525,6 +528,8 @@ supervision|probe|ssh|'ssh' is not a readiness probe \(allowed: console, tcp, co
 supervision|probe_pattern|login: (|'login: \(' is not a POSIX extended regular expression
 supervision|probe_port|0|'0' is not a port \(allowed: 1-65535\)
 supervision|probe_port|65536|'65536' is not a port \(allowed: 1-65535\)
+supervision|ready_timeout|0|'0' is not a duration \(allowed: 1-86400 seconds
+supervision|ready_timeout|2d|'2d' is not a duration \(allowed: 1-86400 seconds
 EOF
 printf '[kernel]\ncmdline = a\n[bare]\ncmdline = b\n' >"$BAD"
 expect_fail "[kernel] cmdline and [bare] cmdline are one field" 2 \
@@ -878,7 +883,7 @@ for pattern in "DEFAULT_DIR_IMAGE is not used: .*state_dir" "DEBUG is not used: 
     if grep -q "^hydractl: note: $pattern" "$T/err"; then ok "note: $pattern"; else not_ok "note: $pattern ($(cat "$T/err"))"; fi
 done
 
-# hydrad's own variables: HYDRA_RESTART, HYDRA_AUTOSTART -> [supervision].
+# hydrad's own variables: HYDRA_RESTART, HYDRA_AUTOSTART, HYDRA_READY_TIMEOUT -> [supervision].
 for v in no on-failure always; do
     env_value "HYDRA_RESTART=$v" "$v" supervision.restart "" HYDRA_RESTART="$v" HYDRA_AUTOSTART=1
 done
@@ -898,6 +903,11 @@ env_value "the isolated preset: probe containerd" containerd supervision.probe i
 env_value "the host preset (no proxy): the default probe" null supervision host
 env_value "HYDRA_RESTART keeps the containerd probe" containerd supervision.probe "" HYDRA_RESTART=always
 env_value "HYDRA_RESTART with a preset" on-failure supervision.restart isolated HYDRA_RESTART=on-failure
+env_value "HYDRA_READY_TIMEOUT=900" 900 supervision.ready_timeout "" HYDRA_READY_TIMEOUT=900
+env_value "HYDRA_READY_TIMEOUT=0: no limit, no [supervision]" null supervision "" HYDRA_READY_TIMEOUT=0
+env_fail "HYDRA_READY_TIMEOUT=15m" 2 "^hydractl: --from-env: HYDRA_READY_TIMEOUT: '15m' is not a number of seconds \(allowed: 0-86400; 0 is no limit\)$" "" \
+    HYDRA_READY_TIMEOUT=15m
+env_fail "HYDRA_READY_TIMEOUT=86401" 2 "HYDRA_READY_TIMEOUT: '86401' is not a number of seconds" "" HYDRA_READY_TIMEOUT=86401
 if fromenv "" HYDRA_RESTART=always HYDRA_AUTOSTART=1 >/dev/null && ! grep -q "HYDRA_RESTART\|HYDRA_AUTOSTART" "$T/err"; then
     ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning any more"; else not_ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning ($(cat "$T/err"))"; fi
 env_fail "HYDRA_RESTART=sometimes" 2 "^hydractl: --from-env: HYDRA_RESTART: 'sometimes' is not a restart policy \(allowed: no, on-failure, always\)$" "" \

@@ -51,6 +51,8 @@ struct Vm {
         char **argv;               /* as prepared for launch */
 
         sd_event_source *start_timer; /* QMP lost during start-up: wait for the exit before failing */
+        sd_event_source *ready_timer; /* supervision.ready_timeout after QEMU started, until the guest is ready */
+        bool ready_timed_out;         /* this QEMU is being stopped because of it: its exit is "ready-timeout" */
 
         StopStage stop_stage;
         sd_event_source *stop_timer;
@@ -113,6 +115,10 @@ int vm_adopt_qmp(Vm *vm, HydraError *err);
 /* QEMU is gone (or never was): QMP, console connection, timers and sockets go. The runtime record stays until
  * the state that follows is recorded (the REAP action removes it). */
 void vm_teardown_process(Vm *vm);
+/* Arms the readiness deadline (supervision.ready_timeout after QEMU started) if the spec has one and the guest is
+ * not ready; when it passes, the VM is failed (VM_EVENT_READY_TIMEOUT) with what the probe and the console said. */
+void vm_ready_timer_arm(Vm *vm);
+void vm_ready_timer_disarm(Vm *vm);
 /* The staged stop from stage on: powerdown, quit, SIGTERM, SIGKILL, each with its timer. */
 void vm_stop_advance(Vm *vm, StopStage stage);
 void vm_drives_clear(Vm *vm);

@@ -63,7 +63,12 @@ void vm_services_close(VmServices *s);
 /* An adopted QEMU whose guest was ready under the previous hydrad. */
 void vm_services_restore_ready(VmServices *s, uint64_t since_usec);
 
-/* Ready or not, since when (CLOCK_REALTIME), and the probe's last word (may be NULL). */
+/* The last lines this QEMU printed on its console (kept in memory as they passed: no file is read), cleaned by
+ * console_text_clean() into buf: at most size - 1 bytes. Returns the length. */
+size_t vm_services_console_tail(const VmServices *s, char *buf, size_t size);
+
+/* Ready or not, since when (CLOCK_REALTIME), and the probe's last word (may be NULL); while not ready, followed by
+ * the last systemd failure line the guest printed: "... (guest console: [FAILED] Failed to start x.service)". */
 bool vm_services_ready(const VmServices *s, uint64_t *ret_since_usec, const char **ret_detail);
 const char *vm_services_console_socket(const VmServices *s);   /* NULL while there is no relay */
 const char *vm_services_cri_socket(const VmServices *s);       /* NULL while there is no CRI socket */
