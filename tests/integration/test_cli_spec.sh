@@ -685,7 +685,7 @@ guest = lambda host: {'username': 'hailhydra', 'password': None, 'password_hash'
                       'ssh_authorized_keys': []}
 k3s_dir = None if '$K3S_DIR' == 'null' else '$K3S_DIR'
 containerd_ready = {'restart': 'no', 'max_restarts': 0, 'restart_window': 0, 'autostart': False, 'stop_timeout': 0,
-                    'probe': 'containerd', 'probe_pattern': None, 'probe_port': 0}
+                    'probe': 'containerd', 'probe_pattern': None, 'probe_port': 0, 'ready_timeout': 0}
 "
 # The common part has statements: exec'd, then the expected spec eval'd in its namespace.
 compare_preset_exec() {
@@ -904,7 +904,8 @@ env_value "the host preset (no proxy): the default probe" null supervision host
 env_value "HYDRA_RESTART keeps the containerd probe" containerd supervision.probe "" HYDRA_RESTART=always
 env_value "HYDRA_RESTART with a preset" on-failure supervision.restart isolated HYDRA_RESTART=on-failure
 env_value "HYDRA_READY_TIMEOUT=900" 900 supervision.ready_timeout "" HYDRA_READY_TIMEOUT=900
-env_value "HYDRA_READY_TIMEOUT=0: no limit, no [supervision]" null supervision "" HYDRA_READY_TIMEOUT=0
+env_value "HYDRA_READY_TIMEOUT=0: no limit, no [supervision] (no proxy)" null supervision "" HYDRA_READY_TIMEOUT=0 \
+    DISABLE_CONTAINERD_CSI_PROXY=1
 env_fail "HYDRA_READY_TIMEOUT=15m" 2 "^hydractl: --from-env: HYDRA_READY_TIMEOUT: '15m' is not a number of seconds \(allowed: 0-86400; 0 is no limit\)$" "" \
     HYDRA_READY_TIMEOUT=15m
 env_fail "HYDRA_READY_TIMEOUT=86401" 2 "HYDRA_READY_TIMEOUT: '86401' is not a number of seconds" "" HYDRA_READY_TIMEOUT=86401
