@@ -20,9 +20,12 @@ PACKAGES=(
     # e2e tier (tests/e2e/): build-image makes a Debian guest image without loop mounts (mmdebstrap, sfdisk from
     # fdisk, an ESP filled with mtools holding grub-mkstandalone's EFI binary, mke2fs -d, qemu-img, xz);
     # boot-check boots it with ovmf and a genisoimage seed (both above); build-oci makes the guest's container
-    # image (umoci, busybox-static's root file system) and checks it with containerd's ctr (above)
+    # image (umoci, busybox-static's root file system) and checks it with containerd's ctr (above);
+    # build-apt-repo indexes the guest's local package source (dpkg-scanpackages, apt-ftparchive); the tests ssh
+    # into the guest
     mmdebstrap mtools grub-efi-amd64-bin fdisk e2fsprogs xz-utils
     umoci busybox-static
+    dpkg-dev apt-utils openssh-client
 )
 
 if [ "$(id -u)" -ne 0 ]; then
