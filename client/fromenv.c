@@ -390,6 +390,23 @@ static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool proxy_
         return 0;
 }
 
+/* A hydrad variable that is a boolean in the spec file's words; unset or empty: def. */
+static int env_bool(EnvContext *ctx, const char *name, bool def, bool *ret) {
+        const char *v = env_get(ctx, name, NULL);
+        int b;
+
+        if (!v) {
+                *ret = def;
+                return 0;
+        }
+        b = spec_parse_bool(v);
+        if (b < 0)
+                return hydra_error_set(ctx->err, -EINVAL, "%s: '%s' is not a boolean (allowed: true, false, yes, no, "
+                                       "on, off, 1, 0)", name, v);
+        *ret = b;
+        return 0;
+}
+
 static int map_size(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         const char *cpu_name = env_get(ctx, "KVM_CPU", NULL) ? "KVM_CPU" : "DEFAULT_KVM_LINUX_CPU";
         const char *mem_name = env_get(ctx, "KVM_MEMORY", NULL) ? "KVM_MEMORY" : "DEFAULT_KVM_LINUX_MEMORY";
@@ -782,6 +799,7 @@ static int map_software(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         const char *k3s = env_get(ctx, "K3S_VERSION_INSTALL", "v1.32.6+k3s1");
         _cleanup_free_ char *package = NULL;
         long disable, diod, reboot;
+        bool update, upgrade;
         int r;
 
         if (!sw)
@@ -790,9 +808,16 @@ static int map_software(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
             (r = env_int(ctx, "ENABLE_K3S_DIOD", "0", &diod)) < 0 ||
             (r = env_int(ctx, "ENABLE_REBOOT_AFTER_INSTALLATION", "0", &reboot)) < 0)
                 return r;
+        /* start-vm.sh's seed always updates and upgrades; hydrad's variables can turn either off (a device
+         * without a mirror). */
+        if ((r = env_bool(ctx, "HYDRA_PACKAGE_UPDATE", true, &update)) < 0 ||
+            (r = env_bool(ctx, "HYDRA_PACKAGE_UPGRADE", true, &upgrade)) < 0)
+                return r;
         sw->disable_containerd_proxy = disable != 0;
         sw->k3s_diod = diod > 0;
         sw->reboot_after_install = reboot > 0;
+        sw->package_update = update;
+        sw->package_upgrade = upgrade;
 
         r = field_check_guest_url("DEFAULT_CSI_GRPC_PROXY_URL", csi, ctx->err);
         if (r < 0)
@@ -1096,6 +1121,9 @@ int spec_from_env(Hydra__V1__VmSpec *spec, const char *preset, FILE *notes, Hydr
                 if (r >= 0 && (env_set("DEFAULT_IMAGE") || env_set("DEFAULT_IMAGE_SOURCE_URL")))
                         note(&ctx, "DEFAULT_IMAGE and DEFAULT_IMAGE_SOURCE_URL are ignored with RUN_BARE_KERNEL=1 "
                              "(as start-vm.sh)");
+                if (r >= 0 && (env_set("HYDRA_PACKAGE_UPDATE") || env_set("HYDRA_PACKAGE_UPGRADE")))
+                        note(&ctx, "HYDRA_PACKAGE_UPDATE and HYDRA_PACKAGE_UPGRADE are ignored with "
+                             "RUN_BARE_KERNEL=1 (no cloud-init)");
         }
         if (r >= 0)
                 r = map_network(&ctx, spec);

@@ -119,6 +119,8 @@ typedef enum SpecKey {
         KEY_SOFTWARE_KERNEL_PACKAGE,
         KEY_SOFTWARE_EXTRA_DEB,
         KEY_SOFTWARE_REBOOT_AFTER_INSTALL,
+        KEY_SOFTWARE_PACKAGE_UPDATE,
+        KEY_SOFTWARE_PACKAGE_UPGRADE,
         KEY_NETWORK_FORWARD,
         KEY_NETWORK_GUEST_IP,
         KEY_NETWORK_GATEWAY,
@@ -210,6 +212,8 @@ static const struct {
         [KEY_SOFTWARE_KERNEL_PACKAGE] = { "software", "kernel_package", VT_PACKAGE },
         [KEY_SOFTWARE_EXTRA_DEB] = { "software", "extra_deb", VT_URL_LIST },
         [KEY_SOFTWARE_REBOOT_AFTER_INSTALL] = { "software", "reboot_after_install", VT_BOOL },
+        [KEY_SOFTWARE_PACKAGE_UPDATE] = { "software", "package_update", VT_BOOL },
+        [KEY_SOFTWARE_PACKAGE_UPGRADE] = { "software", "package_upgrade", VT_BOOL },
         [KEY_NETWORK_FORWARD] = { "network", "forward", VT_FORWARD },
         [KEY_NETWORK_GUEST_IP] = { "network", "guest_ip", VT_IPV4 },
         [KEY_NETWORK_GATEWAY] = { "network", "gateway", VT_IPV4 },
@@ -999,7 +1003,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_GUEST_HOSTNAME: return &g->hostname;
                 default: return g;
                 }
-        case KEY_SOFTWARE_CONTAINERD_PROXY ... KEY_SOFTWARE_REBOOT_AFTER_INSTALL:
+        case KEY_SOFTWARE_CONTAINERD_PROXY ... KEY_SOFTWARE_PACKAGE_UPGRADE:
                 sw = spec_software(spec);
                 if (!sw)
                         return NULL;
@@ -1010,6 +1014,8 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_SOFTWARE_K3S_VERSION: return &sw->k3s_version;
                 case KEY_SOFTWARE_KERNEL_PACKAGE: return &sw->kernel_package;
                 case KEY_SOFTWARE_EXTRA_DEB: return sw;
+                case KEY_SOFTWARE_PACKAGE_UPDATE: return &sw->package_update;
+                case KEY_SOFTWARE_PACKAGE_UPGRADE: return &sw->package_upgrade;
                 default: return &sw->reboot_after_install;
                 }
         case KEY_NETWORK_GUEST_IP ... KEY_NETWORK_MAC:

@@ -258,3 +258,20 @@ int field_check_ipv4(const char *field, const char *value, HydraError *err) {
                                        field, field_quote(q, value));
         return 0;
 }
+
+int field_check_mac(const char *field, const char *value, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        unsigned b[6];
+        char end;
+
+        if (strlen(value) != 17 ||
+            sscanf(value, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &end) != 6 ||
+            strspn(value, "0123456789abcdefABCDEF:") != 17)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a MAC address (allowed: xx:xx:xx:xx:xx:xx)",
+                                       field, field_quote(q, value));
+        if (b[0] & 1)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is a multicast address (allowed: a unicast address; "
+                                       "the first byte must be even)",
+                                       field, value);
+        return 0;
+}

@@ -63,3 +63,6 @@ int field_check_package(const char *field, const char *name, HydraError *err);
 
 /* A dotted-quad IPv4 literal (network.guest_ip, .gateway, .dns). */
 int field_check_ipv4(const char *field, const char *value, HydraError *err);
+
+/* A unicast MAC address, xx:xx:xx:xx:xx:xx in hex digits of either case (network.mac). */
+int field_check_mac(const char *field, const char *value, HydraError *err);

@@ -175,6 +175,8 @@ int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
                 p->software.extra_debs = p->extra_debs;
         }
         p->software.reboot_after_install = s->software.reboot_after_install;
+        p->software.package_update = s->software.package_update;
+        p->software.package_upgrade = s->software.package_upgrade;
         p->spec.software = &p->software;
 
         hydra__v1__network__init(&p->network);
@@ -358,6 +360,8 @@ int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err) {
                 s.software.disable_containerd_proxy = p->software->disable_containerd_proxy;
                 s.software.k3s_diod = p->software->k3s_diod;
                 s.software.reboot_after_install = p->software->reboot_after_install;
+                s.software.package_update = p->software->package_update;
+                s.software.package_upgrade = p->software->package_upgrade;
                 if (dup_str(&s.software.csi_grpc_proxy_url, p->software->csi_grpc_proxy_url) < 0 ||
                     dup_str(&s.software.k3s_version, p->software->k3s_version) < 0 ||
                     dup_str(&s.software.kernel_package, p->software->kernel_package) < 0 ||

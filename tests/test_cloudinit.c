@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <check.h>
+#include <ctype.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <spawn.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "cloudinit.h"
+#include "qemu_argv.h"
 
 /* Golden files, as tests/test_qemu_argv.c: tests/data/cloudinit/CASE/{user-data,meta-data,network-config,
  * vendor-data} hold the expected seed. HYDRA_UPDATE_GOLDEN=1 (or HYDRA_REGENERATE_GOLDEN=1, as for the argv
@@ -94,12 +96,13 @@ static const GoldenCase golden_cases[] = {
                           .guest = { .username = "hailhydra", .password_hash = HASH_HAILHYDRA,
                                      .hostname = "hydra-isolated", .ssh_authorized_keys = isolated_keys },
                           .software = { .csi_grpc_proxy_url = SPEC_DEFAULT_CSI_GRPC_PROXY_URL,
-                                        .k3s_version = SPEC_DEFAULT_K3S_VERSION },
+                                        .k3s_version = SPEC_DEFAULT_K3S_VERSION,
+                                        .package_update = true, .package_upgrade = true },
                           .network = { .guest_ip = "10.0.2.15", .gateway = "10.0.2.2", .dns = "10.0.2.3",
                                        .prefix_len = 24 },
                           .shares = { .kubelet = KUBELET_SHARES_TCP, .diod_port = 30564 } },
                 .debian_arch = "amd64",
-                .packages = "containerd imgcrypt 9mount",
+                .packages = "containerd imgcrypt 9mount wget",
         },
         {
                 /* The host VM: k3s + diod + crismux, no containerd proxy, no kubelet shares. */
@@ -108,47 +111,59 @@ static const GoldenCase golden_cases[] = {
                           .guest = { .username = "hailhydra", .password_hash = HASH_HAILHYDRA,
                                      .hostname = "hydra-host" },
                           .software = { .disable_containerd_proxy = true, .k3s_diod = true,
-                                        .k3s_version = "v1.33.1+k3s1" },
+                                        .k3s_version = "v1.33.1+k3s1", .package_update = true },
                           .network = { .guest_ip = "10.0.2.15", .gateway = "10.0.2.2", .dns = "10.0.2.3",
                                        .prefix_len = 24 },
                           .shares = { .kubelet = KUBELET_SHARES_NONE, .diod_port = 30564 } },
                 .crismux = CRISMUX_INSTALLER,
-                .packages = "diod",
+                .packages = "diod wget",
         },
         {
                 /* Extra shares and .debs, a kernel package, a reboot, nvdimm, virtio kubelet shares, another
-                 * network, no password (locked), two keys, arm64 from the spec's arch. */
+                 * network and MAC (upper case in the spec, lower case in the seed), no password (locked), two keys,
+                 * arm64 from the spec's arch, an upgrade without an update. */
                 .name = "full",
                 .spec = { .arch = ARCH_AARCH64,
                           .guest = { .username = "edge", .hostname = "edge-01.lab.example.org",
                                      .ssh_authorized_keys = full_keys },
                           .software = { .kernel_package = "linux-image-6.12.38+deb13-cloud-arm64",
-                                        .extra_debs = full_debs, .reboot_after_install = true },
+                                        .extra_debs = full_debs, .reboot_after_install = true,
+                                        .package_upgrade = true },
                           .network = { .guest_ip = "192.168.7.20", .gateway = "192.168.7.17", .dns = "192.168.7.53",
-                                       .prefix_len = 28 },
+                                       .prefix_len = 28, .mac = "52:54:00:AB:CD:EF" },
                           .shares = { .kubelet = KUBELET_SHARES_VIRTIO, .extra = full_shares,
                                       .n_extra = ELEMENTSOF(full_shares) },
                           .devices = { .shmem = SHMEM_NVDIMM, .shmem_size_gib = 1 } },
-                .packages = "ndctl containerd imgcrypt 9mount linux-image-6.12.38+deb13-cloud-arm64",
+                .packages = "ndctl containerd imgcrypt 9mount linux-image-6.12.38+deb13-cloud-arm64 wget",
         },
         {
                 /* The encrypted-image tools from the artifact, embedded as base64. */
                 .name = "encrypted-tools",
                 .spec = { .arch = ARCH_X86_64,
                           .bare = { .encrypted_tools = true },
+                          .software = { .package_update = true, .package_upgrade = true },
                           .guest = { .password_hash = HASH_HAILHYDRA, .hostname = "hydra-isolated",
                                      .ssh_authorized_keys = isolated_keys },
                           .shares = { .kubelet = KUBELET_SHARES_TCP } },
                 .debian_arch = "amd64",
                 .tools = tools_all,
                 .n_tools = ELEMENTSOF(tools_all),
-                .packages = "containerd imgcrypt 9mount",
+                .packages = "containerd imgcrypt 9mount wget",
         },
         {
-                /* Nothing set: every NULL string, 0 number is taken as start-vm.sh's default. */
+                /* Nothing set: every NULL string, 0 number is taken as start-vm.sh's default; false booleans
+                 * (no apt-get update or upgrade) are the spec's. */
                 .name = "defaults",
                 .spec = { .arch = ARCH_X86_64 },
-                .packages = "containerd imgcrypt 9mount",
+                .packages = "containerd imgcrypt 9mount wget",
+        },
+        {
+                /* Only install_debs.sh runs wget: the one package. */
+                .name = "debs-only",
+                .spec = { .arch = ARCH_X86_64,
+                          .software = { .disable_containerd_proxy = true, .extra_debs = full_debs },
+                          .shares = { .kubelet = KUBELET_SHARES_NONE } },
+                .packages = "wget",
         },
 };
 
@@ -248,7 +263,7 @@ static void assert_schema_valid(const char *name, const char *path) {
 /* Loads the four files with PyYAML's safe loader, as cloud-init does, and checks the structure and that every
  * value from the spec came back exactly as given (argv[2] holds the expected values as JSON). */
 static const char python_check[] =
-        "import json, sys, yaml\n"
+        "import json, re, sys, tempfile, yaml\n"
         "d, want = sys.argv[1], json.loads(sys.argv[2])\n"
         "def load(name):\n"
         "    with open(d + '/' + name, encoding='utf-8') as f:\n"
@@ -256,8 +271,8 @@ static const char python_check[] =
         "    return text, yaml.safe_load(text)\n"
         "text, ud = load('user-data')\n"
         "assert text.startswith('#cloud-config\\n'), 'no #cloud-config header'\n"
-        "top = {'users', 'hostname', 'create_hostname_file', 'package_reboot_if_required', 'package_update',\n"
-        "       'package_upgrade', 'packages', 'write_files', 'runcmd'}\n"
+        "top = {'users', 'hostname', 'create_hostname_file', 'manage_etc_hosts', 'package_reboot_if_required',\n"
+        "       'package_update', 'package_upgrade', 'packages', 'write_files', 'runcmd'}\n"
         "assert isinstance(ud, dict) and set(ud) <= top, 'unexpected top-level keys: %r' % (set(ud) - top)\n"
         "assert ud['users'][0] == 'default' and len(ud['users']) == 2, ud['users']\n"
         "u = ud['users'][1]\n"
@@ -272,24 +287,44 @@ static const char python_check[] =
         "assert set(u) <= {'name', 'primary_group', 'groups', 'sudo', 'lock_passwd', 'passwd',\n"
         "                  'ssh_authorized_keys'}, u\n"
         "assert ud['hostname'] == want['hostname'], ud['hostname']\n"
-        "for k in ('create_hostname_file', 'package_reboot_if_required', 'package_update', 'package_upgrade'):\n"
-        "    assert ud[k] is True, k\n"
+        "for k in ('create_hostname_file', 'manage_etc_hosts', 'package_reboot_if_required'):\n"
+        "    assert ud.get(k) is True, k\n"
+        "for k in ('package_update', 'package_upgrade'):\n"
+        "    assert ud[k] is want[k], (k, ud[k], want[k])\n"
         "assert ud.get('packages', []) == want['packages'], (ud.get('packages'), want['packages'])\n"
         "for w in ud['write_files']:\n"
         "    assert set(w) <= {'path', 'content', 'owner', 'permissions', 'encoding'}, w\n"
         "    assert all(isinstance(v, str) for v in w.values()), w\n"
         "for c in ud['runcmd']:\n"
         "    assert isinstance(c, list) and all(isinstance(a, str) for a in c), c\n"
+        "    for a in c:\n"
+        "        assert not re.search(r'\\bsed\\s+-i\\S', a), 'sed -iSUFFIX leaves a backup file: %r' % a\n"
+        "runs_wget = any(c[0] == '/usr/bin/install_debs.sh' or any(re.search(r'\\bwget\\b', a) for a in c)\n"
+        "                for c in ud['runcmd'])\n"
+        "assert ('wget' in ud.get('packages', [])) == runs_wget, ('wget', runs_wget, ud.get('packages'))\n"
         "assert ('ndctl' in json.dumps(ud)) == want['ndctl'], 'ndctl'\n"
         "_, md = load('meta-data')\n"
         "assert md == {'instance-id': want['hostname'], 'local-hostname': want['hostname']}, md\n"
         "_, nc = load('network-config')\n"
         "assert set(nc) == {'version', 'ethernets'} and nc['version'] == 2, nc\n"
-        "assert list(nc['ethernets']) == ['enp0s1', 'enp0s2', 'enp0s3', 'ens4', 'ens3', 'eth0'], nc\n"
-        "for name, e in nc['ethernets'].items():\n"
-        "    assert e == {'dhcp4': False, 'addresses': [want['address']],\n"
-        "                 'nameservers': {'addresses': [want['dns']]},\n"
-        "                 'routes': [{'to': '0.0.0.0/0', 'via': want['gateway']}]}, (name, e)\n"
+        "assert list(nc['ethernets']) == ['eth0'], nc\n"
+        "assert nc['ethernets']['eth0'] == {'match': {'macaddress': want['mac']}, 'set-name': 'eth0',\n"
+        "                                   'dhcp4': False, 'addresses': [want['address']],\n"
+        "                                   'gateway4': want['gateway'],\n"
+        "                                   'nameservers': {'addresses': [want['dns']]}}, nc\n"
+        "# What the guest makes of it: cloud-init's own ENI renderer (Debian's ifupdown images), as in the guest.\n"
+        "from cloudinit.net import eni, network_state\n"
+        "with tempfile.TemporaryDirectory() as t:\n"
+        "    eni.Renderer().render_network_state(network_state.parse_net_config_data(nc), target=t)\n"
+        "    ifaces = open(t + '/etc/network/interfaces', encoding='utf-8').read()\n"
+        "    rules = open(t + '/etc/udev/rules.d/70-persistent-net.rules', encoding='utf-8').read()\n"
+        "assert re.findall(r'^iface (\\S+)', ifaces, re.M) == ['lo', 'eth0'], ifaces\n"
+        "assert 'auto eth0\\niface eth0 inet static\\n    address %s\\n' % want['address'] in ifaces, ifaces\n"
+        "assert '\\n    gateway %s\\n' % want['gateway'] in ifaces, ifaces\n"
+        "assert not re.search(r'\\broute\\s', ifaces), 'route(8) is net-tools, not on every image:\\n' + ifaces\n"
+        "rule = 'ATTR{address}==\"%s\", NAME=\"eth0\"\\n' % want['mac']\n"
+        "assert rules.startswith('SUBSYSTEM==\"net\", ACTION==\"add\"'), rules\n"
+        "assert rules.count('NAME=') == 1 and rule in rules, rules\n"
         "text, vd = load('vendor-data')\n"
         "assert text == '' and vd is None, text\n"
         "print('ok')\n";
@@ -320,7 +355,7 @@ static const char *or_default(const char *s, const char *def) {
 
 static void assert_parses_back(const char *name, const Seed *s, const VmSpec *spec, const char *packages) {
         json_auto_t *want = json_object();
-        _cleanup_free_ char *want_text = NULL, *output = NULL, *address = NULL;
+        _cleanup_free_ char *want_text = NULL, *output = NULL, *address = NULL, *mac = NULL;
         int status;
 
         ck_assert_int_ge(asprintf(&address, "%s/%u", or_default(spec->network.guest_ip, SPEC_DEFAULT_GUEST_IP),
@@ -336,6 +371,14 @@ static void assert_parses_back(const char *name, const Seed *s, const VmSpec *sp
         json_object_set_new(want, "address", json_string(address));
         json_object_set_new(want, "dns", json_string(or_default(spec->network.dns, SPEC_DEFAULT_DNS)));
         json_object_set_new(want, "gateway", json_string(or_default(spec->network.gateway, SPEC_DEFAULT_GATEWAY)));
+        /* The image's NIC (no case here boots a bare kernel), spelt as the guest's kernel spells it. */
+        mac = strdup(or_default(spec->network.mac, SPEC_DEFAULT_MAC_IMAGE));
+        ck_assert_ptr_nonnull(mac);
+        for (char *c = mac; *c; c++)
+                *c = (char) tolower((unsigned char) *c);
+        json_object_set_new(want, "mac", json_string(mac));
+        json_object_set_new(want, "package_update", json_boolean(spec->software.package_update));
+        json_object_set_new(want, "package_upgrade", json_boolean(spec->software.package_upgrade));
         want_text = json_dumps(want, JSON_COMPACT);
         ck_assert_ptr_nonnull(want_text);
 
@@ -492,7 +535,7 @@ START_TEST(test_injection_lands_as_strings) {
         ck_assert_ptr_nonnull(strstr(f.user_data, "\\u2028"));
         ck_assert_ptr_nonnull(strstr(f.user_data, "\\u0085"));
         ck_assert_ptr_nonnull(strstr(f.user_data, "🔑")); /* other non-ASCII stays UTF-8 */
-        assert_seed_sound("injection", &f, &spec, "containerd imgcrypt 9mount");
+        assert_seed_sound("injection", &f, &spec, "containerd imgcrypt 9mount wget");
 }
 END_TEST
 
@@ -529,6 +572,56 @@ START_TEST(test_crismux_optional) {
         render_ok(&in, &with);
         ck_assert_ptr_nonnull(strstr(with.user_data, "- path: /usr/bin/install_crismux.sh\n"));
         ck_assert_ptr_nonnull(strstr(with.user_data, "/usr/bin/install_crismux.sh install"));
+}
+END_TEST
+
+/* The value after "key" in text, up to the end of its line (a new string). */
+static char *value_after(const char *text, const char *key) {
+        const char *v = strstr(text, key);
+
+        ck_assert_msg(v, "no '%s' in:\n%s", key, text);
+        v += strlen(key);
+        return strndup(v, strcspn(v, ",\n"));
+}
+
+/* The seed matches the NIC by the very address QEMU gives it: the spec's (any case), else the image default. */
+START_TEST(test_nic_mac_matches_qemu) {
+        static const char *const macs[] = { NULL, "52:54:00:AB:CD:EF", "02:00:00:00:00:01" };
+
+        for (size_t i = 0; i < ELEMENTSOF(macs); i++) {
+                VmSpec spec = { .cpus = 1, .memory_mib = 256, .arch = ARCH_X86_64,
+                                .image = { .url = "https://example.org/debian-12-generic-amd64.qcow2" },
+                                .network = { .mac = (char *) macs[i] } };
+                QemuRuntime rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG,
+                                   .qmp_fd = -1, .qmp_path = "/run/hydra/isolated/qmp.sock",
+                                   .console_socket = "/run/hydra/isolated/console.sock",
+                                   .disk_path = "/var/lib/hydra/isolated/disk.qcow2", .disk_format = "qcow2",
+                                   .seed_path = "/var/lib/hydra/isolated/seed.iso" };
+                CloudInitInput in = { .spec = &spec };
+                _cleanup_(cloud_init_files_done) CloudInitFiles f = {};
+                _cleanup_free_ char *joined = NULL, *qemu_mac = NULL, *seed_mac = NULL;
+                char **argv = NULL;
+                HydraError e = {};
+                size_t size = 0;
+                FILE *j = open_memstream(&joined, &size);
+
+                ck_assert_msg(qemu_argv_build(&spec, &rt, &argv, &e) == 0, "%s", e.message);
+                for (char **a = argv; *a; a++)
+                        fprintf(j, "%s\n", *a);
+                fclose(j);
+                strv_free(argv);
+                render_ok(&in, &f);
+
+                qemu_mac = value_after(joined, "virtio-net-pci,netdev=net0,mac=");
+                seed_mac = value_after(f.network_config, "macaddress: ");
+                ck_assert_msg(strlen(seed_mac) == 19 && seed_mac[0] == '"' &&
+                              strncasecmp(seed_mac + 1, qemu_mac, 17) == 0,
+                              "QEMU's NIC has %s, the seed matches %s", qemu_mac, seed_mac);
+                /* Lower case: udev compares ATTR{address} (the kernel's lower-case spelling) byte by byte. */
+                for (const char *c = seed_mac; *c; c++)
+                        ck_assert_msg(!isupper((unsigned char) *c), "upper case in %s", seed_mac);
+                ck_assert_str_eq(qemu_mac, macs[i] ? macs[i] : SPEC_DEFAULT_MAC_IMAGE);
+        }
 }
 END_TEST
 
@@ -616,6 +709,8 @@ REFUSAL(guest_ip_v6, spec->network.guest_ip = "fe80::1")
 REFUSAL(gateway_newline, spec->network.gateway = "10.0.2.2\n")
 REFUSAL(dns, spec->network.dns = "10.0.2.003")
 REFUSAL(prefix_len, spec->network.prefix_len = 33)
+REFUSAL(mac_quote, spec->network.mac = "52:54:00:12:34:5\"")
+REFUSAL(mac_multicast, spec->network.mac = "01:00:5e:00:00:01")
 REFUSAL(kubelet_enum, spec->shares.kubelet = (KubeletShares) 7)
 REFUSAL(diod_port, spec->shares.diod_port = 70000)
 REFUSAL(extra_quote, spec->shares.extra = share_quote; spec->shares.n_extra = 1)
@@ -671,6 +766,8 @@ static const Refusal refusals[] = {
         R(gateway_newline, "network.gateway: "),
         R(dns, "network.dns: "),
         R(prefix_len, "network.prefix_len: "),
+        R(mac_quote, "network.mac: "),
+        R(mac_multicast, "network.mac: "),
         R(kubelet_enum, "shares.kubelet: "),
         R(diod_port, "shares.diod_port: "),
         R(extra_quote, "shares.extra[0].guest_path: "),
@@ -765,6 +862,7 @@ static Suite *cloudinit_suite(void) {
         tc = tcase_create("content");
         tcase_add_test(tc, test_ndctl_only_for_nvdimm);
         tcase_add_test(tc, test_crismux_optional);
+        tcase_add_test(tc, test_nic_mac_matches_qemu);
         tcase_add_test(tc, test_unused_fields_ignored);
         tcase_add_test(tc, test_no_input);
         suite_add_tcase(s, tc);

@@ -696,6 +696,42 @@ START_TEST(test_copy_equal) {
         b.n_forwards++;
         b.accel = ACCEL_TCG;
         ck_assert(!vm_spec_equal(&a, &b));
+        b.accel = a.accel;
+        ck_assert(vm_spec_equal(&a, &b));
+
+        /* The seed-affecting booleans take part in the comparison and the copy. */
+        b.software.package_update = !a.software.package_update;
+        ck_assert(!vm_spec_equal(&a, &b));
+        b.software.package_update = a.software.package_update;
+        b.software.package_upgrade = !a.software.package_upgrade;
+        ck_assert(!vm_spec_equal(&a, &b));
+        b.software.package_upgrade = a.software.package_upgrade;
+        ck_assert(vm_spec_equal(&a, &b));
+        {
+                _cleanup_(vm_spec_done) VmSpec c = {};
+
+                b.software.package_update = true;
+                b.software.package_upgrade = true;
+                ck_assert_int_eq(vm_spec_copy(&c, &b), 0);
+                ck_assert(c.software.package_update && c.software.package_upgrade);
+        }
+}
+END_TEST
+
+/* One choice of the NIC's MAC for QEMU and the cloud-init seed: the spec's, else start-vm.sh's per boot mode. */
+START_TEST(test_mac) {
+        VmSpec s = { .arch = ARCH_X86_64 };
+
+        ck_assert_str_eq(vm_spec_mac(&s), "52:54:00:08:06:8b"); /* local boot: the image's */
+        s.image.url = (char *) "https://example.org/debian.qcow2";
+        ck_assert_str_eq(vm_spec_mac(&s), "52:54:00:08:06:8b");
+        s.image.url = NULL;
+        s.bare.artifact.url = (char *) "https://example.org/rimd.tar.gz";
+        ck_assert_str_eq(vm_spec_mac(&s), "52:54:00:94:33:ca");
+        s.network.mac = (char *) "";
+        ck_assert_str_eq(vm_spec_mac(&s), "52:54:00:94:33:ca");
+        s.network.mac = (char *) "52:54:00:AB:CD:EF";
+        ck_assert_str_eq(vm_spec_mac(&s), "52:54:00:AB:CD:EF");
 }
 END_TEST
 
@@ -750,6 +786,7 @@ static Suite *spec_suite(void) {
         tcase_add_test(tc, test_copy_equal);
         tcase_add_test(tc, test_equal_unset_forms);
         tcase_add_test(tc, test_copy_empty_and_done);
+        tcase_add_test(tc, test_mac);
         tcase_add_test(tc, test_hash_password_limit);
         suite_add_tcase(s, tc);
 

@@ -88,8 +88,9 @@ DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
 #define SPEC_SCALARS(X)                                                                                          \
         X(cpus) X(memory_mib) X(accel) X(arch) X(disk_size_gib) X(keep_pristine) X(reuse_disk_on_change)        \
         X(bare.encrypted_tools) X(software.disable_containerd_proxy) X(software.k3s_diod)                       \
-        X(software.reboot_after_install) X(network.prefix_len) X(shares.kubelet) X(shares.diod_port)            \
-        X(devices.vsock) X(devices.vsock_cid) X(devices.gpu) X(devices.gpu_vram_gib) X(devices.shmem)           \
+        X(software.reboot_after_install) X(software.package_update) X(software.package_upgrade)                 \
+        X(network.prefix_len) X(shares.kubelet) X(shares.diod_port) X(devices.vsock) X(devices.vsock_cid)       \
+        X(devices.gpu) X(devices.gpu_vram_gib) X(devices.shmem)                                                 \
         X(devices.shmem_size_gib) X(supervision.restart) X(supervision.max_restarts)                             \
         X(supervision.restart_window_sec) X(supervision.autostart) X(supervision.stop_timeout_sec)               \
         X(supervision.probe) X(supervision.probe_port) X(supervision.ready_timeout_sec)
@@ -239,6 +240,12 @@ BootMode vm_spec_boot_mode(const VmSpec *spec) {
         if (!isempty(spec->bare.artifact.url))
                 return BOOT_BARE_KERNEL;
         return BOOT_LOCAL;
+}
+
+const char *vm_spec_mac(const VmSpec *spec) {
+        if (!isempty(spec->network.mac))
+                return spec->network.mac;
+        return vm_spec_boot_mode(spec) == BOOT_BARE_KERNEL ? SPEC_DEFAULT_MAC_BARE : SPEC_DEFAULT_MAC_IMAGE;
 }
 
 static void empty_to_null(char **s) {
@@ -888,26 +895,13 @@ int vm_spec_network(const VmSpec *spec, SpecNetwork *ret, HydraError *err) {
 
 static int check_network(const VmSpec *spec, HydraError *err) {
         SpecNetwork net;
-        char q[QUOTE_BUF_SIZE];
         int r;
 
         r = vm_spec_network(spec, &net, err);
         if (r < 0)
                 return r;
-        if (spec->network.mac) {
-                unsigned b[6];
-                char end;
-
-                if (strlen(spec->network.mac) != 17 ||
-                    sscanf(spec->network.mac, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
-                           &end) != 6 ||
-                    strspn(spec->network.mac, "0123456789abcdefABCDEF:") != 17)
-                        return hydra_error_set(err, -EINVAL, "network.mac: '%s' is not a MAC address (allowed: "
-                                               "xx:xx:xx:xx:xx:xx)", field_quote(q, spec->network.mac));
-                if (b[0] & 1)
-                        return hydra_error_set(err, -EINVAL, "network.mac: '%s' is a multicast address (allowed: a "
-                                               "unicast address; the first byte must be even)", spec->network.mac);
-        }
+        if (spec->network.mac && (r = field_check_mac("network.mac", spec->network.mac, err)) < 0)
+                return r;
         return 0;
 }
 

@@ -149,6 +149,8 @@ typedef struct VmSpec {
                 char *kernel_package;
                 char **extra_debs;      /* strv or NULL */
                 bool reboot_after_install;
+                bool package_update;    /* cloud-init package_update: apt-get update at first boot */
+                bool package_upgrade;   /* cloud-init package_upgrade: apt-get upgrade at first boot */
         } software;
 
         struct {
@@ -274,6 +276,11 @@ typedef struct SpecNetwork {
 } SpecNetwork;
 
 int vm_spec_network(const VmSpec *spec, SpecNetwork *ret, HydraError *err);
+
+/* The guest NIC's MAC address: network.mac, else the default of the boot mode (start-vm.sh's two). The QEMU argv
+ * builder gives the NIC this address and the cloud-init renderer matches the guest's interface by it: one choice
+ * for both. Borrowed from the spec or a constant. */
+const char *vm_spec_mac(const VmSpec *spec);
 
 /* Replaces guest.password (cleartext) by a yescrypt hash in guest.password_hash and wipes the cleartext. No-op
  * without a password. Returns 0, or -errno with err set (never quoting the password). */

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -37,8 +38,12 @@
  * moved over /usr/bin/NAME by runcmd. */
 static const char *const tool_names[] = { "ctr-enc", "ctd-decoder", "rimd-keyprovider-proxy" };
 
-/* The interfaces start-vm.sh configures, whichever of them the guest's kernel names its NIC. */
-static const char *const interface_names[] = { "enp0s1", "enp0s2", "enp0s3", "ens4", "ens3", "eth0" };
+/* The name the guest's NIC gets. start-vm.sh configured six guessed names (enp0s1 ... eth0) with the same
+ * address; on an ifupdown image that fails networking.service on every boot ("RTNETLINK answers: File exists":
+ * enp0s3 is an alternative name of ens3). Instead, one stanza matches the NIC by the MAC address QEMU gives it
+ * and renames it: cloud-init renames it at first boot and writes a udev rule (ifupdown: 70-persistent-net.rules)
+ * that keeps the name on later boots, so the name is the same whatever the machine type's PCI layout. */
+#define INTERFACE_NAME "eth0"
 
 /* --- the files' fixed contents (start-vm.sh's heredocs, after the shell expanded them) --- */
 
@@ -266,6 +271,7 @@ typedef struct Params {
         char guest_ip[INET_ADDRSTRLEN];
         char gateway[INET_ADDRSTRLEN];
         char dns[INET_ADDRSTRLEN];
+        char mac[18];              /* lower case: the kernel's spelling, which udev rules compare with */
         uint32_t prefix_len;
         uint32_t diod_port;
         const char *k3s_version;
@@ -276,6 +282,7 @@ typedef struct Params {
         bool proxy;
         bool diod;
         bool nvdimm;
+        bool wget;                 /* a runcmd or script runs wget */
 } Params;
 
 static const char *or_default(const char *s, const char *def) {
@@ -310,12 +317,18 @@ static int check_guest(const VmSpec *spec, Params *p, HydraError *err) {
 }
 
 static int check_network(const VmSpec *spec, Params *p, HydraError *err) {
+        const char *mac = vm_spec_mac(spec);
         SpecNetwork n;
         int r;
 
         r = vm_spec_network(spec, &n, err);
         if (r < 0)
                 return r;
+        r = field_check_mac("network.mac", mac, err);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < sizeof(p->mac); i++)
+                p->mac[i] = (char) tolower((unsigned char) mac[i]); /* hex digits and ':' (checked) */
         if (!inet_ntop(AF_INET, &n.guest, p->guest_ip, sizeof(p->guest_ip)) ||
             !inet_ntop(AF_INET, &n.gateway, p->gateway, sizeof(p->gateway)) ||
             !inet_ntop(AF_INET, &n.dns, p->dns, sizeof(p->dns)))
@@ -374,6 +387,8 @@ static int check_software(const CloudInitInput *in, Params *p, HydraError *err) 
                 if (r < 0)
                         return r;
         }
+        /* csi-grpc-proxy's download, the k3s install line and install_debs.sh. */
+        p->wget = p->proxy || p->diod || !strv_isempty(spec->software.extra_debs);
         return 0;
 }
 
@@ -615,7 +630,7 @@ static void render_users(Out *o, const Params *p) {
 static void render_packages(Out *o, const Params *p) {
         const char *kernel = p->spec->software.kernel_package;
 
-        if (!p->nvdimm && !p->diod && !p->proxy && isempty(kernel))
+        if (!p->nvdimm && !p->diod && !p->proxy && !p->wget && isempty(kernel))
                 return;
         put(o, "packages:\n");
         /* start-vm.sh tests `[ ${SHMEM_TYPE}=="nvdimm" ]`, one word and so always true: ndctl only for nvdimm. */
@@ -630,6 +645,9 @@ static void render_packages(Out *o, const Params *p) {
                 put_str(o, kernel);
                 put(o, "\n");
         }
+        /* What the seed's own commands run: not every cloud image has it. */
+        if (p->wget)
+                put(o, "- wget\n");
 }
 
 static void render_write_files(Out *o, const Params *p) {
@@ -747,7 +765,7 @@ static void render_runcmd(Out *o, const Params *p) {
                 put_cmd(o, "chmod", "a+x", "/usr/bin/csi-grpc-proxy", NULL);
                 put_cmd(o, "bash", "-c", "mv /etc/containerd/config.toml.new /etc/containerd/config.toml", NULL);
                 put_cmd(o, "bash", "-c",
-                        "sed -ie 's[ExecStartPre=-[ExecStartPre=/usr/bin/wait_for_mounts.sh\\nExecStartPre=-[g' "
+                        "sed -i -e 's[ExecStartPre=-[ExecStartPre=/usr/bin/wait_for_mounts.sh\\nExecStartPre=-[g' "
                         "/usr/lib/systemd/system/containerd.service",
                         NULL);
         }
@@ -774,7 +792,7 @@ static void render_runcmd(Out *o, const Params *p) {
                 if (p->crismux)
                         put_cmd(o, "bash", "-c", SH_INSTALL_CRISMUX, "bash", p->gateway, NULL);
                 put_cmd(o, "bash", "-c", "cat /etc/diod.conf.new > /etc/diod.conf", NULL);
-                put_cmd(o, "bash", "-c", "sed -ie 's/DIOD_ENABLE=false/DIOD_ENABLE=true/g' /etc/default/diod", NULL);
+                put_cmd(o, "bash", "-c", "sed -i -e 's/DIOD_ENABLE=false/DIOD_ENABLE=true/g' /etc/default/diod", NULL);
                 put_cmd(o, "systemctl", "daemon-reload", NULL);
                 put_cmd(o, "systemctl", "restart", "diod", NULL);
         }
@@ -814,16 +832,24 @@ static void render_runcmd(Out *o, const Params *p) {
                 put_cmd(o, "shutdown", "-r", "0", NULL);
 }
 
+static const char *true_false(bool b) {
+        return b ? "true" : "false";
+}
+
 static void render_user_data(Out *o, const Params *p) {
         put(o, "#cloud-config\n");
         render_users(o, p);
         put(o, "hostname: ");
         put_str(o, p->hostname);
+        /* manage_etc_hosts: the hostname resolves (sudo said "unable to resolve host" on every call).
+         * package_update/upgrade are spec settings: a device without a mirror cannot run them. */
         put(o, "\n"
                "create_hostname_file: true\n"
+               "manage_etc_hosts: true\n"
                "package_reboot_if_required: true\n"
-               "package_update: true\n"
-               "package_upgrade: true\n");
+               "package_update: %s\n"
+               "package_upgrade: %s\n",
+            true_false(p->spec->software.package_update), true_false(p->spec->software.package_upgrade));
         render_packages(o, p);
         render_write_files(o, p);
         render_runcmd(o, p);
@@ -838,23 +864,32 @@ static void render_meta_data(Out *o, const Params *p) {
         put(o, "\n");
 }
 
+/* One stanza: the NIC QEMU was given (vm_spec_mac()), renamed to INTERFACE_NAME. The default route is gateway4,
+ * not a `routes:` entry: cloud-init's ENI renderer (Debian's ifupdown images) writes a route as `post-up route add
+ * default gw ... || true`, and route(8) is net-tools, which such an image need not have (a bookworm guest had no
+ * default route: "route: not found"); gateway4 becomes ifupdown's own `gateway` line (iproute2), networkd's
+ * Gateway=, and netplan reads it as it is. */
 static void render_network_config(Out *o, const Params *p) {
         char address[INET_ADDRSTRLEN + 4];
 
         (void) snprintf(address, sizeof(address), "%s/%" PRIu32, p->guest_ip, p->prefix_len);
-        put(o, "version: 2\nethernets:\n");
-        for (size_t i = 0; i < ELEMENTSOF(interface_names); i++) {
-                put(o, "  %s:\n"
-                       "    dhcp4: false\n"
-                       "    addresses: [",
-                    interface_names[i]);
-                put_str(o, address);
-                put(o, "]\n    nameservers:\n      addresses: [");
-                put_str(o, p->dns);
-                put(o, "]\n    routes:\n    - to: 0.0.0.0/0\n      via: ");
-                put_str(o, p->gateway);
-                put(o, "\n");
-        }
+        put(o, "version: 2\n"
+               "ethernets:\n"
+               "  %s:\n"
+               "    match:\n"
+               "      macaddress: ",
+            INTERFACE_NAME);
+        put_str(o, p->mac);
+        put(o, "\n    set-name: %s\n"
+               "    dhcp4: false\n"
+               "    addresses: [",
+            INTERFACE_NAME);
+        put_str(o, address);
+        put(o, "]\n    gateway4: ");
+        put_str(o, p->gateway);
+        put(o, "\n    nameservers:\n      addresses: [");
+        put_str(o, p->dns);
+        put(o, "]\n");
 }
 
 void cloud_init_files_done(CloudInitFiles *f) {

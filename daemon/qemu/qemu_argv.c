@@ -417,9 +417,8 @@ static void add_network(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *r
         builder_add(b, "-netdev");
         builder_take(b, TAKE_PTR(netdev));
 
-        mac = builder_escape(b, !isempty(spec->network.mac) ? spec->network.mac
-                                : rt->bare_kernel           ? SPEC_DEFAULT_MAC_BARE
-                                                            : SPEC_DEFAULT_MAC_IMAGE);
+        /* The cloud-init seed matches the guest's interface by this address (vm_spec_mac() chooses for both). */
+        mac = builder_escape(b, vm_spec_mac(spec));
         builder_add(b, "-device");
         builder_addf(b, "virtio-net-pci,netdev=net0,mac=%s", mac);
 }

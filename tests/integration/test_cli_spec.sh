@@ -284,6 +284,8 @@ kernel_package = linux-image-6.12.0-1-amd64
 extra_deb = https://example.com/a.deb
 extra_deb = https://example.com/b.deb
 reboot_after_install = true
+package_update = yes
+package_upgrade = no
 
 [network]
 forward = 2222:22
@@ -370,6 +372,8 @@ software.k3s_version|v1.30.0+k3s1
 software.kernel_package|linux-image-6.12.0-1-amd64
 software.extra_debs|["https://example.com/a.deb", "https://example.com/b.deb"]
 software.reboot_after_install|True
+software.package_update|True
+software.package_upgrade|False
 forwards.0.host_port|2222
 network.guest_ip|10.0.2.16
 network.gateway|10.0.2.1
@@ -487,6 +491,8 @@ guest|password_hash|hailhydra|not a crypt\(3\) hash
 guest|ssh_authorized_key|AAAAC3Nza|'AAAAC3Nza' is not an OpenSSH public key
 software|containerd_proxy|sometimes|'sometimes' is not a boolean
 software|k3s_diod|y|'y' is not a boolean
+software|package_update|sometimes|'sometimes' is not a boolean \(allowed: true, false, yes, no, on, off, 1, 0\)
+software|package_upgrade|2|'2' is not a boolean
 software|kernel_package|Linux-Image|'Linux-Image' is not a Debian package name
 software|extra_deb|/tmp/x.deb|'/tmp/x.deb' has an unsupported scheme \(allowed: http://, https://\)
 software|csi_grpc_proxy_url|github.com/x|'github.com/x' has an unsupported scheme
@@ -676,7 +682,7 @@ image = {'url': 'https://cloud.debian.org/images/cloud/trixie/20250814-2204/debi
 software = {'disable_containerd_proxy': False,
             'csi_grpc_proxy_url': 'https://github.com/democratic-csi/csi-grpc-proxy/releases/download/v0.5.6/csi-grpc-proxy-v0.5.6-linux-',
             'k3s_diod': False, 'k3s_version': 'v1.32.6+k3s1', 'kernel_package': None, 'extra_debs': [],
-            'reboot_after_install': False}
+            'reboot_after_install': False, 'package_update': True, 'package_upgrade': True}
 network = {'guest_ip': '10.0.2.15', 'gateway': '10.0.2.2', 'dns': '10.0.2.3', 'prefix_len': 24, 'mac': None}
 base = {'cpus': 2, 'memory_mib': 8192, 'accel': 'auto', 'arch': '$ARCH_M', 'machine': None, 'cpu_model': None,
         'kernel': None, 'disk': None, 'firmware': None, 'keep_pristine': False, 'reuse_disk_on_change': False,
@@ -819,6 +825,25 @@ env_value "KERNEL_VERSION wins" linux-image-cloud-amd64 software.kernel_package 
 env_value "INSTALL_ADDITIONAL_DEBS, '\$'-separated" '["http://a.example/x.deb", "https://b.example/y.deb"]' \
     software.extra_debs "" 'INSTALL_ADDITIONAL_DEBS=http://a.example/x.deb$https://b.example/y.deb'
 env_value "ENABLE_REBOOT_AFTER_INSTALLATION" True software.reboot_after_install "" ENABLE_REBOOT_AFTER_INSTALLATION=1
+# hydrad's HYDRA_PACKAGE_UPDATE/UPGRADE: unset, start-vm.sh's seed (both on); a boolean turns either off.
+env_value "HYDRA_PACKAGE_UPDATE unset: package_update on, as start-vm.sh" True software.package_update ""
+env_value "HYDRA_PACKAGE_UPGRADE unset: package_upgrade on, as start-vm.sh" True software.package_upgrade isolated
+env_value "HYDRA_PACKAGE_UPDATE empty counts as unset" True software.package_update "" HYDRA_PACKAGE_UPDATE=
+for pair in no:False NO:False 0:False off:False false:False yes:True 1:True On:True; do
+    env_value "HYDRA_PACKAGE_UPDATE=${pair%%:*}" "${pair#*:}" software.package_update host \
+        HYDRA_PACKAGE_UPDATE="${pair%%:*}"
+    env_value "HYDRA_PACKAGE_UPGRADE=${pair%%:*}" "${pair#*:}" software.package_upgrade "" \
+        HYDRA_PACKAGE_UPGRADE="${pair%%:*}"
+done
+env_value "HYDRA_PACKAGE_UPGRADE=no leaves package_update on" True software.package_update "" HYDRA_PACKAGE_UPGRADE=no
+env_value "HYDRA_PACKAGE_UPDATE=no leaves package_upgrade on" True software.package_upgrade "" HYDRA_PACKAGE_UPDATE=no
+env_fail "HYDRA_PACKAGE_UPDATE=maybe" 2 "^hydractl: --from-env: HYDRA_PACKAGE_UPDATE: 'maybe' is not a boolean \(allowed: true, false, yes, no, on, off, 1, 0\)$" "" \
+    HYDRA_PACKAGE_UPDATE=maybe
+env_fail "HYDRA_PACKAGE_UPGRADE=2" 2 "HYDRA_PACKAGE_UPGRADE: '2' is not a boolean" "" HYDRA_PACKAGE_UPGRADE=2
+env_value "RUN_BARE_KERNEL=1: no software, HYDRA_PACKAGE_UPDATE ignored" null software isolated-bare HYDRA_PACKAGE_UPDATE=no
+if grep -q "^hydractl: note: HYDRA_PACKAGE_UPDATE and HYDRA_PACKAGE_UPGRADE are ignored with RUN_BARE_KERNEL=1" "$T/err"; then
+    ok "RUN_BARE_KERNEL=1: a note says HYDRA_PACKAGE_* are ignored"; else
+    not_ok "RUN_BARE_KERNEL=1: a note says HYDRA_PACKAGE_* are ignored ($(cat "$T/err"))"; fi
 env_value "K3S_VERSION_INSTALL" v1.31.0+k3s1 software.k3s_version "" K3S_VERSION_INSTALL=v1.31.0+k3s1
 # hydrad's rules (common/field.c), so that RegisterVm and StartVm accept what --from-env produced.
 env_fail "INSTALL_ADDITIONAL_DEBS with '}'" 2 "INSTALL_ADDITIONAL_DEBS: 'http://x/a.deb#REDACTED' contains '}'" "" \

@@ -122,6 +122,8 @@ def main():
                                                                    "vendor-data"])
         check("plan: user-data has the hostname and the hash", '"edge-1"' in names.get("user-data", "")
               and r.vm.spec.guest.password_hash in names.get("user-data", ""))
+        check("plan: no software section: no apt-get update or upgrade",
+              "\npackage_update: false\npackage_upgrade: false\n" in names.get("user-data", ""))
         check("plan: the disk and the seed on the command line",
               any(f"{state}/isolated/disk.qcow2" in a for a in plan.argv)
               and any(f"{state}/isolated/seed.iso" in a for a in plan.argv))
@@ -205,6 +207,25 @@ def main():
         check("config change: the disk was reset (the marker is gone)", not disk_marked(vm.disk_path))
         check("config change: a notice says the disk was reset", any("disk reset" in n for n in notices),
               str(notices))
+        mark_disk(vm.disk_path)
+
+        # software.package_update/upgrade: through the API both ways, into the seed, and (guest configuration)
+        # a change resets the disk too.
+        n_events = len(events)
+        r = h.RegisterVm(pb.RegisterVmRequest(role=iso, spec=cloud_spec(guest={"hostname": "edge-2"},
+                                                                        software=pb.Software(package_update=True))),
+                         timeout=10)
+        check("package_update: registered and returned as sent", r.changed and r.vm.spec.software.package_update
+              and not r.vm.spec.software.package_upgrade, str(r.vm.spec.software))
+        plan = h.PlanVm(pb.PlanVmRequest(role=iso), timeout=10)
+        user_data = next((f.content.decode() for f in plan.files if f.path.endswith("/user-data")), "")
+        check("package_update: the seed updates and does not upgrade",
+              "\npackage_update: true\n" in user_data and "\npackage_upgrade: false\n" in user_data, user_data[:600])
+        vm = h.StartVm(pb.StartVmRequest(role=iso, timeout_seconds=120), timeout=150)
+        h.StopVm(pb.StopVmRequest(role=iso, force=True), timeout=60)
+        notices = [ev.notice.message for ev in events[n_events:] if ev.WhichOneof("kind") == "notice"]
+        check("package_update change: the disk was reset", not disk_marked(vm.disk_path)
+              and any("disk reset" in n for n in notices), str(notices))
         mark_disk(vm.disk_path)
 
         n_events = len(events)
