@@ -43,6 +43,8 @@ class Artifacts:
         self.oci_archive = last_line([f"{HERE}/build-oci", f"{CACHE_DIR}/oci"])
         with open(os.path.join(os.path.dirname(self.oci_archive), "ref")) as f:
             self.oci_ref = f.read().strip()
+        with open(os.path.join(os.path.dirname(self.oci_archive), "pause-ref")) as f:
+            self.pause_ref = f.read().strip()  # a stand-in for the CRI plugin's sandbox image
         with open(os.path.join(self.image_dir, "SHA512SUMS")) as f:
             self.sha512 = f.read().split()[0]
         self.www = tempfile.mkdtemp(prefix="www.", dir=CACHE_DIR)
