@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds Hydra (warnings are errors), then runs every test: Check unit tests and the integration tests on real
-# QEMU under TCG (ctest), then the integration tests once more against an ASan/UBSan build of hydrad and
-# hydractl, where a leak or a memory error fails the test.
+# QEMU under TCG (ctest), the e2e tier (tests/e2e: a real Debian guest provisioned by hydrad runs containers for
+# the host; its images are cached in /var/cache/hydra-e2e), then the integration tests once more against an
+# ASan/UBSan build of hydrad and hydractl, where a leak or a memory error fails the test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$PWD
@@ -16,6 +17,9 @@ ctest --test-dir build -L unit -j2 --output-on-failure
 
 echo "=== integration tests (real QEMU, TCG)"
 ctest --test-dir build -L integration --output-on-failure
+
+echo "=== e2e tests (a real Debian guest, TCG; tests/e2e/README.md)"
+ctest --test-dir build -L e2e --verbose
 
 echo "=== build (build-asan/, AddressSanitizer + UBSan)"
 cmake -S . -B build-asan -G Ninja -DHYDRA_WERROR=ON -DHYDRA_ASAN=ON -DCMAKE_BUILD_TYPE=Debug \

@@ -22,8 +22,41 @@ APT_SOURCE = f"deb [trusted=yes] http://10.0.2.2:{REPO_PORT}/ ./"
 IMAGE_NAME = "debian-12-hydra-e2e-amd64.qcow2.xz"
 CACHE_DIR = os.environ.get("HYDRA_E2E_CACHE", "/var/cache/hydra-e2e")
 
+USER = "hydra"
+PASSWORD = "e2e-Pa55word"  # a test password: the guests are throw-away and reachable only on 127.0.0.1
+READY_TIMEOUT = int(os.environ.get("HYDRA_E2E_READY_TIMEOUT", "1500"))  # seconds; TCG on 2 busy cores is slow
+
 HYDRAD = os.environ.get("HYDRAD", "build/hydrad")
 HYDRACTL = os.environ.get("HYDRACTL", "build/hydractl")
+
+
+def script_env(hostname, ssh_port, key, cpus, **extra):
+    """start-vm.sh's variables for a test VM (the local server's image, its checksum, the proxy stand-in, a user
+    with a password and the test's key, TCG, 2 GiB), nothing from the caller's environment; extra adds or
+    overrides."""
+    env = {
+        "HOME": os.environ.get("HOME", "/root"),
+        "DEFAULT_IMAGE": IMAGE_NAME,
+        "DEFAULT_IMAGE_SOURCE_URL": f"http://127.0.0.1:{REPO_PORT}/images",
+        "HYDRA_IMAGE_SUMS_URL": f"http://127.0.0.1:{REPO_PORT}/images/SHA512SUMS",
+        "DEFAULT_CSI_GRPC_PROXY_URL": f"http://10.0.2.2:{REPO_PORT}/csi-grpc-proxy-",
+        "VM_USERNAME": USER,
+        "VM_PASSWORD": PASSWORD,
+        "VM_HOSTNAME": hostname,
+        "VM_SSH_AUTHORIZED_KEY": key,
+        "KVM_CPU": str(cpus),
+        "KVM_MEMORY": "2",
+        "HYDRA_ACCEL": "tcg",
+        "DEFAULT_KVM_HOST_SSHD_PORT": str(ssh_port),
+    }
+    env.update(extra)
+    return env
+
+
+def get_vm(api, role):
+    """GetVm of role ("host" or "isolated")."""
+    from hydra.v1 import hydra_pb2 as pb
+    return api.GetVm(pb.GetVmRequest(role=pb.ROLE_HOST if role == "host" else pb.ROLE_ISOLATED), timeout=30)
 
 
 def last_line(cmd):

@@ -15,45 +15,17 @@ import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 
-from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from e2elib import (HYDRAD, IMAGE_NAME, REPO_PORT, Artifacts, Checks, Clock, Daemon, Guest,  # noqa: E402
-                    HttpServer, free_port, hydractl, note, wait_for)
+from e2elib import (HYDRAD, READY_TIMEOUT, REPO_PORT, USER, Artifacts, Checks, Clock, Daemon, Guest,  # noqa: E402
+                    HttpServer, free_port, get_vm, hydractl, note, script_env, wait_for)
 
-USER = "hydra"
-PASSWORD = "e2e-Pa55word"
-READY_TIMEOUT = int(os.environ.get("HYDRA_E2E_READY_TIMEOUT", "1500"))
 DIOD_PORT = 30564  # the script's fstab lines name this port (DEFAULT_KVM_HOST_DIOD_PORT's default)
 
-
-
-def base_env(hostname, ssh_port, key, **extra):
-    env = {
-        "HOME": os.environ.get("HOME", "/root"),
-        "DEFAULT_IMAGE": IMAGE_NAME,
-        "DEFAULT_IMAGE_SOURCE_URL": f"http://127.0.0.1:{REPO_PORT}/images",
-        "HYDRA_IMAGE_SUMS_URL": f"http://127.0.0.1:{REPO_PORT}/images/SHA512SUMS",
-        "DEFAULT_CSI_GRPC_PROXY_URL": f"http://10.0.2.2:{REPO_PORT}/csi-grpc-proxy-",
-        "VM_USERNAME": USER,
-        "VM_PASSWORD": PASSWORD,
-        "VM_HOSTNAME": hostname,
-        "VM_SSH_AUTHORIZED_KEY": key,
-        "KVM_CPU": "1",  # two TCG guests on two cores
-        "KVM_MEMORY": "2",
-        "HYDRA_ACCEL": "tcg",
-        "DEFAULT_KVM_HOST_SSHD_PORT": str(ssh_port),
-    }
-    env.update(extra)
-    return env
-
-
-def get_vm(api, role):
-    return api.GetVm(pb.GetVmRequest(role=role), timeout=30)
 
 
 def start(check, api, sock, role, guest, what):
     clock = Clock(what)
     p = hydractl(sock, "start", role, "--wait", "ready", "--timeout", str(READY_TIMEOUT), timeout=READY_TIMEOUT + 60)
-    vm = get_vm(api, pb.ROLE_HOST if role == "host" else pb.ROLE_ISOLATED)
+    vm = get_vm(api, role)
     if not check(f"{what}: hydractl start {role} --wait ready", p.returncode == 0 and vm.ready,
                  f"exit {p.returncode}: {p.stderr.strip()}; ready_detail '{vm.ready_detail}', "
                  f"last_error '{vm.last_error}'"):
@@ -78,10 +50,10 @@ def main():
     try:
         api = d.start()
         sock = d.sock
-        env = base_env("hydra-e2e-host", host.port, host.public_key, DEFAULT_KVM_PORTS_REDIRECT="")
+        env = script_env("hydra-e2e-host", host.port, host.public_key, 1, DEFAULT_KVM_PORTS_REDIRECT="")
         p = hydractl(sock, "register", "host", "--from-env", "--preset", "host", env=env)
         check("hydractl register host --from-env --preset host", p.returncode == 0, p.stderr)
-        vm = get_vm(api, pb.ROLE_HOST)
+        vm = get_vm(api, "host")
         check(f"the host VM forwards 127.0.0.1:{DIOD_PORT} to diod (guest port 564)",
               any(f.host_port == DIOD_PORT and f.guest_port == 564 for f in vm.spec.forwards),
               str(list(vm.spec.forwards)))
@@ -100,8 +72,9 @@ def main():
                      "echo pod-log | sudo tee /var/log/pods/hydra-e2e-log >/dev/null")
         check("a file written in the host VM's /var/lib/kubelet", p.returncode == 0, p.stderr)
 
-        env = base_env("hydra-e2e-isolated", isolated.port, isolated.public_key,
-                       DEFAULT_KVM_HOST_CONTAINERD_PORT=str(free_port()), DEFAULT_KVM_PORTS_REDIRECT="")
+        # 1 vCPU each: two TCG guests on two cores.
+        env = script_env("hydra-e2e-isolated", isolated.port, isolated.public_key, 1,
+                         DEFAULT_KVM_HOST_CONTAINERD_PORT=str(free_port()), DEFAULT_KVM_PORTS_REDIRECT="")
         p = hydractl(sock, "register", "isolated", "--from-env", "--preset", "isolated", env=env)
         check("hydractl register isolated --from-env --preset isolated (kubelet shares over TCP)",
               p.returncode == 0, p.stderr)
@@ -122,7 +95,7 @@ def main():
         for role in ("isolated", "host"):
             t = time.monotonic()
             p = hydractl(sock, "stop", role, timeout=300)
-            vm = get_vm(api, pb.ROLE_HOST if role == "host" else pb.ROLE_ISOLATED)
+            vm = get_vm(api, role)
             note(f"stop {role}: {time.monotonic() - t:.1f} s ({vm.last_exit.reason})")
             check(f"hydractl stop {role}: guest-shutdown", p.returncode == 0 and
                   vm.last_exit.reason == "guest-shutdown", f"{p.stderr.strip()} {vm.last_exit.reason}")

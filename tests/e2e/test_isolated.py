@@ -24,49 +24,26 @@ import time
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from e2elib import (HYDRAD, IMAGE_NAME, REPO_PORT, Artifacts, Checks, Clock, Daemon,  # noqa: E402
-                    Guest, HttpServer, free_port, hydractl, note, wait_for)
+from e2elib import (HYDRAD, IMAGE_NAME, PASSWORD, READY_TIMEOUT, REPO_PORT, USER, Artifacts,  # noqa: E402
+                    Checks, Clock, Daemon, Guest, HttpServer, free_port, get_vm, hydractl, note, script_env,
+                    wait_for)
 import cri  # noqa: E402
 
-USER = "hydra"
-PASSWORD = "e2e-Pa55word"  # a test password: the guest is throw-away and reachable only on 127.0.0.1
 HOSTNAME = "hydra-e2e-isolated"
-READY_TIMEOUT = int(os.environ.get("HYDRA_E2E_READY_TIMEOUT", "1500"))  # seconds; TCG on 2 busy cores is slow
 ISSUE_LINE = "Hydra VM installed and configured."
 NO_BOOT_TIMEOUT = 60  # seconds: the readiness limit for the image that does not boot
 
 
 
-def register_env(art, ssh_port, cri_port, hostname, **extra):
-    """start-vm.sh's variables for this test, nothing from the caller's environment."""
-    env = {
-        "HOME": os.environ.get("HOME", "/root"),
-        "DEFAULT_IMAGE": IMAGE_NAME,
-        "DEFAULT_IMAGE_SOURCE_URL": f"http://127.0.0.1:{REPO_PORT}/images",
-        "HYDRA_IMAGE_SUMS_URL": f"http://127.0.0.1:{REPO_PORT}/images/SHA512SUMS",
-        "DEFAULT_CSI_GRPC_PROXY_URL": f"http://10.0.2.2:{REPO_PORT}/csi-grpc-proxy-",
-        "VM_USERNAME": USER,
-        "VM_PASSWORD": PASSWORD,
-        "VM_HOSTNAME": hostname,
-        "KVM_CPU": "2",
-        "KVM_MEMORY": "2",
-        "HYDRA_ACCEL": "tcg",
-        "DEFAULT_KVM_HOST_SSHD_PORT": str(ssh_port),
-        "DEFAULT_KVM_HOST_CONTAINERD_PORT": str(cri_port),
-        # The kubelet shares wait for the host VM's diod: off for the isolated VM alone (test_host runs the pair).
-        "EXTERNAL_9P_KUBELET_MOUNTS": "0",
-        "DISABLE_9P_KUBELET_MOUNTS": "1",
-    }
-    env.update(extra)
-    return env
+def register_env(ssh_port, cri_port, hostname, key, **extra):
+    """The isolated VM alone: 2 vCPUs; the kubelet shares wait for the host VM's diod, so they are off here
+    (test_host runs the pair)."""
+    return script_env(hostname, ssh_port, key, 2, DEFAULT_KVM_HOST_CONTAINERD_PORT=str(cri_port),
+                      EXTERNAL_9P_KUBELET_MOUNTS="0", DISABLE_9P_KUBELET_MOUNTS="1", **extra)
 
 
 def sha512(path):
     return subprocess.run(["sha512sum", path], check=True, stdout=subprocess.PIPE, text=True).stdout.split()[0]
-
-
-def get_vm(api):
-    return api.GetVm(pb.GetVmRequest(role=pb.ROLE_ISOLATED), timeout=30)
 
 
 def main():
@@ -84,7 +61,7 @@ def main():
     try:
         api = d.start()
         sock = d.sock
-        env = register_env(art, ssh_port, cri_port, HOSTNAME, VM_SSH_AUTHORIZED_KEY=guest.public_key)
+        env = register_env(ssh_port, cri_port, HOSTNAME, guest.public_key)
 
         # --- bad input: nothing boots, nothing is lost ---
         bad = dict(env, HYDRA_IMAGE_CHECKSUM="sha512:" + "0" * 128)
@@ -92,7 +69,7 @@ def main():
         p = hydractl(sock, "register", "isolated", "--from-env", "--preset", "isolated", env=bad)
         check("register with a wrong checksum", p.returncode == 0, p.stderr)
         p = hydractl(sock, "start", "isolated", timeout=600)
-        vm = get_vm(api)
+        vm = get_vm(api, "isolated")
         check("a wrong checksum fails the start and says so", p.returncode != 0 and "checksum" in p.stderr.lower()
               and vm.state != pb.VM_STATE_RUNNING, f"exit {p.returncode}: {p.stderr.strip()}")
         note(f"wrong checksum: {p.stderr.strip()}")
@@ -109,7 +86,7 @@ def main():
         del bad["HYDRA_IMAGE_SUMS_URL"]
         hydractl(sock, "register", "isolated", "--from-env", "--preset", "isolated", env=bad, check=True)
         p = hydractl(sock, "start", "isolated", timeout=600)
-        vm = get_vm(api)
+        vm = get_vm(api, "isolated")
         check("a truncated image fails the start and says so",
               p.returncode != 0 and vm.state != pb.VM_STATE_RUNNING and
               any(w in p.stderr.lower() for w in ("truncated", "unexpected end", "corrupt", "xz")),
@@ -129,7 +106,7 @@ def main():
         hydractl(sock, "register", "isolated", "--from-env", "--preset", "isolated", env=bad, check=True)
         t = time.monotonic()
         p = hydractl(sock, "start", "isolated", "--wait", "ready", timeout=NO_BOOT_TIMEOUT + 600)
-        vm = get_vm(api)
+        vm = get_vm(api, "isolated")
         note(f"an image that does not boot: failed after {time.monotonic() - t:.1f} s: {vm.last_error[:300]}")
         check("an image that does not boot: the VM is failed when readiness times out, with the reason and the "
               "console's tail in last_error",
@@ -167,7 +144,7 @@ def main():
               "failed" not in p.stdout and p.stdout.strip().endswith("0"), p.stdout)
 
         # --- containerd through hydrad's CRI socket, from the host ---
-        vm = get_vm(api)
+        vm = get_vm(api, "isolated")
         cri_sock = vm.cri_socket
         check("GetVm names the CRI socket RUN_DIR/isolated/containerd.sock",
               cri_sock == f"{d.run}/isolated/containerd.sock", cri_sock)
@@ -278,13 +255,13 @@ def boot(check, api, sock, guest, what, hostname):
     proc = subprocess.Popen([os.environ.get("HYDRACTL", "build/hydractl"), "--socket", sock, "start", "isolated",
                              "--wait", "ready", "--timeout", str(READY_TIMEOUT)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = wait_for(lambda: get_vm(api).state == pb.VM_STATE_RUNNING or proc.poll() is not None, 600, 0.2)
-    if running and get_vm(api).state == pb.VM_STATE_RUNNING:
+    running = wait_for(lambda: get_vm(api, "isolated").state == pb.VM_STATE_RUNNING or proc.poll() is not None, 600, 0.2)
+    if running and get_vm(api, "isolated").state == pb.VM_STATE_RUNNING:
         clock.mark("QEMU running")
     if guest.wait_ssh(READY_TIMEOUT):
         clock.mark("ssh")
     out, err = proc.communicate(timeout=READY_TIMEOUT + 60)
-    vm = get_vm(api)
+    vm = get_vm(api, "isolated")
     if not check(f"{what}: hydractl start isolated --wait ready", proc.returncode == 0 and vm.ready,
                  f"exit {proc.returncode}: {err.strip()}; state {pb.VmState.Name(vm.state)}, ready_detail "
                  f"'{vm.ready_detail}', last_error '{vm.last_error}'"):
@@ -303,7 +280,7 @@ def stop(check, api, sock, what):
     t = time.monotonic()
     p = hydractl(sock, "stop", "isolated", timeout=300)
     took = time.monotonic() - t
-    vm = get_vm(api)
+    vm = get_vm(api, "isolated")
     note(f"{what}: {took:.1f} s ({vm.last_exit.reason})")
     return check(f"{what}: hydractl stop powers the guest off through ACPI (reason guest-shutdown)",
                  p.returncode == 0 and vm.state == pb.VM_STATE_STOPPED and vm.last_exit.reason == "guest-shutdown",
