@@ -557,6 +557,25 @@ START_TEST(test_ndctl_only_for_nvdimm) {
 }
 END_TEST
 
+/* A kubelet share over TCP is a network file system to systemd (_netdev): unmounted before the network goes down at
+ * power-off (a real guest without it hung in the unmount until the stop timeout). Over virtio it is not. */
+START_TEST(test_tcp_shares_netdev) {
+        static const KubeletShares kinds[] = { KUBELET_SHARES_TCP, KUBELET_SHARES_VIRTIO };
+
+        for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
+                VmSpec spec = { .arch = ARCH_X86_64, .shares = { .kubelet = kinds[i] } };
+                CloudInitInput in = { .spec = &spec };
+                _cleanup_(cloud_init_files_done) CloudInitFiles f = {};
+                bool tcp = kinds[i] == KUBELET_SHARES_TCP;
+
+                render_ok(&in, &f);
+                ck_assert_int_eq(!!strstr(f.user_data, "/var/lib/kubelet 9p noauto,_netdev,"), tcp);
+                ck_assert_int_eq(!!strstr(f.user_data, "/var/log/pods 9p noauto,_netdev,"), tcp);
+                ck_assert_ptr_null(strstr(f.user_data, "virtio,version=9p2000.L,_netdev"));
+        }
+}
+END_TEST
+
 /* Without the installer's contents, neither the file nor the command that runs it. */
 START_TEST(test_crismux_optional) {
         VmSpec spec = { .arch = ARCH_X86_64, .software = { .k3s_diod = true } };
@@ -862,6 +881,7 @@ static Suite *cloudinit_suite(void) {
         tc = tcase_create("content");
         tcase_add_test(tc, test_ndctl_only_for_nvdimm);
         tcase_add_test(tc, test_crismux_optional);
+        tcase_add_test(tc, test_tcp_shares_netdev);
         tcase_add_test(tc, test_nic_mac_matches_qemu);
         tcase_add_test(tc, test_unused_fields_ignored);
         tcase_add_test(tc, test_no_input);

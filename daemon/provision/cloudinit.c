@@ -723,9 +723,11 @@ static void render_kubelet_shares(Out *o, const Params *p) {
 
                 if (p->spec->shares.kubelet == KUBELET_SHARES_VIRTIO)
                         n = asprintf(&line, "host%zu %s 9p trans=virtio,version=9p2000.L 0 0", i, dirs[i]);
-                else
+                else /* _netdev (start-vm.sh has none): systemd unmounts it while the network is still up; without
+                      * it, a guest with the share mounted cannot power off (the unmount waits on a dead TCP link
+                      * until systemd gives up, 90 s later). */
                         n = asprintf(&line,
-                                     "%s %s 9p noauto,uname=root,aname=%s,access=user,trans=tcp,port=%" PRIu32
+                                     "%s %s 9p noauto,_netdev,uname=root,aname=%s,access=user,trans=tcp,port=%" PRIu32
                                      " 0 0",
                                      p->gateway, dirs[i], dirs[i], p->diod_port);
                 if (n < 0) {
