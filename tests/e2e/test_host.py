@@ -9,6 +9,7 @@ Offline, the seed's k3s install step (`wget -O - https://get.k3s.io | sh -`) fai
 resolve the name and `sh` gets an empty script, so cloud-init still says done; the test shows wget's error and
 that k3s is absent. A connected device gets k3s there (tests/e2e/README.md)."""
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -113,6 +114,8 @@ def main():
         http.stop()
         d.cleanup()
         art.cleanup()
+        if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
+            shutil.rmtree(tmp, ignore_errors=True)  # the server's log, the test's ssh key
     return check.finish()
 
 

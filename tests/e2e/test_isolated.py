@@ -15,6 +15,7 @@ is ready sooner, and a changed hostname that resets the disk to pristine. The gu
 image fail the start with a clear error and lose nothing; an image that does not boot fails when its readiness
 limit (HYDRA_READY_TIMEOUT) runs out, with the console's tail in last_error."""
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -246,6 +247,8 @@ def main():
         http.stop()
         d.cleanup()
         art.cleanup()
+        if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
+            shutil.rmtree(tmp, ignore_errors=True)  # the server's log, the test's ssh key
     return check.finish()
 
 
