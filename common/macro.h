@@ -94,6 +94,29 @@ static inline bool strv_isempty(char *const *l) {
         return !l || !l[0];
 }
 
+static inline bool strv_contains(char *const *l, const char *s) {
+        for (size_t i = 0; l && l[i]; i++)
+                if (strcmp(l[i], s) == 0)
+                        return true;
+        return false;
+}
+
+/* Appends a copy of s (NULL: nothing). Returns 0 or -ENOMEM. */
+static inline int strv_push_copy(char ***l, const char *s) {
+        size_t n = strv_length(*l);
+        char **c;
+
+        if (!s)
+                return 0;
+        c = realloc(*l, (n + 2) * sizeof(char *));
+        if (!c)
+                return -ENOMEM;
+        *l = c;
+        c[n] = strdup(s);
+        c[n + 1] = NULL;
+        return c[n] ? 0 : -ENOMEM;
+}
+
 /* A deep copy; NULL on ENOMEM. strv_copy(NULL) is an empty list. */
 static inline char **strv_copy(char *const *l) {
         size_t n = strv_length(l);

@@ -379,19 +379,7 @@ bool vm_uses_url(const Vm *vm, const char *url) {
 }
 
 static int stale_add(Vm *vm, const char *url) {
-        size_t n = strv_length(vm->stale_urls);
-        char **l;
-
-        for (size_t i = 0; i < n; i++)
-                if (streq(vm->stale_urls[i], url))
-                        return 0;
-        l = realloc(vm->stale_urls, (n + 2) * sizeof(char *));
-        if (!l)
-                return -ENOMEM;
-        vm->stale_urls = l;
-        l[n] = strdup(url);
-        l[n + 1] = NULL;
-        return l[n] ? 0 : -ENOMEM;
+        return strv_contains(vm->stale_urls, url) ? 0 : strv_push_copy(&vm->stale_urls, url);
 }
 
 static void on_cache_dropped(int r, const HydraError *err, void *userdata) {

@@ -15,29 +15,6 @@
 #include "macro.h"
 #include "spec.h"
 
-/* Appends a copy of s (NULL: nothing). Returns 0 or -ENOMEM. */
-static int strv_push_copy(char ***l, const char *s) {
-        size_t n = strv_length(*l);
-        char **c;
-
-        if (!s)
-                return 0;
-        c = realloc(*l, (n + 2) * sizeof(char *));
-        if (!c)
-                return -ENOMEM;
-        *l = c;
-        c[n] = strdup(s);
-        c[n + 1] = NULL;
-        return c[n] ? 0 : -ENOMEM;
-}
-
-static bool strv_contains(char *const *l, const char *s) {
-        for (size_t i = 0; l && l[i]; i++)
-                if (streq(l[i], s))
-                        return true;
-        return false;
-}
-
 char **cache_vm_disks(const char *state_dir, int except_role) {
         char **l = calloc(_ROLE_MAX + 1, sizeof(char *));
         size_t n = 0;
