@@ -791,6 +791,33 @@ static int add_deb(EnvContext *ctx, const char *item, void *userdata) {
         return 0;
 }
 
+/* An optional variable that goes to a string field as it is, once check accepts it. */
+static int env_string(EnvContext *ctx, const char *name, int (*check)(const char *, const char *, HydraError *),
+                      char **field) {
+        const char *v = env_get(ctx, name, NULL);
+        int r;
+
+        if (!v)
+                return 0;
+        r = check(name, v, ctx->err);
+        if (r < 0)
+                return r;
+        return spec_field_set(field, v) < 0 ? oom(ctx) : 0;
+}
+
+/* The nelly pieces, hydrad's own variables and the crismux installer's: the isolated VM's sandbox image (an
+ * offline device cannot pull it), the host VM's crismux download. */
+static int map_nelly(EnvContext *ctx, Hydra__V1__Software *sw) {
+        int r;
+
+        if ((r = env_string(ctx, "HYDRA_SANDBOX_IMAGE", field_check_image_ref, &sw->sandbox_image)) < 0 ||
+            (r = env_string(ctx, "HYDRA_SANDBOX_IMAGE_URL", field_check_guest_url, &sw->sandbox_image_url)) < 0 ||
+            (r = env_string(ctx, "CRISMUX_ARTIFACT_URL", field_check_guest_url, &sw->crismux_url)) < 0 ||
+            (r = env_string(ctx, "CRISMUX_SHA256", field_check_sha256, &sw->crismux_sha256)) < 0)
+                return r;
+        return 0;
+}
+
 static int map_software(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         Hydra__V1__Software *sw = spec_software(spec);
         const char *kernel = env_get(ctx, "KERNEL_VERSION", NULL), *kv = env_get(ctx, "DEFAULT_KERNEL_VERSION", NULL);
@@ -827,6 +854,9 @@ static int map_software(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
                 return r;
         if (spec_field_set(&sw->csi_grpc_proxy_url, csi) < 0 || spec_field_set(&sw->k3s_version, k3s) < 0)
                 return oom(ctx);
+        r = map_nelly(ctx, sw);
+        if (r < 0)
+                return r;
 
         /* KERNEL_VERSION is a package name; DEFAULT_KERNEL_VERSION a version the script makes one of. */
         if (!kernel && kv) {

@@ -158,7 +158,7 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "ssh_authorized_keys",
                                            json_from_strv(g->ssh_authorized_keys, g->n_ssh_authorized_keys)));
         r |= json_object_set_new(j, "software", !sw ? json_null() :
-                                 json_pack("{s:b, s:o, s:b, s:o, s:o, s:o, s:b, s:b, s:b}",
+                                 json_pack("{s:b, s:o, s:b, s:o, s:o, s:o, s:b, s:b, s:b, s:o, s:o, s:o, s:o}",
                                            "disable_containerd_proxy", (int) sw->disable_containerd_proxy,
                                            "csi_grpc_proxy_url", json_string_or_null(sw->csi_grpc_proxy_url),
                                            "k3s_diod", (int) sw->k3s_diod,
@@ -167,7 +167,11 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "extra_debs", json_from_strv(sw->extra_debs, sw->n_extra_debs),
                                            "reboot_after_install", (int) sw->reboot_after_install,
                                            "package_update", (int) sw->package_update,
-                                           "package_upgrade", (int) sw->package_upgrade));
+                                           "package_upgrade", (int) sw->package_upgrade,
+                                           "sandbox_image", json_string_or_null(sw->sandbox_image),
+                                           "sandbox_image_url", json_string_or_null(sw->sandbox_image_url),
+                                           "crismux_url", json_string_or_null(sw->crismux_url),
+                                           "crismux_sha256", json_string_or_null(sw->crismux_sha256)));
         r |= json_object_set_new(j, "network", !n ? json_null() :
                                  json_pack("{s:o, s:o, s:o, s:i, s:o}",
                                            "guest_ip", json_string_or_null(n->guest_ip),

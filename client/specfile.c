@@ -44,6 +44,8 @@ typedef enum ValueType {
         VT_URL,           /* a URL hydrad fetches */
         VT_GUEST_URL,     /* a URL the guest fetches (field_check_guest_url) */
         VT_K3S_VERSION,
+        VT_IMAGE_REF,     /* a container image reference (field_check_image_ref) */
+        VT_SHA256,        /* 64 hex digits */
         VT_CHECKSUM,
         VT_SECRET,
         VT_HEADER,
@@ -121,6 +123,10 @@ typedef enum SpecKey {
         KEY_SOFTWARE_REBOOT_AFTER_INSTALL,
         KEY_SOFTWARE_PACKAGE_UPDATE,
         KEY_SOFTWARE_PACKAGE_UPGRADE,
+        KEY_SOFTWARE_SANDBOX_IMAGE,
+        KEY_SOFTWARE_SANDBOX_IMAGE_URL,
+        KEY_SOFTWARE_CRISMUX_URL,
+        KEY_SOFTWARE_CRISMUX_SHA256,
         KEY_NETWORK_FORWARD,
         KEY_NETWORK_GUEST_IP,
         KEY_NETWORK_GATEWAY,
@@ -214,6 +220,10 @@ static const struct {
         [KEY_SOFTWARE_REBOOT_AFTER_INSTALL] = { "software", "reboot_after_install", VT_BOOL },
         [KEY_SOFTWARE_PACKAGE_UPDATE] = { "software", "package_update", VT_BOOL },
         [KEY_SOFTWARE_PACKAGE_UPGRADE] = { "software", "package_upgrade", VT_BOOL },
+        [KEY_SOFTWARE_SANDBOX_IMAGE] = { "software", "sandbox_image", VT_IMAGE_REF },
+        [KEY_SOFTWARE_SANDBOX_IMAGE_URL] = { "software", "sandbox_image_url", VT_GUEST_URL },
+        [KEY_SOFTWARE_CRISMUX_URL] = { "software", "crismux_url", VT_GUEST_URL },
+        [KEY_SOFTWARE_CRISMUX_SHA256] = { "software", "crismux_sha256", VT_SHA256 },
         [KEY_NETWORK_FORWARD] = { "network", "forward", VT_FORWARD },
         [KEY_NETWORK_GUEST_IP] = { "network", "guest_ip", VT_IPV4 },
         [KEY_NETWORK_GATEWAY] = { "network", "gateway", VT_IPV4 },
@@ -1003,7 +1013,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_GUEST_HOSTNAME: return &g->hostname;
                 default: return g;
                 }
-        case KEY_SOFTWARE_CONTAINERD_PROXY ... KEY_SOFTWARE_PACKAGE_UPGRADE:
+        case KEY_SOFTWARE_CONTAINERD_PROXY ... KEY_SOFTWARE_CRISMUX_SHA256:
                 sw = spec_software(spec);
                 if (!sw)
                         return NULL;
@@ -1016,6 +1026,10 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_SOFTWARE_EXTRA_DEB: return sw;
                 case KEY_SOFTWARE_PACKAGE_UPDATE: return &sw->package_update;
                 case KEY_SOFTWARE_PACKAGE_UPGRADE: return &sw->package_upgrade;
+                case KEY_SOFTWARE_SANDBOX_IMAGE: return &sw->sandbox_image;
+                case KEY_SOFTWARE_SANDBOX_IMAGE_URL: return &sw->sandbox_image_url;
+                case KEY_SOFTWARE_CRISMUX_URL: return &sw->crismux_url;
+                case KEY_SOFTWARE_CRISMUX_SHA256: return &sw->crismux_sha256;
                 default: return &sw->reboot_after_install;
                 }
         case KEY_NETWORK_GUEST_IP ... KEY_NETWORK_MAC:
@@ -1278,6 +1292,16 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 break;
         case VT_K3S_VERSION:
                 r = field_check_k3s_version(key_name, value, err);
+                if (r < 0)
+                        return r;
+                break;
+        case VT_IMAGE_REF:
+                r = field_check_image_ref(key_name, value, err);
+                if (r < 0)
+                        return r;
+                break;
+        case VT_SHA256:
+                r = field_check_sha256(key_name, value, err);
                 if (r < 0)
                         return r;
                 break;

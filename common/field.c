@@ -247,6 +247,30 @@ int field_check_package(const char *field, const char *name, HydraError *err) {
         return 0;
 }
 
+int field_check_image_ref(const char *field, const char *ref, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+        int r;
+
+        r = check_chars(field, ref, LOWER UPPER DIGITS "._-/:@", 255,
+                        "an image reference such as registry.k8s.io/pause:3.6", err);
+        if (r < 0)
+                return r;
+        if (!strchr(LOWER UPPER DIGITS, ref[0]))
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not an image reference (allowed: starting with a "
+                                       "letter or digit, such as registry.k8s.io/pause:3.6)",
+                                       field, field_quote(q, ref));
+        return 0;
+}
+
+int field_check_sha256(const char *field, const char *hex, HydraError *err) {
+        char q[QUOTE_BUF_SIZE];
+
+        if (strlen(hex) != 64 || strspn(hex, DIGITS "abcdefABCDEF") != 64)
+                return hydra_error_set(err, -EINVAL, "%s: '%s' is not a SHA-256 digest (allowed: 64 hex digits)",
+                                       field, field_quote(q, hex));
+        return 0;
+}
+
 int field_check_ipv4(const char *field, const char *value, HydraError *err) {
         char q[QUOTE_BUF_SIZE];
         struct in_addr a;

@@ -61,6 +61,13 @@ int field_check_k3s_version(const char *field, const char *version, HydraError *
 /* A Debian package name (software.kernel_package): 2-128 of a-z, 0-9, '+', '.', '-', starting with a-z or 0-9. */
 int field_check_package(const char *field, const char *name, HydraError *err);
 
+/* A container image reference (software.sandbox_image), e.g. registry.k8s.io/pause:3.6: 1-255 of letters, digits
+ * and '.', '_', '-', '/', ':', '@', starting with a letter or digit. It is written to containerd's TOML config. */
+int field_check_image_ref(const char *field, const char *ref, HydraError *err);
+
+/* A SHA-256 digest as 64 hex digits (software.crismux_sha256). */
+int field_check_sha256(const char *field, const char *hex, HydraError *err);
+
 /* A dotted-quad IPv4 literal (network.guest_ip, .gateway, .dns). */
 int field_check_ipv4(const char *field, const char *value, HydraError *err);
 

@@ -177,6 +177,12 @@ int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
         p->software.reboot_after_install = s->software.reboot_after_install;
         p->software.package_update = s->software.package_update;
         p->software.package_upgrade = s->software.package_upgrade;
+        p->software.sandbox_image = pb_str(s->software.sandbox_image);
+        p->software.sandbox_image_url = pb_url(p, s->software.sandbox_image_url, redact);
+        p->software.crismux_url = pb_url(p, s->software.crismux_url, redact);
+        if (!p->software.sandbox_image_url || !p->software.crismux_url)
+                return -ENOMEM;
+        p->software.crismux_sha256 = pb_str(s->software.crismux_sha256);
         p->spec.software = &p->software;
 
         hydra__v1__network__init(&p->network);
@@ -364,6 +370,10 @@ int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err) {
                 s.software.package_upgrade = p->software->package_upgrade;
                 if (dup_str(&s.software.csi_grpc_proxy_url, p->software->csi_grpc_proxy_url) < 0 ||
                     dup_str(&s.software.k3s_version, p->software->k3s_version) < 0 ||
+                    dup_str(&s.software.sandbox_image, p->software->sandbox_image) < 0 ||
+                    dup_str(&s.software.sandbox_image_url, p->software->sandbox_image_url) < 0 ||
+                    dup_str(&s.software.crismux_url, p->software->crismux_url) < 0 ||
+                    dup_str(&s.software.crismux_sha256, p->software->crismux_sha256) < 0 ||
                     dup_str(&s.software.kernel_package, p->software->kernel_package) < 0 ||
                     dup_strv(&s.software.extra_debs, p->software->extra_debs, p->software->n_extra_debs) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");

@@ -76,6 +76,7 @@ static const CloudInitBlob tools_all[] = {
         "#!/bin/sh\n"                                                  \
         "# test stand-in for add-crismux/install_crismux.sh\n"         \
         "echo \"crismux $1 via ${NELLY_HOSTNAME}\"\n"
+#define CRISMUX_SHA256 "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 typedef struct GoldenCase {
         const char *name;
@@ -97,7 +98,9 @@ static const GoldenCase golden_cases[] = {
                                      .hostname = "hydra-isolated", .ssh_authorized_keys = isolated_keys },
                           .software = { .csi_grpc_proxy_url = SPEC_DEFAULT_CSI_GRPC_PROXY_URL,
                                         .k3s_version = SPEC_DEFAULT_K3S_VERSION,
-                                        .package_update = true, .package_upgrade = true },
+                                        .package_update = true, .package_upgrade = true,
+                                        .sandbox_image = "registry.example.org/pause:3.9",
+                                        .sandbox_image_url = "http://10.0.2.2:8080/pause.oci.tar" },
                           .network = { .guest_ip = "10.0.2.15", .gateway = "10.0.2.2", .dns = "10.0.2.3",
                                        .prefix_len = 24 },
                           .shares = { .kubelet = KUBELET_SHARES_TCP, .diod_port = 30564 } },
@@ -111,7 +114,9 @@ static const GoldenCase golden_cases[] = {
                           .guest = { .username = "hailhydra", .password_hash = HASH_HAILHYDRA,
                                      .hostname = "hydra-host" },
                           .software = { .disable_containerd_proxy = true, .k3s_diod = true,
-                                        .k3s_version = "v1.33.1+k3s1", .package_update = true },
+                                        .k3s_version = "v1.33.1+k3s1", .package_update = true,
+                                        .crismux_url = "http://10.0.2.2:8080/crismux-v1.2.2-linux-arm64.tar.gz",
+                                        .crismux_sha256 = CRISMUX_SHA256 },
                           .network = { .guest_ip = "10.0.2.15", .gateway = "10.0.2.2", .dns = "10.0.2.3",
                                        .prefix_len = 24 },
                           .shares = { .kubelet = KUBELET_SHARES_NONE, .diod_port = 30564 } },
@@ -576,7 +581,7 @@ START_TEST(test_tcp_shares_netdev) {
 }
 END_TEST
 
-/* Without the installer's contents, neither the file nor the command that runs it. */
+/* Without the installer's contents, neither the file nor the command that runs it, nor the RuntimeClass. */
 START_TEST(test_crismux_optional) {
         VmSpec spec = { .arch = ARCH_X86_64, .software = { .k3s_diod = true } };
         CloudInitInput in = { .spec = &spec };
@@ -591,6 +596,41 @@ START_TEST(test_crismux_optional) {
         render_ok(&in, &with);
         ck_assert_ptr_nonnull(strstr(with.user_data, "- path: /usr/bin/install_crismux.sh\n"));
         ck_assert_ptr_nonnull(strstr(with.user_data, "/usr/bin/install_crismux.sh install"));
+        /* The installer's own defaults: an empty URL and checksum. */
+        ck_assert_ptr_nonnull(strstr(with.user_data, "install_crismux.sh install\", \"bash\", \"10.0.2.2\", \"\", \"\"]"));
+        ck_assert_ptr_nonnull(strstr(with.user_data,
+                                     "- path: /var/lib/rancher/k3s/server/manifests/hydra-nelly-runtimeclass.yaml\n"
+                                     "  content: |\n"
+                                     "    apiVersion: node.k8s.io/v1\n"
+                                     "    kind: RuntimeClass\n"
+                                     "    metadata:\n"
+                                     "      name: nelly\n"
+                                     "    handler: nelly\n"));
+        ck_assert_ptr_null(strstr(without.user_data, "RuntimeClass"));
+}
+END_TEST
+
+/* containerd's sandbox image: the default written out, a spec's own, and its archive imported only when given. */
+START_TEST(test_sandbox_image) {
+        VmSpec spec = { .arch = ARCH_X86_64 };
+        CloudInitInput in = { .spec = &spec };
+        _cleanup_(cloud_init_files_done) CloudInitFiles plain = {}, own = {};
+
+        render_ok(&in, &plain);
+        ck_assert_ptr_nonnull(strstr(plain.user_data, "    [plugins.\"io.containerd.grpc.v1.cri\"]\n"
+                                                      "            sandbox_image = \"registry.k8s.io/pause:3.6\"\n"));
+        ck_assert_ptr_null(strstr(plain.user_data, "images import"));
+
+        spec.software.sandbox_image = "registry.example.org/pause:3.9";
+        spec.software.sandbox_image_url = "http://10.0.2.2:8080/pause.tar";
+        render_ok(&in, &own);
+        ck_assert_ptr_nonnull(strstr(own.user_data, "sandbox_image = \"registry.example.org/pause:3.9\"\n"));
+        /* After containerd's restart (ctr needs it), before the proxy opens it to the host (readiness). */
+        ck_assert_ptr_nonnull(strstr(own.user_data, "- [\"systemctl\", \"restart\", \"containerd\"]\n"
+                                                    "- [\"bash\", \"-c\", \"wget -q -O"));
+        ck_assert_ptr_nonnull(strstr(own.user_data, "ctr -n k8s.io images import"));
+        ck_assert_ptr_nonnull(strstr(own.user_data, "\"bash\", \"http://10.0.2.2:8080/pause.tar\"]\n"
+                                                    "- [\"systemctl\", \"start\", \"csi-grpc-proxy.service\"]"));
 }
 END_TEST
 
@@ -758,6 +798,11 @@ REFUSAL(kernel_package_space, spec->software.kernel_package = "linux-image-amd64
 REFUSAL(kernel_package_upper, spec->software.kernel_package = "Linux-image")
 REFUSAL(kernel_package_option, spec->software.kernel_package = "-oAPT::x=y")
 REFUSAL(shmem_enum, spec->devices.shmem = (Shmem) 5)
+REFUSAL(sandbox_image_quote, spec->software.sandbox_image = "pause\"\n[plugins]")
+REFUSAL(sandbox_image_option, spec->software.sandbox_image = "-pause")
+REFUSAL(sandbox_image_url_quote, spec->software.sandbox_image_url = "http://10.0.2.2/\"pause.tar")
+REFUSAL(crismux_url_option, spec->software.k3s_diod = true; spec->software.crismux_url = "-O/etc/passwd")
+REFUSAL(crismux_sha256_short, spec->software.k3s_diod = true; spec->software.crismux_sha256 = "abc")
 REFUSAL(tool_unknown, in->tools = tool_unknown; in->n_tools = 1)
 REFUSAL(tool_twice, in->tools = tool_twice; in->n_tools = 2)
 REFUSAL(tool_empty, in->tools = tool_empty; in->n_tools = 1)
@@ -788,6 +833,11 @@ static const Refusal refusals[] = {
         R(mac_quote, "network.mac: "),
         R(mac_multicast, "network.mac: "),
         R(kubelet_enum, "shares.kubelet: "),
+        R(sandbox_image_quote, "software.sandbox_image: "),
+        R(sandbox_image_option, "software.sandbox_image: "),
+        R(sandbox_image_url_quote, "software.sandbox_image_url: "),
+        R(crismux_url_option, "software.crismux_url: "),
+        R(crismux_sha256_short, "software.crismux_sha256: "),
         R(diod_port, "shares.diod_port: "),
         R(extra_quote, "shares.extra[0].guest_path: "),
         R(extra_space, "shares.extra[0].guest_path: "),
@@ -881,6 +931,7 @@ static Suite *cloudinit_suite(void) {
         tc = tcase_create("content");
         tcase_add_test(tc, test_ndctl_only_for_nvdimm);
         tcase_add_test(tc, test_crismux_optional);
+        tcase_add_test(tc, test_sandbox_image);
         tcase_add_test(tc, test_tcp_shares_netdev);
         tcase_add_test(tc, test_nic_mac_matches_qemu);
         tcase_add_test(tc, test_unused_fields_ignored);

@@ -81,8 +81,9 @@ DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
         X(bare.artifact.user) X(bare.artifact.password) X(bare.artifact.token) X(bare.artifact.token_header)    \
         X(bare.dir) X(bare.kernel) X(bare.kernel_version) X(bare.initrd) X(bare.rootfs) X(guest.username)        \
         X(guest.password) X(guest.password_hash) X(guest.hostname) X(software.csi_grpc_proxy_url)                \
-        X(software.k3s_version) X(software.kernel_package) X(network.guest_ip) X(network.gateway)                \
-        X(network.dns) X(network.mac) X(shares.kubelet_host_dir) X(devices.shmem_path)                          \
+        X(software.k3s_version) X(software.kernel_package) X(software.sandbox_image)                            \
+        X(software.sandbox_image_url) X(software.crismux_url) X(software.crismux_sha256) X(network.guest_ip)     \
+        X(network.gateway) X(network.dns) X(network.mac) X(shares.kubelet_host_dir) X(devices.shmem_path)       \
         X(supervision.probe_pattern)
 
 #define SPEC_SCALARS(X)                                                                                          \
@@ -953,6 +954,18 @@ static int check_software(const VmSpec *spec, HydraError *err) {
                 if (r < 0)
                         return r;
         }
+        if (spec->software.sandbox_image &&
+            (r = field_check_image_ref("software.sandbox_image", spec->software.sandbox_image, err)) < 0)
+                return r;
+        if (spec->software.sandbox_image_url &&
+            (r = field_check_guest_url("software.sandbox_image_url", spec->software.sandbox_image_url, err)) < 0)
+                return r;
+        if (spec->software.crismux_url &&
+            (r = field_check_guest_url("software.crismux_url", spec->software.crismux_url, err)) < 0)
+                return r;
+        if (spec->software.crismux_sha256 &&
+            (r = field_check_sha256("software.crismux_sha256", spec->software.crismux_sha256, err)) < 0)
+                return r;
         n = strv_length(spec->software.extra_debs);
         if (n > SPEC_MAX_EXTRA_DEBS)
                 return hydra_error_set(err, -EINVAL, "software.extra_debs: %zu entries (allowed: at most %u)", n,

@@ -151,6 +151,10 @@ typedef struct VmSpec {
                 bool reboot_after_install;
                 bool package_update;    /* cloud-init package_update: apt-get update at first boot */
                 bool package_upgrade;   /* cloud-init package_upgrade: apt-get upgrade at first boot */
+                char *sandbox_image;    /* containerd's CRI sandbox image; NULL: SPEC_DEFAULT_SANDBOX_IMAGE */
+                char *sandbox_image_url;/* an OCI archive of it the guest imports at first boot, or NULL */
+                char *crismux_url;      /* k3s_diod: the installer's CRISMUX_ARTIFACT_URL, or NULL: its default */
+                char *crismux_sha256;   /* k3s_diod: the installer's CRISMUX_SHA256, or NULL */
         } software;
 
         struct {
@@ -208,6 +212,8 @@ typedef struct VmSpec {
 #define SPEC_DEFAULT_MAC_IMAGE "52:54:00:08:06:8b"
 #define SPEC_DEFAULT_MAC_BARE "52:54:00:94:33:ca"
 #define SPEC_DEFAULT_K3S_VERSION "v1.32.6+k3s1"
+/* containerd 1.6's own default (Debian 12's containerd), written out so that a device knows what to provide. */
+#define SPEC_DEFAULT_SANDBOX_IMAGE "registry.k8s.io/pause:3.6"
 #define SPEC_DEFAULT_CSI_GRPC_PROXY_URL \
         "https://github.com/democratic-csi/csi-grpc-proxy/releases/download/v0.5.6/csi-grpc-proxy-v0.5.6-linux-"
 #define SPEC_DEFAULT_DIOD_PORT 30564U

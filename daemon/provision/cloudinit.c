@@ -117,6 +117,7 @@ static const char wait_for_mounts_sh[] =
         "fi\n"
         "exit 0\n";
 
+/* A format: %s is the sandbox image (field_check_image_ref(): no quote or backslash can reach the TOML string). */
 static const char containerd_config_toml[] =
         "version = 2\n"
         "\n"
@@ -148,6 +149,7 @@ static const char containerd_config_toml[] =
         "        path = \"/usr/bin/rimd-keyprovider-proxy\"\n"
         "        args = [\"--dummy\"]\n"
         "    [plugins.\"io.containerd.grpc.v1.cri\"]\n"
+        "        sandbox_image = \"%s\"\n"
         "        [plugins.\"io.containerd.grpc.v1.cri\".cni]\n"
         "            bin_dir = \"/usr/lib/cni\"\n"
         "            conf_dir = \"/etc/cni/net.d\"\n"
@@ -165,6 +167,15 @@ static const char containerd_config_toml[] =
         "        CriuPath = \"\"\n"
         "        CriuWorkPath = \"\"\n"
         "        IoGid = 0\n";
+
+/* The RuntimeClass that sends a pod to the isolated VM, for k3s's auto-deploy directory: the host VM alone yields
+ * a cluster that knows nelly (start-vm.sh leaves it to the add-crismux chart). */
+static const char nelly_runtimeclass_yaml[] =
+        "apiVersion: node.k8s.io/v1\n"
+        "kind: RuntimeClass\n"
+        "metadata:\n"
+        "  name: nelly\n"
+        "handler: nelly\n";
 
 static const char ocicrypt_keyprovider_dummy_conf[] =
         "{\n"
@@ -242,7 +253,14 @@ static const char issue_hydra[] =
 /* Shell snippets for runcmd. Constant: values reach them only as positional parameters. */
 #define SH_APPEND_FSTAB "printf '%s\\n' \"$1\" >> /etc/fstab"
 #define SH_INSTALL_K3S "wget -O - https://get.k3s.io | INSTALL_K3S_VERSION=\"$1\" sh -"
-#define SH_INSTALL_CRISMUX "NELLY_HOSTNAME=\"$1\" /usr/bin/install_crismux.sh install"
+/* The installer's defaults stand for an empty URL or checksum. */
+#define SH_INSTALL_CRISMUX                                                                                     \
+        "NELLY_HOSTNAME=\"$1\" CRISMUX_ARTIFACT_URL=\"$2\" CRISMUX_SHA256=\"$3\" /usr/bin/install_crismux.sh install"
+/* The sandbox image for a device that cannot pull it: into the CRI plugin's namespace. */
+#define SH_IMPORT_SANDBOX                                                                                      \
+        "wget -q -O /var/lib/containerd/hydra-sandbox-image.tar \"$1\" && "                                         \
+        "ctr -n k8s.io images import /var/lib/containerd/hydra-sandbox-image.tar && "                          \
+        "rm -f /var/lib/containerd/hydra-sandbox-image.tar"
 
 /* --- checks: each names the field and the value (quoted, escaped) and says what is allowed --- */
 
@@ -278,6 +296,10 @@ typedef struct Params {
         const char *csi_url;
         const char *debian_arch;
         const char *crismux;       /* NULL: not installed */
+        const char *crismux_url;   /* "": the installer's default */
+        const char *crismux_sha256;/* "": none */
+        const char *sandbox_image;
+        const char *sandbox_image_url; /* NULL: not imported */
         const CloudInitBlob *tools[ELEMENTSOF(tool_names)];
         bool proxy;
         bool diod;
@@ -375,6 +397,24 @@ static int check_software(const CloudInitInput *in, Params *p, HydraError *err) 
                 if (r < 0)
                         return r;
                 p->crismux = isempty(in->crismux_installer) ? NULL : in->crismux_installer;
+                p->crismux_url = strempty(spec->software.crismux_url);
+                if (*p->crismux_url && (r = field_check_guest_url("software.crismux_url", p->crismux_url, err)) < 0)
+                        return r;
+                p->crismux_sha256 = strempty(spec->software.crismux_sha256);
+                if (*p->crismux_sha256 &&
+                    (r = field_check_sha256("software.crismux_sha256", p->crismux_sha256, err)) < 0)
+                        return r;
+        }
+        if (p->proxy) {
+                p->sandbox_image = or_default(spec->software.sandbox_image, SPEC_DEFAULT_SANDBOX_IMAGE);
+                r = field_check_image_ref("software.sandbox_image", p->sandbox_image, err);
+                if (r < 0)
+                        return r;
+                p->sandbox_image_url = isempty(spec->software.sandbox_image_url) ? NULL
+                                                                                   : spec->software.sandbox_image_url;
+                if (p->sandbox_image_url &&
+                    (r = field_check_guest_url("software.sandbox_image_url", p->sandbox_image_url, err)) < 0)
+                        return r;
         }
 
         if (!isempty(spec->software.kernel_package) &&
@@ -653,6 +693,12 @@ static void render_packages(Out *o, const Params *p) {
 static void render_write_files(Out *o, const Params *p) {
         put(o, "write_files:\n");
         if (p->proxy) {
+                _cleanup_free_ char *config = NULL;
+
+                if (asprintf(&config, containerd_config_toml, p->sandbox_image) < 0) {
+                        o->r = -ENOMEM;
+                        return;
+                }
                 put(o, "- path: /etc/systemd/system/csi-grpc-proxy.service\n");
                 put_block(o, "content", csi_grpc_proxy_unit);
                 put(o, "- path: /usr/bin/wait_for_mounts.sh\n"
@@ -660,7 +706,7 @@ static void render_write_files(Out *o, const Params *p) {
                        "  permissions: '0744'\n");
                 put_block(o, "content", wait_for_mounts_sh);
                 put(o, "- path: /etc/containerd/config.toml.new\n");
-                put_block(o, "content", containerd_config_toml);
+                put_block(o, "content", config);
                 put(o, "- path: /etc/containerd/ocicrypt-keyprovider-dummy.conf\n");
                 put_block(o, "content", ocicrypt_keyprovider_dummy_conf);
         }
@@ -673,6 +719,8 @@ static void render_write_files(Out *o, const Params *p) {
                                "  permissions: '0744'\n"
                                "  encoding: b64\n");
                         put_base64(o, p->crismux, strlen(p->crismux));
+                        put(o, "- path: /var/lib/rancher/k3s/server/manifests/hydra-nelly-runtimeclass.yaml\n");
+                        put_block(o, "content", nelly_runtimeclass_yaml);
                 }
         }
         for (size_t t = 0; t < ELEMENTSOF(tool_names); t++) {
@@ -792,7 +840,8 @@ static void render_runcmd(Out *o, const Params *p) {
         if (p->diod) {
                 put_cmd(o, "bash", "-c", SH_INSTALL_K3S, "bash", p->k3s_version, NULL);
                 if (p->crismux)
-                        put_cmd(o, "bash", "-c", SH_INSTALL_CRISMUX, "bash", p->gateway, NULL);
+                        put_cmd(o, "bash", "-c", SH_INSTALL_CRISMUX, "bash", p->gateway, p->crismux_url,
+                                p->crismux_sha256, NULL);
                 put_cmd(o, "bash", "-c", "cat /etc/diod.conf.new > /etc/diod.conf", NULL);
                 put_cmd(o, "bash", "-c", "sed -i -e 's/DIOD_ENABLE=false/DIOD_ENABLE=true/g' /etc/default/diod", NULL);
                 put_cmd(o, "systemctl", "daemon-reload", NULL);
@@ -828,6 +877,8 @@ static void render_runcmd(Out *o, const Params *p) {
                 put_cmd(o, "systemctl", "enable", "csi-grpc-proxy.service", NULL);
                 put_cmd(o, "systemctl", "daemon-reload", NULL);
                 put_cmd(o, "systemctl", "restart", "containerd", NULL);
+                if (p->sandbox_image_url)
+                        put_cmd(o, "bash", "-c", SH_IMPORT_SANDBOX, "bash", p->sandbox_image_url, NULL);
                 put_cmd(o, "systemctl", "start", "csi-grpc-proxy.service", NULL);
         }
         if (spec->software.reboot_after_install)

@@ -752,12 +752,16 @@ static int load_tool_blobs(const VmSpec *spec, const char *artifact_dir, ToolBlo
         return 0;
 }
 
+/* packaging/install_crismux.sh, built into hydrad (cmake/embed.cmake, the build's gen/crismux_installer.c). */
+extern const char crismux_installer_sh[];
+
 static int render_seed(const VmSpec *spec, const ToolBlobs *tools, CloudInitFiles *files, HydraError *err) {
         CloudInitInput in = {
                 .spec = spec,
                 .debian_arch = provision_debian_arch(spec->arch),
                 .tools = tools && tools->n > 0 ? tools->blobs : NULL,
                 .n_tools = tools ? tools->n : 0,
+                .crismux_installer = crismux_installer_sh,
         };
 
         return cloud_init_render(&in, files, err);

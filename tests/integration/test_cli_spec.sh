@@ -286,6 +286,10 @@ extra_deb = https://example.com/b.deb
 reboot_after_install = true
 package_update = yes
 package_upgrade = no
+sandbox_image = registry.example.org/pause:3.9
+sandbox_image_url = http://10.0.2.2:8080/pause.tar
+crismux_url = http://10.0.2.2:8080/crismux
+crismux_sha256 = 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 
 [network]
 forward = 2222:22
@@ -374,6 +378,10 @@ software.extra_debs|["https://example.com/a.deb", "https://example.com/b.deb"]
 software.reboot_after_install|True
 software.package_update|True
 software.package_upgrade|False
+software.sandbox_image|registry.example.org/pause:3.9
+software.sandbox_image_url|http://10.0.2.2:8080/pause.tar
+software.crismux_url|http://10.0.2.2:8080/crismux
+software.crismux_sha256|9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 forwards.0.host_port|2222
 network.guest_ip|10.0.2.16
 network.gateway|10.0.2.1
@@ -493,6 +501,11 @@ software|containerd_proxy|sometimes|'sometimes' is not a boolean
 software|k3s_diod|y|'y' is not a boolean
 software|package_update|sometimes|'sometimes' is not a boolean \(allowed: true, false, yes, no, on, off, 1, 0\)
 software|package_upgrade|2|'2' is not a boolean
+software|sandbox_image|pause"x|'pause.+x' contains '"' \(allowed: an image reference
+software|sandbox_image|-pause|'-pause' is not an image reference
+software|sandbox_image_url|file:///p.tar|'file:///p.tar' has an unsupported scheme \(allowed: http://, https://\)
+software|crismux_url|http://x/cris mux|'http://x/cris mux' contains a space
+software|crismux_sha256|abc|'abc' is not a SHA-256 digest \(allowed: 64 hex digits\)
 software|kernel_package|Linux-Image|'Linux-Image' is not a Debian package name
 software|extra_deb|/tmp/x.deb|'/tmp/x.deb' has an unsupported scheme \(allowed: http://, https://\)
 software|csi_grpc_proxy_url|github.com/x|'github.com/x' has an unsupported scheme
@@ -682,7 +695,8 @@ image = {'url': 'https://cloud.debian.org/images/cloud/trixie/20250814-2204/debi
 software = {'disable_containerd_proxy': False,
             'csi_grpc_proxy_url': 'https://github.com/democratic-csi/csi-grpc-proxy/releases/download/v0.5.6/csi-grpc-proxy-v0.5.6-linux-',
             'k3s_diod': False, 'k3s_version': 'v1.32.6+k3s1', 'kernel_package': None, 'extra_debs': [],
-            'reboot_after_install': False, 'package_update': True, 'package_upgrade': True}
+            'reboot_after_install': False, 'package_update': True, 'package_upgrade': True,
+            'sandbox_image': None, 'sandbox_image_url': None, 'crismux_url': None, 'crismux_sha256': None}
 network = {'guest_ip': '10.0.2.15', 'gateway': '10.0.2.2', 'dns': '10.0.2.3', 'prefix_len': 24, 'mac': None}
 base = {'cpus': 2, 'memory_mib': 8192, 'accel': 'auto', 'arch': '$ARCH_M', 'machine': None, 'cpu_model': None,
         'kernel': None, 'disk': None, 'firmware': None, 'keep_pristine': False, 'reuse_disk_on_change': False,
@@ -839,6 +853,16 @@ env_value "HYDRA_PACKAGE_UPGRADE=no leaves package_update on" True software.pack
 env_value "HYDRA_PACKAGE_UPDATE=no leaves package_upgrade on" True software.package_upgrade "" HYDRA_PACKAGE_UPDATE=no
 env_fail "HYDRA_PACKAGE_UPDATE=maybe" 2 "^hydractl: --from-env: HYDRA_PACKAGE_UPDATE: 'maybe' is not a boolean \(allowed: true, false, yes, no, on, off, 1, 0\)$" "" \
     HYDRA_PACKAGE_UPDATE=maybe
+env_value "HYDRA_SANDBOX_IMAGE" registry.example.org/pause:3.9 software.sandbox_image isolated \
+    HYDRA_SANDBOX_IMAGE=registry.example.org/pause:3.9
+env_value "HYDRA_SANDBOX_IMAGE_URL" http://10.0.2.2:18480/pause.tar software.sandbox_image_url isolated \
+    HYDRA_SANDBOX_IMAGE_URL=http://10.0.2.2:18480/pause.tar
+env_value "CRISMUX_ARTIFACT_URL (the installer's)" http://10.0.2.2:18480/crismux software.crismux_url host \
+    CRISMUX_ARTIFACT_URL=http://10.0.2.2:18480/crismux
+env_value "CRISMUX_SHA256 (the installer's)" 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 \
+    software.crismux_sha256 host CRISMUX_SHA256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+env_fail "HYDRA_SANDBOX_IMAGE with a quote" 2 "HYDRA_SANDBOX_IMAGE: 'pause.+' contains '\"'" "" 'HYDRA_SANDBOX_IMAGE=pause"'
+env_fail "CRISMUX_SHA256 too short" 2 "CRISMUX_SHA256: 'abc' is not a SHA-256 digest" host CRISMUX_SHA256=abc
 env_fail "HYDRA_PACKAGE_UPGRADE=2" 2 "HYDRA_PACKAGE_UPGRADE: '2' is not a boolean" "" HYDRA_PACKAGE_UPGRADE=2
 env_value "RUN_BARE_KERNEL=1: no software, HYDRA_PACKAGE_UPDATE ignored" null software isolated-bare HYDRA_PACKAGE_UPDATE=no
 if grep -q "^hydractl: note: HYDRA_PACKAGE_UPDATE and HYDRA_PACKAGE_UPGRADE are ignored with RUN_BARE_KERNEL=1" "$T/err"; then
