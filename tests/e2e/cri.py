@@ -1,5 +1,5 @@
-"""A CRI client for the e2e tests: RuntimeService/Version, and a container run in a pod entirely server-side
-(run_in_pod), over grpcio, with the message definitions of cri_version.proto compiled by protoc at first use
+"""A CRI client for the e2e tests: RuntimeService/Version, a container run in a pod entirely server-side
+(run_in_pod), and the kubelet's calls for a pod whose container runs to its end (kubelet_pod), over grpcio, with the message definitions of cri_version.proto compiled by protoc at first use
 (no generated code is kept in the tree)."""
 import importlib.util
 import os
@@ -105,3 +105,65 @@ def run_in_pod(socket_path, image, command, runtime_handler="", timeout=120):
                     _rpc(channel, method, request, response_type, timeout)
                 except grpc.RpcError:
                     pass
+
+
+def kubelet_pod(socket_path, image, command, runtime_handler, make_log_dir, read_log, timeout=120, poll=0.2):
+    """A pod of one container that runs `command` and exits, with exactly the calls the kubelet sends (through
+    crismux) for it: RunPodSandbox with `runtime_handler`, CreateContainer, StartContainer, ContainerStatus until
+    the container has exited, then StopPodSandbox and RemovePodSandbox (which removes the container).
+
+    The pod is the kubelet's shape: node network (so no CNI; the container sees the node's host name), log
+    directory /var/log/pods/NAMESPACE_NAME_UID and the container's log c/0.log in it. The kubelet makes those
+    directories on its own file system before RunPodSandbox: make_log_dir(pod_log_dir, container_dir) does it.
+    Once the container has exited, read_log(path) reads its log (the absolute path ContainerStatus gives) as the
+    kubelet would; its result is returned.
+    Returns {"exit_code", "reason", "log_path", "log", "calls": [(method, seconds), ...]} in call order; an
+    error of a call is raised after the pod is stopped and removed."""
+    m = messages()
+    name = f"hydra-e2e-{uuid.uuid4().hex[:12]}"
+    uid = str(uuid.uuid4())
+    log_dir = f"/var/log/pods/hydra-e2e_{name}_{uid}"
+    ns = m.NamespaceOption(network=m.NODE, pid=m.POD, ipc=m.POD)
+    sandbox_config = m.PodSandboxConfig(
+        metadata=m.PodSandboxMetadata(name=name, uid=uid, namespace="hydra-e2e", attempt=0),
+        log_directory=log_dir,
+        linux=m.LinuxPodSandboxConfig(security_context=m.LinuxSandboxSecurityContext(namespace_options=ns)))
+    result = {"calls": []}
+    make_log_dir(log_dir, f"{log_dir}/c")
+    sandbox_id = None
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        def call(method, request, response_type):
+            start = time.monotonic()
+            try:
+                return _rpc(channel, method, request, response_type, timeout)
+            finally:
+                result["calls"].append((method, time.monotonic() - start))
+
+        try:
+            sandbox_id = call("RunPodSandbox",
+                              m.RunPodSandboxRequest(config=sandbox_config, runtime_handler=runtime_handler),
+                              m.RunPodSandboxResponse).pod_sandbox_id
+            container_config = m.ContainerConfig(metadata=m.ContainerMetadata(name="c", attempt=0),
+                                                 image=m.ImageSpec(image=image), command=list(command),
+                                                 log_path="c/0.log")
+            container_id = call("CreateContainer",
+                                m.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=container_config,
+                                                         sandbox_config=sandbox_config),
+                                m.CreateContainerResponse).container_id
+            call("StartContainer", m.StartContainerRequest(container_id=container_id), m.StartContainerResponse)
+            deadline = time.monotonic() + timeout
+            while True:
+                status = call("ContainerStatus", m.ContainerStatusRequest(container_id=container_id),
+                              m.ContainerStatusResponse).status
+                if status.state == m.CONTAINER_EXITED or time.monotonic() > deadline:
+                    break
+                time.sleep(poll)
+            result.update(exit_code=status.exit_code if status.state == m.CONTAINER_EXITED else None,
+                          reason=status.reason, log_path=status.log_path)
+            result["log"] = read_log(status.log_path)
+            return result
+        finally:
+            if sandbox_id:
+                call("StopPodSandbox", m.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), m.StopPodSandboxResponse)
+                call("RemovePodSandbox", m.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
+                     m.RemovePodSandboxResponse)

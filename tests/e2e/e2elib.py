@@ -18,6 +18,7 @@ from hydra_client import Checks, Daemon, HttpServer, free_port, note, wait_for  
 # The local package source's port is fixed: the image's sources.list names it, and that line is part of the image's
 # cache key (build-image --apt-source). A guest reaches the host's 127.0.0.1 as 10.0.2.2 (QEMU user networking).
 REPO_PORT = 18480
+PAUSE_PATH = "oci/hydra-e2e-pause.oci.tar"  # in the web root
 APT_SOURCE = f"deb [trusted=yes] http://10.0.2.2:{REPO_PORT}/ ./"
 IMAGE_NAME = "debian-12-hydra-e2e-amd64.qcow2.xz"
 CACHE_DIR = os.environ.get("HYDRA_E2E_CACHE", "/var/cache/hydra-e2e")
@@ -68,7 +69,8 @@ def last_line(cmd):
 class Artifacts:
     """build-image, build-apt-repo and build-oci (each cached: a rerun with the same package versions builds
     nothing), and a web root under the cache (hard links, so the server's realpath check keeps it inside):
-    /Packages, /Release, /pool/ (the package source), /images/ (image + SHA512SUMS), /csi-grpc-proxy-amd64."""
+    /Packages, /Release, /pool/ (the package source), /images/ (image + SHA512SUMS), /csi-grpc-proxy-amd64,
+    /oci/hydra-e2e-pause.oci.tar (the sandbox image the seed imports)."""
 
     def __init__(self):
         self.image_dir = last_line([f"{HERE}/build-image", "--apt-source", APT_SOURCE, CACHE_DIR])
@@ -76,14 +78,23 @@ class Artifacts:
         self.oci_archive = last_line([f"{HERE}/build-oci", f"{CACHE_DIR}/oci"])
         with open(os.path.join(os.path.dirname(self.oci_archive), "ref")) as f:
             self.oci_ref = f.read().strip()
-        with open(os.path.join(os.path.dirname(self.oci_archive), "pause-ref")) as f:
+        oci_dir = os.path.dirname(self.oci_archive)
+        with open(os.path.join(oci_dir, "pause-ref")) as f:
             self.pause_ref = f.read().strip()  # a stand-in for the CRI plugin's sandbox image
+        self.pause_archive = os.path.join(oci_dir, "hydra-e2e-pause.oci.tar")
         with open(os.path.join(self.image_dir, "SHA512SUMS")) as f:
             self.sha512 = f.read().split()[0]
         self.www = tempfile.mkdtemp(prefix="www.", dir=CACHE_DIR)
         self._link(self.repo_dir, "")
         self._link(self.image_dir, "images", only=(IMAGE_NAME, "SHA512SUMS"))
         self._link_file(f"{HERE}/csi-grpc-proxy-standin", "csi-grpc-proxy-amd64")
+        self._link_file(self.pause_archive, PAUSE_PATH)
+
+    def sandbox_env(self):
+        """hydrad's variables for the isolated preset's containerd: the pause stand-in as its sandbox image, named
+        in its config and imported by the seed from the web root (the guest cannot pull one)."""
+        return {"HYDRA_SANDBOX_IMAGE": self.pause_ref,
+                "HYDRA_SANDBOX_IMAGE_URL": f"http://10.0.2.2:{REPO_PORT}/{PAUSE_PATH}"}
 
     def _link_file(self, src, rel):
         dst = os.path.join(self.www, rel)

@@ -10,6 +10,7 @@ resolve the name and `sh` gets an empty script, so cloud-init still says done; t
 that k3s is absent. A connected device gets k3s there (tests/e2e/README.md)."""
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 
 from e2elib import (HYDRAD, READY_TIMEOUT, REPO_PORT, USER, Artifacts, Checks, Clock, Daemon, Guest,  # noqa: E402
                     HttpServer, free_port, get_vm, hydractl, note, script_env, wait_for)
+import cri  # noqa: E402
 
 DIOD_PORT = 30564  # the script's fstab lines name this port (DEFAULT_KVM_HOST_DIOD_PORT's default)
 
@@ -37,6 +39,49 @@ def start(check, api, sock, role, guest, what):
     guest.ssh("cloud-init status --wait >/dev/null", timeout=READY_TIMEOUT)
     clock.mark("cloud-init done")
     return clock
+
+
+def kubelet_view(check, api, host, isolated, art):
+    """What the kubelet in the host VM sends through crismux for a pod with runtimeClassName nelly, sent by the
+    test through hydrad's CRI socket: the container runs in the isolated VM, and its log lands in the host VM's
+    /var/log/pods (the isolated VM mounts it from the host VM's diod), where the kubelet reads it."""
+    cri_sock = get_vm(api, "isolated").cri_socket
+    p = subprocess.run(["ctr", "--address", cri_sock, "--namespace", "k8s.io", "images", "import", art.oci_archive],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    check("the busybox image imported into the isolated VM through the CRI socket", p.returncode == 0,
+          p.stdout + p.stderr)
+
+    def make_log_dir(pod_dir, container_dir):  # the kubelet's own file system: the host VM
+        q = host.ssh(f"sudo mkdir -p {container_dir}")
+        if q.returncode != 0:
+            raise RuntimeError(f"mkdir {container_dir} in the host VM: {q.stderr}")
+
+    def read_log(path):  # ... and the kubelet reads the log there
+        return host.ssh(f"sudo cat {path}").stdout
+
+    try:
+        pod = cri.kubelet_pod(cri_sock, art.oci_ref, ["sh", "-c", "echo hello-from-nelly; hostname"],
+                              runtime_handler="nelly", make_log_dir=make_log_dir, read_log=read_log)
+    except Exception as e:  # noqa: BLE001 - the check says what failed
+        check("a pod with runtime handler nelly: the kubelet's calls through hydrad's CRI socket", False, repr(e))
+        return
+    calls = pod["calls"]
+    polls = [t for m, t in calls if m == "ContainerStatus"]
+    for method, seconds in calls:
+        if method != "ContainerStatus":
+            note(f"kubelet view: {method} {seconds * 1000:.0f} ms")
+    note(f"kubelet view: ContainerStatus x{len(polls)}, {max(polls) * 1000:.0f} ms at most")
+    check("RunPodSandbox (nelly), CreateContainer, StartContainer, ContainerStatus until exited 0, "
+          "StopPodSandbox, RemovePodSandbox",
+          pod["exit_code"] == 0 and [m for m, _ in calls if m != "ContainerStatus"] ==
+          ["RunPodSandbox", "CreateContainer", "StartContainer", "StopPodSandbox", "RemovePodSandbox"],
+          f"exit {pod['exit_code']} ({pod['reason']}); calls {[m for m, _ in calls]}")
+    log = pod["log"]
+    note(f"the container's log, read in the host VM at {pod['log_path']}:\n{log.strip()}")
+    check("its log is read back in the host VM's /var/log/pods (CRI log lines: stdout F hello-from-nelly)",
+          pod["log_path"].startswith("/var/log/pods/") and " stdout F hello-from-nelly" in log, log)
+    check("and it ran in the isolated VM: the container's host name is the isolated VM's",
+          " stdout F hydra-e2e-isolated" in log and "hydra-e2e-host" not in log, log)
 
 
 def main():
@@ -67,6 +112,22 @@ def main():
         note(f"host VM cloud-init (the k3s step fails offline, as it must):\n{p.stdout.strip()}")
         check("offline, the k3s step fails (wget cannot reach get.k3s.io) and k3s is absent",
               "get.k3s.io" in p.stdout and "no-k3s" in p.stdout, p.stdout + p.stderr)
+        # The add-crismux module in the seed: the installer at start-vm.sh's path, the RuntimeClass in k3s's
+        # auto-deploy directory. Offline there is no k3s, so the installer refuses and changes nothing.
+        p = host.ssh("ls -l /usr/bin/install_crismux.sh; "
+                     "cat /var/lib/rancher/k3s/server/manifests/hydra-nelly-runtimeclass.yaml; "
+                     "sudo grep -h -B1 -A2 'install_crismux\\|crismux:' /var/log/cloud-init-output.log | tail -8; "
+                     "sudo /usr/bin/install_crismux.sh status; echo status-exit=$?; "
+                     "ls /etc/systemd/system/crismux.service /etc/systemd/system/containerd-k3s.service 2>&1")
+        note(f"host VM, the add-crismux module:\n{p.stdout.strip()}")
+        check("the host VM has the crismux installer (/usr/bin/install_crismux.sh, executable)",
+              "-rwxr--r--" in p.stdout and "/usr/bin/install_crismux.sh" in p.stdout, p.stdout + p.stderr)
+        check("and the RuntimeClass nelly (handler nelly) in k3s's auto-deploy directory",
+              "kind: RuntimeClass" in p.stdout and "name: nelly" in p.stdout and "handler: nelly" in p.stdout,
+              p.stdout)
+        check("offline, without k3s, the installer refused at first boot and installed nothing",
+              "No such file" in p.stdout and "crismux.service" in p.stdout, p.stdout + p.stderr)
+
         # k3s makes these directories on a connected device; offline the test does.
         p = host.ssh("sudo mkdir -p /var/lib/kubelet /var/log/pods && "
                      "echo hello-from-host-kubelet | sudo tee /var/lib/kubelet/hydra-e2e-file >/dev/null && "
@@ -75,7 +136,8 @@ def main():
 
         # 1 vCPU each: two TCG guests on two cores.
         env = script_env("hydra-e2e-isolated", isolated.port, isolated.public_key, 1,
-                         DEFAULT_KVM_HOST_CONTAINERD_PORT=str(free_port()), DEFAULT_KVM_PORTS_REDIRECT="")
+                         DEFAULT_KVM_HOST_CONTAINERD_PORT=str(free_port()), DEFAULT_KVM_PORTS_REDIRECT="",
+                         **art.sandbox_env())
         p = hydractl(sock, "register", "isolated", "--from-env", "--preset", "isolated", env=env)
         check("hydractl register isolated --from-env --preset isolated (kubelet shares over TCP)",
               p.returncode == 0, p.stderr)
@@ -92,6 +154,8 @@ def main():
         back = host.ssh("cat /var/lib/kubelet/hydra-e2e-back").stdout.strip()
         check("and a file written there by the isolated VM appears in the host VM", back == "written-by-isolated",
               back)
+
+        kubelet_view(check, api, host, isolated, art)
 
         for role in ("isolated", "host"):
             t = time.monotonic()

@@ -62,7 +62,7 @@ def main():
     try:
         api = d.start()
         sock = d.sock
-        env = register_env(ssh_port, cri_port, HOSTNAME, guest.public_key)
+        env = register_env(ssh_port, cri_port, HOSTNAME, guest.public_key, **art.sandbox_env())
 
         # --- bad input: nothing boots, nothing is lost ---
         bad = dict(env, HYDRA_IMAGE_CHECKSUM="sha512:" + "0" * 128)
@@ -164,7 +164,8 @@ def main():
         note(f"import through the CRI socket: {time.monotonic() - t:.1f} s")
         p = subprocess.run(ctr + ["images", "ls", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=60)
-        check("ctr images ls through the socket lists the image and the pause stand-in",
+        check("ctr images ls through the socket lists the image and the pause stand-in (the seed imported it from "
+              "software.sandbox_image_url)",
               art.oci_ref in p.stdout.split() and art.pause_ref in p.stdout.split(), p.stdout + p.stderr)
         try:
             version = cri.runtime_version(cri_sock)
