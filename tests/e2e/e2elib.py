@@ -6,6 +6,7 @@ build-apt-repo), the container image from busybox-static (build-oci); csi-grpc-p
 (csi-grpc-proxy-standin) because the real one is a download from the internet."""
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -196,3 +197,37 @@ class Guest:
                   "print('HYDRA-SU-STATUS', os.waitstatus_to_exitcode(status), b'HYDRA-SU-OK' in out)\n")
         p = self.ssh(f"python3 -c {shlex.quote(script)}", input=password + "\n", timeout=60)
         return "HYDRA-SU-STATUS 0 True" in p.stdout, (p.stdout + p.stderr).strip()[-300:]
+
+
+def stop_vm(check, api, sock, role, what):
+    """hydractl stop ROLE, checked to be an ACPI power-off (state stopped, reason guest-shutdown); prints the time
+    it took. Returns the check's result."""
+    from hydra.v1 import hydra_pb2 as pb
+    t = time.monotonic()
+    p = hydractl(sock, "stop", role, timeout=300)
+    vm = get_vm(api, role)
+    note(f"{what}: {time.monotonic() - t:.1f} s ({vm.last_exit.reason})")
+    return check(f"{what}: hydractl stop {role} powers the guest off through ACPI (reason guest-shutdown)",
+                 p.returncode == 0 and vm.state == pb.VM_STATE_STOPPED and vm.last_exit.reason == "guest-shutdown",
+                 f"exit {p.returncode}: {p.stderr.strip()}; state {pb.VmState.Name(vm.state)}, "
+                 f"reason {vm.last_exit.reason}")
+
+
+def teardown(check, ok, d, http, art, tmp, roles):
+    """The end of a test, whatever happened: when it failed (ok false), hydrad's log tail and each VM's console
+    tail; then hydrad is stopped (and must exit cleanly), the server stopped, and the temporary files removed
+    (the test's directory kept with HYDRA_KEEP_TEST_DIR)."""
+    if not ok:
+        note("hydrad's log tail:\n" + "\n".join(d.log().splitlines()[-40:]))
+        for role in roles:
+            console = f"{d.state}/{role}/console.log"
+            if os.path.exists(console):
+                with open(console, errors="replace") as f:
+                    note(f"{role} console tail:\n" + "".join(f.readlines()[-60:]))
+    rc = d.stop()
+    check("hydrad exits cleanly", rc == 0, f"exit {rc}")
+    http.stop()
+    d.cleanup()
+    art.cleanup()
+    if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
+        shutil.rmtree(tmp, ignore_errors=True)  # the server's log, the test's ssh key

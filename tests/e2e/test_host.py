@@ -9,16 +9,14 @@ Offline, the seed's k3s install step (`wget -O - https://get.k3s.io | sh -`) fai
 resolve the name and `sh` gets an empty script, so cloud-init still says done; the test shows wget's error and
 that k3s is absent. A connected device gets k3s there (tests/e2e/README.md)."""
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 
 from e2elib import (HYDRAD, READY_TIMEOUT, REPO_PORT, USER, Artifacts, Checks, Clock, Daemon, Guest,  # noqa: E402
-                    HttpServer, free_port, get_vm, hydractl, note, script_env, wait_for)
+                    HttpServer, free_port, get_vm, hydractl, note, script_env, stop_vm, teardown, wait_for)
 import cri  # noqa: E402
 
 DIOD_PORT = 30564  # the script's fstab lines name this port (DEFAULT_KVM_HOST_DIOD_PORT's default)
@@ -158,28 +156,10 @@ def main():
         kubelet_view(check, api, host, isolated, art)
 
         for role in ("isolated", "host"):
-            t = time.monotonic()
-            p = hydractl(sock, "stop", role, timeout=300)
-            vm = get_vm(api, role)
-            note(f"stop {role}: {time.monotonic() - t:.1f} s ({vm.last_exit.reason})")
-            check(f"hydractl stop {role}: guest-shutdown", p.returncode == 0 and
-                  vm.last_exit.reason == "guest-shutdown", f"{p.stderr.strip()} {vm.last_exit.reason}")
+            stop_vm(check, api, sock, role, f"stop {role}")
         ok = True
     finally:
-        if not ok:
-            note("hydrad's log tail:\n" + "\n".join(d.log().splitlines()[-40:]))
-            for role in ("host", "isolated"):
-                console = f"{d.state}/{role}/console.log"
-                if os.path.exists(console):
-                    with open(console, errors="replace") as f:
-                        note(f"{role} console tail:\n" + "".join(f.readlines()[-40:]))
-        rc = d.stop()
-        check("hydrad exits cleanly", rc == 0, f"exit {rc}")
-        http.stop()
-        d.cleanup()
-        art.cleanup()
-        if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
-            shutil.rmtree(tmp, ignore_errors=True)  # the server's log, the test's ssh key
+        teardown(check, ok, d, http, art, tmp, ("host", "isolated"))
     return check.finish()
 
 

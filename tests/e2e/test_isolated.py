@@ -15,7 +15,6 @@ is ready sooner, and a changed hostname that resets the disk to pristine. The gu
 image fail the start with a clear error and lose nothing; an image that does not boot fails when its readiness
 limit (HYDRA_READY_TIMEOUT) runs out, with the console's tail in last_error."""
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
 from e2elib import (HYDRAD, IMAGE_NAME, PASSWORD, READY_TIMEOUT, REPO_PORT, USER, Artifacts,  # noqa: E402
                     Checks, Clock, Daemon, Guest, HttpServer, free_port, get_vm, hydractl, note, script_env,
-                    wait_for)
+                    stop_vm, teardown, wait_for)
 import cri  # noqa: E402
 
 HOSTNAME = "hydra-e2e-isolated"
@@ -207,7 +206,7 @@ def main():
                  f"({', '.join(f'{x:.2f}' for x in guest_runs)})")
 
         guest.ssh("echo e2e > /var/tmp/hydra-e2e-marker")
-        stopped = stop(check, api, sock, "first stop")
+        stopped = stop_vm(check, api, sock, "isolated", "first stop")
 
         # --- a second start reuses the disk ---
         if stopped:
@@ -222,7 +221,7 @@ def main():
             p = subprocess.run(ctr + ["images", "ls", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, timeout=60)
             check("the imported image is still there", art.oci_ref in p.stdout, p.stdout + p.stderr)
-            stopped = stop(check, api, sock, "second stop")
+            stopped = stop_vm(check, api, sock, "isolated", "second stop")
 
         # --- a changed spec resets the disk ---
         if stopped:
@@ -234,22 +233,10 @@ def main():
                 p = guest.ssh("cat /var/tmp/hydra-e2e-marker 2>&1; true")
                 check("the disk was reset to pristine (the marker is gone)", "No such file" in p.stdout,
                       p.stdout + p.stderr)
-                stop(check, api, sock, "third stop")
+                stop_vm(check, api, sock, "isolated", "third stop")
         ok = True
     finally:
-        if not ok:
-            note("hydrad's log tail:\n" + "\n".join(d.log().splitlines()[-40:]))
-            console = f"{d.state}/isolated/console.log"
-            if os.path.exists(console):
-                with open(console, errors="replace") as f:
-                    note("console tail:\n" + "".join(f.readlines()[-60:]))
-        rc = d.stop()
-        check("hydrad exits cleanly", rc == 0, f"exit {rc}")
-        http.stop()
-        d.cleanup()
-        art.cleanup()
-        if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
-            shutil.rmtree(tmp, ignore_errors=True)  # the server's log, the test's ssh key
+        teardown(check, ok, d, http, art, tmp, ("isolated",))
     return check.finish()
 
 
@@ -278,18 +265,6 @@ def boot(check, api, sock, guest, what, hostname):
     check(f"{what}: ssh as {USER} with the key; hostname is {hostname}", p.stdout.strip() == hostname,
           p.stdout + p.stderr)
     return clock
-
-
-def stop(check, api, sock, what):
-    t = time.monotonic()
-    p = hydractl(sock, "stop", "isolated", timeout=300)
-    took = time.monotonic() - t
-    vm = get_vm(api, "isolated")
-    note(f"{what}: {took:.1f} s ({vm.last_exit.reason})")
-    return check(f"{what}: hydractl stop powers the guest off through ACPI (reason guest-shutdown)",
-                 p.returncode == 0 and vm.state == pb.VM_STATE_STOPPED and vm.last_exit.reason == "guest-shutdown",
-                 f"exit {p.returncode}: {p.stderr.strip()}; state {pb.VmState.Name(vm.state)}, "
-                 f"reason {vm.last_exit.reason}")
 
 
 if __name__ == "__main__":
