@@ -1566,18 +1566,7 @@ static bool cri_fallbacks_busy(Api *a) {
         return false;
 }
 
-static void cri_fallbacks_shutdown(Api *a) {
-        for (Role role = 0; role < _ROLE_MAX; role++) {
-                CriFallback *f = &a->cri[role];
-
-                if (!f->server || f->shutdown_pending)
-                        continue;
-                f->shutdown_pending = true;
-                grpc_server_shutdown_and_notify(f->server, a->cq, &f->shutdown_tag);
-        }
-}
-
-/* A client that does not read holds its connection: cut them all (the grace period is over). */
+/* Cuts every connection (a client that stops reading holds its connection open). */
 static void cri_fallbacks_cut(Api *a) {
         for (Role role = 0; role < _ROLE_MAX; role++) {
                 CriFallback *f = &a->cri[role];
@@ -1587,6 +1576,20 @@ static void cri_fallbacks_cut(Api *a) {
                         (void) shutdown(f->conns[i].fd, SHUT_RDWR);
                 f->n_conns = 0;
         }
+}
+
+static void cri_fallbacks_shutdown(Api *a) {
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                CriFallback *f = &a->cri[role];
+
+                if (!f->server || f->shutdown_pending)
+                        continue;
+                f->shutdown_pending = true;
+                grpc_server_shutdown_and_notify(f->server, a->cq, &f->shutdown_tag);
+        }
+        /* Its calls were answered at once: nothing on its connections is worth the grace period, and the
+         * shutdown completes only once they are gone. */
+        cri_fallbacks_cut(a);
 }
 
 /* Before the completion queue goes: as api_free() does with the API's server. */
@@ -1794,7 +1797,6 @@ static int on_grace(sd_event_source *s, uint64_t usec, void *userdata) {
         for (size_t i = 0; i < a->n_conns; i++)
                 (void) shutdown(a->conns[i].fd, SHUT_RDWR);
         a->n_conns = 0;
-        cri_fallbacks_cut(a);
         return 0;
 }
 

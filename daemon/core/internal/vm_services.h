@@ -13,7 +13,7 @@
 #include "spec.h"
 
 /* What hydrad provides around a running QEMU: the serial console relay, the readiness probe, and for the isolated
- * VM the CRI socket. An object of its own, owned by its Vm, which drives it (a new boot, the guest runs, the guest
+ * VM the CRI socket (bound while the spec has containerd's forward, forwarding while the guest runs). An object of its own, owned by its Vm, which drives it (a new boot, the guest runs, the guest
  * stopped) and hears back through VmServicesCallbacks, as qmp.c reports to its owner. It reads the spec it was
  * given (the Vm's, which outlives it) at each step. Everything on the loop. */
 
@@ -52,7 +52,7 @@ Console *vm_services_console(VmServices *s);   /* NULL until opened */
 /* A new guest boot is about to run (a new QEMU, or a guest reset): not ready, the probe starts over. */
 void vm_services_ready_begin(VmServices *s);
 
-/* The guest runs (state running): periodic TCP / containerd probes, the CRI socket of the isolated VM. */
+/* The guest runs (state running): periodic TCP / containerd probes; the CRI socket forwards to the guest. */
 void vm_services_up(VmServices *s);
 
 /* The guest no longer runs (stopping, or QEMU gone): probes stop, not ready, the CRI socket forwards no more (its
