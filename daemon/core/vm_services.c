@@ -391,7 +391,8 @@ void vm_services_up(VmServices *vs) {
         cri_start(vs);
 }
 
-void vm_services_down(VmServices *vs) {
+/* The probes and the readiness: what goes when the guest stops. */
+static void services_stop(VmServices *vs) {
         vs->up = false;
         probe_stop(vs);
         vs->ready_matcher = line_matcher_free(vs->ready_matcher);
@@ -399,11 +400,15 @@ void vm_services_down(VmServices *vs) {
                 ready_set(vs, false, "not running");
         vs->ready_detail = mfree(vs->ready_detail);
         vs->probe_detail = mfree(vs->probe_detail);
+}
+
+void vm_services_down(VmServices *vs) {
+        services_stop(vs);
         cri_rest(vs);
 }
 
 void vm_services_close(VmServices *vs) {
-        vm_services_down(vs);
+        services_stop(vs);
         vs->cri = proxy_free(vs->cri);
         vs->failure_matcher = line_matcher_free(vs->failure_matcher);
         vs->tail_len = 0;
