@@ -104,6 +104,23 @@ typedef struct Conn {
         dev_t dev;
 } Conn;
 
+/* A VM's CRI socket while its guest is down (the part "the CRI socket" below). */
+typedef struct CriFallback {
+        Api *api;
+        Role role;
+        ProxyFallback proxy;    /* what the VM's CRI socket is given */
+        grpc_server *server;    /* made at the first connection */
+        Tag slot_tag;           /* the one grpc_server_request_call, re-armed as soon as it fires */
+        bool armed;
+        grpc_call *call;
+        grpc_call_details details;
+        grpc_metadata_array metadata;
+        Tag shutdown_tag;
+        bool shutdown_pending;
+        Conn *conns;            /* handed to its server: counted for the socket's cap, cut at shutdown */
+        size_t n_conns;
+} CriFallback;
+
 struct Api {
         sd_event *event;
         Manager *manager;
@@ -151,6 +168,8 @@ struct Api {
         /* The last event packed for WatchEvents: every stream gets a copy of the same bytes. */
         uint64_t event_seq;
         grpc_byte_buffer *event_buf;
+
+        CriFallback cri[_ROLE_MAX]; /* each VM's CRI socket while its containerd cannot be reached */
 };
 
 static void call_maybe_free(Call *c);
@@ -1246,15 +1265,21 @@ static bool peer_allowed(Api *a, int fd) {
         return cred.uid == 0 || cred.uid == geteuid() || cred.gid == a->socket_gid;
 }
 
-static void conns_prune(Api *a) {
+/* Forgets the connections gRPC has closed (it does not tell us): the fd is gone, or is another file now.
+ * Returns how many are left. */
+static size_t conn_list_prune(Conn *conns, size_t n) {
         size_t j = 0;
 
-        for (size_t i = 0; i < a->n_conns; i++) {
+        for (size_t i = 0; i < n; i++) {
                 struct stat st;
-                if (fstat(a->conns[i].fd, &st) == 0 && st.st_ino == a->conns[i].ino && st.st_dev == a->conns[i].dev)
-                        a->conns[j++] = a->conns[i];
+                if (fstat(conns[i].fd, &st) == 0 && st.st_ino == conns[i].ino && st.st_dev == conns[i].dev)
+                        conns[j++] = conns[i];
         }
-        a->n_conns = j;
+        return j;
+}
+
+static void conns_prune(Api *a) {
+        a->n_conns = conn_list_prune(a->conns, a->n_conns);
 }
 
 static unsigned count_conns(void *userdata) {
@@ -1370,6 +1395,227 @@ static void socket_release(Api *a) {
         a->lock_fd = safe_close(a->lock_fd);
 }
 
+/* --- the CRI socket while its VM's containerd cannot be reached --- */
+
+/* The VM's CRI socket (vm_set_cri_fallback) hands us its connections while the guest is down. They go to a gRPC
+ * server of their own, apart from the API's (a CRI client must not reach hydra.v1.Hydra through it), that has no
+ * method: every call gets UNAVAILABLE with vm_cri_unavailable_reason() as the VM is at that moment, at once. A
+ * connection is closed after CRI_FALLBACK_AGE_MS (GOAWAY, then the grace): a client that keeps its connection
+ * (kubelet, crismux) comes back through the socket, and reaches the guest's containerd once the VM runs. */
+#define CRI_FALLBACK_AGE_MS 5000
+#define CRI_FALLBACK_AGE_GRACE_MS 1000
+
+static void on_cri_call(Tag *t, bool ok);
+
+static int cri_fallback_arm(CriFallback *f) {
+        Api *a = f->api;
+        grpc_call_error e;
+
+        grpc_metadata_array_init(&f->metadata);
+        grpc_call_details_init(&f->details);
+        e = grpc_server_request_call(f->server, &f->call, &f->details, &f->metadata, a->cq, a->cq, &f->slot_tag);
+        if (e != GRPC_CALL_OK) {
+                grpc_metadata_array_destroy(&f->metadata);
+                grpc_call_details_destroy(&f->details);
+                log_error("gRPC: cannot request calls for the CRI socket of VM '%s': %d", role_to_string(f->role),
+                          (int) e);
+                return -EIO;
+        }
+        f->armed = true;
+        return 0;
+}
+
+static void on_cri_call(Tag *t, bool ok) {
+        CriFallback *f = (CriFallback *) ((char *) t - offsetof(CriFallback, slot_tag));
+        Api *a = f->api;
+        grpc_call *gc = TAKE_PTR(f->call);
+        char reason[512];
+        VmStatus st;
+        Call *c;
+
+        f->armed = false;
+        grpc_metadata_array_destroy(&f->metadata);
+        grpc_call_details_destroy(&f->details);
+        if (!ok) {
+                /* The server is shutting down; nothing arrived. */
+                if (gc)
+                        grpc_call_unref(gc);
+                api_maybe_finish(a);
+                return;
+        }
+        if (!a->shutting_down)
+                (void) cri_fallback_arm(f);
+
+        c = call_new(a, gc, NULL);
+        if (!c)
+                return;
+        vm_get_status(manager_get_vm(a->manager, f->role), &st);
+        vm_cri_unavailable_reason(&st, reason, sizeof(reason));
+        log_debug("CRI socket of VM '%s': UNAVAILABLE: %s", role_to_string(f->role), reason);
+        call_finish(c, GRPC_STATUS_UNAVAILABLE, reason, NULL);
+        call_post_close(c);
+        call_maybe_free(c);
+}
+
+static int cri_fallback_start(CriFallback *f) {
+        Api *a = f->api;
+        grpc_arg args[] = {
+                {
+                        .type = GRPC_ARG_INTEGER,
+                        .key = (char *) GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                        .value.integer = (int) (a->config->api_idle_timeout_usec / 1000ULL),
+                },
+                {
+                        .type = GRPC_ARG_INTEGER,
+                        .key = (char *) GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                        .value.integer = CRI_FALLBACK_AGE_MS,
+                },
+                {
+                        .type = GRPC_ARG_INTEGER,
+                        .key = (char *) GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                        .value.integer = CRI_FALLBACK_AGE_GRACE_MS,
+                },
+        };
+        grpc_channel_args channel_args = { .num_args = ELEMENTSOF(args), .args = args };
+        int r;
+
+        f->server = grpc_server_create(&channel_args, NULL);
+        if (!f->server)
+                return -ENOMEM;
+        grpc_server_register_completion_queue(f->server, a->cq, NULL);
+        grpc_server_start(f->server);
+        r = cri_fallback_arm(f);
+        if (r < 0) {
+                /* Nothing is armed: it goes down at once. */
+                grpc_server_shutdown_and_notify(f->server, a->cq, &f->shutdown_tag);
+                f->shutdown_pending = true;
+                grpc_server_cancel_all_calls(f->server);
+        }
+        return r;
+}
+
+/* ProxyFallback.serve: takes fd. */
+static int cri_fallback_serve(int fd, void *userdata) {
+        _cleanup_close_ int cfd = fd;
+        CriFallback *f = userdata;
+        Api *a = f->api;
+        struct stat st;
+        Conn *n;
+        int r;
+
+        if (a->shutting_down || f->shutdown_pending)
+                return 0;
+        if (!f->server) {
+                r = cri_fallback_start(f);
+                if (r < 0)
+                        return r;
+        }
+        /* Its calls would wait unanswered until the client's deadline: an EOF now is the better answer. */
+        if (!f->armed)
+                return -EIO;
+        f->n_conns = conn_list_prune(f->conns, f->n_conns);
+        n = realloc(f->conns, (f->n_conns + 1) * sizeof(*f->conns));
+        if (!n)
+                return -ENOMEM;
+        f->conns = n;
+        if (fstat(cfd, &st) < 0)
+                return -errno;
+        f->conns[f->n_conns++] = (Conn) { .fd = cfd, .ino = st.st_ino, .dev = st.st_dev };
+        grpc_server_add_channel_from_fd(f->server, TAKE_FD(cfd), a->creds);
+        return 0;
+}
+
+/* ProxyFallback.count */
+static unsigned cri_fallback_count(void *userdata) {
+        CriFallback *f = userdata;
+
+        f->n_conns = conn_list_prune(f->conns, f->n_conns);
+        return (unsigned) f->n_conns;
+}
+
+static void on_cri_shutdown(Tag *t, bool ok) {
+        CriFallback *f = (CriFallback *) ((char *) t - offsetof(CriFallback, shutdown_tag));
+
+        f->shutdown_pending = false;
+        api_maybe_finish(f->api);
+}
+
+static void cri_fallbacks_init(Api *a) {
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                CriFallback *f = &a->cri[role];
+
+                *f = (CriFallback) {
+                        .api = a,
+                        .role = role,
+                        .proxy = { .serve = cri_fallback_serve, .count = cri_fallback_count, .userdata = f },
+                        .slot_tag.fn = on_cri_call,
+                        .shutdown_tag.fn = on_cri_shutdown,
+                };
+        }
+}
+
+const ProxyFallback *api_cri_fallback(Api *a, Role role) {
+        return (int) role >= 0 && role < _ROLE_MAX ? &a->cri[role].proxy : NULL;
+}
+
+/* Its calls are answered at once: once its requests are back, nothing of it waits. */
+static bool cri_fallbacks_busy(Api *a) {
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                if (a->cri[role].armed || a->cri[role].shutdown_pending)
+                        return true;
+        return false;
+}
+
+/* Cuts every connection (a client that stops reading holds its connection open). */
+static void cri_fallbacks_cut(Api *a) {
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                CriFallback *f = &a->cri[role];
+
+                f->n_conns = conn_list_prune(f->conns, f->n_conns);
+                for (size_t i = 0; i < f->n_conns; i++)
+                        (void) shutdown(f->conns[i].fd, SHUT_RDWR);
+                f->n_conns = 0;
+        }
+}
+
+static void cri_fallbacks_shutdown(Api *a) {
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                CriFallback *f = &a->cri[role];
+
+                if (!f->server || f->shutdown_pending)
+                        continue;
+                f->shutdown_pending = true;
+                grpc_server_shutdown_and_notify(f->server, a->cq, &f->shutdown_tag);
+        }
+        /* Its calls were answered at once: nothing on its connections is worth the grace period, and the
+         * shutdown completes only once they are gone. */
+        cri_fallbacks_cut(a);
+}
+
+/* Before the completion queue goes: as api_free() does with the API's server. */
+static void cri_fallbacks_free(Api *a) {
+        for (Role role = 0; role < _ROLE_MAX; role++) {
+                CriFallback *f = &a->cri[role];
+
+                if (f->server) {
+                        if (!a->shutting_down && !f->shutdown_pending) {
+                                grpc_server_shutdown_and_notify(f->server, a->cq, &f->shutdown_tag);
+                                grpc_server_cancel_all_calls(f->server);
+                        }
+                        grpc_server_destroy(f->server);
+                        f->server = NULL;
+                }
+                if (f->armed) {
+                        /* Its tag never came back to the loop (start-up failure only). */
+                        grpc_metadata_array_destroy(&f->metadata);
+                        grpc_call_details_destroy(&f->details);
+                        f->armed = false;
+                }
+                f->conns = mfree(f->conns);
+                f->n_conns = 0;
+        }
+}
+
 /* --- gRPC's own logging --- */
 
 static void on_gpr_log(gpr_log_func_args *args) {
@@ -1398,6 +1644,7 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
         a->wake_fd = a->listen_fd = a->lock_fd = -EBADF;
         pthread_mutex_init(&a->lock, NULL);
         a->shutdown_tag.fn = NULL;
+        cri_fallbacks_init(a);
 
         a->socket_path = strdup(config->socket_path);
         if (!a->socket_path) {
@@ -1521,7 +1768,7 @@ static int on_finish(sd_event_source *s, void *userdata) {
 /* Done once the shutdown tag is back, every armed request has returned and every call is freed. */
 static void api_maybe_finish(Api *a) {
         if (!a->shutting_down || a->shutdown_tag_pending || a->slots_armed > 0 || a->calls || !a->shutdown_done ||
-            a->finish_source)
+            a->finish_source || cri_fallbacks_busy(a))
                 return;
         a->grace_timer = sd_event_source_disable_unref(a->grace_timer);
         /* Deferred: we may be inside a call's callback. */
@@ -1567,6 +1814,7 @@ void api_shutdown(Api *a, void (*done)(void *userdata), void *userdata) {
         a->shutdown_tag.fn = on_shutdown_tag;
         a->shutdown_tag_pending = true;
         grpc_server_shutdown_and_notify(a->server, a->cq, &a->shutdown_tag);
+        cri_fallbacks_shutdown(a);
 
         for (Call *c = a->calls; c; c = c->next)
                 if (c->method && c->method->streaming && !c->status_sent)
@@ -1594,6 +1842,7 @@ Api *api_free(Api *a) {
                 }
                 grpc_server_destroy(a->server);
         }
+        cri_fallbacks_free(a);
         if (a->cq) {
                 grpc_completion_queue_shutdown(a->cq);
                 if (a->thread_started)

@@ -223,6 +223,9 @@ int main(int argc, char *argv[]) {
                 log_error("cannot serve the API: %s", err.message);
                 goto out;
         }
+        /* The CRI socket is bound since manager_load(), but nothing is accepted before the loop runs. */
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                vm_set_cri_fallback(manager_get_vm(d.manager, role), api_cri_fallback(d.api, role));
 
         manager_autostart(d.manager);
         (void) sd_notify(0, "READY=1\nSTATUS=serving");
@@ -236,6 +239,9 @@ int main(int argc, char *argv[]) {
                 log_info("hydrad exiting");
 
 out:
+        if (d.manager)
+                for (Role role = 0; role < _ROLE_MAX; role++)
+                        vm_set_cri_fallback(manager_get_vm(d.manager, role), NULL);
         d.api = api_free(d.api);
         d.manager = manager_free(d.manager);
         d.loopstat = loopstat_free(d.loopstat);

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -27,7 +29,7 @@ static char *log_path;
 static int saved_stderr = -1;
 
 /* "cpus=N", then optionally " image=URL", " artifact=URL" (with bare.encrypted_tools, as a cloud image with
- * the encrypted-container tools has it). */
+ * the encrypted-container tools has it), " forward=GUEST_PORT" (a TCP forward from host port 40000). */
 static int decode(const void *data, size_t size, VmSpec *ret_spec, HydraError *err) {
         _cleanup_free_ char *buf = NULL;
         VmSpec spec = { .memory_mib = 64 };
@@ -51,6 +53,11 @@ static int decode(const void *data, size_t size, VmSpec *ret_spec, HydraError *e
                 else if (strncmp(tok, "artifact=", 9) == 0) {
                         ck_assert_ptr_nonnull(spec.bare.artifact.url = strdup(tok + 9));
                         spec.bare.encrypted_tools = true;
+                } else if (strncmp(tok, "forward=", 8) == 0) {
+                        ck_assert_ptr_nonnull(spec.forwards = calloc(1, sizeof(PortForward)));
+                        spec.forwards[0] = (PortForward) { .host_port = 40000, .guest_port = (uint32_t) atoi(tok + 8),
+                                                           .protocol = FORWARD_TCP };
+                        spec.n_forwards = 1;
                 } else {
                         vm_spec_done(&spec);
                         return hydra_error_set(err, -EBADMSG, "not a VmSpec");
@@ -61,9 +68,14 @@ static int decode(const void *data, size_t size, VmSpec *ret_spec, HydraError *e
 }
 
 static int encode(const VmSpec *spec, void **ret_data, size_t *ret_size) {
+        char fwd[32] = "";
         char *s;
-        int n = asprintf(&s, "cpus=%u%s%s%s%s", spec->cpus, spec->image.url ? " image=" : "", strempty(spec->image.url),
-                         spec->bare.artifact.url ? " artifact=" : "", strempty(spec->bare.artifact.url));
+        int n;
+
+        if (spec->n_forwards > 0)
+                (void) snprintf(fwd, sizeof(fwd), " forward=%u", (unsigned) spec->forwards[0].guest_port);
+        n = asprintf(&s, "cpus=%u%s%s%s%s%s", spec->cpus, spec->image.url ? " image=" : "", strempty(spec->image.url),
+                     spec->bare.artifact.url ? " artifact=" : "", strempty(spec->bare.artifact.url), fwd);
 
         if (n < 0)
                 return -ENOMEM;
@@ -666,6 +678,192 @@ START_TEST(test_overlay_keeps_download) {
 }
 END_TEST
 
+/* --- the CRI socket: bound while the spec has the forward to containerd, the VM down or not --- */
+
+static unsigned fallback_served;
+
+/* The daemon's top answers these over gRPC; here it only counts them. */
+static int fallback_serve(int fd, void *userdata) {
+        fallback_served++;
+        safe_close(fd);
+        return 0;
+}
+
+static const ProxyFallback test_fallback = { .serve = fallback_serve };
+
+static void register_forward(Vm *vm, uint32_t guest_port, Done *d) {
+        VmSpec spec = small_spec(1, NULL);
+        HydraError err;
+        VmOp *op = NULL;
+        int calls = d->calls, r;
+
+        if (guest_port > 0) {
+                ck_assert_ptr_nonnull(spec.forwards = calloc(1, sizeof(PortForward)));
+                spec.forwards[0] = (PortForward) { .host_port = 40000, .guest_port = guest_port,
+                                                   .protocol = FORWARD_TCP };
+                spec.n_forwards = 1;
+        }
+        hydra_error_clear(&err);
+        r = vm_register(vm, &spec, false, on_done, d, &op, &err);
+        vm_spec_done(&spec);
+        ck_assert_msg(r == 0, "register: %d %s", r, err.message);
+        run_until(d, calls + 1);
+        ck_assert_msg(d->r == 1, "changed: %d %s", d->r, d->message);
+}
+
+static const char *cri_socket(Vm *vm) {
+        VmStatus st;
+
+        vm_get_status(vm, &st);
+        return st.cri_socket;
+}
+
+/* Connects to path and runs the loop until the fallback has taken the connection. */
+static void connect_to_fallback(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        unsigned before = fallback_served;
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_uint_lt(strlen(path), sizeof(sa.sun_path));
+        strcpy(sa.sun_path, path);
+        ck_assert_msg(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0, "connect %s: %m", path);
+        for (int i = 0; i < 1000 && fallback_served == before; i++)
+                ck_assert_int_ge(sd_event_run(event, 10 * 1000), 0);
+        ck_assert_uint_eq(fallback_served, before + 1);
+}
+
+START_TEST(test_cri_socket_follows_spec) {
+        Vm *isolated = manager_get_vm(manager, ROLE_ISOLATED), *host = manager_get_vm(manager, ROLE_HOST);
+        _cleanup_free_ char *sock = at("run/isolated/containerd.sock"), *host_sock = at("run/host/containerd.sock");
+        Done d = {}, destroyed = {};
+        HydraError err;
+        VmOp *op = NULL;
+        struct stat st;
+        int r;
+
+        /* Registered, never started: the socket is there (its directory made for it), and the fallback answers. */
+        vm_set_cri_fallback(isolated, &test_fallback);
+        register_forward(isolated, SPEC_DEFAULT_CONTAINERD_PORT, &d);
+        ck_assert_int_eq(lstat(sock, &st), 0);
+        ck_assert(S_ISSOCK(st.st_mode));
+        ck_assert_uint_eq(st.st_mode & 07777, 0660);
+        ck_assert_str_eq(cri_socket(isolated), sock);
+        connect_to_fallback(sock);
+
+        /* The host VM has none, forward or not. */
+        register_forward(host, SPEC_DEFAULT_CONTAINERD_PORT, &d);
+        ck_assert_int_eq(access(host_sock, F_OK), -1);
+        ck_assert_ptr_null(cri_socket(host));
+
+        /* A spec without the forward: gone; with a forward to another guest port: still none. */
+        register_forward(isolated, 0, &d);
+        ck_assert_int_eq(access(sock, F_OK), -1);
+        ck_assert_ptr_null(cri_socket(isolated));
+        register_forward(isolated, 80, &d);
+        ck_assert_int_eq(access(sock, F_OK), -1);
+        register_forward(isolated, SPEC_DEFAULT_CONTAINERD_PORT, &d);
+        ck_assert_int_eq(access(sock, F_OK), 0);
+        connect_to_fallback(sock);
+
+        /* Destroyed: gone with the VM. */
+        hydra_error_clear(&err);
+        r = vm_destroy(isolated, false, on_done, &destroyed, &op, &err);
+        ck_assert_msg(r >= 0, "%s", err.message);
+        if (r == 0)
+                run_until(&destroyed, 1);
+        ck_assert_int_eq(access(sock, F_OK), -1);
+        ck_assert_ptr_null(cri_socket(isolated));
+        vm_set_cri_fallback(isolated, NULL);
+}
+END_TEST
+
+/* A restarted hydrad: the stored spec with the forward binds the socket at manager_load, before any start. */
+START_TEST(test_cri_socket_at_load) {
+        _cleanup_free_ char *sock = at("run/isolated/containerd.sock");
+        HydraError err;
+
+        make_dir("state");
+        make_dir("state/isolated");
+        write_file("state/isolated/spec.pb", "cpus=1 forward=35000", 0600);
+        ck_assert_int_eq(access(sock, F_OK), -1);
+        ck_assert_int_eq(load(&err), 0);
+        ck_assert(vm_is_registered(manager_get_vm(manager, ROLE_ISOLATED)));
+        ck_assert_int_eq(access(sock, F_OK), 0);
+        vm_set_cri_fallback(manager_get_vm(manager, ROLE_ISOLATED), &test_fallback);
+        connect_to_fallback(sock);
+        vm_set_cri_fallback(manager_get_vm(manager, ROLE_ISOLATED), NULL);
+
+        /* hydrad exits (the VMs may run on): the socket goes with it. */
+        manager = manager_free(manager);
+        ck_assert_int_eq(access(sock, F_OK), -1);
+}
+END_TEST
+
+static VmStatus reason_status(VmState state, const char *last_error, const char *exit_reason, uint64_t next) {
+        static VmExit exit;
+
+        (void) snprintf(exit.reason, sizeof(exit.reason), "%s", strempty(exit_reason));
+        return (VmStatus) { .name = "isolated", .registered = true, .state = state, .last_error = last_error,
+                            .last_exit = &exit, .next_restart_usec = next };
+}
+
+static const char *reason(VmStatus st) {
+        static char buf[512];
+
+        vm_cri_unavailable_reason(&st, buf, sizeof(buf));
+        return buf;
+}
+
+START_TEST(test_cri_unavailable_reason) {
+        char long_error[400], expect[512], small[16];
+        VmStatus st;
+
+        ck_assert_str_eq(reason(reason_status(VM_STATE_STOPPED, NULL, "quit", 0)),
+                         "VM 'isolated' is stopped: its containerd is not running (hydractl start isolated)");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_DEFINED, NULL, NULL, 0)),
+                         "VM 'isolated' has not been started: its containerd is not running (hydractl start isolated)");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_PREPARING, NULL, NULL, 0)),
+                         "VM 'isolated' is preparing: containerd is not ready yet");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_STARTING, NULL, NULL, 0)),
+                         "VM 'isolated' is starting: containerd is not ready yet");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_STOPPING, NULL, NULL, 0)),
+                         "VM 'isolated' is stopping: its containerd is going away");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_RUNNING, NULL, NULL, 0)),
+                         "VM 'isolated' is running, but this connection was made while it was not: connect again");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_FAILED, "kernel '/x' is not readable: No such file", NULL, 0)),
+                         "VM 'isolated' failed (kernel '/x' is not readable: No such file): its containerd is not "
+                         "running (hydractl start isolated)");
+        /* Crashed without an error: the exit's reason; a restart on its way: no command to suggest. */
+        ck_assert_str_eq(reason(reason_status(VM_STATE_CRASHED, NULL, "guest-panic", 1700000000000000ULL)),
+                         "VM 'isolated' crashed (guest-panic): its containerd is not running (a restart is scheduled)");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_CRASHED, NULL, NULL, 0)),
+                         "VM 'isolated' crashed: its containerd is not running (hydractl start isolated)");
+
+        /* The error briefly: its first line, at most VM_CRI_REASON_ERROR_MAX bytes, never half a character. */
+        ck_assert_str_eq(reason(reason_status(VM_STATE_FAILED, "not ready after 60 s\nconsole: [FAILED] x", NULL, 0)),
+                         "VM 'isolated' failed (not ready after 60 s...): its containerd is not running "
+                         "(hydractl start isolated)");
+        ck_assert_str_eq(reason(reason_status(VM_STATE_FAILED, "one line\n", NULL, 0)),
+                         "VM 'isolated' failed (one line): its containerd is not running (hydractl start isolated)");
+        memset(long_error, 'e', sizeof(long_error) - 1);
+        long_error[sizeof(long_error) - 1] = 0;
+        memcpy(long_error + VM_CRI_REASON_ERROR_MAX - 1, "\xc3\xa9", 2); /* a 2-byte character across the cut */
+        (void) snprintf(expect, sizeof(expect), "VM 'isolated' failed (%.*s...): its containerd is not running "
+                        "(hydractl start isolated)", (int) VM_CRI_REASON_ERROR_MAX - 1, long_error);
+        ck_assert_str_eq(reason(reason_status(VM_STATE_FAILED, long_error, NULL, 0)), expect);
+
+        st = reason_status(VM_STATE_STOPPED, NULL, NULL, 0);
+        st.registered = false;
+        ck_assert_str_eq(reason(st), "VM 'isolated' is not registered: it has no containerd "
+                                     "(hydractl register isolated)");
+        /* A small buffer: cut, terminated. */
+        st = reason_status(VM_STATE_STOPPED, NULL, NULL, 0);
+        vm_cri_unavailable_reason(&st, small, sizeof(small));
+        ck_assert_str_eq(small, "VM 'isolated' i");
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("manager");
         TCase *tc = tcase_create("load");
@@ -689,6 +887,9 @@ int main(void) {
         tcase_add_test(tc, test_overlay_keeps_download);
         tcase_add_test(tc, test_startup_sweep);
         tcase_add_test(tc, test_startup_sweep_unreadable_spec);
+        tcase_add_test(tc, test_cri_socket_follows_spec);
+        tcase_add_test(tc, test_cri_socket_at_load);
+        tcase_add_test(tc, test_cri_unavailable_reason);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

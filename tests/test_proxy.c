@@ -337,6 +337,10 @@ static Client *client_new(void) {
 
 /* --- fixtures --- */
 
+/* What the fallback of the tests without a target holds (test_no_target). */
+static int held[PROXY_CONNECTIONS_MAX + 8];
+static unsigned n_held;
+
 static void proxy_open(uint16_t port) {
         HydraError err = {};
 
@@ -363,6 +367,9 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 
 static void teardown(void) {
         proxy = proxy_free(proxy);
+        for (unsigned i = 0; i < n_held; i++)
+                held[i] = safe_close(held[i]);
+        n_held = 0;
         for (size_t i = 0; i < n_clients; i++) {
                 client_close(clients[i]);
                 free(clients[i]);
@@ -610,6 +617,11 @@ START_TEST(test_bad_arguments) {
         ck_assert_int_eq(proxy_new(event, long_path, 0660, (gid_t) -1, "127.0.0.1", 80, &p, &err), -ENAMETOOLONG);
         ck_assert_ptr_null(p);
 
+        /* A target has a port, and no target none. */
+        ck_assert_int_eq(proxy_new(event, sock_path, 0660, (gid_t) -1, NULL, 80, &p, &err), -EINVAL);
+        ck_assert_int_eq(proxy_new(event, sock_path, 0660, (gid_t) -1, "127.0.0.1", 0, &p, &err), -EINVAL);
+        ck_assert_int_eq(lstat(sock_path, &st), -1);
+
         /* IPv6 is fine. */
         ck_assert_int_eq(proxy_new(event, sock_path, 0660, (gid_t) -1, "::1", 80, &p, &err), 0);
         ck_assert_ptr_null(proxy_free(p));
@@ -692,6 +704,105 @@ START_TEST(test_connection_cap) {
 }
 END_TEST
 
+/* --- without a target: the fallback --- */
+
+/* A fallback that holds what it is given, as hydrad's gRPC server does, and says so on it. */
+static int hold_serve(int fd, void *userdata) {
+        ck_assert_uint_lt(n_held, ELEMENTSOF(held));
+        ck_assert_int_eq(send(fd, "unavailable", 11, MSG_NOSIGNAL | MSG_DONTWAIT), 11);
+        held[n_held++] = fd;
+        return 0;
+}
+
+static unsigned hold_count(void *userdata) {
+        return n_held;
+}
+
+static const ProxyFallback holder = { .serve = hold_serve, .count = hold_count };
+
+static void proxy_open_without_target(void) {
+        HydraError err = {};
+
+        ck_assert_msg(proxy_new(event, sock_path, 0660, (gid_t) -1, NULL, 0, &proxy, &err) == 0, "%s", err.message);
+        ck_assert(!proxy_has_target(proxy));
+}
+
+START_TEST(test_no_target) {
+        static const uint8_t ping[] = "ping";
+        HydraError err = {};
+        Client *c, *echo;
+        uint64_t start;
+
+        /* Nobody to answer: closed at once. */
+        proxy_open_without_target();
+        start = now_usec();
+        c = client_new();
+        RUN_UNTIL(c->eof);
+        ck_assert_uint_lt(now_usec() - start, 2000 * USEC_PER_MSEC);
+        ck_assert_uint_eq(c->in_len, 0);
+
+        /* The fallback takes it, and keeps it: not one of the proxy's. */
+        proxy_set_fallback(proxy, &holder);
+        c = client_new();
+        RUN_UNTIL(c->in_len == 11);
+        ck_assert_mem_eq(c->in, "unavailable", 11);
+        ck_assert_uint_eq(n_held, 1);
+        ck_assert_uint_eq(proxy_connections(proxy), 0);
+
+        /* A target: new connections are forwarded; the fallback's stays where it is. */
+        server_start(&server, SERVER_ECHO);
+        ck_assert_int_eq(proxy_set_target(proxy, "127.0.0.1", server.port, &err), 0);
+        ck_assert(proxy_has_target(proxy));
+        echo = client_new();
+        echo->out = ping;
+        echo->out_len = 4;
+        RUN_UNTIL(echo->in_len == 4);
+        ck_assert_mem_eq(echo->in, "ping", 4);
+        ck_assert_uint_eq(proxy_connections(proxy), 1);
+        ck_assert_uint_eq(n_held, 1);
+        ck_assert(!c->eof);
+
+        /* A bad target changes nothing. */
+        ck_assert_int_eq(proxy_set_target(proxy, "localhost", 80, &err), -EINVAL);
+        ck_assert(proxy_has_target(proxy));
+
+        /* The target goes (the VM stopped): its connections close, the next one is the fallback's. */
+        proxy_clear_target(proxy);
+        ck_assert(!proxy_has_target(proxy));
+        RUN_UNTIL(echo->eof);
+        ck_assert_uint_eq(proxy_connections(proxy), 0);
+        c = client_new();
+        RUN_UNTIL(c->in_len == 11);
+        ck_assert_uint_eq(n_held, 2);
+        ck_assert_int_eq(atomic_load(&server.n_accepted), 1);
+        proxy_clear_target(proxy); /* twice: nothing */
+}
+END_TEST
+
+/* The fallback's connections count toward the cap: a client holding them all cannot take one more. */
+START_TEST(test_fallback_cap) {
+        Client *extra;
+
+        proxy_open_without_target();
+        proxy_set_fallback(proxy, &holder);
+        for (size_t i = 0; i < PROXY_CONNECTIONS_MAX; i++)
+                (void) client_new();
+        RUN_UNTIL(n_held == PROXY_CONNECTIONS_MAX);
+
+        extra = client_new();
+        RUN_UNTIL(extra->eof);
+        ck_assert_uint_eq(extra->in_len, 0);
+        ck_assert_uint_eq(n_held, PROXY_CONNECTIONS_MAX);
+
+        /* One of the fallback's goes: room for another. */
+        n_held--;
+        held[n_held] = safe_close(held[n_held]);
+        extra = client_new();
+        RUN_UNTIL(n_held == PROXY_CONNECTIONS_MAX);
+        RUN_UNTIL(extra->in_len == 11);
+}
+END_TEST
+
 static Suite *proxy_suite(void) {
         Suite *s = suite_create("proxy");
         TCase *tc;
@@ -709,6 +820,8 @@ static Suite *proxy_suite(void) {
         tcase_add_test(tc, test_clients_close);
         tcase_add_test(tc, test_free_closes_everything);
         tcase_add_test(tc, test_connection_cap);
+        tcase_add_test(tc, test_no_target);
+        tcase_add_test(tc, test_fallback_cap);
         suite_add_tcase(s, tc);
 
         return s;

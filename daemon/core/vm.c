@@ -814,6 +814,7 @@ static void on_spec_stored(int r, const HydraError *err, void *userdata) {
         vm->generation++;
         log_vm_info(vm->name, "VM '%s': spec registered (generation %llu)", vm->name,
                     (unsigned long long) vm->generation);
+        vm_services_spec_changed(vm->services);
         if (!vm->registered) {
                 vm->registered = true;
                 vm->state = VM_STATE_DEFINED; /* where a VM that was never registered, or was destroyed, rests */
@@ -966,6 +967,7 @@ int vm_load(Vm *vm, HydraError *err) {
         vm->registered = true;
         vm->state = VM_STATE_DEFINED;
         vm_state_load(vm);
+        vm_services_spec_changed(vm->services);
         return 1;
 }
 
@@ -1219,6 +1221,7 @@ int vm_new(const VmContext *ctx, Role role, Vm **ret) {
                 .spec = &vm->spec,
                 .console_log_path = vm->console_path,
                 .console_sock_path = vm->console_sock_path,
+                .run_dir = vm->run_dir,
                 .cri_path = vm->cri_path,
                 .socket_gid = cfg->socket_gid, /* resolved once, at start-up (config_finish) */
         };
@@ -1272,6 +1275,10 @@ Vm *vm_free(Vm *vm) {
 
 void vm_set_grpc_prober(Vm *vm, const GrpcProber *prober) {
         vm_services_set_grpc_prober(vm->services, prober);
+}
+
+void vm_set_cri_fallback(Vm *vm, const ProxyFallback *fallback) {
+        vm_services_set_cri_fallback(vm->services, fallback);
 }
 
 void vm_emit(Vm *vm, HydraEvent *ev) {
@@ -1333,4 +1340,65 @@ void vm_get_status(const Vm *vm, VmStatus *ret) {
 
         st.ready = vm_services_ready(vm->services, &st.ready_since_usec, &st.ready_detail);
         *ret = st;
+}
+
+/* The first line of an error, at most max bytes (cut between UTF-8 sequences), "..." where it was cut. */
+static void brief(const char *s, size_t max, char *buf, size_t size) {
+        size_t n = strcspn(s, "\r\n");
+        bool cut = s[n] != 0 && s[n + strspn(s + n, "\r\n")] != 0;
+
+        if (n > max) {
+                n = max;
+                while (n > 0 && ((unsigned char) s[n] & 0xC0) == 0x80)
+                        n--;
+                cut = true;
+        }
+        (void) snprintf(buf, size, "%.*s%s", (int) n, s, cut ? "..." : "");
+}
+
+void vm_cri_unavailable_reason(const VmStatus *st, char *buf, size_t size) {
+        const char *name = st->name;
+        char why[VM_CRI_REASON_ERROR_MAX + 8] = "";
+
+        if (!st->registered) {
+                (void) snprintf(buf, size, "VM '%s' is not registered: it has no containerd (hydractl register %s)",
+                                name, name);
+                return;
+        }
+        switch (st->state) {
+        case VM_STATE_DEFINED:
+                (void) snprintf(buf, size, "VM '%s' has not been started: its containerd is not running "
+                                "(hydractl start %s)", name, name);
+                break;
+        case VM_STATE_PREPARING:
+        case VM_STATE_STARTING:
+                (void) snprintf(buf, size, "VM '%s' is %s: containerd is not ready yet", name,
+                                vm_state_to_string(st->state));
+                break;
+        case VM_STATE_RUNNING:
+                (void) snprintf(buf, size, "VM '%s' is running, but this connection was made while it was not: "
+                                "connect again", name);
+                break;
+        case VM_STATE_STOPPING:
+                (void) snprintf(buf, size, "VM '%s' is stopping: its containerd is going away", name);
+                break;
+        case VM_STATE_FAILED:
+        case VM_STATE_CRASHED:
+                if (st->last_error)
+                        brief(st->last_error, VM_CRI_REASON_ERROR_MAX, why, sizeof(why));
+                else if (st->last_exit && st->last_exit->reason[0])
+                        brief(st->last_exit->reason, VM_CRI_REASON_ERROR_MAX, why, sizeof(why));
+                /* The restart policy brings it back by itself: no command to suggest. */
+                (void) snprintf(buf, size, "VM '%s' %s%s%s%s: its containerd is not running (%s%s)", name,
+                                st->state == VM_STATE_FAILED ? "failed" : "crashed", why[0] ? " (" : "", why,
+                                why[0] ? ")" : "",
+                                st->next_restart_usec > 0 ? "a restart is scheduled" : "hydractl start ",
+                                st->next_restart_usec > 0 ? "" : name);
+                break;
+        case VM_STATE_STOPPED:
+        default:
+                (void) snprintf(buf, size, "VM '%s' is stopped: its containerd is not running (hydractl start %s)",
+                                name, name);
+                break;
+        }
 }

@@ -12,6 +12,7 @@
 #include "error.h"
 #include "fetch.h"
 #include "probe.h"
+#include "proxy.h"
 #include "spec.h"
 #include "vm_state.h"
 
@@ -139,6 +140,20 @@ Vm *vm_free(Vm *vm);  /* leaves a running QEMU running */
 
 /* containerd probes need gRPC, which lives outside the core; NULL: they never pass. */
 void vm_set_grpc_prober(Vm *vm, const GrpcProber *prober);
+
+/* The VM's CRI socket (RUN_DIR/ROLE/containerd.sock, the isolated VM's) is bound for as long as its spec has the
+ * TCP forward to the guest's containerd, running or not. While the guest runs, its connections are forwarded;
+ * otherwise each goes to fallback, the daemon's top, which answers every gRPC call UNAVAILABLE with
+ * vm_cri_unavailable_reason() (gRPC lives outside the core). Borrowed until replaced; NULL: such a connection
+ * is closed at once. */
+void vm_set_cri_fallback(Vm *vm, const ProxyFallback *fallback);
+
+/* The last error's first line, cut at this many bytes, in vm_cri_unavailable_reason(). */
+#define VM_CRI_REASON_ERROR_MAX 160U
+/* Why a call on the CRI socket does not reach the guest's containerd now, for the client, from the VM's status:
+ * "VM 'isolated' is stopped: its containerd is not running (hydractl start isolated)", "VM 'isolated' is
+ * starting: containerd is not ready yet", "VM 'isolated' failed (ERROR): ...". Pure. */
+void vm_cri_unavailable_reason(const VmStatus *st, char *buf, size_t size);
 
 Role vm_role(const Vm *vm);
 const char *vm_name(const Vm *vm);

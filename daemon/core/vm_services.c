@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fs.h"
 #include "log.h"
 #include "macro.h"
 #include "proxy.h"
@@ -41,6 +42,7 @@ struct VmServices {
         char *probe_detail;             /* not ready: the probe's last word */
         LineMatcher *failure_matcher;   /* not ready: the guest's last systemd failure line (GUEST_FAILURE_PATTERN) */
         Proxy *cri;                     /* RUN_DIR/isolated/containerd.sock -> containerd's forward */
+        const ProxyFallback *cri_fallback; /* borrowed, may be NULL: answers the CRI socket while the guest is down */
 
         /* The last bytes this QEMU printed on its console, for an error message: kept as they pass (no file read). */
         char tail[CONSOLE_TAIL_RAW];
@@ -256,28 +258,83 @@ static void on_console_data(Console *c, const void *data, size_t size, void *use
 
 /* --- the CRI socket --- */
 
-static void cri_start(VmServices *vs) {
+/* The TCP forward to the guest's containerd: the probe's port with a containerd probe, else containerd's usual. */
+static const PortForward *cri_forward(const VmServices *vs) {
         uint32_t port = vs->cfg.spec->supervision.probe == PROBE_CONTAINERD ? vs->cfg.spec->supervision.probe_port
                                                                         : SPEC_DEFAULT_CONTAINERD_PORT;
-        const PortForward *f;
-        HydraError err;
 
-        if (!vs->cfg.cri || vs->cri)
-                return;
-        f = probe_forward(vs, port);
-        if (!f) {
-                log_vm_debug(vs->cfg.name, "VM '%s': no TCP forward to guest port %" PRIu32 ": no CRI socket", vs->cfg.name,
-                             port);
-                return;
+        return vs->cfg.cri ? probe_forward(vs, port) : NULL;
+}
+
+/* The socket is there for as long as the spec has the forward (registered, running or not), so that a client
+ * (crismux, kubelet) gets an answer at once instead of "no such file": while the guest is down, the fallback's
+ * UNAVAILABLE with the reason. Returns 0, or <0 if it cannot be bound (logged). */
+static int cri_listen(VmServices *vs) {
+        HydraError err;
+        int r;
+
+        if (vs->cri)
+                return 0;
+        /* Made at preparation otherwise: a VM registered but never started has no RUN_DIR/ROLE yet. */
+        r = mkdir_p(vs->cfg.run_dir, 0750);
+        if (r < 0) {
+                log_vm_warning_errno(vs->cfg.name, r, "VM '%s': no CRI socket: cannot create '%s': %m", vs->cfg.name,
+                                     vs->cfg.run_dir);
+                return r;
         }
         hydra_error_clear(&err);
-        if (proxy_new(vs->cfg.event, vs->cfg.cri_path, 0660, vs->cfg.socket_gid, forward_host(f),
-                      (uint16_t) f->host_port, &vs->cri, &err) < 0) {
+        if (proxy_new(vs->cfg.event, vs->cfg.cri_path, 0660, vs->cfg.socket_gid, NULL, 0, &vs->cri, &err) < 0) {
                 log_vm_warning(vs->cfg.name, "VM '%s': no CRI socket: %s", vs->cfg.name, err.message);
+                return err.code;
+        }
+        proxy_set_fallback(vs->cri, vs->cri_fallback);
+        return 0;
+}
+
+/* While the guest runs: the forward of the spec it was started with. A guest reset keeps what is there. */
+static void cri_start(VmServices *vs) {
+        const PortForward *f = cri_forward(vs);
+        HydraError err;
+
+        if (!vs->cfg.cri || proxy_has_target(vs->cri))
+                return;
+        if (!f) {
+                log_vm_debug(vs->cfg.name, "VM '%s': no TCP forward to containerd's guest port: no CRI socket",
+                             vs->cfg.name);
+                vs->cri = proxy_free(vs->cri);
                 return;
         }
-        log_vm_info(vs->cfg.name, "VM '%s': containerd at %s (forwarded to %s:%" PRIu32 ")", vs->cfg.name, vs->cfg.cri_path,
-                    forward_host(f), f->host_port);
+        if (cri_listen(vs) < 0)
+                return;
+        hydra_error_clear(&err);
+        if (proxy_set_target(vs->cri, forward_host(f), (uint16_t) f->host_port, &err) < 0) {
+                log_vm_warning(vs->cfg.name, "VM '%s': CRI socket: %s", vs->cfg.name, err.message);
+                return;
+        }
+        log_vm_info(vs->cfg.name, "VM '%s': containerd at %s (forwarded to %s:%" PRIu32 ")", vs->cfg.name,
+                    vs->cfg.cri_path, forward_host(f), f->host_port);
+}
+
+/* While the guest is down: the socket stays if the (current) spec has the forward, without a target. */
+static void cri_rest(VmServices *vs) {
+        proxy_clear_target(vs->cri);
+        if (!cri_forward(vs)) {
+                vs->cri = proxy_free(vs->cri);
+                return;
+        }
+        (void) cri_listen(vs);
+}
+
+void vm_services_spec_changed(VmServices *vs) {
+        /* A running guest keeps the forwards it was started with: the next stop looks at the new spec. */
+        if (!vs->up)
+                cri_rest(vs);
+}
+
+void vm_services_set_cri_fallback(VmServices *vs, const ProxyFallback *fallback) {
+        vs->cri_fallback = fallback;
+        if (vs->cri)
+                proxy_set_fallback(vs->cri, fallback);
 }
 
 /* --- the object --- */
@@ -334,7 +391,8 @@ void vm_services_up(VmServices *vs) {
         cri_start(vs);
 }
 
-void vm_services_down(VmServices *vs) {
+/* The probes and the readiness: what goes when the guest stops. */
+static void services_stop(VmServices *vs) {
         vs->up = false;
         probe_stop(vs);
         vs->ready_matcher = line_matcher_free(vs->ready_matcher);
@@ -342,11 +400,16 @@ void vm_services_down(VmServices *vs) {
                 ready_set(vs, false, "not running");
         vs->ready_detail = mfree(vs->ready_detail);
         vs->probe_detail = mfree(vs->probe_detail);
-        vs->cri = proxy_free(vs->cri);
+}
+
+void vm_services_down(VmServices *vs) {
+        services_stop(vs);
+        cri_rest(vs);
 }
 
 void vm_services_close(VmServices *vs) {
-        vm_services_down(vs);
+        services_stop(vs);
+        vs->cri = proxy_free(vs->cri);
         vs->failure_matcher = line_matcher_free(vs->failure_matcher);
         vs->tail_len = 0;
         vs->console = console_free(vs->console);

@@ -57,9 +57,11 @@ struct Proxy {
         Listener *listener;
         bool listening;     /* the socket file is ours to remove */
 
+        bool has_target;
         struct sockaddr_storage target;
         socklen_t target_len;
-        char *target_name;  /* "127.0.0.1:35000", for messages */
+        char *target_name;  /* "127.0.0.1:35000", for messages; NULL: no target */
+        const ProxyFallback *fallback; /* borrowed, may be NULL */
 
         ProxyConnection *connections;
         unsigned n_connections, next_id;
@@ -388,12 +390,25 @@ fail:
 /* --- the listener --- */
 
 static int on_connection(int fd, void *userdata) {
-        return connection_new(userdata, fd);
+        Proxy *p = userdata;
+
+        if (p->has_target)
+                return connection_new(p, fd);
+        if (p->fallback)
+                return p->fallback->serve(fd, p->fallback->userdata);
+        /* Nobody to answer: the client learns at once (EOF) rather than waiting. */
+        log_debug("proxy '%s': no target, closing a connection", p->listen_path);
+        safe_close(fd);
+        return 0;
 }
 
 static unsigned count_connections(void *userdata) {
         Proxy *p = userdata;
-        return p->n_connections;
+        unsigned n = p->n_connections;
+
+        if (p->fallback && p->fallback->count)
+                n += p->fallback->count(p->fallback->userdata);
+        return n;
 }
 
 static int proxy_listen(Proxy *p, mode_t mode, gid_t gid, HydraError *err) {
@@ -413,32 +428,55 @@ static int proxy_listen(Proxy *p, mode_t mode, gid_t gid, HydraError *err) {
 }
 
 /* A numeric address only: getaddrinfo() with AI_NUMERICHOST never asks a resolver. */
-static int proxy_set_target(Proxy *p, const char *host, uint16_t port, HydraError *err) {
+int proxy_set_target(Proxy *p, const char *host, uint16_t port, HydraError *err) {
         struct addrinfo hints = {
                 .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
                 .ai_family = AF_UNSPEC,
                 .ai_socktype = SOCK_STREAM,
         };
         struct addrinfo *ai = NULL;
-        char service[8];
+        char service[8], *name;
         bool v6;
         int r;
 
+        if (isempty(host) || port == 0)
+                return hydra_error_set(err, -EINVAL, "proxy: invalid target");
         (void) snprintf(service, sizeof(service), "%u", (unsigned) port);
         r = getaddrinfo(host, service, &hints, &ai);
         if (r != 0)
                 return hydra_error_set(err, r == EAI_MEMORY ? -ENOMEM : -EINVAL,
                                        "proxy target '%s' is not a numeric address: %s", host, gai_strerror(r));
+        v6 = strchr(host, ':');
+        if (asprintf(&name, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", (unsigned) port) < 0) {
+                freeaddrinfo(ai);
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
         memcpy(&p->target, ai->ai_addr, ai->ai_addrlen);
         p->target_len = ai->ai_addrlen;
         freeaddrinfo(ai);
-
-        v6 = strchr(host, ':');
-        if (asprintf(&p->target_name, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", (unsigned) port) < 0) {
-                p->target_name = NULL;
-                return hydra_error_set(err, -ENOMEM, "out of memory");
-        }
+        free(p->target_name);
+        p->target_name = name;
+        p->has_target = true;
+        log_debug("proxy '%s': forwarding to %s", p->listen_path, p->target_name);
         return 0;
+}
+
+void proxy_clear_target(Proxy *p) {
+        if (!p || !p->has_target)
+                return;
+        while (p->connections)
+                connection_close(p->connections, 0, "loses its target");
+        p->has_target = false;
+        p->target_name = mfree(p->target_name);
+        log_debug("proxy '%s': no target", p->listen_path);
+}
+
+bool proxy_has_target(const Proxy *p) {
+        return p && p->has_target;
+}
+
+void proxy_set_fallback(Proxy *p, const ProxyFallback *fallback) {
+        p->fallback = fallback;
 }
 
 int proxy_new(sd_event *e, const char *listen_path, mode_t mode, gid_t gid, const char *target_host,
@@ -446,7 +484,7 @@ int proxy_new(sd_event *e, const char *listen_path, mode_t mode, gid_t gid, cons
         _cleanup_(proxy_freep) Proxy *p = NULL;
         int r;
 
-        if (!e || isempty(listen_path) || isempty(target_host) || target_port == 0 || !ret)
+        if (!e || isempty(listen_path) || (target_host ? target_port == 0 : target_port != 0) || !ret)
                 return hydra_error_set(err, -EINVAL, "proxy: invalid arguments");
 
         p = calloc(1, sizeof(*p));
@@ -457,14 +495,15 @@ int proxy_new(sd_event *e, const char *listen_path, mode_t mode, gid_t gid, cons
         if (!p->listen_path)
                 return hydra_error_set(err, -ENOMEM, "out of memory");
 
-        r = proxy_set_target(p, target_host, target_port, err);
-        if (r < 0)
-                return r;
+        if (target_host) {
+                r = proxy_set_target(p, target_host, target_port, err);
+                if (r < 0)
+                        return r;
+        }
         r = proxy_listen(p, mode, gid, err);
         if (r < 0)
                 return r;
 
-        log_debug("proxy '%s': forwarding to %s", p->listen_path, p->target_name);
         *ret = TAKE_PTR(p);
         return 0;
 }

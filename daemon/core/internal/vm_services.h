@@ -9,10 +9,11 @@
 #include "console.h"
 #include "error.h"
 #include "probe.h"
+#include "proxy.h"
 #include "spec.h"
 
 /* What hydrad provides around a running QEMU: the serial console relay, the readiness probe, and for the isolated
- * VM the CRI socket. An object of its own, owned by its Vm, which drives it (a new boot, the guest runs, the guest
+ * VM the CRI socket (bound while the spec has containerd's forward, forwarding while the guest runs). An object of its own, owned by its Vm, which drives it (a new boot, the guest runs, the guest
  * stopped) and hears back through VmServicesCallbacks, as qmp.c reports to its owner. It reads the spec it was
  * given (the Vm's, which outlives it) at each step. Everything on the loop. */
 
@@ -32,6 +33,7 @@ typedef struct VmServicesConfig {
         const VmSpec *spec;            /* borrowed: the VM's current spec */
         const char *console_log_path;  /* STATE_DIR/ROLE/console.log */
         const char *console_sock_path; /* RUN_DIR/ROLE/console.sock */
+        const char *run_dir;           /* RUN_DIR/ROLE: made for the CRI socket if need be */
         const char *cri_path;          /* RUN_DIR/isolated/containerd.sock */
         gid_t socket_gid;              /* group of the sockets people use; (gid_t) -1: unchanged */
 } VmServicesConfig;
@@ -50,15 +52,24 @@ Console *vm_services_console(VmServices *s);   /* NULL until opened */
 /* A new guest boot is about to run (a new QEMU, or a guest reset): not ready, the probe starts over. */
 void vm_services_ready_begin(VmServices *s);
 
-/* The guest runs (state running): periodic TCP / containerd probes, the CRI socket of the isolated VM. */
+/* The guest runs (state running): periodic TCP / containerd probes; the CRI socket forwards to the guest. */
 void vm_services_up(VmServices *s);
 
-/* The guest no longer runs (stopping, or QEMU gone): probes stop, not ready, the CRI socket goes. The console
- * stays connected while QEMU lives, so a shutdown is in the log. */
+/* The guest no longer runs (stopping, or QEMU gone): probes stop, not ready, the CRI socket forwards no more (its
+ * connections close; new ones go to the fallback). The console stays connected while QEMU lives, so a shutdown is
+ * in the log. */
 void vm_services_down(VmServices *s);
 
-/* Everything above, and the console relay itself (the VM is destroyed). */
+/* Everything above, the CRI socket and the console relay itself (the VM is destroyed). */
 void vm_services_close(VmServices *s);
+
+/* The spec was loaded or replaced: while the guest is down, the CRI socket is bound if the spec has the TCP
+ * forward to the guest's containerd port, else removed (the directory of cri_path must exist). */
+void vm_services_spec_changed(VmServices *s);
+
+/* Who answers the CRI socket while the guest is down (gRPC lives outside the core). Borrowed; NULL: nobody (a
+ * connection is closed at once). */
+void vm_services_set_cri_fallback(VmServices *s, const ProxyFallback *fallback);
 
 /* An adopted QEMU whose guest was ready under the previous hydrad. */
 void vm_services_restore_ready(VmServices *s, uint64_t since_usec);
@@ -71,4 +82,4 @@ size_t vm_services_console_tail(const VmServices *s, char *buf, size_t size);
  * the last systemd failure line the guest printed: "... (guest console: [FAILED] Failed to start x.service)". */
 bool vm_services_ready(const VmServices *s, uint64_t *ret_since_usec, const char **ret_detail);
 const char *vm_services_console_socket(const VmServices *s);   /* NULL while there is no relay */
-const char *vm_services_cri_socket(const VmServices *s);       /* NULL while there is no CRI socket */
+const char *vm_services_cri_socket(const VmServices *s);       /* NULL while there is no CRI socket (bound) */
