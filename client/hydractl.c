@@ -580,6 +580,22 @@ static int list_in_start_order(Hydra__V1__ListVmsResponse **ret_reply, size_t re
         return 0;
 }
 
+/* The VM's spec names start_after. Any failure here is StartVm's to report. */
+static bool starts_after(Hydra__V1__Role role) {
+        Hydra__V1__GetVmRequest req = HYDRA__V1__GET_VM_REQUEST__INIT;
+        Hydra__V1__Vm *vm = NULL;
+        RpcStatus status;
+        bool r;
+
+        req.role = role;
+        if (rpc_call_unary(get_client(), METHOD("GetVm"), &req.base, &hydra__v1__vm__descriptor,
+                           deadline_ms(DEADLINE_DEFAULT_MS), (ProtobufCMessage **) &vm, &status) < 0)
+                return false;
+        r = vm_start_after(vm) != NULL;
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        return r;
+}
+
 /* start --all: every registered VM in start order, each start returning before the next begins (a VM that starts
  * after another waits for it anyway: hydrad starts it first). The first failure ends it. */
 static int start_all(const LifecycleArgs *a, bool ready) {
@@ -622,6 +638,7 @@ static int verb_start(const Verb *verb, int argc, char *argv[]) {
         Hydra__V1__Vm *vm = NULL;
         LifecycleArgs a = {};
         bool help_shown, ready;
+        int64_t deadline;
         int r;
 
         r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
@@ -638,9 +655,13 @@ static int verb_start(const Verb *verb, int argc, char *argv[]) {
                 return start_all(&a, ready);
         req.wait = ready ? HYDRA__V1__WAIT_FOR__WAIT_FOR_READY : HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
         req.timeout_seconds = a.timeout_sec;
-        r = start_with_progress(&req, a.timeout_sec > 0 ? a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS
-                                      : ready           ? DEADLINE_READY_MS
-                                                        : DEADLINE_START_MS, &vm);
+        if (a.timeout_sec > 0)
+                deadline = a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS;
+        else if (ready || (arg_timeout_ms < 0 && starts_after(req.role)))
+                deadline = DEADLINE_READY_MS; /* a VM that starts after another waits for that one's first boot */
+        else
+                deadline = DEADLINE_START_MS;
+        r = start_with_progress(&req, deadline, &vm);
         if (r != 0)
                 return r;
         r = print_vm(vm);

@@ -63,7 +63,7 @@ def json_objects(text):
 
 
 def main():
-    d = Daemon(HYDRAD, prefix="hydra-pair.")
+    d = Daemon(HYDRAD, prefix="hydra-pair.", extra_args=("--on-exit", "stop"))
     ok = False
     try:
         api = d.start()
@@ -137,19 +137,14 @@ def main():
         check("... and hydrad's notice on host names isolated",
               bool(w.find(notice(HOST, "'isolated' starts after 'host'"))))
         check("... isolated keeps running", get(ISO).state == pb.VM_STATE_RUNNING)
-        r = ctl("stop", "--all")
-        check("stop --all: isolated stopped too", r.returncode == 0 and get(ISO).state == pb.VM_STATE_STOPPED,
-              r.stdout + r.stderr)
 
-        # start --all / stop --all: dependency order, and reverse.
-        w.clear()
+        # start --all / stop --all: dependency order, and the reverse. isolated still runs: start --all starts host,
+        # then finds isolated running (from stopped, at the end: isolated begins only once host is ready).
         r = ctl("start", "--all", "--wait", "ready", "--json")
         objs = json_objects(r.stdout) if r.returncode == 0 else []
         check("start --all --wait ready --json: host, then isolated, both ready",
               [o["role"] for o in objs] == ["host", "isolated"] and all(o["ready"] for o in objs),
               r.stdout + r.stderr)
-        host_ready, iso_prep = first_time(w, ready_event(HOST)), first_time(w, state_change(ISO, pb.VM_STATE_PREPARING))
-        check("start --all: isolated began after host was ready", host_ready and iso_prep and host_ready <= iso_prep)
         w.clear()
         r = ctl("stop", "--all", "--json")
         objs = json_objects(r.stdout) if r.returncode == 0 else []
@@ -193,9 +188,25 @@ def main():
               bool(w.find(state_change(HOST, pb.VM_STATE_FAILED))) and
               not w.find(state_change(ISO, pb.VM_STATE_PREPARING)))
 
+        # start --all from both stopped: isolated begins only after host is ready. Then hydrad --on-exit stop: the VM
+        # that starts after the other one is stopped first.
+        api.RegisterVm(pb.RegisterVmRequest(role=HOST, spec=spec(P_HOST)), timeout=10)
+        w.clear()
+        r = ctl("start", "--all", "--wait", "ready")
+        check("start --all from stopped", r.returncode == 0 and r.stdout.startswith("host: running"),
+              r.stdout + r.stderr)
+        host_ready, iso_prep = first_time(w, ready_event(HOST)), first_time(w, state_change(ISO, pb.VM_STATE_PREPARING))
+        check("start --all: isolated began after host was ready", host_ready and iso_prep and host_ready <= iso_prep,
+              f"host ready {host_ready}, isolated preparing {iso_prep}")
         w.close()
+        before = len(d.log())
         rc = d.stop()
         check("hydrad exits cleanly (no leak under ASan)", rc == 0)
+        log = d.log()[before:]
+        iso_stopped, host_stopping = (log.find("VM 'isolated': stopping -> stopped"),
+                                      log.find("VM 'host': running -> stopping"))
+        check("--on-exit stop: host stopping only after isolated stopped",
+              0 <= iso_stopped < host_stopping, f"{iso_stopped} {host_stopping}")
         ok = check.failed == 0
     finally:
         if check.failed or not ok:
