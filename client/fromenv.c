@@ -390,6 +390,28 @@ static int map_supervision(EnvContext *ctx, Hydra__V1__VmSpec *spec, bool proxy_
         return 0;
 }
 
+/* The kubelet shares over 9p/TCP come from the host VM's diod (EXTERNAL_9P_KUBELET_MOUNTS, run-isolated.sh): such a VM
+ * starts after the host VM (supervision.start_after = host). HYDRA_START_AFTER (host, isolated, none) says otherwise;
+ * hydrad's own variable, start-vm.sh has none. */
+static int map_start_after(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
+        const char *v = env_get(ctx, "HYDRA_START_AFTER", NULL), *after = NULL;
+        Hydra__V1__Supervision *sv;
+
+        if (v) {
+                if (!streq(v, "host") && !streq(v, "isolated") && !streq(v, "none"))
+                        return hydra_error_set(ctx->err, -EINVAL, "HYDRA_START_AFTER: '%s' is not a role (allowed: "
+                                               "host, isolated, none)", v);
+                after = streq(v, "none") ? NULL : v;
+        } else if (spec->shares && spec->shares->kubelet == HYDRA__V1__KUBELET_SHARES__KUBELET_SHARES_TCP)
+                after = "host";
+        if (!after)
+                return 0;
+        sv = spec_supervision(spec);
+        if (!sv || spec_field_set(&sv->start_after, after) < 0)
+                return oom(ctx);
+        return 0;
+}
+
 /* A hydrad variable that is a boolean in the spec file's words; unset or empty: def. */
 static int env_bool(EnvContext *ctx, const char *name, bool def, bool *ret) {
         const char *v = env_get(ctx, name, NULL);
@@ -1165,5 +1187,7 @@ int spec_from_env(Hydra__V1__VmSpec *spec, const char *preset, FILE *notes, Hydr
                 r = map_devices(&ctx, spec, run_bare != 0);
         if (r >= 0)
                 r = map_supervision(&ctx, spec, disable_proxy > 0);
+        if (r >= 0)
+                r = map_start_after(&ctx, spec);
         return r < 0 ? r : 0;
 }

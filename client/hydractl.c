@@ -25,6 +25,7 @@
 #include "grpc_status.h"
 #include "rpc.h"
 #include "specfile.h"
+#include "start_order.h"
 
 #define EXIT_RPC 1
 #define EXIT_USAGE 2
@@ -398,6 +399,14 @@ static int verb_register(const Verb *verb, int argc, char *argv[]) {
         free(a.sets);
         if (r != 0 || help_shown)
                 return r;
+        /* hydrad refuses it too; said here as the spec's other errors are, before asking anything. */
+        if (spec->supervision && !isempty(spec->supervision->start_after) &&
+            role_from_name(spec->supervision->start_after) == req.role) {
+                fprintf(stderr, "hydractl: supervision.start_after: '%s' is this VM's own role (allowed: the other "
+                        "VM, %s, or empty for none)\n", spec->supervision->start_after,
+                        req.role == HYDRA__V1__ROLE__ROLE_HOST ? "isolated" : "host");
+                return EXIT_USAGE;
+        }
 
         if (spec->guest && !isempty(spec->guest->password)) {
                 r = get_registered_vm(req.role, &registered);
@@ -466,6 +475,7 @@ typedef struct LifecycleArgs {
         uint32_t timeout_sec;
         bool force;
         bool keep_cache;
+        bool all;
 } LifecycleArgs;
 
 static int handle_lifecycle_option(const Verb *verb, int c, const char *arg, void *userdata) {
@@ -482,6 +492,9 @@ static int handle_lifecycle_option(const Verb *verb, int c, const char *arg, voi
                 return 0;
         case 'k':
                 a->keep_cache = true;
+                return 0;
+        case 'a':
+                a->all = true;
                 return 0;
         }
         return EXIT_USAGE;
@@ -537,34 +550,118 @@ static int start_with_progress(const Hydra__V1__StartVmRequest *req, int64_t def
         return 0;
 }
 
+/* The registered VMs, each after the one it starts after (supervision.start_after): start --all's order, stop
+ * --all's reversed. Returns 0 with *ret_reply (owning the VMs) and ret_order filled, or EXIT_RPC. */
+static int list_in_start_order(Hydra__V1__ListVmsResponse **ret_reply, size_t ret_order[static 64], size_t *ret_n) {
+        Hydra__V1__ListVmsRequest req = HYDRA__V1__LIST_VMS_REQUEST__INIT;
+        Hydra__V1__ListVmsResponse *reply = NULL;
+        int after[64];
+        int r;
+
+        r = call_unary(METHOD("ListVms"), &req, &hydra__v1__list_vms_response__descriptor, DEADLINE_DEFAULT_MS,
+                       &reply);
+        if (r != 0)
+                return r;
+        for (size_t i = 0; i < reply->n_vms && i < 64; i++) {
+                const char *name = vm_start_after(reply->vms[i]);
+
+                after[i] = -1;
+                for (size_t k = 0; name && k < reply->n_vms && k < 64; k++)
+                        if (k != i && streq(role_to_name(reply->vms[k]->role), name))
+                                after[i] = (int) k;
+        }
+        if (reply->n_vms > 64 || start_order(after, reply->n_vms, ret_order) < 0) {
+                fprintf(stderr, "hydractl: the VMs' start_after settings form a cycle\n");
+                hydra__v1__list_vms_response__free_unpacked(reply, NULL);
+                return EXIT_RPC;
+        }
+        *ret_reply = reply;
+        *ret_n = reply->n_vms;
+        return 0;
+}
+
+/* The VM's spec names start_after. Any failure here is StartVm's to report. */
+static bool starts_after(Hydra__V1__Role role) {
+        Hydra__V1__GetVmRequest req = HYDRA__V1__GET_VM_REQUEST__INIT;
+        Hydra__V1__Vm *vm = NULL;
+        RpcStatus status;
+        bool r;
+
+        req.role = role;
+        if (rpc_call_unary(get_client(), METHOD("GetVm"), &req.base, &hydra__v1__vm__descriptor,
+                           deadline_ms(DEADLINE_DEFAULT_MS), (ProtobufCMessage **) &vm, &status) < 0)
+                return false;
+        r = vm_start_after(vm) != NULL;
+        hydra__v1__vm__free_unpacked(vm, NULL);
+        return r;
+}
+
+/* start --all: every registered VM in start order, each start returning before the next begins (a VM that starts
+ * after another waits for it anyway: hydrad starts it first). The first failure ends it. */
+static int start_all(const LifecycleArgs *a, bool ready) {
+        Hydra__V1__ListVmsResponse *list = NULL;
+        size_t order[64], n;
+        int r;
+
+        r = list_in_start_order(&list, order, &n);
+        if (r != 0)
+                return r;
+        if (n == 0 && !arg_json)
+                printf("no VMs registered\n");
+        for (size_t i = 0; i < n && r == 0; i++) {
+                Hydra__V1__StartVmRequest req = HYDRA__V1__START_VM_REQUEST__INIT;
+                Hydra__V1__Vm *vm = NULL;
+
+                req.role = list->vms[order[i]]->role;
+                req.wait = ready ? HYDRA__V1__WAIT_FOR__WAIT_FOR_READY : HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
+                req.timeout_seconds = a->timeout_sec;
+                r = start_with_progress(&req, a->timeout_sec > 0 ? a->timeout_sec * SEC_MS + DEADLINE_MARGIN_MS
+                                                                 : DEADLINE_READY_MS, &vm);
+                if (r == 0) {
+                        r = print_vm(vm);
+                        hydra__v1__vm__free_unpacked(vm, NULL);
+                }
+        }
+        hydra__v1__list_vms_response__free_unpacked(list, NULL);
+        return r;
+}
+
 static int verb_start(const Verb *verb, int argc, char *argv[]) {
         static const struct option options[] = {
                 COMMON_OPTIONS,
                 { "wait", required_argument, NULL, 'w' },
                 { "timeout", required_argument, NULL, 't' },
+                { "all", no_argument, NULL, 'a' },
                 {},
         };
         Hydra__V1__StartVmRequest req = HYDRA__V1__START_VM_REQUEST__INIT;
         Hydra__V1__Vm *vm = NULL;
         LifecycleArgs a = {};
         bool help_shown, ready;
+        int64_t deadline;
         int r;
 
         r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
         if (r != 0 || help_shown)
                 return r;
-        r = parse_role_args(verb, argc, argv, true, &req.role);
+        r = a.all ? parse_no_args(verb, argc, argv) : parse_role_args(verb, argc, argv, true, &req.role);
         if (r != 0)
                 return r;
         if (a.wait && !streq(a.wait, "running") && !streq(a.wait, "ready"))
                 return usage_error(verb, "--wait: '%s' is not one of: running, ready", a.wait);
 
         ready = a.wait && streq(a.wait, "ready");
+        if (a.all)
+                return start_all(&a, ready);
         req.wait = ready ? HYDRA__V1__WAIT_FOR__WAIT_FOR_READY : HYDRA__V1__WAIT_FOR__WAIT_FOR_RUNNING;
         req.timeout_seconds = a.timeout_sec;
-        r = start_with_progress(&req, a.timeout_sec > 0 ? a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS
-                                      : ready           ? DEADLINE_READY_MS
-                                                        : DEADLINE_START_MS, &vm);
+        if (a.timeout_sec > 0)
+                deadline = a.timeout_sec * SEC_MS + DEADLINE_MARGIN_MS;
+        else if (ready || (arg_timeout_ms < 0 && starts_after(req.role)))
+                deadline = DEADLINE_READY_MS; /* a VM that starts after another waits for that one's first boot */
+        else
+                deadline = DEADLINE_START_MS;
+        r = start_with_progress(&req, deadline, &vm);
         if (r != 0)
                 return r;
         r = print_vm(vm);
@@ -590,35 +687,101 @@ static uint32_t spec_stop_timeout(Hydra__V1__Role role) {
         return sec;
 }
 
+/* StopVm of one VM, the deadline outlasting what hydrad gives the guest. */
+static int stop_one(const LifecycleArgs *a, Hydra__V1__Role role, Hydra__V1__Vm **ret_vm) {
+        Hydra__V1__StopVmRequest req = HYDRA__V1__STOP_VM_REQUEST__INIT;
+        uint32_t wait_sec;
+
+        req.role = role;
+        req.force = a->force;
+        req.timeout_seconds = a->timeout_sec;
+        /* The global --timeout, when given, is the deadline whatever the guest gets: no need to ask. */
+        wait_sec = a->timeout_sec > 0 ? a->timeout_sec
+                   : arg_timeout_ms < 0 ? spec_stop_timeout(req.role)
+                                        : STOP_DEFAULT_TIMEOUT_SEC;
+        return call_unary(METHOD("StopVm"), &req, &hydra__v1__vm__descriptor,
+                          (int64_t) wait_sec * SEC_MS + DEADLINE_MARGIN_MS, ret_vm);
+}
+
+static bool vm_is_up(const Hydra__V1__Vm *vm) {
+        return vm->state == HYDRA__V1__VM_STATE__VM_STATE_PREPARING ||
+               vm->state == HYDRA__V1__VM_STATE__VM_STATE_STARTING ||
+               vm->state == HYDRA__V1__VM_STATE__VM_STATE_RUNNING ||
+               vm->state == HYDRA__V1__VM_STATE__VM_STATE_STOPPING;
+}
+
+/* stop ROLE while a VM that starts after it is up: hydrad stops it anyway (and says so in a notice); the person
+ * reads it here. */
+static void warn_dependents(Hydra__V1__Role role) {
+        Hydra__V1__ListVmsRequest req = HYDRA__V1__LIST_VMS_REQUEST__INIT;
+        Hydra__V1__ListVmsResponse *reply = NULL;
+        RpcStatus status;
+
+        if (rpc_call_unary(get_client(), METHOD("ListVms"), &req.base, &hydra__v1__list_vms_response__descriptor,
+                           deadline_ms(DEADLINE_DEFAULT_MS), (ProtobufCMessage **) &reply, &status) < 0)
+                return; /* StopVm's to report */
+        for (size_t i = 0; i < reply->n_vms; i++) {
+                const Hydra__V1__Vm *vm = reply->vms[i];
+                const char *after = vm_start_after(vm);
+
+                if (vm->role != role && after && role_from_name(after) == role && vm_is_up(vm))
+                        fprintf(stderr, "hydractl: warning: %s starts after %s (supervision.start_after) and is %s: "
+                                "it keeps running without %s; stop %s first, or use stop --all\n",
+                                role_to_name(vm->role), role_to_name(role), vm_state_to_name(vm->state),
+                                role_to_name(role), role_to_name(vm->role));
+        }
+        hydra__v1__list_vms_response__free_unpacked(reply, NULL);
+}
+
+/* stop --all: every registered VM, a VM that starts after another before that one, each stopped before the next. */
+static int stop_all(const LifecycleArgs *a) {
+        Hydra__V1__ListVmsResponse *list = NULL;
+        size_t order[64], n;
+        int r;
+
+        r = list_in_start_order(&list, order, &n);
+        if (r != 0)
+                return r;
+        if (n == 0 && !arg_json)
+                printf("no VMs registered\n");
+        for (size_t i = n; i > 0 && r == 0; i--) {
+                Hydra__V1__Vm *vm = NULL;
+
+                r = stop_one(a, list->vms[order[i - 1]]->role, &vm);
+                if (r == 0) {
+                        r = print_vm(vm);
+                        hydra__v1__vm__free_unpacked(vm, NULL);
+                }
+        }
+        hydra__v1__list_vms_response__free_unpacked(list, NULL);
+        return r;
+}
+
 static int verb_stop(const Verb *verb, int argc, char *argv[]) {
         static const struct option options[] = {
                 COMMON_OPTIONS,
                 { "force", no_argument, NULL, 'f' },
                 { "timeout", required_argument, NULL, 't' },
+                { "all", no_argument, NULL, 'a' },
                 {},
         };
-        Hydra__V1__StopVmRequest req = HYDRA__V1__STOP_VM_REQUEST__INIT;
+        Hydra__V1__Role role = HYDRA__V1__ROLE__ROLE_UNSPECIFIED;
         Hydra__V1__Vm *vm = NULL;
         LifecycleArgs a = {};
-        uint32_t wait_sec;
         bool help_shown;
         int r;
 
         r = verb_getopt(verb, argc, argv, options, handle_lifecycle_option, &a, &help_shown);
         if (r != 0 || help_shown)
                 return r;
-        r = parse_role_args(verb, argc, argv, true, &req.role);
+        r = a.all ? parse_no_args(verb, argc, argv) : parse_role_args(verb, argc, argv, true, &role);
         if (r != 0)
                 return r;
+        if (a.all)
+                return stop_all(&a);
 
-        req.force = a.force;
-        req.timeout_seconds = a.timeout_sec;
-        /* The global --timeout, when given, is the deadline whatever the guest gets: no need to ask. */
-        wait_sec = a.timeout_sec > 0 ? a.timeout_sec
-                   : arg_timeout_ms < 0 ? spec_stop_timeout(req.role)
-                                        : STOP_DEFAULT_TIMEOUT_SEC;
-        r = call_unary(METHOD("StopVm"), &req, &hydra__v1__vm__descriptor,
-                       (int64_t) wait_sec * SEC_MS + DEADLINE_MARGIN_MS, &vm);
+        warn_dependents(role);
+        r = stop_one(&a, role, &vm);
         if (r != 0)
                 return r;
         r = print_vm(vm);
@@ -1039,16 +1202,20 @@ static const Verb verbs[] = {
           "                            secrets (passwords, tokens) are refused: put them in the file (mode 0600)\n"
           "  --apply-on-next-start     replace the spec of a VM that is running; it applies at its next start\n",
           verb_register, false },
-        { "start", "ROLE [--wait running|ready] [--timeout SEC]",
+        { "start", "ROLE|--all [--wait running|ready] [--timeout SEC]",
           "Prepare and launch the VM; return once QEMU runs and answers QMP (or, with --wait ready, once the\n"
           "      guest's readiness probe passes). The preparation's progress (downloads, disk, seed) is shown on\n"
-          "      stderr: a bar on a terminal, else a line per step.",
+          "      stderr: a bar on a terminal, else a line per step. A VM whose spec says start_after starts once\n"
+          "      that VM is ready, and that VM is started first.",
+          "  --all                     every registered VM, each after the one it starts after\n"
           "  --wait running            return once QEMU runs and answers QMP (the default)\n"
           "  --wait ready              return once the readiness probe ([supervision] probe) passes\n"
           "  --timeout SEC             give up the start after SEC seconds (default: no limit)\n",
           verb_start, false },
-        { "stop", "ROLE [--force] [--timeout SEC]",
-          "Stop the VM: ACPI power-down, then QMP quit, SIGTERM, SIGKILL.",
+        { "stop", "ROLE|--all [--force] [--timeout SEC]",
+          "Stop the VM: ACPI power-down, then QMP quit, SIGTERM, SIGKILL. A VM that starts after it keeps\n"
+          "      running (a warning says so): stop it first, or use --all.",
+          "  --all                     every registered VM, a VM that starts after another before that one\n"
           "  --force                   skip the ACPI power-down step\n"
           "  --timeout SEC             how long the guest gets to power off (default: [supervision] stop_timeout,\n"
           "                            else hydrad's stop_timeout, 60 s)\n",

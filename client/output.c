@@ -202,7 +202,7 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "shmem_path", json_string_or_null(d->shmem_path)));
         /* The spec file's names: durations in seconds, as restart_window, stop_timeout and ready_timeout. */
         r |= json_object_set_new(j, "supervision", !sv ? json_null() :
-                                 json_pack("{s:s, s:i, s:i, s:b, s:i, s:s, s:o, s:i, s:i}",
+                                 json_pack("{s:s, s:i, s:i, s:b, s:i, s:s, s:o, s:i, s:i, s:o}",
                                            "restart", restart_policy_to_name(sv->restart) ?: "unknown",
                                            "max_restarts", (json_int_t) sv->max_restarts,
                                            "restart_window", (json_int_t) sv->restart_window_seconds,
@@ -211,7 +211,8 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "probe", probe_kind_to_name(sv->probe) ?: "unknown",
                                            "probe_pattern", json_string_or_null(sv->probe_pattern),
                                            "probe_port", (json_int_t) sv->probe_port,
-                                           "ready_timeout", (json_int_t) sv->ready_timeout_seconds));
+                                           "ready_timeout", (json_int_t) sv->ready_timeout_seconds,
+                                           "start_after", json_string_or_null(sv->start_after)));
         if (r != 0) {
                 json_decref(j);
                 return NULL;
@@ -626,6 +627,7 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
         } else
                 fprintf(f, "next restart:    -\n");
         fprintf(f, "forwards:        %s\n", strempty(forwards));
+        fprintf(f, "starts after:    %s\n", vm_start_after(vm) ?: "-");
         fprintf(f, "console log:     %s\n", isempty(vm->console_log) ? "-" : vm->console_log);
         fprintf(f, "qmp socket:      %s\n", isempty(vm->qmp_socket) ? "-" : vm->qmp_socket);
         fprintf(f, "console socket:  %s\n", isempty(vm->console_socket) ? "-" : vm->console_socket);
@@ -644,10 +646,17 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
                 fprintf(f, "progress:        -\n");
 }
 
+const char *vm_start_after(const Hydra__V1__Vm *vm) {
+        if (!vm->spec || !vm->spec->supervision || isempty(vm->spec->supervision->start_after))
+                return NULL;
+        return vm->spec->supervision->start_after;
+}
+
 void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms) {
-        enum { COL_ROLE, COL_STATE, COL_READY, COL_PID, COL_UPTIME, COL_RESTARTS, COL_EXIT, COL_FORWARDS, _COL_MAX };
+        enum { COL_ROLE, COL_STATE, COL_READY, COL_PID, COL_UPTIME, COL_RESTARTS, COL_EXIT, COL_AFTER, COL_FORWARDS,
+               _COL_MAX };
         static const char *const header[_COL_MAX] = { "ROLE", "STATE", "READY", "PID", "UPTIME", "RESTARTS",
-                                                      "LAST EXIT", "FORWARDS" };
+                                                      "LAST EXIT", "STARTS AFTER", "FORWARDS" };
         int width[_COL_MAX];
         char cells[n_vms + 1][_COL_MAX][256];
 
@@ -673,6 +682,7 @@ void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms) {
                         snprintf(row[COL_UPTIME], 256, "-");
                 snprintf(row[COL_RESTARTS], 256, "%u", vm->restart_count);
                 format_exit(row[COL_EXIT], 256, vm->last_exit);
+                snprintf(row[COL_AFTER], 256, "%s", vm_start_after(vm) ?: "-");
                 snprintf(row[COL_FORWARDS], 256, "%s", strempty(forwards));
                 for (size_t c = 0; c < _COL_MAX; c++) {
                         int w = (int) strlen(row[c]);

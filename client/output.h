@@ -38,7 +38,10 @@ void print_vm_line(FILE *f, const Hydra__V1__Vm *vm);
 /* key: value lines, everything GetVm says (ready, sockets and the next restart included). */
 void print_vm_block(FILE *f, const Hydra__V1__Vm *vm);
 /* A table, one row per VM, then the last error of each VM that has one. */
+/* One row per VM: state, readiness, pid, uptime, restarts, last exit, the VM it starts after, forwards. */
 void print_vm_table(FILE *f, Hydra__V1__Vm *const *vms, size_t n_vms);
+/* The role the VM starts after (spec.supervision.start_after), or NULL. */
+const char *vm_start_after(const Hydra__V1__Vm *vm);
 /* One line: local time, role, what happened ("running -> stopped (...)", "ready", "not ready: DETAIL",
  * "lost 3 events"...). */
 void print_event_line(FILE *f, const Hydra__V1__Event *event);

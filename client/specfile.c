@@ -68,6 +68,7 @@ typedef enum ValueType {
         VT_MAX_RESTARTS,  /* 1-1000 */
         VT_DURATION,      /* seconds: a plain number or with a unit (s, m, h, d); 1 to the key's max */
         VT_REGEX,         /* a POSIX extended regular expression, one line */
+        VT_ROLE,          /* host, isolated */
 } ValueType;
 
 typedef enum SpecKey {
@@ -153,6 +154,7 @@ typedef enum SpecKey {
         KEY_SUPERVISION_PROBE_PATTERN,
         KEY_SUPERVISION_PROBE_PORT,
         KEY_SUPERVISION_READY_TIMEOUT,
+        KEY_SUPERVISION_START_AFTER,
         _KEY_MAX,
         _KEY_INVALID = -EINVAL,
 } SpecKey;
@@ -250,6 +252,7 @@ static const struct {
         [KEY_SUPERVISION_PROBE_PATTERN] = { "supervision", "probe_pattern", VT_REGEX },
         [KEY_SUPERVISION_PROBE_PORT] = { "supervision", "probe_port", VT_PORT },
         [KEY_SUPERVISION_READY_TIMEOUT] = { "supervision", "ready_timeout", VT_DURATION, .max = 86400 },
+        [KEY_SUPERVISION_START_AFTER] = { "supervision", "start_after", VT_ROLE },
 };
 
 static bool type_is_list(ValueType t) {
@@ -1066,7 +1069,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_DEVICES_SHMEM_SIZE: return &d->shmem_size_gib;
                 default: return &d->shmem_path;
                 }
-        case KEY_SUPERVISION_RESTART ... KEY_SUPERVISION_READY_TIMEOUT:
+        case KEY_SUPERVISION_RESTART ... KEY_SUPERVISION_START_AFTER:
                 sv = spec_supervision(spec);
                 if (!sv)
                         return NULL;
@@ -1079,6 +1082,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_SUPERVISION_PROBE: return &sv->probe;
                 case KEY_SUPERVISION_PROBE_PATTERN: return &sv->probe_pattern;
                 case KEY_SUPERVISION_PROBE_PORT: return &sv->probe_port;
+                case KEY_SUPERVISION_START_AFTER: return &sv->start_after;
                 default: return &sv->ready_timeout_seconds;
                 }
         default:
@@ -1252,6 +1256,11 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 regfree(&re);
                 break;
         }
+        case VT_ROLE:
+                if (!streq(value, "host") && !streq(value, "isolated"))
+                        return bad_value(err, key_name, value, "is not a role (allowed: host, isolated: the other "
+                                         "VM)");
+                break;
         case VT_WORD:
                 if (strpbrk(value, " \t"))
                         return bad_value(err, key_name, value, "is not one word (blanks are not allowed)");

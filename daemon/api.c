@@ -81,7 +81,8 @@ struct Call {
         bool metadata_sent;
         bool status_sent;
 
-        VmOp *op;               /* a Start/Stop/Destroy waiting on the VM */
+        VmOp *op;               /* a Stop/Destroy/Register waiting on the VM */
+        ManagerOp *start_op;    /* a Start: waiting for the VM it starts after, then on the VM */
         Role role;
 
         Subscription *sub;      /* WatchEvents, ConsoleLog follow */
@@ -242,6 +243,9 @@ static grpc_status_code status_from_errno(int r) {
         case ENXIO: /* HYDRA_ENOTREGISTERED */
                 return GRPC_STATUS_NOT_FOUND;
         case EBUSY:
+        case ENOLINK: /* HYDRA_EDEPENDENCY */
+        case EADDRINUSE:   /* a forward's host port */
+        case EADDRNOTAVAIL:
         case ENOENT:
         case ENOEXEC:
         case ENOTDIR:
@@ -304,6 +308,7 @@ static void call_finish(Call *c, grpc_status_code code, const char *message, con
         if (c->status_sent || c->closed)
                 return;
         c->op = NULL;
+        c->start_op = manager_op_cancel(c->start_op); /* NULL unless the reply comes before it is done */
         if (!c->metadata_sent) {
                 ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
                 n++;
@@ -625,6 +630,13 @@ static void handle_op_result(Call *c, Vm *vm, int r, const HydraError *err) {
         /* r == 0: on_op_done replies */
 }
 
+static void on_start_done(Vm *vm, int r, const HydraError *err, void *userdata) {
+        Call *c = userdata;
+
+        c->start_op = NULL;
+        on_op_done(vm, r, err, c);
+}
+
 static void handle_start(Call *c, const uint8_t *data, size_t size) {
         Hydra__V1__StartVmRequest *req = DECODE(c, Hydra__V1__StartVmRequest, hydra__v1__start_vm_request, data, size);
         HydraError err;
@@ -641,8 +653,8 @@ static void handle_start(Call *c, const uint8_t *data, size_t size) {
                 call_fail(c, -EINVAL, "wait: not known (allowed: WAIT_FOR_RUNNING, WAIT_FOR_READY)");
                 goto out;
         }
-        r = vm_start(vm, req->wait == HYDRA__V1__WAIT_FOR__WAIT_FOR_READY, (uint64_t) req->timeout_seconds * 1000000ULL,
-                     on_op_done, c, &c->op, &err);
+        r = manager_start(c->api->manager, c->role, req->wait == HYDRA__V1__WAIT_FOR__WAIT_FOR_READY,
+                          (uint64_t) req->timeout_seconds * 1000000ULL, on_start_done, c, &c->start_op, &err);
         handle_op_result(c, vm, r, &err);
 out:
         hydra__v1__start_vm_request__free_unpacked(req, NULL);
@@ -660,7 +672,8 @@ static void handle_stop(Call *c, const uint8_t *data, size_t size) {
         vm = call_get_vm(c, req->role, true);
         if (!vm)
                 goto out;
-        r = vm_stop(vm, req->force, (uint64_t) req->timeout_seconds * 1000000ULL, on_op_done, c, &c->op, &err);
+        r = manager_stop(c->api->manager, c->role, req->force, (uint64_t) req->timeout_seconds * 1000000ULL,
+                         on_op_done, c, &c->op, &err);
         handle_op_result(c, vm, r, &err);
 out:
         hydra__v1__stop_vm_request__free_unpacked(req, NULL);
@@ -1049,6 +1062,7 @@ static const Method methods[] = {
 /* Forgets what the call waits for (a VM op, events) and the events queued for it. */
 static void call_drop_waits(Call *c) {
         c->op = vm_op_cancel(c->op);
+        c->start_op = manager_op_cancel(c->start_op);
         c->sub = subscription_free(c->sub);
         console_read_cancel(c);
         while (c->q_len > 0) {
@@ -1102,6 +1116,7 @@ static void on_close_done(Tag *t, bool ok) {
                 log_debug("API %s: cancelled by the client", c->method ? c->method->path : "?");
         /* Whatever was waiting has lost its listener; the VM carries on. */
         c->op = vm_op_cancel(c->op);
+        c->start_op = manager_op_cancel(c->start_op);
         c->sub = subscription_free(c->sub);
         console_read_cancel(c);
         call_maybe_free(c);
@@ -1789,7 +1804,7 @@ static int on_grace(sd_event_source *s, uint64_t usec, void *userdata) {
         a->grace_timer = sd_event_source_disable_unref(a->grace_timer);
         log_info("cancelling the API calls still open after %llu s", (unsigned long long) (SHUTDOWN_GRACE_USEC / 1000000ULL));
         for (Call *c = a->calls; c; c = c->next)
-                if (c->op)
+                if (c->op || c->start_op)
                         call_fail(c, -ESHUTDOWN, "hydrad is shutting down");
         grpc_server_cancel_all_calls(a->server);
         /* A client that stopped reading would hold a send forever: cut its connection. */

@@ -233,6 +233,7 @@ int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
         p->supervision.probe_pattern = pb_str(s->supervision.probe_pattern);
         p->supervision.probe_port = s->supervision.probe_port;
         p->supervision.ready_timeout_seconds = s->supervision.ready_timeout_sec;
+        p->supervision.start_after = pb_str(s->supervision.start_after);
         p->spec.supervision = &p->supervision;
         return 0;
 }
@@ -434,7 +435,8 @@ int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err) {
                 s.supervision.probe = (ProbeKind) sv->probe;
                 s.supervision.probe_port = sv->probe_port;
                 s.supervision.ready_timeout_sec = sv->ready_timeout_seconds;
-                if (dup_str(&s.supervision.probe_pattern, sv->probe_pattern) < 0)
+                if (dup_str(&s.supervision.probe_pattern, sv->probe_pattern) < 0 ||
+                    dup_str(&s.supervision.start_after, sv->start_after) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
         }
 

@@ -864,6 +864,101 @@ START_TEST(test_cri_unavailable_reason) {
 }
 END_TEST
 
+/* --- two VMs, one device: what RegisterVm checks across the two, the start of a VM whose dependency is not there,
+ * the start order --- */
+
+static VmSpec pair_spec(const char *start_after, const char *addr, uint32_t host_port) {
+        VmSpec spec = small_spec(1, NULL);
+
+        if (start_after)
+                ck_assert_ptr_nonnull(spec.supervision.start_after = strdup(start_after));
+        if (host_port > 0) {
+                ck_assert_ptr_nonnull(spec.forwards = calloc(1, sizeof(PortForward)));
+                spec.forwards[0] = (PortForward) { .host_addr = addr ? strdup(addr) : NULL, .host_port = host_port,
+                                                   .guest_port = 35000 };
+                spec.n_forwards = 1;
+        }
+        return spec;
+}
+
+/* Returns vm_register's result, once done when it was pending. */
+static int register_pair(Role role, const char *start_after, const char *addr, uint32_t host_port, HydraError *err) {
+        VmSpec spec = pair_spec(start_after, addr, host_port);
+        Done d = {};
+        VmOp *op = NULL;
+        int r;
+
+        hydra_error_clear(err);
+        r = vm_register(manager_get_vm(manager, role), &spec, false, on_done, &d, &op, err);
+        vm_spec_done(&spec);
+        if (r == 0) {
+                run_until(&d, 1);
+                ck_assert_msg(d.r >= 0, "%s", d.message);
+        }
+        return r;
+}
+
+START_TEST(test_pair_forward_clash) {
+        HydraError err;
+        Role order[_ROLE_MAX];
+
+        ck_assert_int_eq(register_pair(ROLE_HOST, NULL, "127.0.0.1", 35000, &err), 0);
+        /* The wildcard collides with the host VM's 127.0.0.1:35000: refused, naming both roles and the port. */
+        ck_assert_int_eq(register_pair(ROLE_ISOLATED, "host", "0.0.0.0", 35000, &err), -EINVAL);
+        ck_assert_str_eq(err.message, "forwards[0].host_port: tcp 0.0.0.0:35000 of VM 'isolated' is also a host "
+                                      "forward of VM 'host' (its forwards[0]: tcp 127.0.0.1:35000 to guest port "
+                                      "35000): the two VMs cannot both bind host port 35000 (allowed: each host port "
+                                      "in one VM only)");
+        ck_assert(!vm_is_registered(manager_get_vm(manager, ROLE_ISOLATED)));
+        /* Another port is fine, and so is the host VM registering its own spec again. */
+        ck_assert_int_eq(register_pair(ROLE_ISOLATED, "host", NULL, 35001, &err), 0);
+        ck_assert_int_eq(register_pair(ROLE_HOST, NULL, "127.0.0.1", 35000, &err), 1);
+        ck_assert_int_eq(register_pair(ROLE_HOST, NULL, NULL, 35001, &err), -EINVAL);
+        ck_assert_msg(strstr(err.message, "of VM 'host' is also a host forward of VM 'isolated'"), "%s", err.message);
+
+        /* isolated starts after host: host first. */
+        ck_assert_uint_eq(manager_start_order(manager, order), 2);
+        ck_assert_int_eq(order[0], ROLE_HOST);
+        ck_assert_int_eq(order[1], ROLE_ISOLATED);
+}
+END_TEST
+
+START_TEST(test_pair_start_after_checks) {
+        HydraError err;
+        Role order[_ROLE_MAX];
+
+        ck_assert_int_eq(register_pair(ROLE_ISOLATED, "isolated", NULL, 0, &err), -EINVAL);
+        ck_assert_msg(strstr(err.message, "supervision.start_after: 'isolated' is this VM's own role"), "%s",
+                      err.message);
+        ck_assert_int_eq(register_pair(ROLE_HOST, "isolated", NULL, 0, &err), 0);
+        ck_assert_uint_eq(manager_start_order(manager, order), 1);
+        ck_assert_int_eq(order[0], ROLE_HOST);
+        /* host starts after isolated: isolated starting after host would be a cycle. */
+        ck_assert_int_eq(register_pair(ROLE_ISOLATED, "host", NULL, 0, &err), -EINVAL);
+        ck_assert_str_eq(err.message, "supervision.start_after: 'isolated' starts after 'host', which starts after "
+                                      "'isolated' (a cycle: allowed in one of the two specs only)");
+        ck_assert_int_eq(register_pair(ROLE_ISOLATED, NULL, NULL, 0, &err), 0);
+        ck_assert_uint_eq(manager_start_order(manager, order), 2);
+        ck_assert_int_eq(order[0], ROLE_ISOLATED);
+        ck_assert_int_eq(order[1], ROLE_HOST);
+}
+END_TEST
+
+START_TEST(test_pair_dependency_not_registered) {
+        ManagerOp *op = NULL;
+        HydraError err;
+        Done d = {};
+
+        ck_assert_int_eq(register_pair(ROLE_ISOLATED, "host", NULL, 0, &err), 0);
+        hydra_error_clear(&err);
+        ck_assert_int_eq(manager_start(manager, ROLE_ISOLATED, false, 0, on_done, &d, &op, &err), HYDRA_EDEPENDENCY);
+        ck_assert_ptr_null(op);
+        ck_assert_str_eq(err.message, "VM 'isolated' starts after 'host' (supervision.start_after), which is not "
+                                      "registered: register 'host' first, or 'isolated' without start_after");
+        ck_assert_int_eq(d.calls, 0);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("manager");
         TCase *tc = tcase_create("load");
@@ -890,6 +985,9 @@ int main(void) {
         tcase_add_test(tc, test_cri_socket_follows_spec);
         tcase_add_test(tc, test_cri_socket_at_load);
         tcase_add_test(tc, test_cri_unavailable_reason);
+        tcase_add_test(tc, test_pair_forward_clash);
+        tcase_add_test(tc, test_pair_start_after_checks);
+        tcase_add_test(tc, test_pair_dependency_not_registered);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

@@ -84,7 +84,7 @@ DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
         X(software.k3s_version) X(software.kernel_package) X(software.sandbox_image)                            \
         X(software.sandbox_image_url) X(software.crismux_url) X(software.crismux_sha256) X(network.guest_ip)     \
         X(network.gateway) X(network.dns) X(network.mac) X(shares.kubelet_host_dir) X(devices.shmem_path)       \
-        X(supervision.probe_pattern)
+        X(supervision.probe_pattern) X(supervision.start_after)
 
 #define SPEC_SCALARS(X)                                                                                          \
         X(cpus) X(memory_mib) X(accel) X(arch) X(disk_size_gib) X(keep_pristine) X(reuse_disk_on_change)        \
@@ -190,8 +190,29 @@ static bool optional_strv_equal(char *const *a, char *const *b) {
         return true;
 }
 
-static const char *forward_host_addr(const PortForward *f) {
+const char *port_forward_host_addr(const PortForward *f) {
         return isempty(f->host_addr) ? SPEC_DEFAULT_HOST_ADDR : f->host_addr;
+}
+
+/* Two listeners on one host port collide if their addresses are equal or either is the wildcard (the kernel refuses
+ * the second bind). Guest ports may repeat. */
+static bool forwards_collide(const PortForward *f, const PortForward *g) {
+        const char *a = port_forward_host_addr(f), *b = port_forward_host_addr(g);
+
+        if (f->protocol != g->protocol || f->host_port != g->host_port)
+                return false;
+        return streq(a, b) || streq(a, "0.0.0.0") || streq(b, "0.0.0.0");
+}
+
+int vm_spec_forwards_clash(const VmSpec *a, const VmSpec *b, size_t *ret_b) {
+        for (size_t i = 0; i < a->n_forwards; i++)
+                for (size_t j = 0; j < b->n_forwards; j++)
+                        if (forwards_collide(&a->forwards[i], &b->forwards[j])) {
+                                if (ret_b)
+                                        *ret_b = j;
+                                return (int) i;
+                        }
+        return -ENOENT;
 }
 
 bool vm_spec_equal(const VmSpec *a, const VmSpec *b) {
@@ -223,7 +244,7 @@ bool vm_spec_equal(const VmSpec *a, const VmSpec *b) {
                 const PortForward *x = &a->forwards[i], *y = &b->forwards[i];
 
                 if (x->host_port != y->host_port || x->guest_port != y->guest_port || x->protocol != y->protocol ||
-                    !streq(forward_host_addr(x), forward_host_addr(y)))
+                    !streq(port_forward_host_addr(x), port_forward_host_addr(y)))
                         return false;
         }
         if (a->shares.n_extra != b->shares.n_extra)
@@ -517,7 +538,7 @@ static int check_forwards(const VmSpec *spec, HydraError *err) {
 
         for (size_t i = 0; i < spec->n_forwards; i++) {
                 const PortForward *f = &spec->forwards[i];
-                const char *addr = forward_host_addr(f);
+                const char *addr = port_forward_host_addr(f);
                 struct in_addr in;
 
                 if ((int) f->protocol < 0 || f->protocol >= _FORWARD_PROTOCOL_MAX)
@@ -545,15 +566,11 @@ static int check_forwards(const VmSpec *spec, HydraError *err) {
                                                "as 127.0.0.1 or 0.0.0.0; empty means 127.0.0.1)",
                                                field, field_quote(q, addr));
 
-                /* Two listeners on one host port collide if their addresses are equal or either is the wildcard
-                 * (the kernel refuses the second bind). Guest ports may repeat. */
                 for (size_t j = 0; j < i; j++) {
                         const PortForward *g = &spec->forwards[j];
-                        const char *gaddr = forward_host_addr(g);
+                        const char *gaddr = port_forward_host_addr(g);
 
-                        if (g->protocol != f->protocol || g->host_port != f->host_port)
-                                continue;
-                        if (!streq(addr, gaddr) && !streq(addr, "0.0.0.0") && !streq(gaddr, "0.0.0.0"))
+                        if (!forwards_collide(f, g))
                                 continue;
                         return hydra_error_set(err, -EINVAL,
                                                "forwards[%zu].host_port: %" PRIu32
@@ -1109,6 +1126,27 @@ static int check_supervision(const VmSpec *spec, HydraError *err) {
         if (s->ready_timeout_sec > 0 && s->probe == PROBE_NONE)
                 return hydra_error_set(err, -EINVAL, "supervision.ready_timeout: given for probe none (allowed: "
                                        "only with probe console, tcp or containerd)");
+        if (s->start_after && role_from_string(s->start_after) < 0) {
+                char q[QUOTE_BUF_SIZE];
+
+                return hydra_error_set(err, -EINVAL, "supervision.start_after: '%s' is not a role (allowed: host, "
+                                       "isolated: the other VM; empty for none)",
+                                       field_quote(q, s->start_after));
+        }
+        return 0;
+}
+
+Role vm_spec_start_after(const VmSpec *spec) {
+        if (isempty(spec->supervision.start_after))
+                return _ROLE_INVALID;
+        return role_from_string(spec->supervision.start_after);
+}
+
+int vm_spec_validate_role(const VmSpec *spec, Role role, HydraError *err) {
+        if (vm_spec_start_after(spec) == role)
+                return hydra_error_set(err, -EINVAL, "supervision.start_after: '%s' is this VM's own role (allowed: "
+                                       "the other VM, %s, or empty for none)", role_to_string(role),
+                                       role_to_string(role == ROLE_HOST ? ROLE_ISOLATED : ROLE_HOST));
         return 0;
 }
 

@@ -193,6 +193,8 @@ typedef struct VmSpec {
                 char *probe_pattern;         /* PROBE_CONSOLE: POSIX extended regex; NULL: a login prompt */
                 uint32_t probe_port;         /* PROBE_TCP, PROBE_CONTAINERD: the guest port of a TCP forward */
                 uint32_t ready_timeout_sec;  /* not ready this long after QEMU started: stopped, failed; 0: none */
+                char *start_after;           /* "host" / "isolated": the other role, started first and waited for
+                                              * until ready; NULL: none */
         } supervision;
 } VmSpec;
 
@@ -272,6 +274,21 @@ int vm_spec_apply_defaults(VmSpec *spec);
 /* Checks every field. On failure returns -EINVAL and fills err with a message that names the field, the
  * value and what is allowed, e.g. "forwards[1].host_port: 70000 is out of range (allowed: 1-65535)". */
 int vm_spec_validate(const VmSpec *spec, HydraError *err);
+
+/* What only the spec's own role decides: supervision.start_after names the other role, never its own. Returns 0 or
+ * -EINVAL with err naming the field. */
+int vm_spec_validate_role(const VmSpec *spec, Role role, HydraError *err);
+
+/* The role the spec starts after, or _ROLE_INVALID for none (an invalid name too: vm_spec_validate refuses it). */
+Role vm_spec_start_after(const VmSpec *spec);
+
+/* Two VMs' host forwards collide when they have the same protocol and host port, and their host addresses are
+ * equal or either is 0.0.0.0 (QEMU's hostfwd of the second would fail to bind). Returns the index in a of the
+ * first clashing forward and sets *ret_b to its partner's index in b, or -ENOENT when nothing clashes. */
+int vm_spec_forwards_clash(const VmSpec *a, const VmSpec *b, size_t *ret_b);
+
+/* A forward's host address with the default applied ("127.0.0.1" for an empty one). */
+const char *port_forward_host_addr(const PortForward *f);
 
 /* The guest network as slirp and the guest see it: unset fields take start-vm.sh's defaults (which are slirp's).
  * vm_spec_validate() runs this; the QEMU argv builder and the cloud-init renderer take their addresses from it,

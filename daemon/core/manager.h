@@ -46,6 +46,31 @@ int manager_subscribe(Manager *m, int role, manager_event_handler_t handler, voi
 Subscription *subscription_free(Subscription *s);
 
 
-/* Stops every running VM gracefully (on-exit = stop) and calls done once all have stopped. Returns 1 if
+/* StartVm and StopVm go through the Manager: a VM whose spec names supervision.start_after starts only once the
+ * VM it names is ready (running, for a probe of none), and that VM is started first if it is not running.
+ *
+ * manager_start: as vm_start (1 done, 0 pending, negative errno with err), but the handle is a ManagerOp. A VM that
+ * waits for its dependency stays in its resting state; a notice on its role says "waiting for host to be ready".
+ * The dependency's failure (failed, crashed, stopped, not ready within its ready_timeout or within an hour)
+ * fails the start with HYDRA_EDEPENDENCY naming the dependency and why; so does a dependency that is not
+ * registered (at once). The client's timeout_usec covers the wait and the VM's own start. */
+typedef struct ManagerOp ManagerOp;
+int manager_start(Manager *m, Role role, bool wait_ready, uint64_t timeout_usec, vm_op_done_t done, void *userdata,
+                  ManagerOp **ret_op, HydraError *err);
+/* The caller lost interest: done will not be called. The start carries on. */
+ManagerOp *manager_op_cancel(ManagerOp *op);
+
+/* As vm_stop. A start of this VM that waits for its dependency is cancelled. A VM that starts after this one and
+ * is not down is named in a warning (log and a notice on this VM's role): it is not stopped with it (stop it
+ * first: hydractl stop --all does). */
+int manager_stop(Manager *m, Role role, bool force, uint64_t timeout_usec, vm_op_done_t done, void *userdata,
+                 VmOp **ret_op, HydraError *err);
+
+/* The registered roles in start order (each after the one it starts after; stop in the reverse). Returns how many
+ * were written to ret (at most _ROLE_MAX). */
+size_t manager_start_order(Manager *m, Role ret[static _ROLE_MAX]);
+
+/* Stops every running VM gracefully (on-exit = stop), a VM that starts after another before that one, and calls
+ * done once all have stopped. Returns 1 if
  * nothing was running (done not called), 0 if pending. */
 int manager_stop_all(Manager *m, void (*done)(Manager *m, void *userdata), void *userdata);

@@ -924,6 +924,10 @@ int vm_register(Vm *vm, VmSpec *spec, bool apply_on_next_start, vm_op_done_t don
                 hydra_error_set(err, r, "out of memory");
         else
                 r = vm_spec_validate(&reg->spec, err);
+        if (r >= 0)
+                r = vm_spec_validate_role(&reg->spec, vm->role, err);
+        if (r >= 0 && vm->ctx.check_spec)
+                r = vm->ctx.check_spec(vm, &reg->spec, err, vm->ctx.userdata);
         if (r < 0) {
                 vm->reg = register_free(reg);
                 return r;

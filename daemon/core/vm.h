@@ -31,6 +31,9 @@ typedef struct Vm Vm;
 #define HYDRA_ENOTREGISTERED (-ENXIO)
 /* A start that failed because QEMU exited or never answered QMP; the API maps it to ABORTED. */
 #define HYDRA_ELAUNCH (-ECHILD)
+/* A start refused or failed because of the VM it starts after (supervision.start_after): not registered, failed,
+ * not ready in time, stopped meanwhile; the API maps it to FAILED_PRECONDITION. */
+#define HYDRA_EDEPENDENCY (-ENOLINK)
 
 typedef enum StopStage {
         STOP_STAGE_NONE,
@@ -100,6 +103,9 @@ typedef struct VmContext {
         /* Removals from the cache (the Manager's, shared; NULL: the VM's own disk queue). A preparation begins,
          * and a destroy completes, only once it is idle: nothing downloads into an entry being removed. */
         DiskQueue *cache_queue;
+        /* What a new spec must agree on with the other VM (host forwards that would collide, a start_after cycle);
+         * run by vm_register after the spec's own validation. Returns 0 or a negative errno with err. NULL: none. */
+        int (*check_spec)(const Vm *vm, const VmSpec *spec, HydraError *err, void *userdata);
         void *userdata;
 } VmContext;
 

@@ -2,10 +2,12 @@
 /* The QEMU side of a Vm: launching it (argv, QMP socket, console, spawn), driving it over QMP, the staged stop,
  * its exit, and taking back a QEMU that a previous hydrad started (adoption). The state changes all go through
  * vm_dispatch(); this file performs the LAUNCH, ADOPT, STOP, KILL and REAP actions and reports what QEMU does. */
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <linux/kvm.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -153,12 +155,16 @@ static void vm_process_exited(Vm *vm, int code, int signal) {
                 event = VM_EVENT_EXIT_UNEXPECTED;
                 hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "the guest kernel panicked (QMP GUEST_PANICKED)");
         } else if (state == VM_STATE_STARTING) {
-                char tail[STDERR_TAIL_MAX];
+                char tail[STDERR_TAIL_MAX], busy[256];
 
                 reason = "launch-failed";
                 event = VM_EVENT_EXIT_UNEXPECTED;
                 read_stderr_tail(vm->stderr_path, tail, sizeof(tail));
-                if (vm->last_exit.signal)
+                if (!vm->last_exit.signal && qemu_hostfwd_error(tail, busy, sizeof(busy)) > 0)
+                        /* Taken between hydrad's check at launch and QEMU's bind, or not visible to the check. */
+                        hydra_error_set(&vm->last_error, -EADDRINUSE, "%s (QEMU exited with status %d: %s)", busy,
+                                        vm->last_exit.code, tail);
+                else if (vm->last_exit.signal)
                         hydra_error_set(&vm->last_error, HYDRA_ELAUNCH, "QEMU was killed by signal %d during start-up%s%s",
                                         vm->last_exit.signal, *tail ? ": " : "", tail);
                 else
@@ -682,12 +688,46 @@ static int qmp_listen(const char *path, int *ret_listen_fd, int *ret_client_fd, 
         return 0;
 }
 
+/* A forward's host port that another process holds is said before QEMU is spawned, not as QEMU's "Could not set up
+ * host forwarding rule". A bind test, as slirp binds (SO_REUSEADDR: a port with connections in TIME_WAIT is free);
+ * a socket that cannot be made leaves the word to QEMU. Returns 0 or -EADDRINUSE / -EADDRNOTAVAIL with err. */
+static int check_forwards_free(Vm *vm, HydraError *err) {
+        for (size_t i = 0; i < vm->spec.n_forwards; i++) {
+                const PortForward *f = &vm->spec.forwards[i];
+                const char *addr = port_forward_host_addr(f);
+                struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t) f->host_port) };
+                _cleanup_close_ int fd = -EBADF;
+                char msg[256];
+
+                if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
+                        continue; /* validated at RegisterVm */
+                fd = socket(AF_INET, (f->protocol == FORWARD_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0);
+                if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &(int) { 1 }, sizeof(int)) < 0)
+                        continue;
+                if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) >= 0)
+                        continue;
+                if (errno == EADDRINUSE) {
+                        qemu_hostfwd_busy_message(msg, sizeof(msg), f->protocol, addr, f->host_port, f->guest_port);
+                        return hydra_error_set(err, -EADDRINUSE, "forwards[%zu]: %s", i, msg);
+                }
+                if (errno == EADDRNOTAVAIL)
+                        return hydra_error_set(err, -EADDRNOTAVAIL, "forwards[%zu]: host address %s is not an address "
+                                               "of this host (forward of host port %" PRIu32 " to guest port %" PRIu32
+                                               ")", i, addr, f->host_port, f->guest_port);
+        }
+        return 0;
+}
+
 int vm_launch(Vm *vm, HydraError *err) {
         _cleanup_close_ int lfd = -EBADF, cfd = -EBADF, efd = -EBADF, pidfd = -EBADF;
         sd_event *e = vm->ctx.event;
         ProcessSpawn spawn;
         pid_t pid;
         int r;
+
+        r = check_forwards_free(vm, err);
+        if (r < 0)
+                return r;
 
         r = vm_services_console_open(vm->services, err);
         if (r < 0)

@@ -607,3 +607,38 @@ int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv,
         *ret_argv = b.v;
         return 0;
 }
+
+void qemu_hostfwd_busy_message(char *buf, size_t size, ForwardProtocol protocol, const char *host_addr,
+                               uint32_t host_port, uint32_t guest_port) {
+        (void) snprintf(buf, size, "host port %s:%" PRIu32 "%s (forward to guest port %" PRIu32 ") is in use by "
+                        "another process", isempty(host_addr) ? "127.0.0.1" : host_addr, host_port,
+                        protocol == FORWARD_UDP ? "/udp" : "", guest_port);
+}
+
+int qemu_hostfwd_error(const char *text, char *buf, size_t size) {
+        static const char marker[] = "Could not set up host forwarding rule '";
+        char proto[8], addr[INET_ADDRSTRLEN], rule[128];
+        const char *p, *end, *dash, *colon;
+        unsigned host_port, guest_port;
+        int n = 0;
+
+        p = text ? strstr(text, marker) : NULL;
+        if (!p)
+                return 0;
+        p += strlen(marker);
+        end = strchr(p, '\'');
+        if (!end || (size_t) (end - p) >= sizeof(rule))
+                return 0;
+        memcpy(rule, p, end - p);
+        rule[end - p] = '\0';
+
+        /* PROTO:ADDR:PORT-[GUEST_ADDR]:GUEST_PORT, as the builder writes hostfwd= */
+        dash = strchr(rule, '-');
+        colon = dash ? strrchr(dash, ':') : NULL;
+        if (!colon || sscanf(rule, "%7[a-z]:%15[0-9.]:%u-%n", proto, addr, &host_port, &n) != 3 || n == 0 ||
+            sscanf(colon + 1, "%u", &guest_port) != 1 || host_port > 65535 || guest_port > 65535)
+                return 0;
+        qemu_hostfwd_busy_message(buf, size, streq(proto, "udp") ? FORWARD_UDP : FORWARD_TCP, addr, host_port,
+                                  guest_port);
+        return 1;
+}

@@ -44,3 +44,13 @@ char *qemu_escape_comma(const char *s);
 /* The -chardev value of the serial console on socket_path, exactly as the builder writes it (adoption finds an
  * unrecorded QEMU by it). A new string, or NULL on ENOMEM. */
 char *qemu_console_chardev(const char *socket_path);
+
+/* A host port of a forward that another process holds, as a person reads it: "host port 127.0.0.1:35000 (forward to
+ * guest port 35000) is in use by another process" ("host port 0.0.0.0:5353/udp ..." for UDP). Truncated to size. */
+void qemu_hostfwd_busy_message(char *buf, size_t size, ForwardProtocol protocol, const char *host_addr,
+                               uint32_t host_port, uint32_t guest_port);
+
+/* QEMU's "Could not set up host forwarding rule 'tcp:127.0.0.1:35000-:35000'" (on stderr, when it cannot bind a
+ * forward's host port) found in text, said as qemu_hostfwd_busy_message() does. Returns 1 with buf set, 0 when
+ * text holds no such rule (buf untouched). */
+int qemu_hostfwd_error(const char *text, char *buf, size_t size);

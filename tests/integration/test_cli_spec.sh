@@ -454,13 +454,13 @@ expect_value "supervision.restart = no and nothing else: no [supervision] sent" 
     -- spec-dump --set supervision.restart=no
 expect_value "--set supervision.restart= resets it" null supervision \
     -- spec-dump --set supervision.restart=always --set supervision.restart=
-expect_value "a [supervision] key set: the others are their defaults" '{"restart": "always", "max_restarts": 0, "restart_window": 0, "autostart": false, "stop_timeout": 0, "probe": "console", "probe_pattern": null, "probe_port": 0, "ready_timeout": 0}' \
+expect_value "a [supervision] key set: the others are their defaults" '{"restart": "always", "max_restarts": 0, "restart_window": 0, "autostart": false, "stop_timeout": 0, "probe": "console", "probe_pattern": null, "probe_port": 0, "ready_timeout": 0, "start_after": null}' \
     supervision -- spec-dump --set supervision.restart=always
 expect_fail "--set supervision.restart=sometimes" 2 \
     "^hydractl: --set 'supervision.restart=sometimes': supervision.restart: 'sometimes' is not a restart policy \(allowed: no, on-failure, always\)$" \
     -- spec-dump --set supervision.restart=sometimes
 expect_fail "--set supervision.retries" 2 \
-    "^hydractl: --set 'supervision.retries=3': unknown key 'retries' in \[supervision\] \(known: restart, max_restarts, restart_window, autostart, stop_timeout, probe, probe_pattern, probe_port, ready_timeout\)$" \
+    "^hydractl: --set 'supervision.retries=3': unknown key 'retries' in \[supervision\] \(known: restart, max_restarts, restart_window, autostart, stop_timeout, probe, probe_pattern, probe_port, ready_timeout, start_after\)$" \
     -- spec-dump --set supervision.retries=3
 printf '[supervision]\nrestart = always\nrestart = no\n' >"$BAD"
 expect_fail "supervision.restart set twice" 2 "^hydractl: $BAD:3: supervision.restart: already set on line 2" -- spec-dump --spec "$BAD"
@@ -705,7 +705,9 @@ guest = lambda host: {'username': 'hailhydra', 'password': None, 'password_hash'
                       'ssh_authorized_keys': []}
 k3s_dir = None if '$K3S_DIR' == 'null' else '$K3S_DIR'
 containerd_ready = {'restart': 'no', 'max_restarts': 0, 'restart_window': 0, 'autostart': False, 'stop_timeout': 0,
-                    'probe': 'containerd', 'probe_pattern': None, 'probe_port': 0, 'ready_timeout': 0}
+                    'probe': 'containerd', 'probe_pattern': None, 'probe_port': 0, 'ready_timeout': 0,
+                    'start_after': None}
+after_host = dict(containerd_ready, start_after='host')
 "
 # The common part has statements: exec'd, then the expected spec eval'd in its namespace.
 compare_preset_exec() {
@@ -717,7 +719,7 @@ compare_preset_exec "" "dict(base, forwards=[fw(5555, 22), fw(35000, 35000)], di
     shares=None if k3s_dir is None else {'kubelet': 'virtio', 'kubelet_host_dir': k3s_dir, 'diod_port': 0, 'extra': []})"
 compare_preset_exec isolated "dict(base,
     forwards=[fw(30800, 8000), fw(30801, 8001), fw(30802, 8002), fw(5556, 22), fw(35000, 35000)],
-    disk_size_gib=16, image=image, guest=guest('hydra-isolated'), software=software, supervision=containerd_ready,
+    disk_size_gib=16, image=image, guest=guest('hydra-isolated'), software=software, supervision=after_host,
     shares={'kubelet': 'tcp', 'kubelet_host_dir': k3s_dir, 'diod_port': 30564, 'extra': []})"
 compare_preset_exec host "dict(base,
     forwards=[fw(6443, 6443), fw(30123, 30123), fw(31883, 31883), fw(30443, 443), fw(30080, 80), fw(30700, 30700),
@@ -727,7 +729,7 @@ compare_preset_exec host "dict(base,
     shares={'kubelet': 'none', 'kubelet_host_dir': None, 'diod_port': 0, 'extra': []})"
 compare_preset_exec isolated-bare "dict(base,
     forwards=[fw(30800, 8000), fw(30801, 8001), fw(30802, 8002), fw(5556, 22), fw(35000, 35000), fw(35001, 35001)],
-    disk_size_gib=16, image=None, guest=None, software=None, supervision=containerd_ready,
+    disk_size_gib=16, image=None, guest=None, software=None, supervision=after_host,
     bare={'artifact': {'url': 'https://gitlab.arm.com/api/v4/projects/10711/packages/generic/rimdworkspace/Q2_2026_1/rimdworkspace.tar.gz',
                        'checksum': None, 'sums_url': None, 'user': None, 'password': None, 'token': None,
                        'token_header': None},
@@ -958,6 +960,26 @@ env_value "HYDRA_READY_TIMEOUT=0: no limit, no [supervision] (no proxy)" null su
 env_fail "HYDRA_READY_TIMEOUT=15m" 2 "^hydractl: --from-env: HYDRA_READY_TIMEOUT: '15m' is not a number of seconds \(allowed: 0-86400; 0 is no limit\)$" "" \
     HYDRA_READY_TIMEOUT=15m
 env_fail "HYDRA_READY_TIMEOUT=86401" 2 "HYDRA_READY_TIMEOUT: '86401' is not a number of seconds" "" HYDRA_READY_TIMEOUT=86401
+# start_after: the kubelet shares over 9p/TCP come from the host VM's diod.
+env_value "the isolated preset (EXTERNAL_9P_KUBELET_MOUNTS): starts after host" host supervision.start_after isolated
+env_value "the isolated-bare preset: starts after host" host supervision.start_after isolated-bare
+env_value "EXTERNAL_9P_KUBELET_MOUNTS=1 without a preset: starts after host" host supervision.start_after "" \
+    EXTERNAL_9P_KUBELET_MOUNTS=1
+env_value "the isolated-crypt preset (no kubelet shares): no start_after" null supervision.start_after isolated-crypt
+env_value "the default (virtio shares): no start_after" null supervision.start_after ""
+env_value "HYDRA_START_AFTER=none clears the preset's" null supervision.start_after isolated HYDRA_START_AFTER=none
+env_value "HYDRA_START_AFTER=host without the shares" host supervision.start_after "" HYDRA_START_AFTER=host
+env_fail "HYDRA_START_AFTER=xen" 2 "^hydractl: --from-env: HYDRA_START_AFTER: 'xen' is not a role \(allowed: host, isolated, none\)$" "" \
+    HYDRA_START_AFTER=xen
+expect_value "supervision.start_after" host supervision.start_after -- spec-dump --set supervision.start_after=host
+expect_value "--set supervision.start_after= resets it" null supervision \
+    -- spec-dump --set supervision.start_after=host --set supervision.start_after=
+expect_fail "--set supervision.start_after=xen" 2 \
+    "^hydractl: --set 'supervision.start_after=xen': supervision.start_after: 'xen' is not a role \(allowed: host, isolated: the other VM\)$" \
+    -- spec-dump --set supervision.start_after=xen
+expect_fail "register isolated starting after itself" 2 \
+    "^hydractl: supervision.start_after: 'isolated' is this VM's own role \(allowed: the other VM, host, or empty for none\)$" \
+    -- --socket "$T/none.sock" register isolated --spec "$SPEC" --set supervision.start_after=isolated
 if fromenv "" HYDRA_RESTART=always HYDRA_AUTOSTART=1 >/dev/null && ! grep -q "HYDRA_RESTART\|HYDRA_AUTOSTART" "$T/err"; then
     ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning any more"; else not_ok "HYDRA_RESTART/HYDRA_AUTOSTART: no warning ($(cat "$T/err"))"; fi
 env_fail "HYDRA_RESTART=sometimes" 2 "^hydractl: --from-env: HYDRA_RESTART: 'sometimes' is not a restart policy \(allowed: no, on-failure, always\)$" "" \
@@ -1257,7 +1279,7 @@ PYEOF
         ok "status --json: next_restart_unix_usec"; else not_ok "status --json: next_restart_unix_usec ($J)"; fi
     rm -f "$FAKE/mode"
     fctl list >"$T/out" 2>&1 || true
-    if grep -Eq "^ROLE +STATE +READY +PID +UPTIME +RESTARTS +LAST EXIT +FORWARDS$" "$T/out" &&
+    if grep -Eq "^ROLE +STATE +READY +PID +UPTIME +RESTARTS +LAST EXIT +STARTS AFTER +FORWARDS$" "$T/out" &&
         grep -Eq "^host +stopped +- +- " "$T/out" && grep -Eq "^isolated +running +yes +4242 " "$T/out"; then
         ok "list: a READY column"; else not_ok "list: a READY column ($(cat "$T/out"))"; fi
 
