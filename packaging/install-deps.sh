@@ -15,6 +15,8 @@ PACKAGES=(
     # tests: the tiny guest (apt-get download'ed kernel + busybox), the Python client, tools the tests use
     kmod cpio python3-grpcio python3-protobuf python3-grpc-tools iproute2 procps util-linux
     cloud-init curl
+    # tests/installer: packaging/install_crismux.sh is checked with shellcheck, and downloads with wget (and curl)
+    shellcheck wget
     # the containerd readiness probe's unit test runs a real containerd
     containerd
     # e2e tier (tests/e2e/): build-image makes a Debian guest image without loop mounts (mmdebstrap, sfdisk from
