@@ -699,8 +699,9 @@ static void register_forward(Vm *vm, uint32_t guest_port, Done *d) {
 
         if (guest_port > 0) {
                 ck_assert_ptr_nonnull(spec.forwards = calloc(1, sizeof(PortForward)));
-                spec.forwards[0] = (PortForward) { .host_port = 40000, .guest_port = guest_port,
-                                                   .protocol = FORWARD_TCP };
+                /* A host port of each VM's own: RegisterVm refuses the other VM's. */
+                spec.forwards[0] = (PortForward) { .host_port = vm_role(vm) == ROLE_HOST ? 40001 : 40000,
+                                                   .guest_port = guest_port, .protocol = FORWARD_TCP };
                 spec.n_forwards = 1;
         }
         hydra_error_clear(&err);
