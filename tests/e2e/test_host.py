@@ -114,7 +114,7 @@ def main():
         # auto-deploy directory. Offline there is no k3s, so the installer refuses and changes nothing.
         p = host.ssh("ls -l /usr/bin/install_crismux.sh; "
                      "cat /var/lib/rancher/k3s/server/manifests/hydra-nelly-runtimeclass.yaml; "
-                     "sudo grep -h -B1 -A2 'install_crismux\\|crismux:' /var/log/cloud-init-output.log | tail -8; "
+                     "sudo grep -h 'install_crismux.sh: error:' /var/log/cloud-init-output.log; "
                      "sudo /usr/bin/install_crismux.sh status; echo status-exit=$?; "
                      "ls /etc/systemd/system/crismux.service /etc/systemd/system/containerd-k3s.service 2>&1")
         note(f"host VM, the add-crismux module:\n{p.stdout.strip()}")
@@ -123,8 +123,10 @@ def main():
         check("and the RuntimeClass nelly (handler nelly) in k3s's auto-deploy directory",
               "kind: RuntimeClass" in p.stdout and "name: nelly" in p.stdout and "handler: nelly" in p.stdout,
               p.stdout)
-        check("offline, without k3s, the installer refused at first boot and installed nothing",
-              "No such file" in p.stdout and "crismux.service" in p.stdout, p.stdout + p.stderr)
+        check("offline, without k3s, the installer refused at first boot (k3s is not installed) and installed "
+              "nothing: status says absent (exit 3)",
+              "install_crismux.sh: error: k3s is not installed" in p.stdout and "status-exit=3" in p.stdout and
+              "cannot access '/etc/systemd/system/crismux.service'" in p.stdout, p.stdout + p.stderr)
 
         # k3s makes these directories on a connected device; offline the test does.
         p = host.ssh("sudo mkdir -p /var/lib/kubelet /var/log/pods && "

@@ -176,6 +176,11 @@ expect_value "spec from standard input (--spec -)" 5 cpus -- spec-dump --spec - 
 if [ -n "${HYDRA_SOURCE_DIR:-}" ] && [ -f "$HYDRA_SOURCE_DIR/packaging/example-isolated.ini" ]; then
     expect_value "packaging/example-isolated.ini parses" 1024 memory_mib \
         -- spec-dump --spec "$HYDRA_SOURCE_DIR/packaging/example-isolated.ini"
+    # The pair a user copies (README, "Kubernetes: the nelly RuntimeClass").
+    expect_value "packaging/host.ini parses: k3s, diod and crismux" True software.k3s_diod \
+        -- spec-dump --spec "$HYDRA_SOURCE_DIR/packaging/host.ini"
+    expect_value "packaging/isolated.ini parses: it starts after the host VM" host supervision.start_after \
+        -- spec-dump --spec "$HYDRA_SOURCE_DIR/packaging/isolated.ini"
 fi
 
 # --- bad usage: exit 2, a hint naming --help ---
