@@ -7,16 +7,24 @@ after it with the isolated preset's EXTERNAL_9P_KUBELET_MOUNTS, mounts /var/lib/
 
 Offline, the seed's k3s install step (`wget -O - https://get.k3s.io | sh -`) fails as it must: wget cannot
 resolve the name and `sh` gets an empty script, so cloud-init still says done; the test shows wget's error and
-that k3s is absent. A connected device gets k3s there (tests/e2e/README.md)."""
+that k3s is absent. A connected device gets k3s there (tests/e2e/README.md).
+
+The add-crismux module (issue 12): the host VM has the crismux installer and the RuntimeClass nelly, and the
+installer changed nothing without k3s; the kubelet's CRI calls for a nelly pod, sent by the test through hydrad's
+CRI socket, run its container in the isolated VM, and its log is read in the host VM's /var/log/pods; with the
+isolated VM stopped, the socket answers UNAVAILABLE at once."""
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 
 from e2elib import (HYDRAD, READY_TIMEOUT, REPO_PORT, USER, Artifacts, Checks, Clock, Daemon, Guest,  # noqa: E402
                     HttpServer, free_port, get_vm, hydractl, note, script_env, stop_vm, teardown, wait_for)
+import grpc  # noqa: E402
+
 import cri  # noqa: E402
 
 DIOD_PORT = 30564  # the script's fstab lines name this port (DEFAULT_KVM_HOST_DIOD_PORT's default)
@@ -80,6 +88,21 @@ def kubelet_view(check, api, host, isolated, art):
           pod["log_path"].startswith("/var/log/pods/") and " stdout F hello-from-nelly" in log, log)
     check("and it ran in the isolated VM: the container's host name is the isolated VM's",
           " stdout F hydra-e2e-isolated" in log and "hydra-e2e-host" not in log, log)
+
+
+def nelly_while_stopped(check, cri_sock):
+    """A nelly call while the isolated VM is stopped: hydrad's CRI socket answers UNAVAILABLE at once, with the
+    reason (crismux passes it on to the kubelet)."""
+    t = time.monotonic()
+    try:
+        cri.runtime_version(cri_sock, timeout=30)
+        code, details = None, "answered"
+    except grpc.RpcError as e:
+        code, details = e.code(), e.details()
+    took = time.monotonic() - t
+    note(f"a CRI call with the isolated VM stopped: {code} after {took * 1000:.0f} ms: {details}")
+    check("a CRI call with the isolated VM stopped: UNAVAILABLE at once, saying the VM is stopped",
+          code == grpc.StatusCode.UNAVAILABLE and "stopped" in details and took < 5, f"{code} {details} {took:.1f} s")
 
 
 def main():
@@ -157,8 +180,9 @@ def main():
 
         kubelet_view(check, api, host, isolated, art)
 
-        for role in ("isolated", "host"):
-            stop_vm(check, api, sock, role, f"stop {role}")
+        stop_vm(check, api, sock, "isolated", "stop isolated")
+        nelly_while_stopped(check, get_vm(api, "isolated").cri_socket)
+        stop_vm(check, api, sock, "host", "stop host")
         ok = True
     finally:
         teardown(check, ok, d, http, art, tmp, ("host", "isolated"))
