@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include "macro.h"
@@ -116,6 +118,28 @@ static void explain_unavailable(const RpcClient *c, RpcStatus *status) {
                 /* Reachable now: the daemon itself said UNAVAILABLE (e.g. shutting down), or lost the call. */
                 if (status->message[0] == '\0')
                         status_set(status, RPC_STATUS_UNAVAILABLE, "hydrad at %s is unavailable", c->socket_path);
+                return;
+        }
+        /* The socket's mode and group are the first gate (hydrad.conf's socket_group, hydrad.socket's SocketGroup=):
+         * say which group opens it. */
+        if (r == -EACCES) {
+                struct stat st;
+                struct group *g;
+
+                if (stat(c->socket_path, &st) < 0)
+                        status_set(status, RPC_STATUS_PERMISSION_DENIED,
+                                   "cannot reach hydrad at %s: permission denied (a directory on the way is closed to "
+                                   "you; use the API as root or as a member of hydrad's socket group)", c->socket_path);
+                else if ((g = getgrgid(st.st_gid)) && st.st_gid != 0)
+                        status_set(status, RPC_STATUS_PERMISSION_DENIED,
+                                   "cannot reach hydrad at %s: permission denied (the socket is mode %04o, group '%s': "
+                                   "use the API as root or as a member of group '%s')", c->socket_path,
+                                   (unsigned) (st.st_mode & 07777), g->gr_name, g->gr_name);
+                else
+                        status_set(status, RPC_STATUS_PERMISSION_DENIED,
+                                   "cannot reach hydrad at %s: permission denied (the socket is mode %04o, gid %u: only "
+                                   "root or its owner may use it)", c->socket_path, (unsigned) (st.st_mode & 07777),
+                                   (unsigned) st.st_gid);
                 return;
         }
         /* Keep what the daemon or the transport said when it is more than "could not connect" (the daemon said

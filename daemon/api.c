@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
+#include <grpc/support/alloc.h>
 #include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/log.h>
@@ -19,6 +20,7 @@
 
 #include "api.h"
 #include "api_pb.h"
+#include "authz.h"
 #include "console.h"
 #include "listener.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -48,6 +50,7 @@ struct Tag {
 typedef struct Method {
         const char *path;
         bool streaming;
+        bool mutating;          /* changes VMs: needs API_ACCESS_FULL (daemon/authz.h) */
         void (*handler)(Call *c, const uint8_t *data, size_t size);
 } Method;
 
@@ -103,6 +106,9 @@ typedef struct Conn {
         int fd;                 /* handed to gRPC: gRPC owns it; we only shut it down at exit */
         ino_t ino;
         dev_t dev;
+        uid_t uid;              /* the peer, when it connected (SO_PEERCRED) */
+        pid_t pid;
+        ApiAccess access;       /* what its calls may do */
 } Conn;
 
 /* A VM's CRI socket while its guest is down (the part "the CRI socket" below). */
@@ -140,6 +146,7 @@ struct Api {
         sd_event_source *wake_source;
 
         int listen_fd;          /* bound early (to refuse a second daemon), watched once gRPC is up */
+        bool activated;         /* listen_fd came from systemd (hydrad.socket) */
         Listener *listener;
         int lock_fd;
         char *socket_path;
@@ -157,7 +164,8 @@ struct Api {
         Call *calls;
 
         bool shutting_down;
-        uint64_t refused_warned_usec; /* the last "refusing API connection" line; 0: none yet */
+        AuthzPolicy authz;
+        uint64_t refused_warned_usec; /* the last "permission denied" line; 0: none yet */
         unsigned refused_unsaid;      /* refusals since then, not logged */
         Tag shutdown_tag;
         bool shutdown_tag_pending;
@@ -1044,17 +1052,68 @@ static void handle_health(Call *c, const uint8_t *data, size_t size) {
         grpc__health__v1__health_check_request__free_unpacked(req, NULL);
 }
 
+/* The connection a call came on: gRPC names it "fd:N" (grpc_server_add_channel_from_fd), and the inode tells that
+ * fd N still is the connection we accepted. NULL: unknown (then the call is denied). */
+static const Conn *call_conn(Call *c) {
+        Api *a = c->api;
+        char *peer = grpc_call_get_peer(c->call);
+        struct stat st;
+        int fd, k;
+
+        k = peer ? sscanf(peer, "fd:%d", &fd) : 0;
+        gpr_free(peer);
+        if (k != 1 || fstat(fd, &st) < 0)
+                return NULL;
+        for (size_t i = 0; i < a->n_conns; i++)
+                if (a->conns[i].fd == fd && a->conns[i].ino == st.st_ino && a->conns[i].dev == st.st_dev)
+                        return &a->conns[i];
+        return NULL;
+}
+
+/* Answers PERMISSION_DENIED unless the caller may make this call (daemon/authz.h). One log line per
+ * LISTENER_WARN_INTERVAL_USEC at most: a local user calling in a loop must not fill the journal. */
+static bool call_authorized(Call *c) {
+        Api *a = c->api;
+        const Conn *conn = call_conn(c);
+        char msg[384];
+        uint64_t now = 0;
+
+        if (conn && authz_allows(conn->access, c->method->mutating))
+                return true;
+        if (conn)
+                authz_denied_message(&a->authz, call_rpc_name(c), c->method->mutating, conn->access, conn->uid,
+                                     msg, sizeof(msg));
+        else
+                (void) snprintf(msg, sizeof(msg), "permission denied: hydrad cannot tell who is calling %s",
+                                call_rpc_name(c));
+        call_finish(c, GRPC_STATUS_PERMISSION_DENIED, msg, NULL);
+
+        (void) sd_event_now(a->event, CLOCK_MONOTONIC, &now);
+        if (a->refused_warned_usec != 0 && now - a->refused_warned_usec < LISTENER_WARN_INTERVAL_USEC) {
+                a->refused_unsaid++;
+                return false;
+        }
+        if (a->refused_unsaid > 0)
+                log_warning("%s, pid %d (and %u more refusals since the last such line)", msg,
+                            conn ? (int) conn->pid : 0, a->refused_unsaid);
+        else
+                log_warning("%s, pid %d", msg, conn ? (int) conn->pid : 0);
+        a->refused_warned_usec = now;
+        a->refused_unsaid = 0;
+        return false;
+}
+
 static const Method methods[] = {
-        { "/hydra.v1.Hydra/RegisterVm", false, handle_register },
-        { "/hydra.v1.Hydra/StartVm", false, handle_start },
-        { "/hydra.v1.Hydra/StopVm", false, handle_stop },
-        { "/hydra.v1.Hydra/DestroyVm", false, handle_destroy },
-        { "/hydra.v1.Hydra/GetVm", false, handle_get },
-        { "/hydra.v1.Hydra/ListVms", false, handle_list },
-        { "/hydra.v1.Hydra/WatchEvents", true, handle_watch },
-        { "/hydra.v1.Hydra/PlanVm", false, handle_plan },
-        { "/hydra.v1.Hydra/ConsoleLog", true, handle_console_log },
-        { "/grpc.health.v1.Health/Check", false, handle_health },
+        { "/hydra.v1.Hydra/RegisterVm", false, true, handle_register },
+        { "/hydra.v1.Hydra/StartVm", false, true, handle_start },
+        { "/hydra.v1.Hydra/StopVm", false, true, handle_stop },
+        { "/hydra.v1.Hydra/DestroyVm", false, true, handle_destroy },
+        { "/hydra.v1.Hydra/GetVm", false, false, handle_get },
+        { "/hydra.v1.Hydra/ListVms", false, false, handle_list },
+        { "/hydra.v1.Hydra/WatchEvents", true, false, handle_watch },
+        { "/hydra.v1.Hydra/PlanVm", false, false, handle_plan },
+        { "/hydra.v1.Hydra/ConsoleLog", true, false, handle_console_log },
+        { "/grpc.health.v1.Health/Check", false, false, handle_health },
 };
 
 /* --- calls --- */
@@ -1237,6 +1296,8 @@ static void on_slot(Tag *t, bool ok) {
                 grpc_byte_buffer_destroy(payload);
         if (r < 0)
                 call_fail(c, r == -EFBIG ? -EINVAL : r, r == -EFBIG ? "request too large" : "request could not be read");
+        else if (!call_authorized(c))
+                ; /* answered PERMISSION_DENIED */
         else if (a->shutting_down)
                 call_finish(c, GRPC_STATUS_UNAVAILABLE, "hydrad is shutting down", NULL);
         else
@@ -1271,15 +1332,6 @@ static int slot_arm(Slot *s) {
 
 /* --- the socket: ours, so that we know each peer and can refuse a second daemon --- */
 
-static bool peer_allowed(Api *a, int fd) {
-        struct ucred cred;
-        socklen_t len = sizeof(cred);
-
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-                return false;
-        return cred.uid == 0 || cred.uid == geteuid() || cred.gid == a->socket_gid;
-}
-
 /* Forgets the connections gRPC has closed (it does not tell us): the fd is gone, or is another file now.
  * Returns how many are left. */
 static size_t conn_list_prune(Conn *conns, size_t n) {
@@ -1307,33 +1359,23 @@ static unsigned count_conns(void *userdata) {
 static int on_connection(int fd, void *userdata) {
         _cleanup_close_ int cfd = fd;
         Api *a = userdata;
+        struct ucred cred = {};
+        socklen_t len = sizeof(cred);
+        gid_t groups[256];
+        socklen_t glen = sizeof(groups);
+        ApiAccess access;
         struct stat st;
         Conn *n;
 
         if (a->shutting_down)
                 return 0;
-        if (!peer_allowed(a, cfd)) {
-                struct ucred cred = {};
-                socklen_t len = sizeof(cred);
-                char more[64] = "";
-                uint64_t now = 0;
-
-                /* At most one line per interval: a local user connecting in a loop must not fill the journal. */
-                (void) sd_event_now(a->event, CLOCK_MONOTONIC, &now);
-                if (a->refused_warned_usec != 0 && now - a->refused_warned_usec < LISTENER_WARN_INTERVAL_USEC) {
-                        a->refused_unsaid++;
-                        return 0;
-                }
-                (void) getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
-                if (a->refused_unsaid > 0)
-                        (void) snprintf(more, sizeof(more), " (and %u more since the last such line)",
-                                        a->refused_unsaid);
-                log_warning("refusing API connection from uid %u gid %u pid %d: not root, not our user, not in the "
-                            "socket's group%s", cred.uid, cred.gid, cred.pid, more);
-                a->refused_warned_usec = now;
-                a->refused_unsaid = 0;
-                return 0;
-        }
+        if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        /* The supplementary groups too (a user in group hydra through /etc/group, not as primary group). More
+         * than fit here: ERANGE, and the peer is judged on what fit, which can only deny, never grant more. */
+        if (getsockopt(cfd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) < 0 && errno != ERANGE)
+                glen = 0;
+        access = authz_access(&a->authz, cred.uid, cred.gid, groups, glen / sizeof(gid_t));
 
         /* Remember the connection by fd and inode: at shutdown we cut off clients that stopped reading, and the
          * inode tells us the fd still is that connection (gRPC closes it without telling us). */
@@ -1344,14 +1386,17 @@ static int on_connection(int fd, void *userdata) {
         a->conns = n;
         if (fstat(cfd, &st) < 0)
                 return -errno;
-        a->conns[a->n_conns++] = (Conn) { .fd = cfd, .ino = st.st_ino, .dev = st.st_dev };
+        a->conns[a->n_conns++] = (Conn) { .fd = cfd, .ino = st.st_ino, .dev = st.st_dev, .uid = cred.uid,
+                                          .pid = cred.pid, .access = access };
         grpc_server_add_channel_from_fd(a->server, TAKE_FD(cfd), a->creds);
         return 0;
 }
 
-static int socket_take(Api *a, HydraError *err) {
+/* activated_fd: the socket systemd passed (main.c checked it is a listening unix stream socket). It is systemd's
+ * file: we neither bind nor remove it, and the lock still refuses a second hydrad started by hand. */
+static int socket_take(Api *a, int activated_fd, HydraError *err) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = -EBADF, probe = -EBADF;
+        _cleanup_close_ int fd = activated_fd, probe = -EBADF;
         struct stat st;
         int r;
 
@@ -1376,6 +1421,12 @@ static int socket_take(Api *a, HydraError *err) {
                 return hydra_error_set(err, -errno, "lock '%s': %s", a->lock_path, strerror(errno));
         }
 
+        if (fd >= 0) {
+                a->listen_fd = TAKE_FD(fd);
+                a->activated = true;
+                return 0;
+        }
+
         probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (probe < 0)
                 return hydra_error_set(err, -errno, "socket: %s", strerror(errno));
@@ -1389,7 +1440,7 @@ static int socket_take(Api *a, HydraError *err) {
         } else if (errno != ENOENT)
                 return hydra_error_set(err, -errno, "probe '%s': %s", a->socket_path, strerror(errno));
 
-        r = unix_listen("API socket", a->socket_path, 0660, a->socket_gid, &fd, &st, err);
+        r = unix_listen("API socket", a->socket_path, a->config->socket_mode, a->socket_gid, &fd, &st, err);
         if (r < 0)
                 return r;
         a->socket_dev = st.st_dev;
@@ -1645,7 +1696,8 @@ static void on_gpr_log(gpr_log_func_args *args) {
 
 /* --- life cycle --- */
 
-int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, HydraError *err) {
+int api_new(sd_event *e, Manager *m, const HydraConfig *config, int activated_fd, Api **ret, HydraError *err) {
+        _cleanup_close_ int afd = activated_fd;
         _cleanup_free_ char *name = NULL;
         Api *a;
         int r;
@@ -1667,8 +1719,15 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
                 goto fail;
         }
         a->socket_gid = config->socket_gid; /* resolved once at start-up (config_finish) */
+        a->authz = (AuthzPolicy) {
+                .daemon_uid = geteuid(),
+                .full_gid = config->socket_gid,
+                .read_gid = config->readonly_gid,
+                .full_group = config->socket_gid != (gid_t) -1 ? config->socket_group : NULL,
+                .read_group = config->readonly_gid != (gid_t) -1 ? config->readonly_group : NULL,
+        };
 
-        r = socket_take(a, err);
+        r = socket_take(a, TAKE_FD(afd), err);
         if (r < 0)
                 goto fail;
 
@@ -1760,7 +1819,7 @@ int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, Hydra
                 goto fail;
         }
 
-        log_info("serving the API on '%s'", a->socket_path);
+        log_info("serving the API on '%s'%s", a->socket_path, a->activated ? " (passed by systemd)" : "");
         *ret = a;
         return 0;
 

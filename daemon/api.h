@@ -13,9 +13,10 @@
 
 typedef struct Api Api;
 
-/* Initializes gRPC (signals must already be blocked), takes the socket's lock, refuses a live daemon on the same
- * socket, replaces a stale socket file, binds (mode 0660) and starts serving. */
-int api_new(sd_event *e, Manager *m, const HydraConfig *config, Api **ret, HydraError *err);
+/* Initializes gRPC (signals must already be blocked), takes the socket's lock, and starts serving. activated_fd
+ * is the listening socket systemd passed (socket activation; api_new takes it, also on failure), or -EBADF: then
+ * api_new refuses a live daemon on the same socket, replaces a stale socket file and binds it (mode 0660). */
+int api_new(sd_event *e, Manager *m, const HydraConfig *config, int activated_fd, Api **ret, HydraError *err);
 
 /* Stops accepting, answers in-flight calls (a grace period, then cancels), ends streams with UNAVAILABLE; done is
  * called on the loop once gRPC is fully down. */

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "loopstat.h"
 #include "manager.h"
+#include "service.h"
 
 typedef struct Daemon {
         sd_event *event;
@@ -23,6 +24,7 @@ typedef struct Daemon {
         Api *api;
         int lock_fds[2];        /* the run and state directories' hydrad.lock, held for our life */
         LoopStat *loopstat;     /* HYDRA_LOOP_STATS=1: the loop's lateness, reported on SIGUSR2 */
+        Subscription *status_sub; /* keeps systemd's STATUS= line current */
         bool exiting;
 } Daemon;
 
@@ -141,8 +143,25 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
         return 0;
 }
 
+/* systemd's STATUS= line (`systemctl status hydrad`): both VMs, redone on every state or readiness change. */
+static void notify_status(Daemon *d) {
+        VmStatus sts[_ROLE_MAX];
+        char text[256];
+
+        for (Role role = 0; role < _ROLE_MAX; role++)
+                vm_get_status(manager_get_vm(d->manager, role), &sts[role]);
+        service_status_text(sts, _ROLE_MAX, text, sizeof(text));
+        (void) sd_notifyf(0, "STATUS=%s", text);
+}
+
+static void on_vm_event(Manager *m, const HydraEvent *ev, Vm *vm, void *userdata) {
+        if (ev->type == HYDRA_EVENT_STATE || ev->type == HYDRA_EVENT_READY)
+                notify_status(userdata);
+}
+
 int main(int argc, char *argv[]) {
         Daemon d = { .lock_fds = { -EBADF, -EBADF } };
+        _cleanup_close_ int activated_fd = -EBADF;
         HydraError err;
         sigset_t mask;
         int r;
@@ -163,6 +182,13 @@ int main(int argc, char *argv[]) {
                 return 2;
         }
         log_set_max_level(d.config.log_level);
+
+        /* Before anything is touched: a socket systemd passed that hydrad cannot serve is refused with nothing done. */
+        if (service_take_activated_socket(d.config.socket_path, &activated_fd, &err) < 0) {
+                log_error("%s", err.message);
+                config_done(&d.config);
+                return 1;
+        }
 
         /* Before any thread exists (gRPC starts 8-10): every thread inherits this mask, so these signals reach
          * only the loop's signalfd and sd-event's child watches. */
@@ -195,6 +221,12 @@ int main(int argc, char *argv[]) {
                 log_error_errno(r, "sd_event: %m");
                 goto out;
         }
+        /* WatchdogSec= in the unit: sd-event sends WATCHDOG=1 itself, at half the interval, while the loop turns. */
+        r = sd_event_set_watchdog(d.event, true);
+        if (r < 0)
+                log_warning_errno(r, "cannot drive systemd's watchdog, ignoring: %m");
+        else if (r > 0)
+                log_info("systemd's watchdog is on: the loop pings it");
         (void) sd_event_add_signal(d.event, NULL, SIGTERM, on_terminate, &d);
         (void) sd_event_add_signal(d.event, NULL, SIGINT, on_terminate, &d);
         if (getenv("HYDRA_LOOP_STATS") && streq(getenv("HYDRA_LOOP_STATS"), "1")) {
@@ -218,7 +250,7 @@ int main(int argc, char *argv[]) {
                 log_error("%s", err.message);
                 goto out;
         }
-        r = api_new(d.event, d.manager, &d.config, &d.api, &err);
+        r = api_new(d.event, d.manager, &d.config, TAKE_FD(activated_fd), &d.api, &err);
         if (r < 0) {
                 log_error("cannot serve the API: %s", err.message);
                 goto out;
@@ -227,8 +259,15 @@ int main(int argc, char *argv[]) {
         for (Role role = 0; role < _ROLE_MAX; role++)
                 vm_set_cri_fallback(manager_get_vm(d.manager, role), api_cri_fallback(d.api, role));
 
+        r = manager_subscribe(d.manager, -1, on_vm_event, &d, &d.status_sub);
+        if (r < 0) {
+                log_error_errno(r, "cannot follow the VMs' states: %m");
+                goto out;
+        }
+        /* Ready: the API serves, and every QEMU a previous hydrad left is adopted (manager_load). */
+        (void) sd_notify(0, "READY=1");
+        notify_status(&d);
         manager_autostart(d.manager);
-        (void) sd_notify(0, "READY=1\nSTATUS=serving");
         log_info("hydrad ready (state %s, run %s, on-exit %s)", d.config.state_dir, d.config.run_dir,
                  on_exit_to_string(d.config.on_exit));
 
@@ -242,6 +281,7 @@ out:
         if (d.manager)
                 for (Role role = 0; role < _ROLE_MAX; role++)
                         vm_set_cri_fallback(manager_get_vm(d.manager, role), NULL);
+        d.status_sub = subscription_free(d.status_sub);
         d.api = api_free(d.api);
         d.manager = manager_free(d.manager);
         d.loopstat = loopstat_free(d.loopstat);

@@ -53,6 +53,57 @@ START_TEST(test_socket_group_unknown) {
 }
 END_TEST
 
+/* The readonly group is resolved like socket_group; a missing "hydra" group says how it is made (issue 13). */
+START_TEST(test_readonly_group) {
+        HydraConfig c;
+        HydraError err;
+
+        hydra_error_clear(&err);
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "readonly_group", "root", &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), 0);
+        ck_assert_int_eq(c.readonly_gid, 0);
+        config_done(&c);
+
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "readonly_group", "hydra-no-such-group", &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), -ENOENT);
+        ck_assert_str_eq(err.message, "readonly_group: group 'hydra-no-such-group' does not exist");
+        config_done(&c);
+
+        if (getgrnam("hydra"))
+                return; /* the package is installed here */
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "socket_group", "hydra", &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), -ENOENT);
+        ck_assert_str_eq(err.message, "socket_group: group 'hydra' does not exist (the package's "
+                                      "sysusers.d/hydra.conf makes it: systemd-sysusers, or groupadd --system hydra)");
+        config_done(&c);
+}
+END_TEST
+
+START_TEST(test_socket_mode) {
+        const char *bad[] = { "0777", "0460", "abc", "", "-0660", "01660", "0660x", "9" };
+        HydraConfig c;
+        HydraError err;
+
+        hydra_error_clear(&err);
+        config_init(&c);
+        ck_assert_int_eq(c.socket_mode, 0660);
+        ck_assert_int_eq(config_set(&c, "socket_mode", "0666", &err), 0);
+        ck_assert_int_eq(c.socket_mode, 0666);
+        ck_assert_int_eq(config_set(&c, "socket_mode", "600", &err), 0);
+        ck_assert_int_eq(c.socket_mode, 0600);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                ck_assert_int_eq(config_set(&c, "socket_mode", bad[i], &err), -EINVAL);
+                ck_assert_msg(strstr(err.message, "socket_mode: '") && strstr(err.message, "is not allowed"), "%s",
+                              err.message);
+                ck_assert_int_eq(c.socket_mode, 0600);
+        }
+        config_done(&c);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("config");
         TCase *tc = tcase_create("core");
@@ -62,6 +113,8 @@ int main(void) {
         tcase_add_test(tc, test_finish_defaults);
         tcase_add_test(tc, test_socket_group_resolved);
         tcase_add_test(tc, test_socket_group_unknown);
+        tcase_add_test(tc, test_readonly_group);
+        tcase_add_test(tc, test_socket_mode);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

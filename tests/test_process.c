@@ -81,6 +81,55 @@ START_TEST(test_pass_fds_and_stdio) {
 }
 END_TEST
 
+/* Nothing of hydrad's environment reaches a child (issue 13: a secret an operator exported, $NOTIFY_SOCKET), and no
+ * fd beyond stdio, even one hydrad left without close-on-exec. */
+START_TEST(test_environment_and_fds_cleared) {
+        char *argv[] = { (char *) PERL, (char *) "-e",
+                         (char *) "print \"$_=$ENV{$_}\\n\" for sort keys %ENV; opendir D, '/proc/self/fd';"
+                                  "for (sort grep { !/^\\./ } readdir D) { print \"fd $_ \", readlink(\"/proc/self/fd/$_\"), \"\\n\" }",
+                         NULL };
+        ProcessSpawn p = { .path = argv[0], .argv = argv, .stderr_fd = -1 };
+        int out[2], pidfd, status, leaked;
+        char buf[512] = "";
+        HydraError err;
+        size_t len = 0;
+        pid_t pid;
+        ssize_t n;
+
+        ck_assert_int_eq(setenv("HYDRA_TEST_PASSWORD", "s3cret-password", 1), 0);
+        ck_assert_int_eq(setenv("NOTIFY_SOCKET", "/run/systemd/notify", 1), 0);
+        leaked = open("/dev/null", O_RDONLY); /* no O_CLOEXEC */
+        ck_assert_int_ge(leaked, 3);
+        ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
+        p.stdout_fd = out[1];
+        ck_assert_msg(process_spawn(&p, &pid, &pidfd, &err) == 0, "%s", err.message);
+        close(out[1]);
+        while (len < sizeof(buf) - 1 && (n = read(out[0], buf + len, sizeof(buf) - 1 - len)) > 0)
+                len += (size_t) n;
+        buf[len] = '\0';
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ck_assert_msg(strstr(buf, "LC_ALL=C\nPATH=" PROCESS_ENV_PATH "\n"), "%s", buf);
+        ck_assert_msg(!strstr(buf, "s3cret") && !strstr(buf, "NOTIFY_SOCKET"), "%s", buf);
+        /* Each fd: 0 (/dev/null), 1 (our pipe), 2 (/dev/null); perl holds the fd directory open while it lists it.
+         * The fd left without close-on-exec is not there. */
+        ck_assert_msg(strstr(buf, "fd 0 /dev/null\n") && strstr(buf, "fd 1 pipe:") && strstr(buf, "fd 2 /dev/null\n"),
+                      "%s", buf);
+        for (char *l = strstr(buf, "fd "); l; l = strstr(l + 1, "\nfd ")) {
+                int fd;
+                char target[64];
+                ck_assert_int_eq(sscanf(l[0] == '\n' ? l + 1 : l, "fd %d %63s", &fd, target), 2);
+                ck_assert_msg(fd <= 2 || strncmp(target, "/proc/", 6) == 0, "fd %d (%s) reached the child:\n%s", fd,
+                              target, buf);
+        }
+        close(out[0]);
+        close(pidfd);
+        close(leaked);
+        unsetenv("HYDRA_TEST_PASSWORD");
+        unsetenv("NOTIFY_SOCKET");
+}
+END_TEST
+
 START_TEST(test_start_time_and_zombie) {
         char *argv[] = { (char *) "/bin/sleep", (char *) "30", NULL };
         uint64_t t1 = 0, t2 = 0;
@@ -261,6 +310,7 @@ int main(void) {
         tcase_set_timeout(tc, 30);
         tcase_add_test(tc, test_exec_failure_reported);
         tcase_add_test(tc, test_pass_fds_and_stdio);
+        tcase_add_test(tc, test_environment_and_fds_cleared);
         tcase_add_test(tc, test_start_time_and_zombie);
         tcase_add_test(tc, test_find_by_option);
         tcase_add_test(tc, test_find_by_option_other_uid);

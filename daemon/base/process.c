@@ -99,7 +99,7 @@ _Noreturn static void child_exec(const ProcessSpawn *p, int null_fd, int error_f
         if (syscall(SYS_close_range, 3 + (unsigned) p->n_pass_fds, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
                 goto fail_errno;
 
-        execv(p->path, p->argv);
+        execve(p->path, p->argv, (char *const[]) { (char *) "PATH=" PROCESS_ENV_PATH, (char *) "LC_ALL=C", NULL });
 fail_errno:
         r = errno;
 fail:

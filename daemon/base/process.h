@@ -18,9 +18,13 @@ typedef struct ProcessSpawn {
         int stderr_fd;             /* < 0: /dev/null */
 } ProcessSpawn;
 
+/* The whole environment of every child: nothing of hydrad's (secrets an operator exported, $LISTEN_FDS,
+ * $NOTIFY_SOCKET, $JOURNAL_STREAM) is handed on. C locale: hydrad reads some of QEMU's messages. */
+#define PROCESS_ENV_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 /* Forks and execs. The child gets an empty signal mask, default signal dispositions, its own session (so a
- * Ctrl-C on a foreground hydrad does not reach QEMU, and QEMU outlives hydrad), stdin from /dev/null and no
- * other fds. Returns 0 with the pid and a pidfd, or a negative errno with err naming the step (an exec failure
+ * Ctrl-C on a foreground hydrad does not reach QEMU, and QEMU outlives hydrad), stdin from /dev/null, no
+ * other fds, and only PATH=PROCESS_ENV_PATH and LC_ALL=C in its environment. Returns 0 with the pid and a pidfd, or a negative errno with err naming the step (an exec failure
  * is reported from the child through a close-on-exec pipe). */
 int process_spawn(const ProcessSpawn *p, pid_t *ret_pid, int *ret_pidfd, HydraError *err);
 

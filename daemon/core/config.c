@@ -22,6 +22,8 @@ void config_init(HydraConfig *c) {
                 .api_max_connections = 128,
                 .api_idle_timeout_usec = 300ULL * 1000000ULL,
                 .socket_gid = (gid_t) -1,
+                .readonly_gid = (gid_t) -1,
+                .socket_mode = 0660,
         };
 }
 
@@ -30,6 +32,7 @@ void config_done(HydraConfig *c) {
         free(c->run_dir);
         free(c->socket_path);
         free(c->socket_group);
+        free(c->readonly_group);
         free(c->qemu_x86_64);
         free(c->qemu_aarch64);
         config_init(c);
@@ -90,6 +93,23 @@ int config_set(HydraConfig *c, const char *key, const char *value, HydraError *e
                 return set_abs_path(&c->qemu_aarch64, key, value, err);
         if (streq(key, "socket_group"))
                 return set_string(&c->socket_group, value);
+        if (streq(key, "readonly_group"))
+                return set_string(&c->readonly_group, value);
+        if (streq(key, "socket_mode")) {
+                char *end;
+                unsigned long v;
+
+                /* Octal, as chmod takes it; read and write for the owner at least, and nothing beyond rw. */
+                errno = 0;
+                v = strtoul(value, &end, 8);
+                if (errno != 0 || end == value || *end || value[0] == '-' || (v & ~0666UL) != 0 ||
+                    (v & 0600) != 0600)
+                        return hydra_error_set(err, -EINVAL,
+                                               "socket_mode: '%s' is not allowed (an octal mode of read and write "
+                                               "bits with 0600 set, e.g. 0660 or 0666)", value);
+                c->socket_mode = (mode_t) v;
+                return 0;
+        }
         if (streq(key, "stop_timeout"))
                 return set_seconds(&c->stop_timeout_usec, key, value, err);
         if (streq(key, "qmp_timeout"))
@@ -153,16 +173,18 @@ int config_load_file(HydraConfig *c, const char *path, HydraError *err) {
         return 0;
 }
 
-static int resolve_group(const char *name, gid_t *ret, HydraError *err) {
+static int resolve_group(const char *key, const char *name, gid_t *ret, HydraError *err) {
         struct group *g;
 
         errno = 0;
         g = getgrnam(name);
         if (!g) {
                 if (errno != 0 && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
-                        return hydra_error_set(err, -errno, "socket_group: cannot look up group '%s': %s", name,
+                        return hydra_error_set(err, -errno, "%s: cannot look up group '%s': %s", key, name,
                                                strerror(errno));
-                return hydra_error_set(err, -ENOENT, "socket_group: group '%s' does not exist", name);
+                return hydra_error_set(err, -ENOENT, "%s: group '%s' does not exist%s", key, name,
+                                       streq(name, "hydra") ? " (the package's sysusers.d/hydra.conf makes it: "
+                                                              "systemd-sysusers, or groupadd --system hydra)" : "");
         }
         *ret = g->gr_gid;
         return 0;
@@ -181,7 +203,13 @@ int config_finish(HydraConfig *c, HydraError *err) {
         }
         c->socket_gid = (gid_t) -1;
         if (c->socket_group) {
-                r = resolve_group(c->socket_group, &c->socket_gid, err);
+                r = resolve_group("socket_group", c->socket_group, &c->socket_gid, err);
+                if (r < 0)
+                        return r;
+        }
+        c->readonly_gid = (gid_t) -1;
+        if (c->readonly_group) {
+                r = resolve_group("readonly_group", c->readonly_group, &c->readonly_gid, err);
                 if (r < 0)
                         return r;
         }

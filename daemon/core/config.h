@@ -22,6 +22,9 @@ typedef struct HydraConfig {
         char *socket_path;          /* default RUN_DIR/hydra.sock */
         char *socket_group;         /* group owning the API socket (mode 0660); NULL: the daemon's */
         gid_t socket_gid;           /* socket_group's, resolved once by config_finish; (gid_t) -1: none */
+        char *readonly_group;       /* members may call the read-only RPCs (daemon/authz.h); NULL: none */
+        gid_t readonly_gid;         /* resolved like socket_gid */
+        mode_t socket_mode;         /* of the API socket hydrad binds (not one systemd passes); default 0660 */
         int log_level;              /* syslog level */
         OnExit on_exit;
         uint64_t stop_timeout_usec; /* graceful stop default (StopVm timeout 0, on-exit=stop) */

@@ -575,6 +575,10 @@ int qemu_argv_build(const VmSpec *spec, const QemuRuntime *rt, char ***ret_argv,
         builder_addf(&b, "guest=%s,debug-threads=on", name);
         builder_add(&b, "-nodefaults");
         builder_add(&b, "-no-user-config");
+        /* QEMU's seccomp filter: no obsolete system calls, no setuid/setgid, no fork/exec, no scheduler or CPU
+         * affinity changes. Nothing QEMU needs after start-up (hydrad opens the sockets, files and devices). */
+        builder_add(&b, "-sandbox");
+        builder_add(&b, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
         /* Paused until hydrad has the console connected and says cont: no boot output is lost. */
         builder_add(&b, "-S");
         /* hydrad runs on a headless device: the GPU renders through EGL without a window (the script's gtk,gl=on
