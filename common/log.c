@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+/* Our own CODE_FILE= and CODE_LINE= (the caller's), not sd_journal_send()'s (log_internal's). */
+#define SD_JOURNAL_SUPPRESS_LOCATION 1
 #include <systemd/sd-journal.h>
 #include <time.h>
 
@@ -56,7 +58,8 @@ void log_open(void) {
         use_journal = st.st_dev == (dev_t) dev && st.st_ino == (ino_t) ino;
 }
 
-int log_internal(int level, int error, const char *vm, const char *file, int line, const char *fmt, ...) {
+int log_internal(int level, int error, const char *vm, const char *state, const char *file, int line, const char *fmt,
+                 ...) {
         char buf[2048];
         va_list ap;
 
@@ -73,7 +76,10 @@ int log_internal(int level, int error, const char *vm, const char *file, int lin
         if (use_journal) {
                 char lf[32];
                 (void) snprintf(lf, sizeof(lf), "CODE_LINE=%d", line);
-                if (vm)
+                if (vm && state)
+                        (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "VM=%s", vm,
+                                               "HYDRA_STATE=%s", state, "CODE_FILE=%s", file, lf, NULL);
+                else if (vm)
                         (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "VM=%s", vm,
                                                "CODE_FILE=%s", file, lf, NULL);
                 else

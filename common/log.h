@@ -6,7 +6,8 @@
 #include "macro.h"
 
 /* Levels are syslog's: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG. Under systemd ($JOURNAL_STREAM names our
- * stderr) lines go to the journal with PRIORITY= and, where given, VM=; otherwise plain lines on stderr.
+ * stderr) lines go to the journal with PRIORITY= and, where given, VM= and HYDRA_STATE= (a VM's new state:
+ * `journalctl -u hydrad VM=isolated HYDRA_STATE=crashed`); otherwise plain lines on stderr.
  * Thread-safe: gRPC's log callback calls in from its own threads. */
 
 void log_set_max_level(int level);
@@ -15,10 +16,10 @@ int log_level_from_string(const char *s); /* "error", "warning", "info", "debug"
 void log_open(void);                      /* decides journal vs stderr */
 
 /* Returns -abs(error) so that callers can `return log_error_errno(r, "...: %m")`; %m prints strerror(error). */
-int log_internal(int level, int error, const char *vm, const char *file, int line, const char *fmt, ...)
-        _printf_(6, 7);
+int log_internal(int level, int error, const char *vm, const char *state, const char *file, int line, const char *fmt,
+                 ...) _printf_(7, 8);
 
-#define log_full_errno(level, error, ...) log_internal(level, error, NULL, __FILE__, __LINE__, __VA_ARGS__)
+#define log_full_errno(level, error, ...) log_internal(level, error, NULL, NULL, __FILE__, __LINE__, __VA_ARGS__)
 #define log_full(level, ...) (void) log_full_errno(level, 0, __VA_ARGS__)
 
 #define log_debug(...) log_full(LOG_DEBUG, __VA_ARGS__)
@@ -33,7 +34,9 @@ int log_internal(int level, int error, const char *vm, const char *file, int lin
 #define log_error_errno(e, ...) log_full_errno(LOG_ERR, e, __VA_ARGS__)
 
 /* Per-VM variants: the journal gets VM=role; stderr lines are prefixed with nothing extra (messages quote the VM). */
-#define log_vm_full_errno(level, vm, error, ...) log_internal(level, error, vm, __FILE__, __LINE__, __VA_ARGS__)
+#define log_vm_full_errno(level, vm, error, ...) log_internal(level, error, vm, NULL, __FILE__, __LINE__, __VA_ARGS__)
+/* A VM's state change: the journal gets HYDRA_STATE=state too. level: LOG_INFO, or worse for failed and crashed. */
+#define log_vm_state(level, vm, state, ...) (void) log_internal(level, 0, vm, state, __FILE__, __LINE__, __VA_ARGS__)
 #define log_vm_debug(vm, ...) (void) log_vm_full_errno(LOG_DEBUG, vm, 0, __VA_ARGS__)
 #define log_vm_info(vm, ...) (void) log_vm_full_errno(LOG_INFO, vm, 0, __VA_ARGS__)
 #define log_vm_warning(vm, ...) (void) log_vm_full_errno(LOG_WARNING, vm, 0, __VA_ARGS__)

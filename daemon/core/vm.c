@@ -328,8 +328,12 @@ static void vm_set_state(Vm *vm, VmState next, VmEvent event, const char *reason
         if (from == next && !announce)
                 return;
         vm->state = next;
-        log_vm_info(vm->name, "VM '%s': %s -> %s (%s)", vm->name, vm_state_to_string(from), vm_state_to_string(next),
-                    reason);
+        /* `journalctl -p warning` shows what went wrong: a failed start is an error, a crash a warning. */
+        log_vm_state(next == VM_STATE_FAILED    ? LOG_ERR
+                     : next == VM_STATE_CRASHED ? LOG_WARNING
+                                                : LOG_INFO,
+                     vm->name, vm_state_to_string(next), "VM '%s': %s -> %s (%s)", vm->name, vm_state_to_string(from),
+                     vm_state_to_string(next), reason);
         switch (vm_state_record(next)) {
         case VM_RECORD_RUNTIME:
                 if (vm->pid > 0)

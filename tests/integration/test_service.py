@@ -20,6 +20,7 @@ $LISTEN_PID), a datagram socket as $NOTIFY_SOCKET, $WATCHDOG_USEC.
 
 Prints "N passed, N failed"."""
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -355,8 +356,121 @@ def part_authz():
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
+# Inside a private mount namespace: a tmpfs over /run/systemd and a datagram socket at the journal's native socket
+# (/run/systemd/journal/socket, where sd_journal_send() writes), hydrad's stderr a file named by $JOURNAL_STREAM.
+# Registers and starts the tiny guest, stops it, prints each journal entry as a JSON object per line.
+JOURNAL_HARNESS = r"""
+import json, os, signal, socket, subprocess, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import grpc
+from hydra.v1 import hydra_pb2 as pb
+from hydra_client import Hydra, guest_spec, wait_for
+hydrad, guest, tmp = sys.argv[2:5]
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run/systemd"], check=True)
+os.makedirs("/run/systemd/journal")
+j = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+j.bind("/run/systemd/journal/socket")
+j.settimeout(0.5)
+err = open(f"{tmp}/stderr", "w")
+st = os.fstat(err.fileno())
+env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+proc = subprocess.Popen([hydrad, "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run"], env=env,
+                        stdout=err, stderr=err)
+entries = []
+
+done = threading.Event()
+
+def drain():  # all along, as journald does: a full socket buffer would block hydrad's sendmsg
+    while True:
+        try:
+            data = j.recv(65536)
+        except socket.timeout:
+            if done.is_set():
+                return
+            continue
+        e, i = {}, 0
+        while i < len(data):
+            nl = data.index(b"\n", i)
+            line = data[i:nl]
+            if b"=" in line:
+                k, v = line.split(b"=", 1)
+                i = nl + 1
+            else:  # KEY\n, a little-endian 64-bit length, the value, \n
+                k = line
+                n = int.from_bytes(data[nl + 1:nl + 9], "little")
+                v = data[nl + 9:nl + 9 + n]
+                i = nl + 9 + n + 1
+            e[k.decode()] = v.decode(errors="replace")
+        entries.append(e)
+
+reader = threading.Thread(target=drain)
+reader.start()
+try:
+    ch = grpc.insecure_channel(f"unix:{tmp}/run/hydra.sock")
+    grpc.channel_ready_future(ch).result(timeout=30)
+    api = Hydra(ch)
+    api.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_ISOLATED, spec=guest_spec(guest)), timeout=30)
+    api.StartVm(pb.StartVmRequest(role=pb.ROLE_ISOLATED), timeout=120)
+    api.StopVm(pb.StopVmRequest(role=pb.ROLE_ISOLATED, force=True), timeout=60)
+    # A launch that fails (a kernel QEMU cannot load) is logged as an error.
+    open(f"{tmp}/empty-kernel", "w").close()
+    spec = guest_spec(guest)
+    spec.kernel.kernel = f"{tmp}/empty-kernel"
+    api.RegisterVm(pb.RegisterVmRequest(role=pb.ROLE_HOST, spec=spec), timeout=30)
+    try:
+        api.StartVm(pb.StartVmRequest(role=pb.ROLE_HOST), timeout=60)
+    except grpc.RpcError:
+        pass
+    ch.close()
+finally:
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    done.set()
+    reader.join()
+for e in entries:
+    print(json.dumps(e))
+print(json.dumps({"exit": rc}))
+"""
+
+
+def part_journal():
+    if os.geteuid() != 0 or not os.path.isdir("/run/systemd") or not shutil.which("unshare"):
+        note("journal: needs root, /run/systemd and unshare (a private mount namespace), not run")
+        return
+    tmp = tempfile.mkdtemp(prefix="hydra-service.")
+    try:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "/usr/bin/python3", "-c",
+                            JOURNAL_HARNESS, os.environ["HYDRA_PYTHONPATH"] + "/", HYDRAD, GUEST, tmp],
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__))))
+        lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+        entries = [e for e in lines if "MESSAGE" in e]
+        check("journal: hydrad sends its lines to the journal when $JOURNAL_STREAM names its stderr",
+              any("hydrad ready" in e["MESSAGE"] for e in entries) and lines and lines[-1].get("exit") == 0,
+              (r.returncode, r.stderr[-2000:], lines[-3:]))
+        stderr = read(f"{tmp}/stderr").decode(errors="replace")
+        check("journal: nothing of it on stderr", "hydrad ready" not in stderr, stderr[-1000:])
+        states = [(e.get("VM"), e.get("HYDRA_STATE"), e.get("PRIORITY")) for e in entries if "HYDRA_STATE" in e]
+        check("journal: each state change carries VM=isolated, HYDRA_STATE= and PRIORITY=6",
+              ("isolated", "starting", "6") in states and ("isolated", "running", "6") in states
+              and ("isolated", "stopped", "6") in states, states)
+        check("journal: a line about no VM carries no VM= field",
+              any("hydrad ready" in e["MESSAGE"] and "VM" not in e and e.get("PRIORITY") == "6" for e in entries))
+        errors = [e for e in entries if e.get("PRIORITY") == "3" and e.get("VM") == "host"]
+        check("journal: the failed launch is an error: PRIORITY=3, VM=host", errors,
+              [e for e in entries if e.get("VM") == "host"])
+        check("journal: CODE_FILE= and CODE_LINE= are the caller's, not log.c's",
+              entries and all(not e.get("CODE_FILE", "").endswith("log.c") for e in entries)
+              and any(e.get("CODE_FILE", "").endswith("vm.c") for e in entries), entries[:3])
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", "--", f"{tmp}/"], check=False)
+        if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
+            subprocess.run(["rm", "-rf", tmp], check=False)
+
+
 def main():
     part_activation()
+    part_journal()
     part_bad_sockets()
     part_authz()
     return check.finish()
