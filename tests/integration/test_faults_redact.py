@@ -5,7 +5,8 @@ its own signature. The downloads must use the URLs whole (the server sees every 
 appear in hydrad's log, WatchEvents (progress, notices), GetVm / ListVms, hydractl status and list (text and
 --json), or anywhere under the cache directory (file names, meta.json, which is private: 0600). The parameter names
 do appear, so that a person can tell which URL it was. Also a 404 on such a URL: the error (RPC status, last_error)
-shows the names only. The guest is started (QEMU running) but not waited for. Prints "N passed, N failed"."""
+shows the names only. The guest's password (hashed before it is stored) and the tokens are in neither QEMU's nor
+hydrad's command line or environment (/proc/PID/cmdline, /proc/PID/environ; issue 13). The guest is started (QEMU running) but not waited for. Prints "N passed, N failed"."""
 import hashlib
 import os
 import shutil
@@ -27,7 +28,8 @@ REDIRECT_SIG = "s3cret-redirect-sig-c41d"
 SUMS_SIG = "s3cret-sums-sig-9e3b"
 CSI_SIG = "s3cret-csi-sig-52aa"
 DEB_TOKEN = "s3cret-deb-token-0c6e"
-SECRETS = [TOKEN, SIG, REDIRECT_SIG, SUMS_SIG, CSI_SIG, DEB_TOKEN]
+PASSWORD = "s3cret-guest-password-a7d4"
+SECRETS = [TOKEN, SIG, REDIRECT_SIG, SUMS_SIG, CSI_SIG, DEB_TOKEN, PASSWORD]
 
 check = Checks()
 
@@ -64,7 +66,7 @@ def main():
                          kernel=pb.KernelBoot(kernel=f"{GUEST}/vmlinuz", initrd=f"{GUEST}/initrd.img",
                                               cmdline="console=ttyS0 panic=-1"),
                          image=pb.Source(url=url, sums_url=sums or ""),
-                         guest=pb.Guest(hostname="redact-1"),
+                         guest=pb.Guest(hostname="redact-1", password=PASSWORD),
                          software=pb.Software(csi_grpc_proxy_url=f"https://example.org/csi/?sig={CSI_SIG}&arch=",
                                               extra_debs=[f"https://example.org/x.deb?job_token={DEB_TOKEN}"]),
                          shares=pb.Shares(kubelet_host_dir=f"{d.tmp}/k3s-var"))
@@ -84,6 +86,10 @@ def main():
         check("the server saw every secret: the URLs were used whole (SUMS, image, redirect)",
               sorted(leaked(" ".join(paths))) == sorted([TOKEN, SIG, REDIRECT_SIG, SUMS_SIG]))
         check("StartVm's reply shows no secret", leaked(str(vm)) == [])
+        for who, pid in (("QEMU", vm.pid), ("hydrad", d.proc.pid)):
+            proc = b"".join(open(f"/proc/{pid}/{f}", "rb").read() for f in ("cmdline", "environ"))
+            check(f"{who}'s /proc/PID/cmdline and environ hold no password or token", proc and leaked(proc) == [],
+                  leaked(proc))
 
         vm = h.GetVm(pb.GetVmRequest(role=iso), timeout=10)
         check("GetVm shows no secret", leaked(str(vm)) == [])
