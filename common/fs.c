@@ -65,6 +65,18 @@ int mkdir_p(const char *path, mode_t mode) {
         return 0;
 }
 
+int mkdir_private(const char *path, gid_t traverse_gid) {
+        int r = mkdir_p(path, 0750);
+
+        if (r < 0)
+                return r;
+        if (traverse_gid != (gid_t) -1 && chown(path, (uid_t) -1, traverse_gid) < 0)
+                return -errno;
+        if (chmod(path, traverse_gid != (gid_t) -1 ? 0710 : 0700) < 0)
+                return -errno;
+        return 0;
+}
+
 static void closedirp(DIR **d) {
         if (*d)
                 (void) closedir(*d);

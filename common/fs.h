@@ -15,6 +15,10 @@ int write_all(int fd, const void *data, size_t size);
 
 /* mkdir -p with mode for the directories it creates. */
 int mkdir_p(const char *path, mode_t mode);
+/* A VM's own directory: made (parents 0750) if missing, and path itself set to 0700, or 0710 with group
+ * traverse_gid ((gid_t) -1: none) so that the group's members reach a socket inside by its name (console.sock,
+ * containerd.sock: 0660 in that group) and see nothing else. Returns 0 or a negative errno. */
+int mkdir_private(const char *path, gid_t traverse_gid);
 
 /* Removes a file or a directory tree through openat/unlinkat, never following a symlink (a symlink is removed,
  * not what it points at) nor entering another file system mounted inside; read-only directories are made writable

@@ -1075,17 +1075,18 @@ static const Conn *call_conn(Call *c) {
 static bool call_authorized(Call *c) {
         Api *a = c->api;
         const Conn *conn = call_conn(c);
+        const char *name;
         char msg[384];
         uint64_t now = 0;
 
         if (conn && authz_allows(conn->access, c->method->mutating))
                 return true;
+        /* "StartVm", but "grpc.health.v1.Health/Check": a name of its own. */
+        name = strncmp(c->method->path, "/hydra.v1.Hydra/", 16) == 0 ? call_rpc_name(c) : c->method->path + 1;
         if (conn)
-                authz_denied_message(&a->authz, call_rpc_name(c), c->method->mutating, conn->access, conn->uid,
-                                     msg, sizeof(msg));
+                authz_denied_message(&a->authz, name, c->method->mutating, conn->access, conn->uid, msg, sizeof(msg));
         else
-                (void) snprintf(msg, sizeof(msg), "permission denied: hydrad cannot tell who is calling %s",
-                                call_rpc_name(c));
+                (void) snprintf(msg, sizeof(msg), "permission denied: hydrad cannot tell who is calling %s", name);
         call_finish(c, GRPC_STATUS_PERMISSION_DENIED, msg, NULL);
 
         (void) sd_event_now(a->event, CLOCK_MONOTONIC, &now);

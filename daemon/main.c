@@ -4,12 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
 #include "api.h"
 #include "api_pb.h"
 #include "config.h"
+#include "fs.h"
 #include "grpc_probe.h"
 #include "instance.h"
 #include "log.h"
@@ -143,6 +146,33 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
         return 0;
 }
 
+/* The run directory as tmpfiles.d/hydra.conf makes it when hydrad makes it: 0750 in socket_group, so that the
+ * group's members reach the API socket. One that exists is left as it is (the administrator's, or tmpfiles'). */
+static int make_run_dir(const HydraConfig *c, HydraError *err) {
+        _cleanup_free_ char *parent = strdup(c->run_dir);
+        char *slash;
+        int r;
+
+        if (!parent)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+                *slash = '\0';
+                r = mkdir_p(parent, 0755);
+                if (r < 0)
+                        return hydra_error_set(err, r, "create '%s': %s", parent, strerror(-r));
+        }
+        if (mkdir(c->run_dir, 0750) < 0) {
+                if (errno == EEXIST)
+                        return 0;
+                return hydra_error_set(err, -errno, "create run directory '%s': %s", c->run_dir, strerror(errno));
+        }
+        if (c->socket_gid != (gid_t) -1 && chown(c->run_dir, (uid_t) -1, c->socket_gid) < 0)
+                return hydra_error_set(err, -errno, "chown run directory '%s' to group '%s': %s", c->run_dir,
+                                       c->socket_group, strerror(errno));
+        return 0;
+}
+
 /* systemd's STATUS= line (`systemctl status hydrad`): both VMs, redone on every state or readiness change. */
 static void notify_status(Daemon *d) {
         VmStatus sts[_ROLE_MAX];
@@ -208,6 +238,11 @@ int main(int argc, char *argv[]) {
         /* Before anything touches the run or state directory: a second hydrad started there by mistake would
          * otherwise adopt the first one's QEMUs (rebinding console.sock, rewriting runtime.json) before the API
          * socket refused it (issue 9). */
+        r = make_run_dir(&d.config, &err);
+        if (r < 0) {
+                log_error("%s", err.message);
+                goto out;
+        }
         r = instance_lock((const char *const[]) { d.config.run_dir, d.config.state_dir },
                           (const char *const[]) { "run directory", "state directory" }, ELEMENTSOF(d.lock_fds),
                           d.lock_fds, &err);

@@ -590,10 +590,10 @@ static int vm_prepare(Vm *vm, HydraError *err) {
         if (r < 0)
                 return r;
 
-        r = mkdir_p(vm->state_dir, 0750);
+        r = mkdir_private(vm->state_dir, (gid_t) -1);
         if (r < 0)
                 return hydra_error_set(err, r, "create '%s': %s", vm->state_dir, strerror(-r));
-        r = mkdir_p(vm->run_dir, 0750);
+        r = mkdir_private(vm->run_dir, vm->ctx.config->socket_gid);
         if (r < 0)
                 return hydra_error_set(err, r, "create '%s': %s", vm->run_dir, strerror(-r));
         r = mkdir_p(ctx.cache_dir, 0750);

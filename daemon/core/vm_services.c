@@ -276,7 +276,7 @@ static int cri_listen(VmServices *vs) {
         if (vs->cri)
                 return 0;
         /* Made at preparation otherwise: a VM registered but never started has no RUN_DIR/ROLE yet. */
-        r = mkdir_p(vs->cfg.run_dir, 0750);
+        r = mkdir_private(vs->cfg.run_dir, vs->cfg.socket_gid);
         if (r < 0) {
                 log_vm_warning_errno(vs->cfg.name, r, "VM '%s': no CRI socket: cannot create '%s': %m", vs->cfg.name,
                                      vs->cfg.run_dir);

@@ -15,8 +15,9 @@ $LISTEN_PID), a datagram socket as $NOTIFY_SOCKET, $WATCHDOG_USEC.
  4. Authorization per call (as root, setpriv drops to nobody): with socket_mode = 0666, socket_group and
     readonly_group set (two groups every Debian has, users and staff), nobody without either group is refused
     every call, PERMISSION_DENIED naming the group (hydractl and the Python grpcio client); with the socket group
-    all calls pass; with the read-only group reads pass and StartVm is refused naming the group. With the
-    default mode (0660), nobody outside the group cannot connect, and hydractl says which group opens the socket.
+    all calls pass; with the read-only group reads pass and StartVm is refused naming the group. The console
+    socket follows the same rule through its mode and group (QMP is hydrad's alone). With the default mode (0660),
+    nobody outside the group cannot connect, and hydractl says which group opens the socket.
 
 Prints "N passed, N failed"."""
 import grp
@@ -330,6 +331,32 @@ def part_authz():
 
         r = subprocess.run(ctl + ["start", "isolated"], capture_output=True, text=True, timeout=60)
         check("root: StartVm passes authorization", "NOT_FOUND" in r.stderr, r.stderr)
+
+        # The console socket: the same rule through its mode and group (0660 root:users in a 0710 root:users
+        # directory: the group reaches it by name, nobody else reaches anything).
+        with open(f"{tmp}/guest.ini", "w") as f:
+            f.write(f"[vm]\ncpus = 1\nmemory = 256M\naccel = tcg\n[kernel]\npath = {GUEST}/vmlinuz\n"
+                    f"initrd = {GUEST}/initrd.img\ncmdline = console=ttyS0 panic=-1\n")
+        r = as_nobody([full], ctl + ["register", "isolated", "--spec", f"{tmp}/guest.ini"])
+        check("nobody in group users: RegisterVm passes", r.returncode == 0, r.stderr)
+        r = as_nobody([full], ctl + ["start", "isolated"])
+        check("nobody in group users: StartVm starts the VM", r.returncode == 0, r.stderr)
+        vmdir = f"{tmp}/run/isolated"
+        st = os.stat(vmdir)
+        check(f"the VM's run directory is 0710 root:users (got {stat.S_IMODE(st.st_mode):04o}, gid {st.st_gid})",
+              stat.S_IMODE(st.st_mode) == 0o710 and st.st_gid == full)
+        connect = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n"
+                   "    print('connected')\nexcept OSError as e:\n    print(e.strerror)\n")
+        r = as_nobody([full], ["/usr/bin/python3", "-c", connect, f"{vmdir}/console.sock"])
+        check("nobody in group users reaches the console socket", r.stdout.strip() == "connected", r)
+        r = as_nobody([read_], ["/usr/bin/python3", "-c", connect, f"{vmdir}/console.sock"])
+        check("nobody in the read-only group does not (console input changes the VM)",
+              r.stdout.strip() == "Permission denied", r)
+        r = as_nobody([full], ["/usr/bin/python3", "-c", connect, f"{vmdir}/qmp.sock"])
+        check("QMP is hydrad's alone (0600): not even group users reaches it", r.stdout.strip() == "Permission denied",
+              r)
+        r = as_nobody([full], ctl + ["stop", "--force", "isolated"])
+        check("nobody in group users: StopVm passes", r.returncode == 0, r.stderr)
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
