@@ -724,7 +724,8 @@ static int check_forwards_free(Vm *vm, HydraError *err) {
 
 /* --- the scope and machined (machine.h) --- */
 
-/* The spec's limits as a phrase for a log line: ", CPUQuota=150%, MemoryMax=1073741824". */
+/* The spec's limits as a phrase for a log line: ", CPUQuota=150%, MemoryMax=1073741824" (+ 2: without the first
+ * comma), "" for none. */
 static void limits_phrase(const VmSpec *spec, char *buf, size_t size) {
         int n = 0;
 
@@ -746,15 +747,23 @@ static void vm_machine_names(Vm *vm) {
                 vm->machine_scope = machine_scope_name(vm->machine_name);
 }
 
+static void log_not_registered(Vm *vm, const char *why) {
+        char limits[96];
+
+        limits_phrase(&vm->spec, limits, sizeof(limits));
+        log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) is not in a scope of its own nor registered with "
+                       "systemd-machined: %s; it runs on as hydrad's child%s%s%s", vm->name, (int) vm->pid, why,
+                       limits[0] ? " (its resources are not applied: " : "", limits[0] ? limits + 2 : "",
+                       limits[0] ? ")" : "");
+}
+
 static void on_machine_registered(MachineJob *j, int r, const char *path, const HydraError *err, void *userdata) {
         char limits[96];
         Vm *vm = userdata;
 
         vm->machine_job = machine_job_free(vm->machine_job);
         if (r < 0) {
-                log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) is not in a scope of its own nor registered with "
-                               "systemd-machined: %s; it runs on as hydrad's child", vm->name, (int) vm->pid,
-                               err->message);
+                log_not_registered(vm, err->message);
                 return;
         }
         vm_machine_names(vm);
@@ -776,6 +785,7 @@ static void vm_machine_register(Vm *vm) {
         char phrase[96];
 
         if (!vm->ctx.machined) {
+                /* Said once at start-up; the limits a spec asks for, at each of its starts. */
                 limits_phrase(&vm->spec, phrase, sizeof(phrase));
                 if (phrase[0])
                         log_vm_warning(vm->name, "VM '%s': the spec's resources (%s) are not applied: %s, so QEMU "
@@ -787,14 +797,12 @@ static void vm_machine_register(Vm *vm) {
         hydra_error_clear(&err);
         if (asprintf(&name, "hydra-%s", vm->name) < 0) {
                 name = NULL;
-                log_vm_warning(vm->name, "VM '%s': not registered with systemd-machined: out of memory", vm->name);
+                log_not_registered(vm, "out of memory");
                 return;
         }
         if (machine_register(vm->ctx.machined, name, vm->pid, &limits, on_machine_registered, vm, &vm->machine_job,
                              &err) < 0)
-                log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) is not in a scope of its own nor registered with "
-                               "systemd-machined: %s; it runs on as hydrad's child", vm->name, (int) vm->pid,
-                               err.message);
+                log_not_registered(vm, err.message);
 }
 
 int vm_launch(Vm *vm, HydraError *err) {
