@@ -128,6 +128,7 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
         const Hydra__V1__Shares *sh = spec->shares;
         const Hydra__V1__Devices *d = spec->devices;
         const Hydra__V1__Supervision *sv = spec->supervision;
+        const Hydra__V1__Resources *rs = spec->resources;
         json_t *extra;
         int r = 0;
 
@@ -213,6 +214,11 @@ static json_t *json_from_spec_parts(const Hydra__V1__VmSpec *spec, json_t *j) {
                                            "probe_port", (json_int_t) sv->probe_port,
                                            "ready_timeout", (json_int_t) sv->ready_timeout_seconds,
                                            "start_after", json_string_or_null(sv->start_after)));
+        /* The API's numbers: percent of one CPU, bytes (0: no limit). */
+        r |= json_object_set_new(j, "resources", !rs ? json_null() :
+                                 json_pack("{s:i, s:I}",
+                                           "cpu_quota_percent", (json_int_t) rs->cpu_quota_percent,
+                                           "memory_max_bytes", (json_int_t) rs->memory_max_bytes));
         if (r != 0) {
                 json_decref(j);
                 return NULL;
@@ -284,14 +290,16 @@ json_t *json_from_vm(const Hydra__V1__Vm *vm) {
                          "disk_path", json_string_or_null(vm->disk_path),
                          "seed_path", json_string_or_null(vm->seed_path));
         /* Readiness and supervision: a second object merged in, so that each format string stays checkable. */
-        if (j && json_object_update_new(j, json_pack("{s:b, s:I, s:o, s:o, s:o, s:I}",
+        if (j && json_object_update_new(j, json_pack("{s:b, s:I, s:o, s:o, s:o, s:I, s:o, s:o}",
                                                      "ready", (int) vm->ready,
                                                      "ready_since_unix_usec", (json_int_t) vm->ready_since_unix_usec,
                                                      "ready_detail", json_string_or_null(vm->ready_detail),
                                                      "console_socket", json_string_or_null(vm->console_socket),
                                                      "cri_socket", json_string_or_null(vm->cri_socket),
                                                      "next_restart_unix_usec",
-                                                     (json_int_t) vm->next_restart_unix_usec)) < 0) {
+                                                     (json_int_t) vm->next_restart_unix_usec,
+                                                     "machine", json_string_or_null(vm->machine),
+                                                     "machine_scope", json_string_or_null(vm->machine_scope))) < 0) {
                 json_decref(j);
                 return NULL;
         }
@@ -632,6 +640,9 @@ void print_vm_block(FILE *f, const Hydra__V1__Vm *vm) {
         fprintf(f, "qmp socket:      %s\n", isempty(vm->qmp_socket) ? "-" : vm->qmp_socket);
         fprintf(f, "console socket:  %s\n", isempty(vm->console_socket) ? "-" : vm->console_socket);
         fprintf(f, "cri socket:      %s\n", isempty(vm->cri_socket) ? "-" : vm->cri_socket);
+        if (!isempty(vm->machine))
+                fprintf(f, "machine:         %s (systemd-machined; scope %s)\n", vm->machine,
+                        isempty(vm->machine_scope) ? "-" : vm->machine_scope);
         fprintf(f, "spec generation: %" PRIu64 "\n", vm->spec_generation);
         fprintf(f, "disk:            %s\n", isempty(vm->disk_path) ? "-" : vm->disk_path);
         fprintf(f, "seed:            %s\n", isempty(vm->seed_path) ? "-" : vm->seed_path);

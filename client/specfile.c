@@ -69,6 +69,8 @@ typedef enum ValueType {
         VT_DURATION,      /* seconds: a plain number or with a unit (s, m, h, d); 1 to the key's max */
         VT_REGEX,         /* a POSIX extended regular expression, one line */
         VT_ROLE,          /* host, isolated */
+        VT_CPU_QUOTA,     /* a percentage with %, as systemd's CPUQuota=: 150% is one and a half CPUs */
+        VT_BYTES,         /* size; a plain number is bytes, as systemd's MemoryMax= */
 } ValueType;
 
 typedef enum SpecKey {
@@ -155,6 +157,8 @@ typedef enum SpecKey {
         KEY_SUPERVISION_PROBE_PORT,
         KEY_SUPERVISION_READY_TIMEOUT,
         KEY_SUPERVISION_START_AFTER,
+        KEY_RESOURCES_CPU_QUOTA,
+        KEY_RESOURCES_MEMORY_MAX,
         _KEY_MAX,
         _KEY_INVALID = -EINVAL,
 } SpecKey;
@@ -162,6 +166,7 @@ typedef enum SpecKey {
 static const char *const section_table[] = {
         "vm",    "kernel",   "disk",    "firmware", "image",   "bare",
         "guest", "software", "network", "shares",   "devices", "supervision",
+        "resources",
 };
 
 static const struct {
@@ -253,6 +258,8 @@ static const struct {
         [KEY_SUPERVISION_PROBE_PORT] = { "supervision", "probe_port", VT_PORT },
         [KEY_SUPERVISION_READY_TIMEOUT] = { "supervision", "ready_timeout", VT_DURATION, .max = 86400 },
         [KEY_SUPERVISION_START_AFTER] = { "supervision", "start_after", VT_ROLE },
+        [KEY_RESOURCES_CPU_QUOTA] = { "resources", "cpu_quota", VT_CPU_QUOTA },
+        [KEY_RESOURCES_MEMORY_MAX] = { "resources", "memory_max", VT_BYTES },
 };
 
 static bool type_is_list(ValueType t) {
@@ -447,6 +454,7 @@ DEFINE_SUBMESSAGE(spec_network, Hydra__V1__Network, network, hydra__v1__network_
 DEFINE_SUBMESSAGE(spec_shares, Hydra__V1__Shares, shares, hydra__v1__shares__init)
 DEFINE_SUBMESSAGE(spec_devices, Hydra__V1__Devices, devices, hydra__v1__devices__init)
 DEFINE_SUBMESSAGE(spec_supervision, Hydra__V1__Supervision, supervision, hydra__v1__supervision__init)
+DEFINE_SUBMESSAGE(spec_resources, Hydra__V1__Resources, resources, hydra__v1__resources__init)
 
 Hydra__V1__Source *spec_bare_artifact(Hydra__V1__VmSpec *spec) {
         Hydra__V1__BareKernel *bare = spec_bare(spec);
@@ -569,10 +577,10 @@ _printf_(4, 5) static int bad_value(HydraError *err, const char *key, const char
 }
 
 /* A size: a plain number in the field's unit, or a number with K, M, G or T (binary units, optional B or iB).
- * unit_shift is log2 of the field's unit in KiB: 10 for MiB, 20 for GiB. */
+ * unit_shift is log2 of the field's unit in KiB: 10 for MiB, 20 for GiB, -10 for bytes. */
 static int parse_size(const char *key, const char *s, int unit_shift, uint64_t *ret, HydraError *err) {
         static const char units[] = "KMGT";
-        const char *unit_name = unit_shift == 10 ? "MiB" : "GiB";
+        const char *unit_name = unit_shift == 10 ? "MiB" : unit_shift == 20 ? "GiB" : "bytes";
         _cleanup_free_ char *digits = NULL;
         size_t len = strspn(s, "0123456789");
         const char *suffix = s + len, *u;
@@ -613,6 +621,9 @@ static int parse_size(const char *key, const char *s, int unit_shift, uint64_t *
         return 0;
 
 bad:
+        if (unit_shift < 0)
+                return bad_value(err, key, s, "is not a size (expected bytes, or a number with a K, M, G or T "
+                                 "suffix, e.g. 3G)");
         if (unit_shift == 10)
                 return bad_value(err, key, s, "is not a size (expected MiB, or a number with a K, M, G or T suffix, "
                                  "e.g. 512M or 2G)");
@@ -962,6 +973,7 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
         Hydra__V1__Shares *sh;
         Hydra__V1__Devices *d;
         Hydra__V1__Supervision *sv;
+        Hydra__V1__Resources *rs;
 
         switch (key) {
         case KEY_VM_CPUS: return &spec->cpus;
@@ -1085,6 +1097,11 @@ static void *key_field(Hydra__V1__VmSpec *spec, SpecKey key) {
                 case KEY_SUPERVISION_START_AFTER: return &sv->start_after;
                 default: return &sv->ready_timeout_seconds;
                 }
+        case KEY_RESOURCES_CPU_QUOTA ... KEY_RESOURCES_MEMORY_MAX:
+                rs = spec_resources(spec);
+                if (!rs)
+                        return NULL;
+                return key == KEY_RESOURCES_CPU_QUOTA ? (void *) &rs->cpu_quota_percent : (void *) &rs->memory_max_bytes;
         default:
                 abort();
         }
@@ -1100,9 +1117,11 @@ static void key_reset(Hydra__V1__VmSpec *spec, SpecKey key, void *field) {
         case VT_VSOCK_CID:
         case VT_MAX_RESTARTS:
         case VT_DURATION:
+        case VT_CPU_QUOTA:
                 *(uint32_t *) field = 0;
                 break;
         case VT_MEMORY:
+        case VT_BYTES:
                 *(uint64_t *) field = 0;
                 break;
         case VT_ACCEL:
@@ -1172,6 +1191,30 @@ static int key_set(Hydra__V1__VmSpec *spec, SpecKey key, void *field, const char
                 if (v == 0) /* the same: 0 would mean the default (2048 MiB) */
                         return bad_value(err, key_name, value, "is out of range (allowed: at least 64M; leave the "
                                          "key out for the default)");
+                *(uint64_t *) field = v;
+                return 0;
+        case VT_CPU_QUOTA: {
+                size_t len = strspn(value, "0123456789");
+                _cleanup_free_ char *digits = strndup(value, len);
+
+                if (!digits)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                if (len == 0 || !streq(value + len, "%") || parse_u64(digits, &v) < 0 || v > UINT32_MAX)
+                        return bad_value(err, key_name, value, "is not a CPU quota (expected a percentage of one "
+                                         "CPU's time, as systemd's CPUQuota=, e.g. 150%%)");
+                if (v < 1 || v > 25500)
+                        return bad_value(err, key_name, value, "is out of range (allowed: 1%%-25500%%, 100%% being "
+                                         "one CPU; leave the key out for no limit)");
+                *(uint32_t *) field = (uint32_t) v;
+                return 0;
+        }
+        case VT_BYTES:
+                r = parse_size(key_name, value, -10, &v, err);
+                if (r < 0)
+                        return r;
+                if (v == 0)
+                        return bad_value(err, key_name, value, "is out of range (allowed: more than 0; leave the key "
+                                         "out for no limit)");
                 *(uint64_t *) field = v;
                 return 0;
         case VT_SIZE_GIB:
@@ -1700,5 +1743,6 @@ int spec_finish(Hydra__V1__VmSpec *spec, HydraError *err) {
         DROP_IF_EMPTY(spec->shares, hydra__v1__shares__free_unpacked);
         DROP_IF_EMPTY(spec->devices, hydra__v1__devices__free_unpacked);
         DROP_IF_EMPTY(spec->supervision, hydra__v1__supervision__free_unpacked);
+        DROP_IF_EMPTY(spec->resources, hydra__v1__resources__free_unpacked);
         return 0;
 }

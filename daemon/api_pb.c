@@ -235,6 +235,11 @@ int spec_pb_init(SpecPb *p, const VmSpec *s, bool redact) {
         p->supervision.ready_timeout_seconds = s->supervision.ready_timeout_sec;
         p->supervision.start_after = pb_str(s->supervision.start_after);
         p->spec.supervision = &p->supervision;
+
+        hydra__v1__resources__init(&p->resources);
+        p->resources.cpu_quota_percent = s->resources.cpu_quota_percent;
+        p->resources.memory_max_bytes = s->resources.memory_max;
+        p->spec.resources = &p->resources;
         return 0;
 }
 
@@ -439,6 +444,10 @@ int spec_from_pb(const Hydra__V1__VmSpec *p, VmSpec *ret, HydraError *err) {
                     dup_str(&s.supervision.start_after, sv->start_after) < 0)
                         return hydra_error_set(err, -ENOMEM, "out of memory");
         }
+        if (p->resources) {
+                s.resources.cpu_quota_percent = p->resources->cpu_quota_percent;
+                s.resources.memory_max = p->resources->memory_max_bytes;
+        }
 
         *ret = s;
         s = (VmSpec) {};
@@ -545,6 +554,8 @@ int vm_pb_init(VmPb *p, const Vm *vm) {
         p->vm.ready_detail = pb_str(st->ready_detail);
         p->vm.console_socket = pb_str(st->console_socket);
         p->vm.cri_socket = pb_str(st->cri_socket);
+        p->vm.machine = pb_str(st->machine);
+        p->vm.machine_scope = pb_str(st->machine_scope);
         p->vm.next_restart_unix_usec = (int64_t) st->next_restart_usec;
         if (st->n_drives > 0) {
                 p->drives = calloc(st->n_drives, sizeof(*p->drives));

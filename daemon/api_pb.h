@@ -25,6 +25,7 @@ typedef struct SpecPb {
         Hydra__V1__Shares shares;
         Hydra__V1__Devices devices;
         Hydra__V1__Supervision supervision;
+        Hydra__V1__Resources resources;
         Hydra__V1__PortForward *forwards;
         Hydra__V1__PortForward **forward_ptrs;
         Hydra__V1__Share *extra;

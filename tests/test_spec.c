@@ -265,6 +265,53 @@ START_TEST(test_ready_timeout) {
 }
 END_TEST
 
+/* resources: systemd's CPUQuota= and MemoryMax= for the QEMU scope (issue 13). */
+START_TEST(test_resources) {
+        _cleanup_(vm_spec_done) VmSpec s = {};
+        HydraError e = {};
+
+        make_valid(&s);                /* 1024 MiB of guest memory */
+        s.resources.cpu_quota_percent = 150;
+        s.resources.memory_max = (1024 + 64) * 1024 * 1024;
+        ck_assert_msg(vm_spec_validate(&s, &e) == 0, "%s", e.message);
+        s.resources.cpu_quota_percent = 25500;
+        ck_assert_msg(vm_spec_validate(&s, &e) == 0, "%s", e.message);
+        s.resources.cpu_quota_percent = 25501;
+        assert_rejected(&s, "resources.cpu_quota", "25501% is out of range (allowed: 1%-25500%");
+        s.resources.cpu_quota_percent = 0;
+
+        /* Below the guest's memory plus QEMU's own: the OOM killer would take QEMU as the guest boots. */
+        s.resources.memory_max = (1024 + 64) * 1024 * 1024 - 1;
+        assert_rejected(&s, "resources.memory_max", "1140850687 bytes is less than the guest's memory (1024 MiB) "
+                        "plus 64 MiB for QEMU itself (allowed: at least 1140850688 bytes");
+        s.memory_mib = 2048;
+        s.resources.memory_max = UINT64_C(2048) * 1024 * 1024;
+        assert_rejected(&s, "resources.memory_max", "guest's memory (2048 MiB)");
+        s.memory_mib = 1024;
+        s.resources.memory_max = UINT64_MAX;
+        assert_rejected(&s, "resources.memory_max", "18446744073709551615 bytes is out of range");
+        s.resources.memory_max = 0;
+        ck_assert_msg(vm_spec_validate(&s, &e) == 0, "%s", e.message);
+
+        /* Fields of the spec like the others: copied and compared. */
+        {
+                _cleanup_(vm_spec_done) VmSpec copy = {};
+
+                s.resources.cpu_quota_percent = 150;
+                s.resources.memory_max = UINT64_C(3) << 30;
+                ck_assert_int_eq(vm_spec_copy(&copy, &s), 0);
+                ck_assert_uint_eq(copy.resources.cpu_quota_percent, 150);
+                ck_assert_uint_eq(copy.resources.memory_max, UINT64_C(3) << 30);
+                ck_assert(vm_spec_equal(&copy, &s));
+                copy.resources.memory_max++;
+                ck_assert(!vm_spec_equal(&copy, &s));
+                copy.resources.memory_max--;
+                copy.resources.cpu_quota_percent = 151;
+                ck_assert(!vm_spec_equal(&copy, &s));
+        }
+}
+END_TEST
+
 START_TEST(test_reject_cpus_256) {
         _cleanup_(vm_spec_done) VmSpec s = {};
 
@@ -798,6 +845,7 @@ static Suite *spec_suite(void) {
 
         tc = tcase_create("rejected");
         tcase_add_test(tc, test_reject_cpus_0);
+        tcase_add_test(tc, test_resources);
         tcase_add_test(tc, test_ready_timeout);
         tcase_add_test(tc, test_reject_cpus_256);
         tcase_add_test(tc, test_reject_memory_32);

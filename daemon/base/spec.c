@@ -94,7 +94,8 @@ DEFINE_STRING_TABLE_LOOKUP(probe_kind, ProbeKind, _PROBE_KIND_MAX);
         X(devices.gpu) X(devices.gpu_vram_gib) X(devices.shmem)                                                 \
         X(devices.shmem_size_gib) X(supervision.restart) X(supervision.max_restarts)                             \
         X(supervision.restart_window_sec) X(supervision.autostart) X(supervision.stop_timeout_sec)               \
-        X(supervision.probe) X(supervision.probe_port) X(supervision.ready_timeout_sec)
+        X(supervision.probe) X(supervision.probe_port) X(supervision.ready_timeout_sec)                          \
+        X(resources.cpu_quota_percent) X(resources.memory_max)
 
 #define SPEC_STRVS(X) X(guest.ssh_authorized_keys) X(software.extra_debs)
 
@@ -1150,6 +1151,30 @@ int vm_spec_validate_role(const VmSpec *spec, Role role, HydraError *err) {
         return 0;
 }
 
+static int check_resources(const VmSpec *spec, HydraError *err) {
+        uint64_t memory_mib = spec->memory_mib; /* checked before: at least 64 */
+        uint64_t floor_bytes = (memory_mib + SPEC_MIN_QEMU_OVERHEAD_MIB) * UINT64_C(1024) * 1024;
+        uint64_t max_bytes = (SPEC_MAX_MEMORY_MIB + SPEC_MIN_QEMU_OVERHEAD_MIB) * UINT64_C(1024) * 1024 * 2;
+
+        if (spec->resources.cpu_quota_percent > SPEC_MAX_CPU_QUOTA_PERCENT)
+                return hydra_error_set(err, -EINVAL, "resources.cpu_quota: %" PRIu32 "%% is out of range (allowed: "
+                                       "1%%-%u%%, 100%% being one CPU's time; 0: no limit)",
+                                       spec->resources.cpu_quota_percent, SPEC_MAX_CPU_QUOTA_PERCENT);
+        if (spec->resources.memory_max == 0)
+                return 0;
+        if (spec->resources.memory_max < floor_bytes)
+                return hydra_error_set(err, -EINVAL, "resources.memory_max: %" PRIu64 " bytes is less than the "
+                                       "guest's memory (%" PRIu64 " MiB) plus %u MiB for QEMU itself (allowed: at "
+                                       "least %" PRIu64 " bytes, or 0: no limit); QEMU would be killed by the OOM "
+                                       "killer as the guest uses its memory", spec->resources.memory_max, memory_mib,
+                                       SPEC_MIN_QEMU_OVERHEAD_MIB, floor_bytes);
+        if (spec->resources.memory_max > max_bytes)
+                return hydra_error_set(err, -EINVAL, "resources.memory_max: %" PRIu64 " bytes is out of range "
+                                       "(allowed: up to %" PRIu64 " bytes, or 0: no limit)",
+                                       spec->resources.memory_max, max_bytes);
+        return 0;
+}
+
 static int check_bare(const VmSpec *spec, HydraError *err) {
         int r;
 
@@ -1242,6 +1267,9 @@ int vm_spec_validate(const VmSpec *spec, HydraError *err) {
         if (r < 0)
                 return r;
         r = check_devices(spec, err);
+        if (r < 0)
+                return r;
+        r = check_resources(spec, err);
         if (r < 0)
                 return r;
         return check_supervision(spec, err);

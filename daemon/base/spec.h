@@ -196,6 +196,13 @@ typedef struct VmSpec {
                 char *start_after;           /* "host" / "isolated": the other role, started first and waited for
                                               * until ready; NULL: none */
         } supervision;
+
+        /* Limits of the QEMU process, set on its systemd scope (core/machine.h): applied only where hydrad
+         * registers its VMs with systemd-machined (hydrad.conf machined). */
+        struct {
+                uint32_t cpu_quota_percent;  /* systemd's CPUQuota=: 100 is one CPU's time; 0: no limit */
+                uint64_t memory_max;         /* bytes, systemd's MemoryMax=; 0: no limit */
+        } resources;
 } VmSpec;
 
 #define SPEC_DEFAULT_CPUS 2U
@@ -231,6 +238,11 @@ typedef struct VmSpec {
 #define SPEC_DEFAULT_CONTAINERD_PORT 35000U
 #define SPEC_MAX_PROBE_PATTERN 256U
 #define SPEC_MAX_READY_TIMEOUT_SEC 86400U
+/* resources.cpu_quota_percent: up to every CPU a spec may have. */
+#define SPEC_MAX_CPU_QUOTA_PERCENT (SPEC_MAX_CPUS * 100U)
+/* resources.memory_max leaves QEMU itself at least this much above the guest's memory: below it, the guest touching
+ * its own RAM gets QEMU killed by the kernel's OOM killer. */
+#define SPEC_MIN_QEMU_OVERHEAD_MIB 64U
 
 /* What a spec boots: decided by which fields are set (see vm_spec_boot_mode). */
 typedef enum BootMode {

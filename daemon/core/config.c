@@ -13,6 +13,24 @@ static const char *const on_exit_table[_ON_EXIT_MAX] = {
 };
 DEFINE_STRING_TABLE_LOOKUP(on_exit, OnExit, _ON_EXIT_MAX);
 
+/* --- machined (issue 13) --- */
+static const char *const machined_mode_table[_MACHINED_MODE_MAX] = {
+        [MACHINED_AUTO] = "auto",
+        [MACHINED_YES] = "yes",
+        [MACHINED_NO] = "no",
+};
+DEFINE_STRING_TABLE_LOOKUP(machined_mode, MachinedMode, _MACHINED_MODE_MAX);
+
+static int set_machined(HydraConfig *c, const char *value, HydraError *err) {
+        MachinedMode m = machined_mode_from_string(value);
+
+        if (m < 0)
+                return hydra_error_set(err, -EINVAL, "machined: '%s' is not allowed (allowed: auto, yes, no)", value);
+        c->machined = m;
+        return 0;
+}
+/* --- end machined --- */
+
 void config_init(HydraConfig *c) {
         *c = (HydraConfig) {
                 .log_level = LOG_INFO,
@@ -118,6 +136,8 @@ int config_set(HydraConfig *c, const char *key, const char *value, HydraError *e
                 return set_unsigned(&c->api_max_connections, key, value, 65536, err);
         if (streq(key, "api_idle_timeout"))
                 return set_seconds(&c->api_idle_timeout_usec, key, value, err);
+        if (streq(key, "machined"))
+                return set_machined(c, value, err);
         if (streq(key, "log_level")) {
                 r = log_level_from_string(value);
                 if (r < 0)

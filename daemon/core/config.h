@@ -16,6 +16,19 @@ typedef enum OnExit {
         _ON_EXIT_INVALID = -EINVAL,
 } OnExit;
 
+/* --- machined (issue 13): each QEMU in a scope of its own, registered with systemd-machined (machine.h) --- */
+typedef enum MachinedMode {
+        MACHINED_AUTO,  /* iff systemd is PID 1 (sd_booted) and the system bus answers */
+        MACHINED_YES,   /* always try (the tests point $DBUS_SYSTEM_BUS_ADDRESS at a private bus) */
+        MACHINED_NO,    /* never: QEMU stays hydrad's child, in hydrad's cgroup */
+        _MACHINED_MODE_MAX,
+        _MACHINED_MODE_INVALID = -EINVAL,
+} MachinedMode;
+
+const char *machined_mode_to_string(MachinedMode m);
+MachinedMode machined_mode_from_string(const char *s);
+/* --- end machined --- */
+
 typedef struct HydraConfig {
         char *state_dir;            /* default /var/lib/hydra */
         char *run_dir;              /* default /run/hydra */
@@ -33,6 +46,7 @@ typedef struct HydraConfig {
         uint64_t api_idle_timeout_usec; /* an API connection without calls for this long is closed (default 5 min) */
         char *qemu_x86_64;          /* QEMU binaries; default found on $PATH */
         char *qemu_aarch64;
+        MachinedMode machined;      /* machined = auto|yes|no (default auto) */
 } HydraConfig;
 
 const char *on_exit_to_string(OnExit o);

@@ -58,6 +58,8 @@ struct Manager {
         char *cache_dir;
         DiskQueue *cache_queue;      /* removals from the cache: the sweep at start-up, the VMs' (VmContext) */
         Vm *vms[_ROLE_MAX];
+        Machined *machined;          /* NULL: QEMU stays hydrad's child, for the reason in no_machined */
+        HydraError no_machined;
         Subscription *subscriptions;
         uint64_t event_seq;
         DepWait *waits[_ROLE_MAX];
@@ -90,6 +92,26 @@ static void on_cache_idle(DiskQueue *q, void *userdata) {
                 vm_cache_idle(m->vms[role]);
 }
 
+/* Whether each QEMU goes to a scope of its own registered with machined (hydrad.conf machined): decided once, and
+ * said once. */
+static int manager_machined_init(Manager *m) {
+        int r;
+
+        r = machined_new(m->event, m->config->machined, &m->machined, &m->no_machined);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                log_info("%s: QEMU runs as hydrad's child without a scope or machined registration",
+                         m->no_machined.message);
+        else if (m->no_machined.code < 0)
+                log_warning("machined = yes, but %s; each start tries again (QEMU runs as hydrad's child meanwhile)",
+                            m->no_machined.message);
+        else
+                log_info("Each QEMU runs in a scope of its own under machine.slice, registered with "
+                         "systemd-machined as hydra-ROLE");
+        return 0;
+}
+
 int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, Manager **ret) {
         VmContext ctx;
         Manager *m;
@@ -108,6 +130,11 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
                 manager_free(m);
                 return r < 0 ? r : -ENOMEM;
         }
+        r = manager_machined_init(m);
+        if (r < 0) {
+                manager_free(m);
+                return r;
+        }
         ctx = (VmContext) {
                 .event = e,
                 .config = config,
@@ -118,6 +145,8 @@ int manager_new(sd_event *e, const HydraConfig *config, const SpecCodec *codec, 
                 .url_in_use = manager_url_in_use,
                 .check_spec = manager_check_spec,
                 .cache_queue = m->cache_queue,
+                .machined = m->machined,
+                .no_machined = m->machined ? NULL : m->no_machined.message,
                 .userdata = m,
         };
         for (Role role = 0; role < _ROLE_MAX; role++) {
@@ -143,6 +172,7 @@ Manager *manager_free(Manager *m) {
         /* What is queued is done (no callback follows), before the fetcher: a removal may wait for its worker. */
         m->cache_queue = disk_queue_free(m->cache_queue);
         m->fetcher = fetcher_free(m->fetcher);
+        m->machined = machined_free(m->machined);   /* after the VMs: each cancels its own registration */
         free(m->cache_dir);
         sd_event_unref(m->event);
         free(m);

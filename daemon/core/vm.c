@@ -1259,6 +1259,9 @@ Vm *vm_free(Vm *vm) {
         vm_drives_clear(vm);
         /* Drop our handles only: the QEMU process keeps running (on-exit = leave). */
         vm->qmp = qmp_client_free(vm->qmp);
+        vm->machine_job = machine_job_free(vm->machine_job);
+        free(vm->machine_name);
+        free(vm->machine_scope);
         vm->child_source = sd_event_source_disable_unref(vm->child_source);
         vm->stop_timer = sd_event_source_disable_unref(vm->stop_timer);
         vm->start_timer = sd_event_source_disable_unref(vm->start_timer);
@@ -1338,6 +1341,8 @@ void vm_get_status(const Vm *vm, VmStatus *ret) {
                 .qmp_socket = vm->qmp_path,
                 .console_socket = vm_services_console_socket(vm->services),
                 .cri_socket = vm_services_cri_socket(vm->services),
+                .machine = vm->machine_name,
+                .machine_scope = vm->machine_scope,
                 .disk_path = vm->prepared.disk_path,
                 .seed_path = vm->prepared.seed_path,
                 .progress = { .step = vm->progress.step, .what = vm->progress.what, .bytes = vm->progress.bytes,

@@ -11,6 +11,7 @@
 #include "disk_queue.h"
 #include "error.h"
 #include "fetch.h"
+#include "machine.h"
 #include "probe.h"
 #include "proxy.h"
 #include "spec.h"
@@ -106,6 +107,11 @@ typedef struct VmContext {
         /* What a new spec must agree on with the other VM (host forwards that would collide, a start_after cycle);
          * run by vm_register after the spec's own validation. Returns 0 or a negative errno with err. NULL: none. */
         int (*check_spec)(const Vm *vm, const VmSpec *spec, HydraError *err, void *userdata);
+        /* Each QEMU in a scope of its own, registered with systemd-machined (machine.h); the Manager's, shared.
+         * NULL: hydrad does not use machined, for the reason in no_machined (borrowed; a resources limit of a spec
+         * is then not applied, and each start says so and why). */
+        Machined *machined;
+        const char *no_machined;
         void *userdata;
 } VmContext;
 
@@ -137,6 +143,8 @@ typedef struct VmStatus {
         bool ready;
         uint64_t ready_since_usec;      /* CLOCK_REALTIME */
         const char *ready_detail;
+        const char *machine;            /* NULL: QEMU is not registered with systemd-machined */
+        const char *machine_scope;      /* its scope, or NULL */
         const VmDrive *drives;
         size_t n_drives;
 } VmStatus;

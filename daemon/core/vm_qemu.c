@@ -77,6 +77,10 @@ void vm_teardown_process(Vm *vm) {
         vm->spawn_usec = 0;
         vm->adopted = false;
         vm->resume_stop = false;
+        /* The scope goes with QEMU; machined forgets the machine then. */
+        vm->machine_job = machine_job_free(vm->machine_job);
+        vm->machine_name = mfree(vm->machine_name);
+        vm->machine_scope = mfree(vm->machine_scope);
         if (vm->qmp_path)
                 (void) unlink(vm->qmp_path);
 }
@@ -718,6 +722,89 @@ static int check_forwards_free(Vm *vm, HydraError *err) {
         return 0;
 }
 
+/* --- the scope and machined (machine.h) --- */
+
+/* The spec's limits as a phrase for a log line: ", CPUQuota=150%, MemoryMax=1073741824" (+ 2: without the first
+ * comma), "" for none. */
+static void limits_phrase(const VmSpec *spec, char *buf, size_t size) {
+        int n = 0;
+
+        buf[0] = '\0';
+        if (spec->resources.cpu_quota_percent > 0)
+                n = snprintf(buf, size, ", CPUQuota=%" PRIu32 "%%", spec->resources.cpu_quota_percent);
+        if (spec->resources.memory_max > 0 && n >= 0 && (size_t) n < size)
+                (void) snprintf(buf + n, size - (size_t) n, ", MemoryMax=%" PRIu64, spec->resources.memory_max);
+}
+
+/* Sets machine_name and machine_scope for "hydra-ROLE". */
+static void vm_machine_names(Vm *vm) {
+        free(vm->machine_name);
+        free(vm->machine_scope);
+        vm->machine_scope = NULL;
+        if (asprintf(&vm->machine_name, "hydra-%s", vm->name) < 0)
+                vm->machine_name = NULL;
+        else
+                vm->machine_scope = machine_scope_name(vm->machine_name);
+}
+
+static void log_not_registered(Vm *vm, const char *why) {
+        char limits[96];
+
+        limits_phrase(&vm->spec, limits, sizeof(limits));
+        log_vm_warning(vm->name, "VM '%s': QEMU (pid %d) is not in a scope of its own nor registered with "
+                       "systemd-machined: %s; it runs on as hydrad's child%s%s%s", vm->name, (int) vm->pid, why,
+                       limits[0] ? " (its resources are not applied: " : "", limits[0] ? limits + 2 : "",
+                       limits[0] ? ")" : "");
+}
+
+static void on_machine_registered(MachineJob *j, int r, const char *path, const HydraError *err, void *userdata) {
+        char limits[96];
+        Vm *vm = userdata;
+
+        vm->machine_job = machine_job_free(vm->machine_job);
+        if (r < 0) {
+                log_not_registered(vm, err->message);
+                return;
+        }
+        vm_machine_names(vm);
+        limits_phrase(&vm->spec, limits, sizeof(limits));
+        log_vm_info(vm->name, "VM '%s': QEMU (pid %d) registered with systemd-machined as 'hydra-%s' (scope %s in "
+                    "machine.slice%s)", vm->name, (int) vm->pid, vm->name,
+                    vm->machine_scope ? vm->machine_scope : "?", limits);
+}
+
+/* Right after the spawn: QEMU goes to a scope of its own, registered with machined, asynchronously. Whatever
+ * happens, QEMU runs on: a failure is one warning for this start. */
+static void vm_machine_register(Vm *vm) {
+        _cleanup_free_ char *name = NULL;
+        MachineLimits limits = {
+                .cpu_quota_per_sec_usec = machine_cpu_quota_usec(vm->spec.resources.cpu_quota_percent),
+                .memory_max = vm->spec.resources.memory_max,
+        };
+        HydraError err;
+        char phrase[96];
+
+        if (!vm->ctx.machined) {
+                /* Said once at start-up; the limits a spec asks for, at each of its starts. */
+                limits_phrase(&vm->spec, phrase, sizeof(phrase));
+                if (phrase[0])
+                        log_vm_warning(vm->name, "VM '%s': the spec's resources (%s) are not applied: %s, so QEMU "
+                                       "(pid %d) runs without a scope of its own", vm->name, phrase + 2,
+                                       vm->ctx.no_machined ? vm->ctx.no_machined : "hydrad does not use machined",
+                                       (int) vm->pid);
+                return;
+        }
+        hydra_error_clear(&err);
+        if (asprintf(&name, "hydra-%s", vm->name) < 0) {
+                name = NULL;
+                log_not_registered(vm, "out of memory");
+                return;
+        }
+        if (machine_register(vm->ctx.machined, name, vm->pid, &limits, on_machine_registered, vm, &vm->machine_job,
+                             &err) < 0)
+                log_not_registered(vm, err.message);
+}
+
 int vm_launch(Vm *vm, HydraError *err) {
         _cleanup_close_ int lfd = -EBADF, cfd = -EBADF, efd = -EBADF, pidfd = -EBADF;
         sd_event *e = vm->ctx.event;
@@ -775,6 +862,7 @@ int vm_launch(Vm *vm, HydraError *err) {
         (void) sd_event_source_set_description(vm->child_source, "qemu-exit");
 
         log_vm_info(vm->name, "VM '%s': QEMU started (pid %d)", vm->name, (int) pid);
+        vm_machine_register(vm);
         vm_runtime_save(vm);
         vm_ready_timer_arm(vm);
 
@@ -895,8 +983,15 @@ int vm_adopt(Vm *vm) {
         TAKE_FD(pidfd);
         (void) sd_event_source_set_description(vm->child_source, "qemu-exit-adopted");
 
-        log_vm_info(vm->name, "VM '%s': adopting QEMU (pid %d) of the previous hydrad%s", vm->name, (int) pid,
-                    vm->resume_stop ? "; it was stopping" : "");
+        /* Nothing to ask machined: a QEMU it registered is still in its scope, which GetVm shows again. */
+        vm_machine_names(vm);
+        if (!vm->machine_scope || machine_pid_in_scope(pid, vm->machine_scope) <= 0) {
+                vm->machine_name = mfree(vm->machine_name);
+                vm->machine_scope = mfree(vm->machine_scope);
+        }
+        log_vm_info(vm->name, "VM '%s': adopting QEMU (pid %d) of the previous hydrad%s%s%s", vm->name, (int) pid,
+                    vm->resume_stop ? "; it was stopping" : "", vm->machine_scope ? "; it is in its scope " : "",
+                    strempty(vm->machine_scope));
         (void) vm_dispatch(vm, VM_EVENT_ADOPT, "adopting");
         /* Not ready yet under the previous hydrad: the deadline still runs from its start. */
         if (!vm->resume_stop && vm_state_has_process(vm->state))

@@ -470,8 +470,14 @@ expect_fail "--set supervision.retries" 2 \
 printf '[supervision]\nrestart = always\nrestart = no\n' >"$BAD"
 expect_fail "supervision.restart set twice" 2 "^hydractl: $BAD:3: supervision.restart: already set on line 2" -- spec-dump --spec "$BAD"
 printf '[supervisor]\nrestart = always\n' >"$BAD"
-expect_fail "[supervisor]: the known sections include supervision" 2 "^hydractl: $BAD:2: unknown section \[supervisor\] \(known: .*devices, supervision\)" \
+expect_fail "[supervisor]: the known sections include supervision" 2 "^hydractl: $BAD:2: unknown section \[supervisor\] \(known: .*devices, supervision, resources\)" \
     -- spec-dump --spec "$BAD"
+# [resources] (issue 13): systemd's CPUQuota= and MemoryMax= for QEMU's scope, as the API's numbers.
+expect_value "resources.cpu_quota 150%" 150 resources.cpu_quota_percent -- spec-dump --set resources.cpu_quota=150%
+expect_value "resources.memory_max 3G is bytes" 3221225472 resources.memory_max_bytes -- spec-dump --set resources.memory_max=3G
+expect_value "resources.memory_max without a unit is bytes (as MemoryMax=)" 1610612736 resources.memory_max_bytes \
+    -- spec-dump --set resources.memory_max=1610612736
+expect_value "no [resources] key: none sent" null resources -- spec-dump --set vm.cpus=2
 
 # --- bad values: FILE:LINE, the key, the value, what is allowed ---
 while IFS='|' read -r section key value regex; do
@@ -554,6 +560,13 @@ supervision|probe_port|0|'0' is not a port \(allowed: 1-65535\)
 supervision|probe_port|65536|'65536' is not a port \(allowed: 1-65535\)
 supervision|ready_timeout|0|'0' is not a duration \(allowed: 1-86400 seconds
 supervision|ready_timeout|2d|'2d' is not a duration \(allowed: 1-86400 seconds
+resources|cpu_quota|150|'150' is not a CPU quota \(expected a percentage of one CPU's time, as systemd's CPUQuota=, e.g. 150%\)
+resources|cpu_quota|1.5|'1.5' is not a CPU quota
+resources|cpu_quota|0%|'0%' is out of range \(allowed: 1%-25500%
+resources|cpu_quota|25501%|'25501%' is out of range \(allowed: 1%-25500%
+resources|memory_max|0|'0' is out of range \(allowed: more than 0
+resources|memory_max|1.5G|'1.5G' is not a size \(expected bytes, or a number with a K, M, G or T suffix, e.g. 3G\)
+resources|memory_max|lots|'lots' is not a size
 EOF
 printf '[kernel]\ncmdline = a\n[bare]\ncmdline = b\n' >"$BAD"
 expect_fail "[kernel] cmdline and [bare] cmdline are one field" 2 \

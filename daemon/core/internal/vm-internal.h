@@ -49,6 +49,9 @@ struct Vm {
         VmDrive *drives;           /* query-block once QMP is ready */
         size_t n_drives;
         char **argv;               /* as prepared for launch */
+        MachineJob *machine_job;   /* its scope and machined registration, until machined answers (machine.h) */
+        char *machine_name;        /* "hydra-ROLE" once machined registered this QEMU; NULL: not (or not yet) */
+        char *machine_scope;       /* and its scope, machine-hydra\x2dROLE.scope */
 
         sd_event_source *start_timer; /* QMP lost during start-up: wait for the exit before failing */
         sd_event_source *ready_timer; /* supervision.ready_timeout after QEMU started, until the guest is ready */
