@@ -28,6 +28,10 @@ PACKAGES=(
     mmdebstrap mtools grub-efi-amd64-bin fdisk e2fsprogs xz-utils
     umoci busybox-static
     dpkg-dev apt-utils openssh-client
+    # the Debian package (packaging/build-deb.sh, tests/packaging/test_deb.sh): debhelper builds it (dpkg-dev, above,
+    # has dpkg-buildpackage), lintian checks it; the pkg-config files of systemd and bash-completion say where the
+    # units and the completion go; the test renders the man pages (man-db, groff-base) and runs systemd-analyze
+    debhelper lintian bash-completion systemd man-db groff-base
 )
 
 if [ "$(id -u)" -ne 0 ]; then
