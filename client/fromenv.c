@@ -433,7 +433,7 @@ static int map_size(EnvContext *ctx, Hydra__V1__VmSpec *spec) {
         const char *cpu_name = env_get(ctx, "KVM_CPU", NULL) ? "KVM_CPU" : "DEFAULT_KVM_LINUX_CPU";
         const char *mem_name = env_get(ctx, "KVM_MEMORY", NULL) ? "KVM_MEMORY" : "DEFAULT_KVM_LINUX_MEMORY";
         const char *accel = env_get(ctx, "HYDRA_ACCEL", "auto"), *v;
-        uint32_t gib;
+        uint32_t gib = 0;
         int r, a;
 
         r = env_u32(ctx, cpu_name, "2", &spec->cpus);

@@ -374,7 +374,7 @@ static void job_run(Job *j) {
 static void eventfd_signal(int fd) {
         uint64_t one = 1;
 
-        (void) write(fd, &one, sizeof(one));
+        (void) !write(fd, &one, sizeof(one)); /* a full counter wakes the reader all the same */
 }
 
 static void job_free(Job *j) {
@@ -451,7 +451,7 @@ static int on_efd(sd_event_source *source, int fd, uint32_t revents, void *userd
         uint64_t v;
         bool buffers_free;
 
-        (void) read(w->efd, &v, sizeof(v));
+        (void) !read(w->efd, &v, sizeof(v)); /* only clears the wakeup */
 
         pthread_mutex_lock(&w->lock);
         returned = TAKE_PTR(w->returned);
