@@ -126,6 +126,20 @@ else
     indent '#   ' "$out"
 fi
 
+# A wrong setting in the unit (a misspelt key, a bad value) is named by the same verify: the check above is not
+# blind to it.
+unit=$vroot/lib/systemd/system/hydrad.service
+cp "$unit" "$scratch/hydrad.service.good"
+sed -i 's/^WatchdogSec=30$/WatchdogSecs=30/; s/^KillMode=process$/KillMode=proces/' "$unit"
+out=$(systemd-analyze verify --root="$vroot" hydrad.service 2>&1)
+if grep -q "Unknown key 'WatchdogSecs'" <<<"$out" && grep -q "kill mode specification, ignoring: proces" <<<"$out"; then
+    ok "systemd-analyze verify names a misspelt key and a bad value in hydrad.service"
+else
+    not_ok "systemd-analyze verify names a misspelt key and a bad value in hydrad.service"
+    indent '#   ' "$out"
+fi
+cp "$scratch/hydrad.service.good" "$unit"
+
 # --- lintian ---
 lint=$(lintian --fail-on error --display-info "$deb" 2>&1)
 r=$?
