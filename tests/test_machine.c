@@ -276,6 +276,19 @@ static pid_t start_vm(void) {
         return pid;
 }
 
+/* The common start of a bus case: the stand-in QEMU, hydrad's side connected to the private bus (machined = yes). */
+static Machined *connect_machined(sd_event **e) {
+        HydraError why = {};
+        Machined *m = NULL;
+
+        vm_pid = start_vm();
+        ck_assert_int_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1), 0);
+        ck_assert_int_eq(sd_event_new(e), 0);
+        ck_assert_int_eq(machined_new(*e, MACHINED_YES, &m, &why), 1);
+        ck_assert_ptr_nonnull(m);
+        return m;
+}
+
 /* The "VM" was left alone: not killed, not stopped, still ours. */
 static void assert_vm_unharmed(pid_t pid) {
         int status;
@@ -408,11 +421,7 @@ START_TEST(test_create_machine_arguments) {
 
         REQUIRE_BUS();
         start_fake(false, 0);
-        vm_pid = start_vm();
-        ck_assert_int_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1), 0);
-        ck_assert_int_eq(sd_event_new(&e), 0);
-        ck_assert_int_eq(machined_new(e, MACHINED_YES, &m, &why), 1);
-        ck_assert_ptr_nonnull(m);
+        m = connect_machined(&e);
         ck_assert_msg(why.code == 0, "%s", why.message);
 
         res = register_vm(e, m, "hydra-isolated",
@@ -442,15 +451,11 @@ END_TEST
 START_TEST(test_create_machine_refused) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         Machined *m = NULL;
-        HydraError why = {};
         Result res;
 
         REQUIRE_BUS();
         start_fake(true, 0);
-        vm_pid = start_vm();
-        ck_assert_int_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1), 0);
-        ck_assert_int_eq(sd_event_new(&e), 0);
-        ck_assert_int_eq(machined_new(e, MACHINED_YES, &m, &why), 1);
+        m = connect_machined(&e);
 
         res = register_vm(e, m, "hydra-isolated", &(MachineLimits) { .memory_max = UINT64_C(1) << 30 });
         ck_assert_int_eq(res.r, -EACCES);
@@ -468,14 +473,10 @@ END_TEST
 START_TEST(test_machined_absent) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         Machined *m = NULL;
-        HydraError why = {};
         Result res;
 
         REQUIRE_BUS();
-        vm_pid = start_vm();
-        ck_assert_int_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1), 0);
-        ck_assert_int_eq(sd_event_new(&e), 0);
-        ck_assert_int_eq(machined_new(e, MACHINED_YES, &m, &why), 1);
+        m = connect_machined(&e);
 
         res = register_vm(e, m, "hydra-host", NULL);
         ck_assert_int_lt(res.r, 0);
@@ -489,17 +490,13 @@ END_TEST
 START_TEST(test_machine_exists_retried) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         Machined *m = NULL;
-        HydraError why = {};
         const char *rec, *p;
         unsigned lines = 0;
         Result res;
 
         REQUIRE_BUS();
         start_fake(false, 2);
-        vm_pid = start_vm();
-        ck_assert_int_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1), 0);
-        ck_assert_int_eq(sd_event_new(&e), 0);
-        ck_assert_int_eq(machined_new(e, MACHINED_YES, &m, &why), 1);
+        m = connect_machined(&e);
 
         res = register_vm(e, m, "hydra-isolated", NULL);
         ck_assert_msg(res.r == 0, "%s", res.err.message);
@@ -516,15 +513,12 @@ START_TEST(test_cancel) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         Machined *m = NULL;
         MachineJob *j = NULL;
-        HydraError why = {}, err = {};
+        HydraError err = {};
         Result res = {};
 
         REQUIRE_BUS();
         start_fake(false, 0);
-        vm_pid = start_vm();
-        ck_assert_int_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1), 0);
-        ck_assert_int_eq(sd_event_new(&e), 0);
-        ck_assert_int_eq(machined_new(e, MACHINED_YES, &m, &why), 1);
+        m = connect_machined(&e);
         ck_assert_int_eq(machine_register(m, "hydra-isolated", vm_pid, NULL, on_done, &res, &j, &err), 0);
         machine_job_free(j);
         for (int i = 0; i < 20; i++)
