@@ -28,6 +28,9 @@ PACKAGES=(
     mmdebstrap mtools grub-efi-amd64-bin fdisk e2fsprogs xz-utils
     umoci busybox-static
     dpkg-dev apt-utils openssh-client
+    # packaging/container: tests/packaging/test_container.sh builds and runs the image with podman (on an
+    # mmdebstrap base, above); the charts' test needs python3-yaml
+    podman netavark python3-yaml
 )
 
 if [ "$(id -u)" -ne 0 ]; then

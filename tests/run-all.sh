@@ -18,6 +18,9 @@ ctest --test-dir build -L unit -j2 --output-on-failure
 echo "=== integration tests (real QEMU, TCG)"
 ctest --test-dir build -L integration --output-on-failure
 
+echo "=== packaging tests (the container image, built and run with podman)"
+ctest --test-dir build -L package --output-on-failure
+
 echo "=== e2e tests (a real Debian guest, TCG; tests/e2e/README.md)"
 ctest --test-dir build -L e2e --verbose
 

@@ -9,13 +9,12 @@
 #   - a bad variable (start-vm.sh's or the entrypoint's), HYDRA_ACCEL=kvm without /dev/kvm: exit 2, a message
 #     naming it.
 # Environment (ctest sets them): HYDRAD, HYDRACTL (their directory is the build directory the image copies),
-# HYDRA_GUEST_DIR. Needs root, podman and mmdebstrap (packaging/install-deps.sh); skips (77) without them.
+# HYDRA_GUEST_DIR (default BUILD_DIR/guest). Needs root, podman and mmdebstrap (packaging/install-deps.sh); skips (77) without them.
 # A warm run (base and package layers cached) takes about 30 s; a cold one a few minutes (mmdebstrap, apt-get).
 set -uo pipefail
 
 : "${HYDRAD:?HYDRAD must name the hydrad binary}"
 : "${HYDRACTL:?HYDRACTL must name the hydractl binary}"
-: "${HYDRA_GUEST_DIR:?HYDRA_GUEST_DIR must name the test guest directory}"
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${HYDRA_CONTAINER_CACHE:-/var/cache/hydra-e2e/container}
 PASS=0
@@ -31,6 +30,10 @@ command -v podman >/dev/null || skip "podman is not installed (packaging/install
 command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (packaging/install-deps.sh)"
 BUILD_DIR=$(dirname "$(readlink -f "$HYDRAD")")
 [ "$(dirname "$(readlink -f "$HYDRACTL")")" = "$BUILD_DIR" ] || skip "hydrad and hydractl are not in one build directory"
+# The tiny test guest (tests/guest/build-guest.sh; ctest's guest fixture builds it): the build's default place.
+HYDRA_GUEST_DIR=${HYDRA_GUEST_DIR:-$BUILD_DIR/guest}
+{ [ -f "$HYDRA_GUEST_DIR/vmlinuz" ] && [ -f "$HYDRA_GUEST_DIR/initrd.img" ]; } ||
+    skip "no test guest in $HYDRA_GUEST_DIR (tests/guest/build-guest.sh $HYDRA_GUEST_DIR)"
 
 T=$(mktemp -d /tmp/hydra-container-test.XXXXXX)
 NAME=hydra-test-$$
