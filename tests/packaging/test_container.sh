@@ -175,9 +175,11 @@ else
     not_ok "SIGTERM: hydrad powers the guest off and the container exits 0 (exit: $rc)"
 fi
 
-# --- start-vm.sh's variables, as in the reference's `docker run -e ...`: register, GetVm shows them ---
+# --- start-vm.sh's variables, as in the reference's `docker run -e ... -v $(pwd)/image:/root/image`: register,
+# GetVm shows them, the state is in the mounted directory ---
 KEY="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHydraContainerTestKeyOnly0000000000000000 test@hydra"
-run env -e HYDRA_START=0 -e VM_HOSTNAME=ctr-isolated -e VM_USERNAME=hailhydra -e KVM_CPU=3 -e KVM_MEMORY=2 \
+mkdir -p "$T/image"
+run env -v "$T/image:/root/image" -e HYDRA_START=0 -e VM_HOSTNAME=ctr-isolated -e VM_USERNAME=hailhydra -e KVM_CPU=3 -e KVM_MEMORY=2 \
     -e DEFAULT_KVM_DISK_SIZE=5 -e "VM_SSH_AUTHORIZED_KEY=$KEY" -e DEFAULT_KVM_PORTS_REDIRECT="30800:8000;30801:8001" \
     -e DEFAULT_IMAGE_SOURCE_URL=file:///guest -e DEFAULT_IMAGE=disk.qcow2
 if wait_log env 30 "hydrad is serving"; then
@@ -211,6 +213,12 @@ EOF
 else
     sed 's/^/#   /' "$T/status.json" | head -20
     not_ok "GetVm shows the variables in the spec"
+fi
+if [ -f "$T/image/isolated/spec.pb" ] && log_has env "/root/image is a mount point .*: hydrad keeps its state there"; then
+    ok "the reference's -v DIR:/root/image: hydrad keeps its state there"
+else
+    find "$T/image" | sed 's/^/#   /'
+    not_ok "the reference's -v DIR:/root/image: hydrad keeps its state there"
 fi
 if log_has env "warning: /dev/kvm is not usable in this container \\(pass --device /dev/kvm\\)"; then
     ok "no /dev/kvm: a warning says the VM would run under TCG"
