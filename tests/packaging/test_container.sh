@@ -88,9 +88,12 @@ if [ "$(podman image inspect --format '{{index .Labels "hydra.base-key"}}' "$BAS
 fi
 
 # --- the image: loose binaries from the build directory; an ASan build needs its run-time libraries too ---
-IMAGE=localhost/hydra-test/isolated-vm:test
-extra=
-ldd "$HYDRAD" | grep libasan >/dev/null && extra="libasan8 libubsan1"
+# The sanitizers' libraries (and libatomic, which they bring) by the host's package names; a normal build needs
+# none: the Dockerfile's RUNTIME_LIBS must cover it (a missing library fails the runs below).
+extra=$(ldd "$HYDRAD" "$HYDRACTL" | awk '/lib(asan|ubsan|atomic)\./ {print $3}' | sort -u | xargs -r readlink -f |
+    xargs -r dpkg -S | cut -d: -f1 | sort -u | tr '\n' ' ')
+# One tag per variant, so that each keeps its package layer cached (older builds' images are pruned).
+IMAGE=localhost/hydra-test/isolated-vm:test${extra:+-sanitizers}
 t=$SECONDS
 if "$SRC/packaging/container/build-image.sh" --tool podman --tag "$IMAGE" "$BUILD_DIR" -- \
     --build-arg BASE="$BASE" --build-arg EXTRA_PACKAGES="$extra" --network host --layers >"$T/build.log" 2>&1; then
