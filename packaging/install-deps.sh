@@ -32,6 +32,9 @@ PACKAGES=(
     # has dpkg-buildpackage), lintian checks it; the pkg-config files of systemd and bash-completion say where the
     # units and the completion go; the test renders the man pages (man-db, groff-base) and runs systemd-analyze
     debhelper lintian bash-completion systemd man-db groff-base
+    # packaging/container: tests/packaging/test_container.sh builds and runs the image with podman (on an
+    # mmdebstrap base, above); the charts' test needs python3-yaml
+    podman netavark python3-yaml
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Builds Hydra (warnings are errors), then runs every test: Check unit tests, the Debian package's checks
-# (tests/packaging/test_deb.sh), the integration tests on real QEMU under TCG (ctest), the e2e tier (tests/e2e: a
+# Builds Hydra (warnings are errors), then runs every test: Check unit tests, the Debian package's and the
+# container image's checks (tests/packaging/), the integration tests on real QEMU under TCG (ctest), the e2e tier (tests/e2e: a
 # real Debian guest provisioned by hydrad runs containers for the host; its images are cached in
 # /var/cache/hydra-e2e), then the integration tests once more against an ASan/UBSan build of hydrad and hydractl,
 # where a leak or a memory error fails the test.
@@ -16,7 +16,8 @@ cmake --build build
 echo "=== unit tests"
 ctest --test-dir build -L unit -j2 --output-on-failure
 
-echo "=== package (the .deb built, listed, extracted, verified, lintian; packaging/README.md)"
+echo "=== package (the .deb built, listed, extracted, verified, lintian; the container image built and run with"
+echo "    podman; packaging/README.md)"
 ctest --test-dir build -L package --output-on-failure
 
 echo "=== integration tests (real QEMU, TCG)"
