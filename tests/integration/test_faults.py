@@ -392,8 +392,12 @@ def main():
                       f"stop is finished, stopped ({vm.last_exit.reason})",
                       ok and vm.last_exit.reason in ("guest-shutdown", "quit"),
                       f"{ST(vm.state)} {vm.last_exit} {vm.last_error!r}")
-                check("  ... no orphan QEMU, no runtime record", wait_for(lambda: gone(pid), 10)
-                      and not os.path.exists(f"{run}/isolated/runtime.json") and qemus(state, run) == [])
+                g = wait_for(lambda: gone(pid), 10)
+                rec = os.path.exists(f"{run}/isolated/runtime.json")
+                left = qemus(state, run)
+                check("  ... no orphan QEMU, no runtime record", g and not rec and left == [],
+                      f"QEMU {pid} gone: {g} (state {proc_state(pid)}), runtime.json: {rec}, QEMUs left: {left}; "
+                      f"hydrad's log:\n{d.log_since()[-3000:]}")
             else:
                 ok = wait_for(lambda: h.get(ISO).state in (pb.VM_STATE_RUNNING, pb.VM_STATE_STOPPED), 20, 0.05)
                 vm = h.get(ISO)
