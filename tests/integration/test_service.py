@@ -250,12 +250,12 @@ def part_bad_sockets():
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
-def as_nobody(groups, argv, input_=None):
+def as_nobody(groups, argv, env=None):
     """argv run as nobody with exactly these supplementary groups (setpriv)."""
     g = ["--groups=" + ",".join(str(x) for x in groups)] if groups else ["--clear-groups"]
     nobody = pwd.getpwnam("nobody")
     return subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"] + g + argv,
-                          capture_output=True, text=True, input=input_, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
 
 
 PY_CALL = r"""
@@ -307,7 +307,8 @@ def part_authz():
         check("nobody, in neither group: StartVm is PERMISSION_DENIED naming the group",
               r.returncode != 0 and "StartVm changes VMs and needs root or membership of group 'users' "
               "(you are uid 65534)" in r.stderr, r.stderr)
-        r = as_nobody([], ["/usr/bin/python3", "-c", PY_CALL, f"{tmp}/python", sockp])
+        r = as_nobody([], ["/usr/bin/python3", "-c", PY_CALL, f"{tmp}/python", sockp],
+                      env=dict(os.environ, HYDRA_PYTHONPATH=f"{tmp}/python"))
         check("nobody through the Python grpcio client: PERMISSION_DENIED naming the groups",
               r.stdout.startswith("PERMISSION_DENIED permission denied: ListVms needs root or membership of group "
                                   "'users' or 'staff'"), (r.stdout, r.stderr))
