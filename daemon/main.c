@@ -235,14 +235,14 @@ int main(int argc, char *argv[]) {
         }
         signal(SIGPIPE, SIG_IGN);
 
-        /* Before anything touches the run or state directory: a second hydrad started there by mistake would
-         * otherwise adopt the first one's QEMUs (rebinding console.sock, rewriting runtime.json) before the API
-         * socket refused it (issue 9). */
         r = make_run_dir(&d.config, &err);
         if (r < 0) {
                 log_error("%s", err.message);
                 goto out;
         }
+        /* Before anything touches the run or state directory: a second hydrad started there by mistake would
+         * otherwise adopt the first one's QEMUs (rebinding console.sock, rewriting runtime.json) before the API
+         * socket refused it (issue 9). */
         r = instance_lock((const char *const[]) { d.config.run_dir, d.config.state_dir },
                           (const char *const[]) { "run directory", "state directory" }, ELEMENTSOF(d.lock_fds),
                           d.lock_fds, &err);
