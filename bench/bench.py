@@ -51,20 +51,27 @@ class Hydrad:
 
 
 def bare_qemu_until_qmp(argv, tmp):
-    """Spawn argv (which expects QMP on fd 3) the way hydrad does, time until qmp_capabilities is answered."""
-    path = f"{tmp}/bare-qmp.sock"
-    if os.path.exists(path):
-        os.unlink(path)
-    lst = socket.socket(socket.AF_UNIX)
-    lst.bind(path)
-    lst.listen(1)
+    """Spawn argv (which expects QMP on fd 3 and the console on fd 4) the way hydrad does, time until
+    qmp_capabilities is answered."""
+    socks = []
+    for name in ("bare-qmp.sock", "bare-console.sock"):
+        if os.path.exists(f"{tmp}/{name}"):
+            os.unlink(f"{tmp}/{name}")
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(f"{tmp}/{name}")
+        s.listen(1)
+        socks.append(s)
+    lst, console = socks
     t0 = time.perf_counter()
     cli = socket.socket(socket.AF_UNIX)
-    cli.connect(path)
-    # hydrad hands QEMU the socket as fd 3; here it keeps its own number, so say that number instead.
-    argv = [a.replace("fd=3,", f"fd={lst.fileno()},") for a in argv]
-    proc = subprocess.Popen(argv, pass_fds=[lst.fileno()], stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/bare-qemu.log", "w"))
+    cli.connect(f"{tmp}/bare-qmp.sock")
+    # hydrad hands QEMU the sockets as fds 3 and 4; here they keep their own numbers, so say those instead.
+    argv = [a.replace("id=qmp,fd=3,", f"id=qmp,fd={lst.fileno()},")
+             .replace("id=console,fd=4,", f"id=console,fd={console.fileno()},") for a in argv]
+    proc = subprocess.Popen(argv, pass_fds=[lst.fileno(), console.fileno()], stdout=subprocess.DEVNULL,
+                            stderr=open(f"{tmp}/bare-qemu.log", "w"))
     lst.close()
+    console.close()
     f = cli.makefile("rwb")
     try:
         greeting = f.readline()
@@ -96,7 +103,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     args = benchenv.parse_args(ap)
     build, guest = args.build, args.guest
-    from hydra_client import connect, pb, rss_kib, wait_booted  # noqa: E402
+    from hydra_client import connect, kill_under, pb, rss_kib, wait_booted  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench.")
     results = {}
 
@@ -113,8 +120,6 @@ def main():
 
         # (a) start overhead
         argv = list(plan(pb.PlanVmRequest(role=pb.ROLE_ISOLATED), timeout=10).argv)
-        # The plan names RUN/isolated/ (the console socket), which hydrad makes at the VM's first start.
-        os.makedirs(f"{tmp}/run/isolated", mode=0o750, exist_ok=True)
         argv = [a.replace(f"{tmp}/state/isolated/console.log", f"{tmp}/bare-console.log") for a in argv]
         hydra_s, bare_s = [], []
         bare_qemu_until_qmp(argv, tmp)  # warm the page cache for both
@@ -152,7 +157,7 @@ def main():
         channel.close()
     finally:
         d.stop()
-        subprocess.run(["pkill", "-KILL", "-f", f"{tmp}/state/"], check=False)
+        kill_under(tmp)
         subprocess.run(["rm", "-rf", tmp], check=False)
 
     if args.json:

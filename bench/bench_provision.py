@@ -127,7 +127,7 @@ def main():
         res = bench_prepare(hc, build, guest, args.runs, tmp)
         res.update(bench_download(hc, build, max(3, args.runs // 2), args.size_mib, tmp))
     finally:
-        subprocess.run(["pkill", "-KILL", "-f", f"{tmp}/state/"], check=False)
+        hc.kill_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(res, indent=2))

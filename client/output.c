@@ -411,7 +411,13 @@ json_t *json_from_plan(Hydra__V1__Role role, const Hydra__V1__PlanVmResponse *pl
                 }
                 (void) json_array_append_new(files, o);
         }
-        return json_pack("{s:s, s:o, s:o}", "role", role_to_name(role), "argv", argv, "files", files);
+        json_t *reasons = json_array();
+
+        for (size_t i = 0; reasons && i < plan->n_qemu_root_reasons; i++)
+                (void) json_array_append_new(reasons, json_string_or_null(plan->qemu_root_reasons[i]));
+        return json_pack("{s:s, s:o, s:o, s:o, s:o}", "role", role_to_name(role), "argv", argv, "files", files,
+                         "qemu_user", json_string_or_null(plan->qemu_user), "qemu_root_reasons",
+                         reasons ? reasons : json_null());
 }
 
 int print_json(FILE *f, const json_t *j) {
@@ -781,6 +787,12 @@ void print_event_line(FILE *f, const Hydra__V1__Event *event) {
 }
 
 void print_plan(FILE *f, const Hydra__V1__PlanVmResponse *plan) {
+        if (!isempty(plan->qemu_user)) {
+                fprintf(f, "# QEMU runs as %s%s\n", plan->qemu_user,
+                        plan->n_qemu_root_reasons > 0 ? ", not as hydrad.conf's qemu_user, because:" : "");
+                for (size_t i = 0; i < plan->n_qemu_root_reasons; i++)
+                        fprintf(f, "#   %s\n", plan->qemu_root_reasons[i]);
+        }
         for (size_t i = 0; i < plan->n_argv; i++) {
                 const char *a = plan->argv[i];
 

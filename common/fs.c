@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <dirent.h>
 #include <stdlib.h>
@@ -75,6 +76,45 @@ int mkdir_private(const char *path, gid_t traverse_gid) {
         if (chmod(path, traverse_gid != (gid_t) -1 ? 0710 : 0700) < 0)
                 return -errno;
         return 0;
+}
+
+static bool mode_allows(const struct stat *st, uid_t uid, const gid_t *groups, size_t n_groups, int mode) {
+        mode_t bits = st->st_mode & 07;
+        int want = (mode & R_OK ? 4 : 0) | (mode & W_OK ? 2 : 0) | (mode & X_OK ? 1 : 0);
+
+        if (st->st_uid == uid)
+                bits = (st->st_mode >> 6) & 07;
+        else
+                for (size_t i = 0; i < n_groups; i++)
+                        if (groups[i] == st->st_gid) {
+                                bits = (st->st_mode >> 3) & 07;
+                                break;
+                        }
+        return ((int) bits & want) == want;
+}
+
+int path_access_as(const char *path, uid_t uid, const gid_t *groups, size_t n_groups, int mode) {
+        _cleanup_free_ char *p = strdup(path);
+        struct stat st;
+
+        if (!p)
+                return -ENOMEM;
+        if (uid == 0)
+                return 0;
+        /* Every directory on the way needs its search bit: "/a/b/c" checks "/", "/a", "/a/b". */
+        for (char *slash = strchr(p + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+                *slash = '\0';
+                if (stat(p, &st) < 0)
+                        return -errno;
+                *slash = '/';
+                if (!mode_allows(&st, uid, groups, n_groups, X_OK))
+                        return -EACCES;
+        }
+        if (p[0] == '/' && stat("/", &st) == 0 && !mode_allows(&st, uid, groups, n_groups, X_OK))
+                return -EACCES;
+        if (stat(path, &st) < 0)
+                return -errno;
+        return mode_allows(&st, uid, groups, n_groups, mode) ? 0 : -EACCES;
 }
 
 static void closedirp(DIR **d) {

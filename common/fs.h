@@ -20,6 +20,12 @@ int mkdir_p(const char *path, mode_t mode);
  * containerd.sock: 0660 in that group) and see nothing else. Returns 0 or a negative errno. */
 int mkdir_private(const char *path, gid_t traverse_gid);
 
+/* Whether a process of uid with groups (its primary group among them) may open path for mode (R_OK, W_OK, X_OK
+ * or'ed), by the permission bits of path and the search bit of every directory on the way. ACLs and capabilities are
+ * not read (hydrad's files have none; a file that grants access by ACL only is said to be refused). uid 0 may.
+ * Returns 0, -EACCES, or the -errno of a stat (-ENOENT). */
+int path_access_as(const char *path, uid_t uid, const gid_t *groups, size_t n_groups, int mode);
+
 /* Removes a file or a directory tree through openat/unlinkat, never following a symlink (a symlink is removed,
  * not what it points at) nor entering another file system mounted inside; read-only directories are made writable
  * first (an archive's 0555). Absent is fine. Carries on past a failure and returns the first error. */

@@ -771,7 +771,8 @@ static void handle_plan(Call *c, const uint8_t *data, size_t size) {
         _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
         Hydra__V1__PlannedFile pf[ELEMENTSOF(names)], *pfp[ELEMENTSOF(names)];
         char *paths[ELEMENTSOF(names)] = {};
-        _cleanup_strv_free_ char **argv = NULL;
+        _cleanup_strv_free_ char **argv = NULL, **root_reasons = NULL;
+        _cleanup_free_ char *qemu_user = NULL;
         HydraError err;
         Vm *vm;
         int r;
@@ -782,13 +783,16 @@ static void handle_plan(Call *c, const uint8_t *data, size_t size) {
         vm = call_get_vm(c, req->role, true);
         if (!vm)
                 goto out;
-        r = vm_plan(vm, &argv, &files, &err);
+        r = vm_plan(vm, &argv, &files, &qemu_user, &root_reasons, &err);
         if (r < 0) {
                 call_fail_error(c, &err);
                 goto out;
         }
         resp.n_argv = strv_length(argv);
         resp.argv = argv;
+        resp.qemu_user = qemu_user;
+        resp.n_qemu_root_reasons = strv_length(root_reasons);
+        resp.qemu_root_reasons = root_reasons;
 
         if (files.user_data) {
                 const char *contents[] = { files.user_data, files.meta_data, files.network_config, files.vendor_data };

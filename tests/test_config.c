@@ -3,8 +3,11 @@
  * loop never asks NSS: issue 10). */
 #include <check.h>
 #include <grp.h>
+#include <stdbool.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -49,6 +52,59 @@ START_TEST(test_socket_group_unknown) {
         ck_assert_int_eq(config_set(&c, "socket_group", "hydra-no-such-group", &err), 0);
         ck_assert_int_eq(config_finish(&c, &err), -ENOENT);
         ck_assert_str_eq(err.message, "socket_group: group 'hydra-no-such-group' does not exist");
+        config_done(&c);
+}
+END_TEST
+
+/* qemu_user (issue 13): resolved once to uid, gid and groups; unknown, root, and (as another user than root) a user
+ * hydrad could not switch to are refused, naming why. */
+START_TEST(test_qemu_user) {
+        struct passwd *pw = getpwnam("nobody");
+        HydraConfig c;
+        HydraError err;
+
+        hydra_error_clear(&err);
+        config_init(&c);
+        ck_assert_int_eq(config_finish(&c, &err), 0);
+        ck_assert_int_eq(c.qemu_uid, (uid_t) -1); /* none: QEMU runs as hydrad */
+        config_done(&c);
+
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "qemu_user", "hydra-no-such-user", &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), -ENOENT);
+        ck_assert_str_eq(err.message, "qemu_user: user 'hydra-no-such-user' does not exist");
+        config_done(&c);
+
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "qemu_user", "root", &err), 0);
+        ck_assert_int_lt(config_finish(&c, &err), 0);
+        ck_assert_msg(strstr(err.message, "'root' is root"), "%s", err.message);
+        config_done(&c);
+
+        ck_assert_ptr_nonnull(pw);
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "qemu_user", "nobody", &err), 0);
+        if (geteuid() == 0) {
+                bool primary = false;
+
+                ck_assert_int_eq(config_finish(&c, &err), 0);
+                ck_assert_int_eq(c.qemu_uid, pw->pw_uid);
+                ck_assert_int_eq(c.qemu_gid, pw->pw_gid);
+                for (size_t i = 0; i < c.n_qemu_groups; i++)
+                        primary = primary || c.qemu_groups[i] == pw->pw_gid;
+                ck_assert(primary);
+        } else {
+                ck_assert_int_eq(config_finish(&c, &err), -EPERM);
+                ck_assert_msg(strstr(err.message, "cannot run QEMU as 'nobody'"), "%s", err.message);
+        }
+        config_done(&c);
+
+        if (getpwnam("hydra-qemu"))
+                return; /* the package is installed here */
+        config_init(&c);
+        ck_assert_int_eq(config_set(&c, "qemu_user", "hydra-qemu", &err), 0);
+        ck_assert_int_eq(config_finish(&c, &err), -ENOENT);
+        ck_assert_msg(strstr(err.message, "useradd --system"), "%s", err.message);
         config_done(&c);
 }
 END_TEST
@@ -114,6 +170,7 @@ int main(void) {
         tcase_add_test(tc, test_socket_group_resolved);
         tcase_add_test(tc, test_socket_group_unknown);
         tcase_add_test(tc, test_readonly_group);
+        tcase_add_test(tc, test_qemu_user);
         tcase_add_test(tc, test_socket_mode);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* process.c with real processes: spawn (an exec failure reported with its errno, fds passed as 3, 4, ..., a
  * setsid'd child with stdin from /dev/null and no blocked or ignored signal of ours), the $PATH search, the
- * start-time identity (a zombie reads as gone), signals through the pidfd, and finding an unrecorded QEMU by its
- * exact option (issue 9, item 3): the executable, the uid and the whole argument must all match. perl stands in
- * for QEMU: it runs with any trailing arguments. */
+ * start-time identity (a zombie reads as gone), signals through the pidfd, a child run as another user (issue 13),
+ * and finding an unrecorded QEMU by the QMP socket it holds (the executable and the socket must match). perl stands
+ * in for QEMU. */
 #include <check.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,10 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "macro.h"
 #include "process.h"
 
 #define PERL "/usr/bin/perl"
@@ -152,66 +155,124 @@ START_TEST(test_start_time_and_zombie) {
 }
 END_TEST
 
-START_TEST(test_find_by_option) {
-        const char *value = "socket,id=console,path=/run/hydra-test/isolated/qemu-console.sock,server=on,wait=off";
-        char *argv[] = { (char *) PERL, (char *) "-e", (char *) "sleep 30", (char *) "--", (char *) "-chardev",
-                         (char *) value, NULL };
-        _cleanup_free_ char *perl = realpath(PERL, NULL), *other = realpath("/bin/sh", NULL), *longer = NULL;
-        int pidfd;
-        pid_t pid = spawn(argv, &pidfd);
+/* A listening unix socket bound at dir/name; its path in ret_path. */
+static int listen_at(const char *dir, const char *name, char *ret_path, size_t size) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
+        ck_assert_int_ge(fd, 0);
+        (void) snprintf(ret_path, size, "%s/%s", dir, name);
+        (void) snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", ret_path);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(fd, 1), 0);
+        return fd;
+}
+
+static pid_t spawn_holding(char *const *argv, int fd, const ProcessUser *user, int *ret_pidfd) {
+        ProcessSpawn p = { .path = argv[0], .argv = argv, .pass_fds = &fd, .n_pass_fds = 1, .stdout_fd = -1,
+                           .stderr_fd = -1, .user = user };
+        HydraError err;
+        pid_t pid = 0;
+
+        hydra_error_clear(&err);
+        ck_assert_msg(process_spawn(&p, &pid, ret_pidfd, &err) == 0, "%s", err.message);
+        return pid;
+}
+
+/* An unrecorded QEMU is the process of our binary that holds, as fd 3, the socket bound at our QMP path (issue 13:
+ * it replaces issue 9's match on the -chardev argument, which an fd-passed console no longer has). */
+START_TEST(test_find_by_socket) {
+        char dir[] = "/tmp/test-process-XXXXXX", path[256], other_path[256];
+        char *argv[] = { (char *) PERL, (char *) "-e", (char *) "sleep 30", NULL };
+        _cleanup_free_ char *perl = realpath(PERL, NULL), *sh = realpath("/bin/sh", NULL);
+        const uid_t me[] = { geteuid() }, nobody[] = { 65534 };
+        int pidfd, other_pidfd, fd, other_fd, unpassed_fd;
+        pid_t pid, other;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
         ck_assert_ptr_nonnull(perl);
-        ck_assert_ptr_nonnull(other);
-        /* perl may not have exec'd yet when spawn returns: the error pipe closes at exec, so it has. */
-        ck_assert_int_eq(process_find_by_option(perl, "-chardev", value), pid);
-        ck_assert_int_eq(process_find_by_option(other, "-chardev", value), 0);
-        ck_assert_int_ge(asprintf(&longer, "%s,x=y", value), 0);
-        ck_assert_int_eq(process_find_by_option(perl, "-chardev", longer), 0);
-        ck_assert_int_eq(process_find_by_option(perl, "-chardev", "socket,id=console"), 0);
-        ck_assert_int_eq(process_find_by_option(perl, "-serial", value), 0);
-        /* The option's value must follow the option: the path alone, as a value of -e, is no match. */
-        ck_assert_int_eq(process_find_by_option(perl, "-e", value), 0);
+        ck_assert_ptr_nonnull(sh);
+        fd = listen_at(dir, "qmp.sock", path, sizeof(path));
+        other_fd = listen_at(dir, "other.sock", other_path, sizeof(other_path));
+        pid = spawn_holding(argv, fd, NULL, &pidfd);
+        other = spawn_holding(argv, other_fd, NULL, &other_pidfd); /* perl too, with another socket as fd 3 */
+
+        /* spawn returns once the child has exec'd (the error pipe closes at exec). */
+        ck_assert_int_eq(process_find_by_socket(perl, 3, path, me, 1), pid);
+        ck_assert_int_eq(process_find_by_socket(perl, 3, other_path, me, 1), other);
+        ck_assert_int_eq(process_find_by_socket(sh, 3, path, me, 1), 0);   /* not our binary */
+        ck_assert_int_eq(process_find_by_socket(perl, 3, path, nobody, 1), 0); /* not a uid we run QEMU as */
+        ck_assert_int_eq(process_find_by_socket(perl, 4, path, me, 1), 0); /* held, but not as that fd */
+        /* A socket bound at a path nobody was given: even we, who hold it, are no match. */
+        (void) snprintf(other_path, sizeof(other_path), "%s/unpassed.sock", dir);
+        unpassed_fd = listen_at(dir, "unpassed.sock", other_path, sizeof(other_path));
+        ck_assert_int_eq(process_find_by_socket(perl, 3, other_path, me, 1), 0);
+        ck_assert_int_eq(process_find_by_socket(perl, 3, "/nonexistent/qmp.sock", me, 1), 0);
+
         kill_and_reap(pid, pidfd);
-        ck_assert_int_eq(process_find_by_option(perl, "-chardev", value), 0);
+        ck_assert_int_eq(process_find_by_socket(perl, 3, path, me, 1), 0);
+        kill_and_reap(other, other_pidfd);
+        close(fd);
+        close(other_fd);
+        close(unpassed_fd);
+        (void) unlink(path);
+        (void) unlink(other_path);
+        (void) snprintf(path, sizeof(path), "%s/other.sock", dir);
+        (void) unlink(path);
+        ck_assert_int_eq(rmdir(dir), 0);
 }
 END_TEST
 
-static bool wait_exe(pid_t pid, const char *exe) {
-        char path[64], target[PATH_MAX + 1];
+/* Read a "Key:\tvalue" line of /proc/PID/status. */
+static void status_line(pid_t pid, const char *key, char *buf, size_t size) {
+        char path[64], line[256];
+        FILE *f;
 
-        (void) snprintf(path, sizeof(path), "/proc/%d/exe", (int) pid);
-        for (int i = 0; i < 500; i++) {
-                ssize_t n = readlink(path, target, sizeof(target) - 1);
+        (void) snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        buf[0] = '\0';
+        while (fgets(line, sizeof(line), f))
+                if (strncmp(line, key, strlen(key)) == 0 && line[strlen(key)] == ':') {
+                        const char *v = line + strlen(key) + 1;
 
-                if (n > 0) {
-                        target[n] = '\0';
-                        if (strcmp(target, exe) == 0)
-                                return true;
+                        v += strspn(v, " \t");
+                        (void) snprintf(buf, size, "%.*s", (int) strcspn(v, "\n"), v);
                 }
-                usleep(10000);
-        }
-        return false;
+        fclose(f);
 }
 
-/* Another user's process with our exact arguments is not ours. */
-START_TEST(test_find_by_option_other_uid) {
-        const char *value = "socket,id=console,path=/run/hydra-test/host/qemu-console.sock,server=on,wait=off";
-        char *argv[] = { (char *) "/usr/bin/setpriv", (char *) "--reuid=65534", (char *) "--regid=65534",
-                         (char *) "--clear-groups", (char *) PERL, (char *) "-e", (char *) "sleep 30", (char *) "--",
-                         (char *) "-chardev", (char *) value, NULL };
+/* QEMU as hydrad.conf's qemu_user: the child switches uid, gid and groups before exec, exactly to those given
+ * (nothing of ours left), and an unrecorded QEMU of that user is still found by its socket. */
+START_TEST(test_spawn_as_user) {
+        char dir[] = "/tmp/test-process-XXXXXX", path[256], buf[256];
+        char *argv[] = { (char *) PERL, (char *) "-e", (char *) "sleep 30", NULL };
         _cleanup_free_ char *perl = realpath(PERL, NULL);
-        int pidfd;
+        const gid_t groups[] = { 65534, 100 };
+        ProcessUser user = { .uid = 65534, .gid = 65534, .groups = groups, .n_groups = ELEMENTSOF(groups) };
+        const uid_t me[] = { geteuid() }, both[] = { geteuid(), 65534 };
+        int pidfd, fd;
         pid_t pid;
 
-        if (geteuid() != 0 || access(argv[0], X_OK) < 0) {
-                fprintf(stderr, "test_process: the other-uid case needs root and setpriv, not run\n");
+        if (geteuid() != 0) {
+                fprintf(stderr, "test_process: the qemu_user case needs root, not run\n");
                 return;
         }
-        pid = spawn(argv, &pidfd);
-        /* setpriv execs perl in the same process: wait until it has, so that the check below means something. */
-        ck_assert_msg(wait_exe(pid, perl), "the stand-in never became perl");
-        ck_assert_int_eq(process_find_by_option(perl, "-chardev", value), 0);
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        fd = listen_at(dir, "qmp.sock", path, sizeof(path));
+        pid = spawn_holding(argv, fd, &user, &pidfd);
+        status_line(pid, "Uid", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "65534\t65534\t65534\t65534");
+        status_line(pid, "Gid", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "65534\t65534\t65534\t65534");
+        status_line(pid, "Groups", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "100 65534 ");
+        ck_assert_int_eq(process_find_by_socket(perl, 3, path, me, 1), 0);  /* not a uid given */
+        ck_assert_int_eq(process_find_by_socket(perl, 3, path, both, 2), pid);
         kill_and_reap(pid, pidfd);
+        close(fd);
+        (void) unlink(path);
+        ck_assert_int_eq(rmdir(dir), 0);
 }
 END_TEST
 
@@ -312,8 +373,8 @@ int main(void) {
         tcase_add_test(tc, test_pass_fds_and_stdio);
         tcase_add_test(tc, test_environment_and_fds_cleared);
         tcase_add_test(tc, test_start_time_and_zombie);
-        tcase_add_test(tc, test_find_by_option);
-        tcase_add_test(tc, test_find_by_option_other_uid);
+        tcase_add_test(tc, test_find_by_socket);
+        tcase_add_test(tc, test_spawn_as_user);
         tcase_add_test(tc, test_find_binary);
         tcase_add_test(tc, test_clean_signals_and_session);
         suite_add_tcase(s, tc);

@@ -85,15 +85,16 @@ static const GoldenCase golden_cases[] = {
                 .name = "x86_64-tcg-minimal",
                 .spec = { .cpus = 1, .memory_mib = 256, .accel = ACCEL_AUTO, .arch = ARCH_X86_64 },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET },
+                        .qmp_path = QMP_PATH, .console_fd = -1, .console_socket = CONSOLE_SOCKET },
         },
         {
-                /* Same as above, QMP on an inherited listening fd instead of a path, no kubelet shares. */
+                /* Same as above, QMP and the console on inherited listening fds (as hydrad runs QEMU) instead of
+                 * paths, no kubelet shares. */
                 .name = "x86_64-tcg-qmp-fd",
                 .spec = { .cpus = 1, .memory_mib = 256, .accel = ACCEL_AUTO, .arch = ARCH_X86_64,
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET },
+                        .qmp_path = QMP_PATH, .console_fd = 4, .console_socket = CONSOLE_SOCKET },
         },
         {
                 /* Local kernel boot: a disk whose path has a comma, forwards (default address, udp, explicit
@@ -105,7 +106,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = ISO "/disk,v2.qcow2", .forwards = forwards_full, .n_forwards = 3,
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "/usr/bin/qemu-system-x86_64", .name = "isolated", .accel = ACCEL_KVM,
-                        .qmp_fd = 3, .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk,v2.qcow2",
+                        .qmp_fd = 3, .console_fd = -1, .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk,v2.qcow2",
                         .disk_format = "qcow2", .kernel = ISO "/vmlinuz", .initrd = ISO "/initrd.img" },
         },
         {
@@ -116,7 +117,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = "/srv/images/host.raw", .forwards = forwards_one, .n_forwards = 1,
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-x86_64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = -1,
-                        .qmp_path = "/run/hydra,a/host/qmp.sock", .console_socket = "/run/hydra,a/host/qemu-console.sock",
+                        .qmp_path = "/run/hydra,a/host/qmp.sock", .console_fd = -1, .console_socket = "/run/hydra,a/host/qemu-console.sock",
                         .disk_path = "/srv/images/host.raw", .disk_format = "raw" },
         },
         {
@@ -136,7 +137,7 @@ static const GoldenCase golden_cases[] = {
                                        .shmem = SHMEM_NVDIMM, .shmem_size_gib = 2,
                                        .shmem_path = "/dev/shm/shmem-hydravm" } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
+                        .console_fd = -1, .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = ISO "/seed.iso", .firmware_vars = ISO "/OVMF_VARS_4M.fd",
                         .shmem_path = "/dev/shm/shmem-hydravm" },
         },
@@ -149,7 +150,7 @@ static const GoldenCase golden_cases[] = {
                           .forwards = forwards_host_preset, .n_forwards = ELEMENTSOF(forwards_host_preset),
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-x86_64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
+                        .console_fd = -1, .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = HOST "/seed.iso" },
         },
         {
@@ -160,7 +161,7 @@ static const GoldenCase golden_cases[] = {
                           .network = { .guest_ip = "172.16.5.15", .gateway = "172.16.0.2", .dns = "172.16.0.3",
                                        .prefix_len = 16 } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .console_socket = CONSOLE_SOCKET, .bare_kernel = true, .kernel = RIMD "/Image.gz",
+                        .console_fd = -1, .console_socket = CONSOLE_SOCKET, .bare_kernel = true, .kernel = RIMD "/Image.gz",
                         .initrd = RIMD "/initramfs.linux_arm64.cpio", .disk_path = RIMD "/something.qcow2",
                         .disk_format = "qcow2" },
         },
@@ -171,7 +172,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = "/srv/images/isolated.qcow2", .shares.kubelet = KUBELET_SHARES_NONE,
                           .devices = { .shmem = SHMEM_IVSHMEM, .shmem_size_gib = 4 } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .console_socket = CONSOLE_SOCKET, .disk_path = "/srv/images/isolated.qcow2",
+                        .console_fd = -1, .console_socket = CONSOLE_SOCKET, .disk_path = "/srv/images/isolated.qcow2",
                         .disk_format = "qcow2", .shmem_path = "/dev/shm/shmem-isolated" },
         },
         {
@@ -184,7 +185,7 @@ static const GoldenCase golden_cases[] = {
                                       .extra = shares_commas, .n_extra = 1 },
                           .devices = { .shmem = SHMEM_NVDIMM, .shmem_path = "/dev/shm/shm,em" } },
                 .rt = { .binary = "qemu-system-x86_64", .name = "iso,lated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = "/run/hydra,1/qmp.sock", .console_socket = "/run/hydra,1/qemu-console.sock",
+                        .qmp_path = "/run/hydra,1/qmp.sock", .console_fd = -1, .console_socket = "/run/hydra,1/qemu-console.sock",
                         .disk_path = "/var/lib/hydra,1/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = "/var/lib/hydra,1/seed.iso", .firmware_vars = "/var/lib/hydra,1/OVMF_VARS.fd",
                         .shmem_path = "/dev/shm/shm,em" },
@@ -196,7 +197,7 @@ static const GoldenCase golden_cases[] = {
                           .kernel = ISO "/Image", .initrd = ISO "/initrd.img", .cmdline = "console=ttyAMA0",
                           .forwards = forwards_one, .n_forwards = 1, .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET, .kernel = ISO "/Image",
+                        .qmp_path = QMP_PATH, .console_fd = -1, .console_socket = CONSOLE_SOCKET, .kernel = ISO "/Image",
                         .initrd = ISO "/initrd.img" },
         },
         {
@@ -205,7 +206,7 @@ static const GoldenCase golden_cases[] = {
                 .spec = { .cpus = 8, .memory_mib = 8192, .accel = ACCEL_AUTO, .arch = ARCH_AARCH64,
                           .machine = "virt", .disk = HOST "/disk.qcow2", .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = 5,
-                        .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2" },
+                        .console_fd = -1, .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2" },
         },
         {
                 /* A versioned virt gets it too; the CPU is taken as written. */
@@ -214,7 +215,7 @@ static const GoldenCase golden_cases[] = {
                           .machine = "virt-7.2", .cpu_model = "max,pauth-impdef=on",
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET },
+                        .qmp_path = QMP_PATH, .console_fd = -1, .console_socket = CONSOLE_SOCKET },
         },
         {
                 /* The same as x86_64-cloud-full on aarch64: the seed is a virtio disk, the network slirp's. */
@@ -228,7 +229,7 @@ static const GoldenCase golden_cases[] = {
                           .devices = { .vsock = true, .vsock_cid = 3, .gpu = true, .shmem = SHMEM_NVDIMM,
                                        .shmem_path = "/dev/shm/shmem-hydravm" } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
+                        .console_fd = -1, .console_socket = CONSOLE_SOCKET, .disk_path = ISO "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = ISO "/seed.iso", .firmware_vars = ISO "/AAVMF_VARS.fd",
                         .shmem_path = "/dev/shm/shmem-hydravm" },
         },
@@ -240,7 +241,7 @@ static const GoldenCase golden_cases[] = {
                           .forwards = forwards_host_preset, .n_forwards = ELEMENTSOF(forwards_host_preset),
                           .shares.kubelet = KUBELET_SHARES_NONE },
                 .rt = { .binary = "qemu-system-aarch64", .name = "host", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
+                        .console_fd = -1, .console_socket = "/run/hydra/host/qemu-console.sock", .disk_path = HOST "/disk.qcow2", .disk_format = "qcow2",
                         .seed_path = HOST "/seed.iso" },
         },
         {
@@ -252,7 +253,7 @@ static const GoldenCase golden_cases[] = {
                           .n_forwards = ELEMENTSOF(forwards_bare), .shares.kubelet = KUBELET_SHARES_TCP,
                           .devices = { .vsock = true, .vsock_cid = 3 } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_KVM, .qmp_fd = 3,
-                        .console_socket = CONSOLE_SOCKET, .bare_kernel = true, .kernel = RIMD "/Image.gz",
+                        .console_fd = -1, .console_socket = CONSOLE_SOCKET, .bare_kernel = true, .kernel = RIMD "/Image.gz",
                         .initrd = RIMD "/initramfs.linux_arm64.cpio", .disk_path = RIMD "/something.qcow2",
                         .disk_format = "qcow2" },
         },
@@ -262,7 +263,7 @@ static const GoldenCase golden_cases[] = {
                           .disk = "/srv/images/isolated.raw", .shares.kubelet = KUBELET_SHARES_NONE,
                           .devices = { .shmem = SHMEM_IVSHMEM } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                        .console_socket = CONSOLE_SOCKET, .disk_path = "/srv/images/isolated.raw", .disk_format = "raw",
+                        .console_fd = -1, .console_socket = CONSOLE_SOCKET, .disk_path = "/srv/images/isolated.raw", .disk_format = "raw",
                         .shmem_path = "/dev/shm/shmem-isolated" },
         },
         {
@@ -275,7 +276,7 @@ static const GoldenCase golden_cases[] = {
                                       .extra = shares_commas, .n_extra = 1 },
                           .devices = { .shmem = SHMEM_IVSHMEM, .shmem_path = "/dev/shm/shm,em" } },
                 .rt = { .binary = "qemu-system-aarch64", .name = "iso,lated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                        .qmp_path = "/run/hydra,1/qmp.sock", .console_socket = "/run/hydra,1/qemu-console.sock",
+                        .qmp_path = "/run/hydra,1/qmp.sock", .console_fd = -1, .console_socket = "/run/hydra,1/qemu-console.sock",
                         .bare_kernel = true, .kernel = "/var/lib/hydra,1/Image,gz",
                         .initrd = "/var/lib/hydra,1/initramfs,cpio", .disk_path = "/var/lib/hydra,1/root,fs.qcow2",
                         .disk_format = "qcow2", .firmware_vars = "/var/lib/hydra,1/AAVMF_VARS.fd",
@@ -389,7 +390,7 @@ static VmSpec minimal_spec(void) {
 
 static QemuRuntime minimal_rt(void) {
         return (QemuRuntime) { .binary = "qemu-system-x86_64", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = -1,
-                               .qmp_path = QMP_PATH, .console_socket = CONSOLE_SOCKET };
+                               .qmp_path = QMP_PATH, .console_fd = -1, .console_socket = CONSOLE_SOCKET };
 }
 
 #define assert_build_fails(spec, rt, want_code, text)                                                   \
@@ -429,6 +430,36 @@ START_TEST(test_invalid_spec_refused) {
 }
 END_TEST
 
+static char **build_ok(const VmSpec *spec, const QemuRuntime *rt);
+
+/* What keeps QEMU root whatever the host's permissions (issue 13): 9p passthrough shares and the GPU; nothing else. */
+START_TEST(test_root_features) {
+        Share extra = { .host_path = (char *) "/srv/data", .guest_path = (char *) "/data" };
+        VmSpec s = minimal_spec();
+        const char *r[8];
+        size_t n;
+
+        s.shares.kubelet = KUBELET_SHARES_NONE;
+        ck_assert_uint_eq(qemu_root_features(&s, r, ELEMENTSOF(r)), 0);
+        s.shares.kubelet = KUBELET_SHARES_TCP; /* diod in the host VM serves them: QEMU has no part */
+        ck_assert_uint_eq(qemu_root_features(&s, r, ELEMENTSOF(r)), 0);
+        s.devices.vsock = true; /* a device: the caller checks whether qemu_user may open it */
+        ck_assert_uint_eq(qemu_root_features(&s, r, ELEMENTSOF(r)), 0);
+        s.shares.kubelet = KUBELET_SHARES_VIRTIO; /* the default */
+        n = qemu_root_features(&s, r, ELEMENTSOF(r));
+        ck_assert_uint_eq(n, 1);
+        ck_assert_msg(strstr(r[0], "shares.kubelet virtio") && strstr(r[0], "9p"), "%s", r[0]);
+        s.shares.extra = &extra;
+        s.shares.n_extra = 1;
+        s.devices.gpu = true;
+        n = qemu_root_features(&s, r, ELEMENTSOF(r));
+        ck_assert_uint_eq(n, 3);
+        ck_assert_msg(strstr(r[1], "shares.extra"), "%s", r[1]);
+        ck_assert_msg(strstr(r[2], "devices.gpu"), "%s", r[2]);
+        ck_assert_uint_eq(qemu_root_features(&s, r, 2), 2); /* never more than max */
+}
+END_TEST
+
 START_TEST(test_runtime_refused) {
         VmSpec s = minimal_spec();
         QemuRuntime rt = minimal_rt();
@@ -437,7 +468,9 @@ START_TEST(test_runtime_refused) {
         assert_build_fails(&s, &rt, -EINVAL, "neither a socket fd nor a path");
         rt = minimal_rt();
         rt.console_socket = "";
-        assert_build_fails(&s, &rt, -EINVAL, "console_socket: not set");
+        assert_build_fails(&s, &rt, -EINVAL, "console: neither a socket fd nor a path is set");
+        rt.console_fd = 4; /* an inherited socket needs no path */
+        strv_free(build_ok(&s, &rt));
         rt = minimal_rt();
         rt.binary = NULL;
         assert_build_fails(&s, &rt, -EINVAL, "binary: not set");
@@ -653,7 +686,7 @@ START_TEST(test_machine) {
                 VmSpec s = { .cpus = 1, .memory_mib = 256, .arch = cases[i].arch, .machine = (char *) cases[i].machine,
                              .shares.kubelet = KUBELET_SHARES_NONE };
                 QemuRuntime rt = { .binary = "qemu", .name = "isolated", .accel = ACCEL_TCG, .qmp_fd = 3,
-                                   .console_socket = CONSOLE_SOCKET };
+                                   .console_fd = -1, .console_socket = CONSOLE_SOCKET };
                 _cleanup_strv_free_ char **argv = build_ok(&s, &rt);
 
                 assert_option(argv, "-machine", cases[i].want);
@@ -975,6 +1008,7 @@ static bool prepare_qemu_case(const GoldenCase *c, Scratch *s, VmSpec *spec, Qem
         rt->accel = ACCEL_TCG;
         rt->qmp_fd = -1;
         rt->qmp_path = scratch_path(s, "qmp,sock");
+        rt->console_fd = -1;
         rt->console_socket = scratch_path(s, "console,sock");
         /* A test host may be small: RAM is only reserved under -S, but overcommit may still refuse 8 GiB. */
         if (spec->memory_mib > 1024)
@@ -1261,6 +1295,7 @@ static Suite *qemu_argv_suite(void) {
         tcase_add_test(tc, test_accel_auto_refused);
         tcase_add_test(tc, test_invalid_spec_refused);
         tcase_add_test(tc, test_runtime_refused);
+        tcase_add_test(tc, test_root_features);
         tcase_add_test(tc, test_runtime_needs);
         suite_add_tcase(s, tc);
 

@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
+#include "macro.h"
 #include "store.h"
 
 static char dir[] = "/tmp/hydra-test-store.XXXXXX";
@@ -151,6 +153,36 @@ START_TEST(test_read_trusted) {
 }
 END_TEST
 
+/* Another user's access by the permission bits: owner, group (any of the groups), other, and the search bit of every
+ * directory on the way (issue 13: whether QEMU as qemu_user reaches a file of the user's). */
+START_TEST(test_path_access_as) {
+        _cleanup_free_ char *sub = path_in("sub"), *file = path_in("sub/disk.img");
+        const gid_t mine[] = { 4242, 100 }, others[] = { 5353 };
+        int fd;
+
+        ck_assert_int_eq(chmod(dir, 0755), 0);
+        ck_assert_int_eq(mkdir(sub, 0750), 0);
+        ck_assert_int_eq(chown(sub, 0, 100), 0);
+        fd = open(file, O_CREAT | O_WRONLY | O_CLOEXEC, 0640);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(chown(file, 4242, 100), 0);
+        ck_assert_int_eq(chmod(file, 0640), 0);
+
+        ck_assert_int_eq(path_access_as(file, 4242, mine, 2, R_OK | W_OK), 0);  /* owner rw-, through group 100 */
+        ck_assert_int_eq(path_access_as(file, 4343, mine, 2, R_OK), 0);         /* group r-- */
+        ck_assert_int_eq(path_access_as(file, 4343, mine, 2, R_OK | W_OK), -EACCES);
+        ck_assert_int_eq(path_access_as(file, 4242, others, 1, R_OK), -EACCES); /* owner, but sub/ is 0750 root:100 */
+        ck_assert_int_eq(chmod(sub, 0751), 0);
+        ck_assert_int_eq(path_access_as(file, 4242, others, 1, R_OK | W_OK), 0); /* o+x on sub/ lets it through */
+        ck_assert_int_eq(path_access_as(file, 4343, others, 1, R_OK), -EACCES);  /* other: --- */
+        ck_assert_int_eq(path_access_as(file, 0, NULL, 0, R_OK | W_OK), 0);      /* root may */
+        ck_assert_int_eq(path_access_as(sub, 4343, mine, 2, X_OK), 0);
+        _cleanup_free_ char *missing = path_in("sub/missing");
+        ck_assert_int_eq(path_access_as(missing, 4242, mine, 2, R_OK), -ENOENT);
+}
+END_TEST
+
 START_TEST(test_mkdir_p_and_rm_rf) {
         _cleanup_free_ char *deep = path_in("a/b/c"), *outside = NULL, *link = path_in("a/b/escape");
         char outside_dir[] = "/tmp/hydra-test-store-outside.XXXXXX";
@@ -226,6 +258,7 @@ int main(void) {
         tcase_add_test(tc, test_read_trusted);
         tcase_add_test(tc, test_mkdir_p_and_rm_rf);
         tcase_add_test(tc, test_rm_rf_read_only_and_at);
+        tcase_add_test(tc, test_path_access_as);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_NORMAL);

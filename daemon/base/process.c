@@ -95,6 +95,18 @@ _Noreturn static void child_exec(const ProcessSpawn *p, int null_fd, int error_f
                 if (dup2(moved[i], 3 + (int) i) < 0)
                         goto fail_errno;
 
+        /* Raw system calls: they change this thread only, which is all a forked child has (glibc's wrappers would
+         * signal the parent's other threads, which exist only in its own bookkeeping). Groups first, uid last:
+         * after setresuid nothing can be changed any more. */
+        if (p->cwd && chdir(p->cwd) < 0)
+                goto fail_errno;
+        if (p->user) {
+                if (syscall(SYS_setgroups, p->user->n_groups, p->user->groups) < 0 ||
+                    syscall(SYS_setresgid, p->user->gid, p->user->gid, p->user->gid) < 0 ||
+                    syscall(SYS_setresuid, p->user->uid, p->user->uid, p->user->uid) < 0)
+                        goto fail_errno;
+        }
+
         /* Everything else closes on exec; error_fd must stay open until then. */
         if (syscall(SYS_close_range, 3 + (unsigned) p->n_pass_fds, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
                 goto fail_errno;
@@ -218,65 +230,74 @@ static bool process_exe_is(long pid, const char *exe) {
         return strncmp(target, exe, n) == 0 && (target[n] == 0 || streq(target + n, " (deleted)"));
 }
 
-/* Reads /proc/PID/cmdline whole, NUL-terminated after its last argument too. Returns its size (0 for a kernel thread
- * or a process that is gone). */
-static size_t process_read_cmdline(long pid, char **ret) {
-        _cleanup_free_ char *buf = NULL;
-        _cleanup_close_ int fd = -EBADF;
-        size_t size = 0, cap = 0;
-        char path[64];
-        ssize_t n;
+/* The inodes of the listening unix sockets bound at path, from /proc/net/unix (this network namespace's). Returns how
+ * many were found (at most max): an old socket that was unlinked and replaced still shows its path. */
+static size_t unix_listening_inodes(const char *path, unsigned long *inodes, size_t max) {
+        _cleanup_fclose_ FILE *f = fopen("/proc/net/unix", "re");
+        char line[PATH_MAX + 128];
+        size_t n = 0;
 
-        (void) snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
+        if (!f)
                 return 0;
-        for (;;) {
-                if (size + 1 >= cap) {
-                        char *nb = realloc(buf, cap + 4096);
-                        if (!nb)
-                                return 0;
-                        buf = nb;
-                        cap += 4096;
-                }
-                n = read(fd, buf + size, cap - size - 1);
-                if (n <= 0)
-                        break;
-                size += (size_t) n;
+        /* "Num RefCount Protocol Flags Type St Inode Path"; Flags has __SO_ACCEPTCON (0x10000) when listening. */
+        while (n < max && fgets(line, sizeof(line), f)) {
+                unsigned long flags, inode;
+                int offset = 0;
+                char *p;
+
+                if (sscanf(line, "%*s %*x %*x %lx %*x %*x %lu %n", &flags, &inode, &offset) != 2 || offset == 0)
+                        continue;
+                p = line + offset;
+                p[strcspn(p, "\n")] = 0;
+                if ((flags & 0x10000) && streq(p, path))
+                        inodes[n++] = inode;
         }
-        buf[size] = 0;
-        *ret = TAKE_PTR(buf);
-        return size;
+        return n;
 }
 
-pid_t process_find_by_option(const char *exe, const char *option, const char *value) {
-        _cleanup_(closedirp) DIR *d = opendir("/proc");
-        struct dirent *de;
+static bool uid_in(uid_t uid, const uid_t *uids, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (uids[i] == uid)
+                        return true;
+        return false;
+}
 
+pid_t process_find_by_socket(const char *exe, int fd, const char *socket_path, const uid_t *uids, size_t n_uids) {
+        _cleanup_(closedirp) DIR *d = NULL;
+        unsigned long inodes[8];
+        struct dirent *de;
+        size_t n;
+
+        n = unix_listening_inodes(socket_path, inodes, ELEMENTSOF(inodes));
+        if (n == 0)
+                return 0;
+        d = opendir("/proc");
         if (!d)
                 return 0;
         while ((de = readdir(d))) {
-                _cleanup_free_ char *buf = NULL;
-                char path[64], *end;
-                struct stat st;
-                size_t size;
+                char path[64], target[64], *end;
+                unsigned long inode;
+                ssize_t len;
                 long pid;
 
                 pid = strtol(de->d_name, &end, 10);
                 if (*end || pid <= 1 || pid == (long) getpid())
                         continue;
-                /* The owner of /proc/PID is the process's effective uid. */
-                (void) snprintf(path, sizeof(path), "/proc/%ld", pid);
-                if (stat(path, &st) < 0 || st.st_uid != geteuid() || !process_exe_is(pid, exe))
+                (void) snprintf(path, sizeof(path), "/proc/%ld/fd/%d", pid, fd);
+                len = readlink(path, target, sizeof(target) - 1);
+                if (len < 0)
                         continue;
-                size = process_read_cmdline(pid, &buf);
-                if (size == 0)
+                target[len] = 0;
+                if (sscanf(target, "socket:[%lu]", &inode) != 1)
                         continue;
-                /* Whole arguments only: option, then exactly value. argv[0] is never an option. */
-                for (const char *a = buf + strlen(buf) + 1; a < buf + size; a += strlen(a) + 1) {
-                        const char *next = a + strlen(a) + 1;
+                for (size_t i = 0; i < n; i++) {
+                        struct stat st;
 
-                        if (streq(a, option) && next < buf + size && streq(next, value))
+                        if (inode != inodes[i])
+                                continue;
+                        /* The owner of /proc/PID is the process's effective uid. */
+                        (void) snprintf(path, sizeof(path), "/proc/%ld", pid);
+                        if (stat(path, &st) == 0 && uid_in(st.st_uid, uids, n_uids) && process_exe_is(pid, exe))
                                 return (pid_t) pid;
                 }
         }

@@ -9,6 +9,14 @@
 
 /* Spawning and signalling child processes through pidfds, so that a reused PID can never fool us. */
 
+/* Who a child runs as: set in the child before exec (groups, then gid, then uid). Needs hydrad to be root. */
+typedef struct ProcessUser {
+        uid_t uid;
+        gid_t gid;
+        const gid_t *groups;       /* the supplementary groups, exactly */
+        size_t n_groups;
+} ProcessUser;
+
 typedef struct ProcessSpawn {
         const char *path;          /* absolute path of the binary (see process_find_binary) */
         char *const *argv;
@@ -16,6 +24,8 @@ typedef struct ProcessSpawn {
         size_t n_pass_fds;
         int stdout_fd;             /* < 0: /dev/null */
         int stderr_fd;             /* < 0: /dev/null */
+        const ProcessUser *user;   /* NULL: hydrad's own user and groups */
+        const char *cwd;           /* the child's working directory (entered before user is taken); NULL: ours */
 } ProcessSpawn;
 
 /* The whole environment of every child: nothing of hydrad's (secrets an operator exported, $LISTEN_FDS,
@@ -43,8 +53,10 @@ int process_reap_async(sd_event *event, int pidfd);
  * -ESRCH for a process that is gone or a zombie (exited, not reaped yet). */
 int process_get_start_time(pid_t pid, uint64_t *ret);
 
-/* The first process (other than us) that runs the binary exe (an absolute path), with hydrad's effective uid, and
- * whose arguments hold option followed by exactly value (e.g. "-chardev" and the console chardev hydrad wrote).
- * Returns its pid, or 0 if there is none. For finding a QEMU that was spawned but never recorded: the whole-argument
- * match, the uid and the executable keep another user's process that merely mentions our path from being taken. */
-pid_t process_find_by_option(const char *exe, const char *option, const char *value);
+/* The first process (other than us) of one of the n_uids effective uids that runs the binary exe (an absolute
+ * path) and holds, as its descriptor fd, a listening unix socket bound at socket_path (e.g. the QMP socket hydrad
+ * bound and passed to QEMU as fd 3). Returns its pid, or 0 if there is none. For finding a QEMU that was spawned
+ * but never recorded: a socket is held only by whom it was given to, so another user's process that merely mentions
+ * our paths is never taken, nor a QEMU of another hydrad (its sockets are bound elsewhere); the uids (hydrad's and
+ * qemu_user's) are a second lock. */
+pid_t process_find_by_socket(const char *exe, int fd, const char *socket_path, const uid_t *uids, size_t n_uids);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <grp.h>
+#include <pwd.h>
 #include <ini.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +43,8 @@ void config_init(HydraConfig *c) {
                 .socket_gid = (gid_t) -1,
                 .readonly_gid = (gid_t) -1,
                 .socket_mode = 0660,
+                .qemu_uid = (uid_t) -1,
+                .qemu_gid = (gid_t) -1,
         };
 }
 
@@ -53,6 +56,8 @@ void config_done(HydraConfig *c) {
         free(c->readonly_group);
         free(c->qemu_x86_64);
         free(c->qemu_aarch64);
+        free(c->qemu_user);
+        free(c->qemu_groups);
         config_init(c);
 }
 
@@ -113,6 +118,8 @@ int config_set(HydraConfig *c, const char *key, const char *value, HydraError *e
                 return set_string(&c->socket_group, value);
         if (streq(key, "readonly_group"))
                 return set_string(&c->readonly_group, value);
+        if (streq(key, "qemu_user"))
+                return set_string(&c->qemu_user, value);
         if (streq(key, "socket_mode")) {
                 char *end;
                 unsigned long v;
@@ -210,6 +217,53 @@ static int resolve_group(const char *key, const char *name, gid_t *ret, HydraErr
         return 0;
 }
 
+static int resolve_qemu_user(HydraConfig *c, HydraError *err) {
+        _cleanup_free_ gid_t *groups = NULL;
+        struct passwd *pw;
+        int n = 16;
+
+        errno = 0;
+        pw = getpwnam(c->qemu_user);
+        if (!pw) {
+                if (errno != 0 && errno != ENOENT && errno != ESRCH && errno != EBADF && errno != EPERM)
+                        return hydra_error_set(err, -errno, "qemu_user: cannot look up user '%s': %s", c->qemu_user,
+                                               strerror(errno));
+                return hydra_error_set(err, -ENOENT, "qemu_user: user '%s' does not exist%s", c->qemu_user,
+                                       streq(c->qemu_user, "hydra-qemu")
+                                               ? " (the package's sysusers.d/hydra.conf makes it: systemd-sysusers, "
+                                                 "or useradd --system --no-create-home --groups kvm hydra-qemu)"
+                                               : "");
+        }
+        if (geteuid() != 0 && pw->pw_uid != geteuid())
+                return hydra_error_set(err, -EPERM, "qemu_user: hydrad runs as uid %u, not root, so it cannot run QEMU "
+                                       "as '%s' (uid %u): run hydrad as root or leave qemu_user out",
+                                       (unsigned) geteuid(), c->qemu_user, (unsigned) pw->pw_uid);
+        if (pw->pw_uid == 0)
+                return hydra_error_set(err, -EINVAL, "qemu_user: '%s' is root; name an unprivileged user, or leave "
+                                       "qemu_user out to run QEMU as hydrad's user", c->qemu_user);
+        for (;;) {
+                gid_t *g = reallocarray(groups, (size_t) n, sizeof(gid_t));
+                int want = n;
+
+                if (!g)
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                groups = g;
+                if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &want) >= 0) {
+                        n = want;
+                        break;
+                }
+                if (want <= n) /* it failed without saying how many it needs */
+                        return hydra_error_set(err, -EIO, "qemu_user: cannot read the groups of '%s'", c->qemu_user);
+                n = want;
+        }
+        free(c->qemu_groups);
+        c->qemu_groups = TAKE_PTR(groups);
+        c->n_qemu_groups = (size_t) n;
+        c->qemu_uid = pw->pw_uid;
+        c->qemu_gid = pw->pw_gid;
+        return 0;
+}
+
 int config_finish(HydraConfig *c, HydraError *err) {
         int r;
 
@@ -230,6 +284,14 @@ int config_finish(HydraConfig *c, HydraError *err) {
         c->readonly_gid = (gid_t) -1;
         if (c->readonly_group) {
                 r = resolve_group("readonly_group", c->readonly_group, &c->readonly_gid, err);
+                if (r < 0)
+                        return r;
+        }
+        c->qemu_uid = (uid_t) -1;
+        c->qemu_gid = (gid_t) -1;
+        c->n_qemu_groups = 0;
+        if (c->qemu_user) {
+                r = resolve_qemu_user(c, err);
                 if (r < 0)
                         return r;
         }

@@ -47,6 +47,11 @@ typedef struct HydraConfig {
         char *qemu_x86_64;          /* QEMU binaries; default found on $PATH */
         char *qemu_aarch64;
         MachinedMode machined;      /* machined = auto|yes|no (default auto) */
+        char *qemu_user;            /* QEMU runs as this user where the spec allows (vm_qemu_user()); NULL: as hydrad */
+        uid_t qemu_uid;             /* qemu_user's, resolved once by config_finish; (uid_t) -1: none */
+        gid_t qemu_gid;             /* its primary group */
+        gid_t *qemu_groups;         /* its supplementary groups (the group database's, with qemu_gid) */
+        size_t n_qemu_groups;
 } HydraConfig;
 
 const char *on_exit_to_string(OnExit o);
@@ -61,6 +66,7 @@ int config_load_file(HydraConfig *c, const char *path, HydraError *err);
 /* Sets one key ("state_dir", "log_level", ...) from a string, as the file and the flags do. */
 int config_set(HydraConfig *c, const char *key, const char *value, HydraError *err);
 
-/* Fills what depends on other values (socket_path from run_dir) and resolves socket_group to socket_gid, once:
- * NSS may block (LDAP, sssd), so the loop never asks it. An unknown group is an error (err names it). */
+/* Fills what depends on other values (socket_path from run_dir) and resolves socket_group to socket_gid and qemu_user
+ * to its ids, once: NSS may block (LDAP, sssd), so the loop never asks it. An unknown group or user is an error (err
+ * names it), and so is a qemu_user other than hydrad's own when hydrad is not root (it could not switch to it). */
 int config_finish(HydraConfig *c, HydraError *err);

@@ -3,9 +3,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "cache.h"
+#include "fs.h"
 #include "log.h"
 #include "manager.h"
 #include "start_order.h"
@@ -218,6 +220,28 @@ static void manager_sweep_cache(Manager *m) {
                 log_warning_errno(r, "Cannot sweep the download cache, ignoring: %m");
 }
 
+/* With a qemu_user, QEMU (not in hydrad's group) must pass through the state directory to its VM's directory and to
+ * the cached base images: the state directory gets o+x (0751: no listing), the cache 0710 in qemu_user's group. What
+ * is inside the VMs' directories is handed over at each launch (vm_qemu.c). */
+static int manager_open_to_qemu_user(Manager *m, HydraError *err) {
+        const HydraConfig *c = m->config;
+        struct stat st;
+        int r;
+
+        if (!c->qemu_user)
+                return 0;
+        if (stat(c->state_dir, &st) < 0)
+                return hydra_error_set(err, -errno, "'%s': %s", c->state_dir, strerror(errno));
+        if (!(st.st_mode & S_IXOTH) && chmod(c->state_dir, (st.st_mode & 07777) | S_IXOTH) < 0)
+                return hydra_error_set(err, -errno, "let qemu_user %s through '%s': %s", c->qemu_user, c->state_dir,
+                                       strerror(errno));
+        r = mkdir_private(m->cache_dir, c->qemu_gid);
+        if (r < 0)
+                return hydra_error_set(err, r, "let qemu_user %s through '%s': %s", c->qemu_user, m->cache_dir,
+                                       strerror(-r));
+        return 0;
+}
+
 int manager_load(Manager *m, HydraError *err) {
         bool unreadable = false;
         int r;
@@ -228,6 +252,9 @@ int manager_load(Manager *m, HydraError *err) {
         r = mkdir_p(m->config->run_dir, 0750);
         if (r < 0)
                 return hydra_error_set(err, r, "create run directory '%s': %s", m->config->run_dir, strerror(-r));
+        r = manager_open_to_qemu_user(m, err);
+        if (r < 0)
+                return r;
 
         for (Role role = 0; role < _ROLE_MAX; role++) {
                 Vm *vm = m->vms[role];

@@ -469,10 +469,13 @@ static ProvisionContext vm_provision_context(Vm *vm) {
         };
 }
 
-int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err) {
+int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, char **ret_qemu_user, char ***ret_root_reasons,
+            HydraError *err) {
         _cleanup_(provision_output_done) ProvisionOutput out = {};
         _cleanup_(cloud_init_files_done) CloudInitFiles files = {};
         ProvisionContext ctx = vm_provision_context(vm);
+        _cleanup_strv_free_ char **reasons = NULL, **argv = NULL;
+        _cleanup_free_ char *user = NULL;
         int r;
 
         if (!vm->registered)
@@ -480,11 +483,25 @@ int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err
         r = provision_plan(&ctx, &vm->spec, &out, &files, err);
         if (r < 0)
                 return r;
-        r = vm_build_argv(vm, &out, ret_argv, err);
+        r = vm_build_argv(vm, &out, &argv, err);
         if (r < 0)
                 return r;
+        r = vm_qemu_user_decide(vm, &out, &reasons);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        if (r > 0)
+                user = strdup(vm->ctx.config->qemu_user);
+        else if (geteuid() == 0)
+                user = strdup("root");
+        else if (asprintf(&user, "uid %u", (unsigned) geteuid()) < 0)
+                user = NULL;
+        if (!user)
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        *ret_argv = TAKE_PTR(argv);
         *ret_files = files;
         files = (CloudInitFiles) {};
+        *ret_qemu_user = TAKE_PTR(user);
+        *ret_root_reasons = TAKE_PTR(reasons);
         return 0;
 }
 

@@ -219,9 +219,11 @@ int vm_autostart(Vm *vm);
 /* The caller lost interest (the client went away): done will not be called. The VM carries on. */
 VmOp *vm_op_cancel(VmOp *op);
 
-/* The exact argv a start would run now, and the cloud-init files it would write (PlanVm). Nothing is started,
- * downloaded or written. */
-int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, HydraError *err);
+/* The exact argv a start would run now, and the cloud-init files it would write (PlanVm), who QEMU would run as
+ * (hydrad.conf's qemu_user, "root", or "uid N") and, with a qemu_user, what keeps it root (a strv, or NULL). Nothing
+ * is started, downloaded or written. */
+int vm_plan(Vm *vm, char ***ret_argv, CloudInitFiles *ret_files, char **ret_qemu_user, char ***ret_root_reasons,
+            HydraError *err);
 
 /* Where the seed's files live: STATE_DIR/ROLE/cloud-init/NAME. */
 char *vm_cloud_init_path(const Vm *vm, const char *name);

@@ -9,6 +9,7 @@
 #include <linux/kvm.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -18,6 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cache.h"
+#include "fs.h"
 #include "log.h"
 #include "process.h"
 #include "qemu_argv.h"
@@ -646,8 +649,8 @@ int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, HydraErr
                 .binary = binary,
                 .name = vm->name,
                 .accel = resolve_accel(vm->spec.accel),
-                .qmp_fd = 3, /* the listening socket is the child's first passed fd */
-                .console_socket = vm->qemu_console_path,
+                .qmp_fd = 3, /* the listening sockets are the child's first passed fds (vm_launch) */
+                .console_fd = 4,
                 .disk_path = out->disk_path ? out->disk_path : vm->spec.disk,
                 .disk_format = out->disk_path ? out->disk_format
                                               : (vm->spec.disk ? disk_format_probe(vm->spec.disk) : NULL),
@@ -661,34 +664,37 @@ int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, HydraErr
         return qemu_argv_build(&vm->spec, &rt, ret_argv, err);
 }
 
-static int qmp_listen(const char *path, int *ret_listen_fd, int *ret_client_fd, HydraError *err) {
+/* Binds a unix stream socket at path (0600: only hydrad connects, whoever QEMU runs as) and listens; QEMU gets it
+ * as an inherited fd, so it needs no directory it may write to. With ret_client_fd, also connects to it now: the
+ * connection waits in the backlog until QEMU accepts it, so there is no polling for QEMU to be up. */
+static int socket_listen(const char *what, const char *path, int *ret_listen_fd, int *ret_client_fd,
+                         HydraError *err) {
         _cleanup_close_ int lfd = -EBADF, cfd = -EBADF;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
         if (strlen(path) >= sizeof(sa.sun_path))
-                return hydra_error_set(err, -ENAMETOOLONG, "QMP socket path '%s' is too long", path);
+                return hydra_error_set(err, -ENAMETOOLONG, "%s socket path '%s' is too long", what, path);
         strcpy(sa.sun_path, path);
         (void) unlink(path);
 
         lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (lfd < 0)
-                return hydra_error_set(err, -errno, "QMP socket: %s", strerror(errno));
+                return hydra_error_set(err, -errno, "%s socket: %s", what, strerror(errno));
         if (bind(lfd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return hydra_error_set(err, -errno, "bind QMP socket '%s': %s", path, strerror(errno));
+                return hydra_error_set(err, -errno, "bind %s socket '%s': %s", what, path, strerror(errno));
         (void) chmod(path, 0600);
         if (listen(lfd, 1) < 0)
                 return hydra_error_set(err, -errno, "listen on '%s': %s", path, strerror(errno));
 
-        /* Connect now: the connection waits in the backlog until QEMU's monitor accepts it, so there is no
-         * polling for the socket to appear. */
-        cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (cfd < 0)
-                return hydra_error_set(err, -errno, "QMP socket: %s", strerror(errno));
-        if (connect(cfd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return hydra_error_set(err, -errno, "connect to '%s': %s", path, strerror(errno));
-
+        if (ret_client_fd) {
+                cfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                if (cfd < 0)
+                        return hydra_error_set(err, -errno, "%s socket: %s", what, strerror(errno));
+                if (connect(cfd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                        return hydra_error_set(err, -errno, "connect to '%s': %s", path, strerror(errno));
+                *ret_client_fd = TAKE_FD(cfd);
+        }
         *ret_listen_fd = TAKE_FD(lfd);
-        *ret_client_fd = TAKE_FD(cfd);
         return 0;
 }
 
@@ -805,10 +811,128 @@ static void vm_machine_register(Vm *vm) {
                 log_not_registered(vm, err.message);
 }
 
+/* --- who QEMU runs as (hydrad.conf qemu_user) --- */
+
+static bool path_under(const char *path, const char *dir) {
+        size_t n = strlen(dir);
+
+        return path && strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+static int add_reason(char ***reasons, const char *fmt, ...) _printf_(2, 3);
+static int add_reason(char ***reasons, const char *fmt, ...) {
+        _cleanup_free_ char *s = NULL;
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        if (r < 0) {
+                s = NULL;
+                return -ENOMEM;
+        }
+        return strv_push_copy(reasons, s);
+}
+
+/* A device or a file of the user's (not hydrad's: those are handed over, vm_qemu_hand_over()) that QEMU opens. */
+static int check_reach(const HydraConfig *c, char ***reasons, const char *what, const char *path, int mode) {
+        int r;
+
+        if (isempty(path))
+                return 0;
+        r = path_access_as(path, c->qemu_uid, c->qemu_groups, c->n_qemu_groups, mode);
+        if (r == -ENOMEM)
+                return r;
+        if (r == -ENOENT && streq(what, "devices.vsock"))
+                return 0; /* no vhost-vsock here: QEMU says so, whoever it runs as */
+        if (r < 0)
+                return add_reason(reasons, "%s: %s is not %s by %s%s", what, path,
+                                  mode & W_OK ? "readable and writable" : "readable", c->qemu_user,
+                                  r == -EACCES ? "" : " (it cannot be looked at)");
+        return 0;
+}
+
+int vm_qemu_user_decide(Vm *vm, const ProvisionOutput *out, char ***ret_reasons) {
+        const HydraConfig *c = vm->ctx.config;
+        _cleanup_strv_free_ char **reasons = NULL;
+        const char *features[8];
+        size_t n;
+        int r;
+
+        *ret_reasons = NULL;
+        if (!c->qemu_user)
+                return 0;
+        n = qemu_root_features(&vm->spec, features, ELEMENTSOF(features));
+        for (size_t i = 0; i < n; i++)
+                if (strv_push_copy(&reasons, features[i]) < 0)
+                        return -ENOMEM;
+        /* What hydrad made in the VM's directory is handed over at launch; everything else must be reachable. */
+        if ((r = check_reach(c, &reasons, "accel kvm", resolve_accel(vm->spec.accel) == ACCEL_KVM ? "/dev/kvm" : NULL,
+                             R_OK | W_OK)) < 0 ||
+            (r = check_reach(c, &reasons, "devices.vsock", vm->spec.devices.vsock ? "/dev/vhost-vsock" : NULL,
+                             R_OK | W_OK)) < 0 ||
+            (r = check_reach(c, &reasons, "kernel", out->kernel ? NULL : vm->spec.kernel, R_OK)) < 0 ||
+            (r = check_reach(c, &reasons, "initrd", out->kernel ? NULL : vm->spec.initrd, R_OK)) < 0 ||
+            (r = check_reach(c, &reasons, "disk", out->disk_path ? NULL : vm->spec.disk, R_OK | W_OK)) < 0 ||
+            (r = check_reach(c, &reasons, "firmware.code", vm->spec.firmware_code, R_OK)) < 0 ||
+            (r = check_reach(c, &reasons, "devices.shmem_path",
+                             path_under(out->shmem_path, vm->state_dir) ? NULL : out->shmem_path, R_OK | W_OK)) < 0)
+                return r;
+        if (reasons) {
+                *ret_reasons = TAKE_PTR(reasons);
+                return 0;
+        }
+        return 1;
+}
+
+/* The files hydrad made that QEMU opens become qemu_user's (libvirt's DAC model: exactly these, never spec.pb or
+ * state.json), the VM's directory lets its group through (0710), and the cached base of an overlay is readable by
+ * that group. A QEMU that runs as hydrad's user gets the directory back at 0700. */
+static int vm_qemu_hand_over(Vm *vm, bool as_user, HydraError *err) {
+        const HydraConfig *c = vm->ctx.config;
+        const ProvisionOutput *out = &vm->prepared;
+        const char *files[] = { out->disk_path, out->seed_path, out->firmware_vars, out->shmem_path, out->kernel,
+                                out->initrd };
+        _cleanup_free_ char *entry = NULL;
+        int r;
+
+        r = mkdir_private(vm->state_dir, as_user ? c->qemu_gid : (gid_t) -1);
+        if (r < 0)
+                return hydra_error_set(err, r, "'%s': %s", vm->state_dir, strerror(-r));
+        if (!as_user)
+                return 0;
+        for (size_t i = 0; i < ELEMENTSOF(files); i++) {
+                if (!path_under(files[i], vm->state_dir))
+                        continue;
+                /* Directories of an unpacked artifact on the way: their group passes (they are 0755 already). */
+                if (lchown(files[i], c->qemu_uid, c->qemu_gid) < 0)
+                        return hydra_error_set(err, -errno, "hand '%s' to %s: %s", files[i], c->qemu_user,
+                                               strerror(errno));
+        }
+        if (out->disk_path && cache_disk_backing_entry(vm->ctx.cache_dir, out->disk_path, &entry) > 0) {
+                _cleanup_free_ char *data = NULL;
+
+                if (asprintf(&data, "%s/data", entry) < 0) {
+                        data = NULL;
+                        return hydra_error_set(err, -ENOMEM, "out of memory");
+                }
+                if (lchown(entry, (uid_t) -1, c->qemu_gid) < 0 || chmod(entry, 0750) < 0 ||
+                    lchown(data, (uid_t) -1, c->qemu_gid) < 0 || chmod(data, 0640) < 0)
+                        return hydra_error_set(err, -errno, "let %s read the base image in '%s': %s", c->qemu_user,
+                                               entry, strerror(errno));
+        }
+        return 0;
+}
+
 int vm_launch(Vm *vm, HydraError *err) {
-        _cleanup_close_ int lfd = -EBADF, cfd = -EBADF, efd = -EBADF, pidfd = -EBADF;
+        _cleanup_close_ int lfd = -EBADF, cfd = -EBADF, console_fd = -EBADF, efd = -EBADF, pidfd = -EBADF;
+        _cleanup_strv_free_ char **root_reasons = NULL;
+        const HydraConfig *c = vm->ctx.config;
         sd_event *e = vm->ctx.event;
+        ProcessUser user;
         ProcessSpawn spawn;
+        bool as_user;
         pid_t pid;
         int r;
 
@@ -816,13 +940,27 @@ int vm_launch(Vm *vm, HydraError *err) {
         if (r < 0)
                 return r;
 
+        r = vm_qemu_user_decide(vm, &vm->prepared, &root_reasons);
+        if (r < 0)
+                return hydra_error_set(err, r, "out of memory");
+        as_user = r > 0;
+        r = vm_qemu_hand_over(vm, as_user, err);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; root_reasons && root_reasons[i]; i++)
+                log_vm_info(vm->name, "VM '%s': QEMU runs as %s, not as %s: %s", vm->name,
+                            geteuid() == 0 ? "root" : "hydrad's user", c->qemu_user, root_reasons[i]);
+
         r = vm_services_console_open(vm->services, err);
         if (r < 0)
                 return hydra_error_prefix(err, "serial console: ");
         (void) unlink(vm->qemu_console_path);
         vm_services_ready_begin(vm->services);
 
-        r = qmp_listen(vm->qmp_path, &lfd, &cfd, err);
+        r = socket_listen("QMP", vm->qmp_path, &lfd, &cfd, err);
+        if (r < 0)
+                return r;
+        r = socket_listen("console", vm->qemu_console_path, &console_fd, NULL, err);
         if (r < 0)
                 return r;
 
@@ -830,13 +968,19 @@ int vm_launch(Vm *vm, HydraError *err) {
         if (efd < 0)
                 return hydra_error_set(err, -errno, "open '%s': %s", vm->stderr_path, strerror(errno));
 
+        user = (ProcessUser) { .uid = c->qemu_uid, .gid = c->qemu_gid, .groups = c->qemu_groups,
+                               .n_groups = c->n_qemu_groups };
         spawn = (ProcessSpawn) {
                 .path = vm->argv[0],
                 .argv = vm->argv,
-                .pass_fds = &lfd,
-                .n_pass_fds = 1,
+                .pass_fds = (const int[]) { lfd, console_fd }, /* fds 3 and 4, as vm_build_argv() says */
+                .n_pass_fds = 2,
                 .stdout_fd = efd,
                 .stderr_fd = efd,
+                .user = as_user ? &user : NULL,
+                /* Its VM's directory: what QEMU opens by a relative name is there, and `ls -l /proc/PID/cwd` says
+                 * which hydrad's VM a QEMU is (its command line names no run or state path of ours any more). */
+                .cwd = vm->state_dir,
         };
         r = process_spawn(&spawn, &pid, &pidfd, err);
         if (r < 0)
@@ -861,7 +1005,8 @@ int vm_launch(Vm *vm, HydraError *err) {
         TAKE_FD(pidfd);
         (void) sd_event_source_set_description(vm->child_source, "qemu-exit");
 
-        log_vm_info(vm->name, "VM '%s': QEMU started (pid %d)", vm->name, (int) pid);
+        log_vm_info(vm->name, "VM '%s': QEMU started (pid %d, user %s)", vm->name, (int) pid,
+                    as_user ? c->qemu_user : geteuid() == 0 ? "root" : "hydrad's");
         vm_machine_register(vm);
         vm_runtime_save(vm);
         vm_ready_timer_arm(vm);
@@ -889,20 +1034,23 @@ static void vm_adopt_lost(Vm *vm, pid_t pid, const char *recorded_state, const c
         (void) vm_dispatch(vm, was_stopping ? VM_EVENT_LOST_STOPPING : VM_EVENT_LOST, was_stopping ? "stopped" : "lost");
 }
 
-/* A QEMU a previous hydrad spawned but died before recording: our uid, our QEMU binary, and our console chardev as
- * a whole argument (a path only it was given). Returns its pid or 0. */
+/* A QEMU a previous hydrad spawned but died before recording: our QEMU binary, run as hydrad's user or qemu_user,
+ * holding as fd 3 the QMP socket bound at our path (a socket is held only by whom it was given to). Returns its pid
+ * or 0. */
 static pid_t vm_find_unrecorded_qemu(Vm *vm) {
-        _cleanup_free_ char *binary = NULL, *exe = NULL, *chardev = NULL;
+        _cleanup_free_ char *binary = NULL, *exe = NULL;
         HydraError err;
+        uid_t uids[2];
 
         hydra_error_clear(&err);
         if (vm_qemu_binary(vm, &binary, &err) < 0)
                 return 0;
         exe = realpath(binary, NULL);
-        chardev = qemu_console_chardev(vm->qemu_console_path);
-        if (!exe || !chardev)
+        if (!exe)
                 return 0;
-        return process_find_by_option(exe, "-chardev", chardev);
+        uids[0] = geteuid();
+        uids[1] = vm->ctx.config->qemu_uid;
+        return process_find_by_socket(exe, 3, vm->qmp_path, uids, vm->ctx.config->qemu_user ? 2 : 1);
 }
 
 int vm_adopt(Vm *vm) {

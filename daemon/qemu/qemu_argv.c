@@ -162,7 +162,7 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, BootMode mod
                 { "binary", rt->binary },
                 { "name", rt->name },
                 { "qmp_path", rt->qmp_fd >= 0 ? NULL : rt->qmp_path },
-                { "console_socket", rt->console_socket },
+                { "console_socket", rt->console_fd >= 0 ? NULL : rt->console_socket },
                 { "disk_path", rt->disk_path },
                 { "disk_format", rt->disk_path ? rt->disk_format : NULL },
                 { "seed_path", rt->seed_path },
@@ -183,8 +183,8 @@ static int check_runtime(const VmSpec *spec, const QemuRuntime *rt, BootMode mod
                 return hydra_error_set(err, -EINVAL, "runtime name: not set");
         if (rt->qmp_fd < 0 && isempty(rt->qmp_path))
                 return hydra_error_set(err, -EINVAL, "runtime qmp: neither a socket fd nor a path is set");
-        if (isempty(rt->console_socket))
-                return hydra_error_set(err, -EINVAL, "runtime console_socket: not set");
+        if (rt->console_fd < 0 && isempty(rt->console_socket))
+                return hydra_error_set(err, -EINVAL, "runtime console: neither a socket fd nor a path is set");
 
         /* What the spec asks for must have been resolved to a file by the caller. */
         if (!isempty(spec->disk) && isempty(rt->disk_path))
@@ -351,15 +351,6 @@ static void add_firmware(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *
         builder_addf(b, "if=pflash,format=raw,file=%s", vars);
 }
 
-char *qemu_console_chardev(const char *socket_path) {
-        _cleanup_free_ char *path = qemu_escape_comma(socket_path);
-        char *s;
-
-        if (!path || asprintf(&s, "socket,id=console,path=%s,server=on,wait=off", path) < 0)
-                return NULL;
-        return s;
-}
-
 static void add_monitor_and_console(ArgvBuilder *b, const QemuRuntime *rt) {
         _cleanup_free_ char *qmp = NULL, *console = NULL;
 
@@ -375,11 +366,13 @@ static void add_monitor_and_console(ArgvBuilder *b, const QemuRuntime *rt) {
 
         /* The serial console is a socket QEMU listens on and hydrad reads (console.c): hydrad keeps the log and
          * lets people attach. wait=off: a guest never blocks on a missing reader. */
-        console = qemu_console_chardev(rt->console_socket);
-        if (!console && b->r >= 0)
-                b->r = -ENOMEM;
         builder_add(b, "-chardev");
-        builder_add(b, console);
+        if (rt->console_fd >= 0)
+                builder_addf(b, "socket,id=console,fd=%d,server=on,wait=off", rt->console_fd);
+        else {
+                console = builder_escape(b, rt->console_socket);
+                builder_addf(b, "socket,id=console,path=%s,server=on,wait=off", console);
+        }
         builder_add(b, "-serial");
         builder_add(b, "chardev:console");
 }
@@ -484,6 +477,22 @@ static void add_shares(ArgvBuilder *b, const VmSpec *spec) {
                 (void) snprintf(tag, sizeof(tag), "host%zu", EXTRA_SHARE_FIRST_TAG + i);
                 add_virtfs(b, spec->shares.extra[i].host_path, tag);
         }
+}
+
+size_t qemu_root_features(const VmSpec *spec, const char **reasons, size_t max) {
+        size_t n = 0;
+
+        /* As add_shares() and add_devices() decide. */
+        if (spec->shares.kubelet == KUBELET_SHARES_VIRTIO && n < max)
+                reasons[n++] = "shares.kubelet virtio: QEMU's 9p server (security_model=passthrough) serves "
+                               "/var/lib/kubelet and /var/log/pods as their owners, which only root can";
+        if (spec->shares.n_extra > 0 && n < max)
+                reasons[n++] = "shares.extra: QEMU's 9p server (security_model=passthrough) serves the host "
+                               "directories as their files' owners, which only root can";
+        if (spec->devices.gpu && n < max)
+                reasons[n++] = "devices.gpu: virtio-gpu-gl renders with the host's GPU stack (a DRM render node, EGL), "
+                               "not tried as another user";
+        return n;
 }
 
 static void add_devices(ArgvBuilder *b, const VmSpec *spec, const QemuRuntime *rt) {

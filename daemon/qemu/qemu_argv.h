@@ -12,7 +12,9 @@ typedef struct QemuRuntime {
         Accel accel;               /* resolved: ACCEL_KVM or ACCEL_TCG, never ACCEL_AUTO */
         int qmp_fd;                /* >= 0: QMP listens on this inherited, already-bound socket fd */
         const char *qmp_path;      /* used when qmp_fd < 0: -chardev socket,id=qmp,path=PATH,server=on,wait=off */
-        const char *console_socket;   /* the serial console: a socket QEMU listens on, hydrad connects */
+        int console_fd;            /* >= 0: the serial console listens on this inherited, already-bound socket fd
+                                    * (hydrad binds every socket QEMU serves: QEMU needs no writable directory) */
+        const char *console_socket;   /* used when console_fd < 0: a socket QEMU binds and listens on */
         const char *disk_path;     /* the VM's disk: made by hydrad (cloud image, bare-kernel rootfs) or spec->disk;
                                     * NULL: no disk */
         const char *disk_format;   /* "qcow2" or "raw", when disk_path is set */
@@ -41,9 +43,10 @@ const char *qemu_binary_name(Arch arch); /* "qemu-system-x86_64" / "qemu-system-
 /* Appends s to a buffer-less string with every ',' doubled; returns a new string or NULL on ENOMEM. */
 char *qemu_escape_comma(const char *s);
 
-/* The -chardev value of the serial console on socket_path, exactly as the builder writes it (adoption finds an
- * unrecorded QEMU by it). A new string, or NULL on ENOMEM. */
-char *qemu_console_chardev(const char *socket_path);
+/* The features of spec whose host side needs QEMU to run as root, each as a phrase for a person, put in reasons (at
+ * most max; static strings). Returns how many. Devices and files that another user may or may not reach are the
+ * caller's to check (vm_qemu.c): these need root whatever the host's permissions. */
+size_t qemu_root_features(const VmSpec *spec, const char **reasons, size_t max);
 
 /* A host port of a forward that another process holds, as a person reads it: "host port 127.0.0.1:35000 (forward to
  * guest port 35000) is in use by another process" ("host port 0.0.0.0:5353/udp ..." for UDP). Truncated to size. */

@@ -225,6 +225,32 @@ class HttpServer:
         self.proc.wait()
 
 
+def pids_under(directory):
+    """The processes that run in a directory under directory (hydrad starts QEMU in its VM's state directory) or
+    name a path under it in their arguments (helpers, servers, QEMU's disks)."""
+    pids = set()
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{p}/cwd")
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                args = f.read()
+        except OSError:
+            continue
+        if cwd.startswith(directory + "/") or (directory + "/").encode() in args:
+            pids.add(int(p))
+    return pids
+
+
+def kill_under(directory):
+    for pid in pids_under(directory):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Daemon:
     """A private hydrad in a temporary directory; restartable on the same state and run dirs."""
 
@@ -277,7 +303,7 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         # No QEMU of ours may outlive the test.
-        subprocess.run(["pkill", "-KILL", "-f", "--", f"{self.tmp}/"], check=False)
+        kill_under(self.tmp)
         if not keep and not os.environ.get("HYDRA_KEEP_TEST_DIR"):
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -97,6 +97,22 @@ dump_logs() {
     done
 }
 
+# The processes that run in a directory under DIR (hydrad starts QEMU in its VM's state directory) or name a path
+# under DIR in their arguments (helpers, servers, QEMU's disks).
+pids_under() { # pids_under DIR
+    local p cwd
+    for p in /proc/[0-9]*; do
+        cwd=$(readlink "$p/cwd" 2>/dev/null) || continue
+        [[ $cwd == "$1"/* ]] && echo "${p#/proc/}"
+    done
+    pgrep -f -- "$1/" || true
+}
+kill_under() { # kill_under DIR: SIGKILL to pids_under DIR
+    local pids
+    pids=$(pids_under "$1" | sort -u | grep -vx "$$" || true)
+    [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+}
+
 cleanup() {
     local rc=$?
     if [ -n "$HYDRAD_PID" ]; then
@@ -104,7 +120,7 @@ cleanup() {
         wait "$HYDRAD_PID" 2>/dev/null || true
     fi
     # No QEMU of ours may outlive the test.
-    pkill -KILL -f -- "$T/" 2>/dev/null || true
+    kill_under "$T"
     if [ $FAIL -ne 0 ] || [ $rc -ne 0 ]; then dump_logs; fi
     [ -n "${HYDRA_KEEP_TEST_DIR:-}" ] || rm -rf "$T"
 }

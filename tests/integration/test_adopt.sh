@@ -5,7 +5,7 @@
 # in progress, and never leaves a QEMU behind.
 . "$(dirname "$0")/lib.sh"
 
-qemu_count() { pgrep -c -f -- "$RUN/" || true; }  # the console socket is in the argv
+qemu_count() { pids_under "$STATE" | sort -u | wc -l; }  # QEMU runs in its VM's state directory
 state_of() { ctl --json status "$1" | json state; }
 state_is() { test "$(state_of "$1")" = "$2"; }
 both_booted() { console_has isolated 'hydra-guest: booted' 1 && console_has host 'hydra-guest: booted' 1; }

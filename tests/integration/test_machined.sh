@@ -12,7 +12,7 @@ if [ ! -x /usr/bin/dbus-daemon ] || [ ! -x "$FAKE" ]; then
     exit 77
 fi
 
-# A private bus on which anyone may own any name (the cleanup's pkill of "$T/" ends it and the fake).
+# A private bus on which anyone may own any name (the cleanup's kill_under "$T" ends it and the fake).
 cat >"$T/bus.conf" <<EOF
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">

@@ -37,7 +37,7 @@ import time
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, Hydra, guest_spec, note, rpc_error, wait_for  # noqa: E402
+from hydra_client import Checks, Hydra, guest_spec, kill_under, note, rpc_error, wait_for  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 HYDRACTL = os.environ["HYDRACTL"]
@@ -212,7 +212,7 @@ def part_activation():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        subprocess.run(["pkill", "-KILL", "-f", "--", f"{tmp}/"], check=False)
+        kill_under(tmp)
         notify.close()
         log.close()
         sock.close()
@@ -491,7 +491,7 @@ def part_journal():
               entries and all(not e.get("CODE_FILE", "").endswith("log.c") for e in entries)
               and any(e.get("CODE_FILE", "").endswith("vm.c") for e in entries), entries[:3])
     finally:
-        subprocess.run(["pkill", "-KILL", "-f", "--", f"{tmp}/"], check=False)
+        kill_under(tmp)
         if not os.environ.get("HYDRA_KEEP_TEST_DIR"):
             subprocess.run(["rm", "-rf", tmp], check=False)
 

@@ -127,6 +127,10 @@ void vm_stop_advance(Vm *vm, StopStage stage);
 void vm_drives_clear(Vm *vm);
 int vm_qemu_binary(Vm *vm, char **ret, HydraError *err);
 int vm_build_argv(Vm *vm, const ProvisionOutput *out, char ***ret_argv, HydraError *err);
+/* Whether QEMU runs as hydrad.conf's qemu_user with what out prepared: 1 yes; 0 no, as hydrad's user (no
+ * qemu_user, or *ret_reasons (a strv) says what keeps it root: a feature, a device or a file it cannot reach);
+ * -ENOMEM. */
+int vm_qemu_user_decide(Vm *vm, const ProvisionOutput *out, char ***ret_reasons);
 uint64_t vm_uptime_usec(const Vm *vm);
 
 /* --- vm_records.c --- */
