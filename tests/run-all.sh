@@ -16,8 +16,8 @@ cmake --build build
 echo "=== unit tests"
 ctest --test-dir build -L unit -j2 --output-on-failure
 
-echo "=== package (the .deb built, listed, extracted, verified, lintian; the container image built and run with"
-echo "    podman; packaging/README.md)"
+echo "=== package (the .deb built, listed, extracted, verified, lintian, installed under a real systemd in a"
+echo "    container; the container image built and run with podman; packaging/README.md)"
 ctest --test-dir build -L package --output-on-failure
 
 echo "=== integration tests (real QEMU, TCG)"

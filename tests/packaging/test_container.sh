@@ -16,7 +16,6 @@ set -uo pipefail
 : "${HYDRAD:?HYDRAD must name the hydrad binary}"
 : "${HYDRACTL:?HYDRACTL must name the hydractl binary}"
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-CACHE=${HYDRA_CONTAINER_CACHE:-/var/cache/hydra-e2e/container}
 PASS=0
 FAIL=0
 T0=$SECONDS
@@ -46,45 +45,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Our own storage (the cache, shared by runs) and settings: the ulimits podman would set by default (nofile
-# 1048576) are above this machine's hard limits, which a container may not raise.
-mkdir -p "$CACHE"
-cat >"$T/storage.conf" <<EOF
-[storage]
-driver = "overlay"
-graphroot = "$CACHE/storage"
-runroot = "/run/hydra-container-test/storage"
-EOF
-nofile=$(ulimit -Hn)
-nproc=$(ulimit -Hu)
-[ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
-cat >"$T/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
-EOF
-export CONTAINERS_STORAGE_CONF=$T/storage.conf CONTAINERS_CONF=$T/containers.conf
-
-# --- the base image: Debian 12 from mmdebstrap (its sources are the host's mirror), imported once ---
-BASE=localhost/hydra-test/debian:bookworm
-SOURCES=("deb http://deb.debian.org/debian bookworm main"
-    "deb http://deb.debian.org/debian bookworm-updates main"
-    "deb http://deb.debian.org/debian-security bookworm-security main")
-key=$(printf '%s\n' minbase "${SOURCES[@]}" | sha256sum | cut -c1-16)
-exec 9>"$CACHE/.lock"
-flock 9 # one builder at a time; the layers are then shared
-if [ "$(podman image inspect --format '{{index .Labels "hydra.base-key"}}' "$BASE" 2>/dev/null)" != "$key" ]; then
-    echo "# building the base image (mmdebstrap bookworm, minbase; cached in $CACHE)"
-    t=$SECONDS
-    if ! mmdebstrap --variant=minbase --quiet bookworm "$T/base.tar" "${SOURCES[@]}" >"$T/mmdebstrap.log" 2>&1; then
-        cat "$T/mmdebstrap.log" >&2
-        not_ok "mmdebstrap bookworm"
-        echo "$PASS passed, $FAIL failed"
-        exit 1
-    fi
-    podman import --change "LABEL hydra.base-key=$key" --change 'CMD ["/bin/bash"]' "$T/base.tar" "$BASE" \
-        >/dev/null
-    rm -f "$T/base.tar"
-    echo "# base image in $((SECONDS - t)) s"
+# podman's storage in the cache, the base image (tests/packaging/podman_lib.sh).
+. "$SRC/tests/packaging/podman_lib.sh"
+podman_setup
+if ! build_base; then
+    echo "$PASS passed, $FAIL failed"
+    exit 1
 fi
 
 # --- the image: loose binaries from the build directory; an ASan build needs its run-time libraries too ---

@@ -5,7 +5,8 @@
 # render without a warning, the completion loads, sysusers.d and tmpfiles.d apply to the scratch root, and
 # `systemd-analyze verify --root` passes on the units without a word; lintian reports no error (its warnings are
 # printed); `cmake --install` of the same build tree installs exactly the package's files, with the same contents
-# (but debhelper's own changelog and copyright, and its compression and stripping).
+# (but debhelper's own changelog and copyright, and its compression and stripping). The package is kept in
+# /var/cache/hydra-e2e/deb for test_systemd.sh, which installs it under a real systemd.
 # Prints "ok - ..."/"not ok - ..." lines, then "N passed, N failed". Label "package" (tests/run-all.sh).
 set -uo pipefail
 
@@ -56,6 +57,10 @@ if ! deb=$("$SRC/packaging/build-deb.sh" -o "$scratch/out" -w "$scratch/work"); 
     exit 1
 fi
 ok "packaging/build-deb.sh built $(basename "$deb") in $((SECONDS - start)) s"
+# Kept for test_systemd.sh, which installs the same tree's package under a real systemd.
+T=$scratch
+. "$SRC/tests/packaging/podman_lib.sh"
+store_deb "$SRC" "$deb"
 version=$(dpkg-deb -f "$deb" Version)
 grep -E ': (warning|error): ' "$scratch/work/dpkg-buildpackage.log" | sed 's/^/# build: /'
 
