@@ -316,15 +316,8 @@ def main():
     finally:
         if d.proc and d.proc.poll() is None:
             d.stop()
-        # QEMUs of this run only: their command line names this run's directory.
-        for p in os.listdir("/proc"):
-            if p.isdigit():
-                try:
-                    argv = open(f"/proc/{p}/cmdline", "rb").read()
-                except OSError:
-                    continue
-                if b"qemu-system" in argv and f"{tmp}/".encode() in argv:
-                    os.kill(int(p), signal.SIGKILL)
+        # QEMUs of this run only: they run in this run's directory (hydrad starts QEMU in its VM's state dir).
+        hc.kill_under(tmp)
         subprocess.run(["rm", "-rf", tmp], check=False)
 
     if args.json:

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 /* Our own CODE_FILE= and CODE_LINE= (the caller's), not sd_journal_send()'s (log_internal's). */
 #define SD_JOURNAL_SUPPRESS_LOCATION 1
 #include <systemd/sd-journal.h>
@@ -58,9 +59,20 @@ void log_open(void) {
         use_journal = st.st_dev == (dev_t) dev && st.st_ino == (ino_t) ino;
 }
 
+/* Appends "NAME=value" (fmt's output, cut to size) to iov as a journal field. */
+static void add_field(struct iovec *iov, size_t *n, char *buf, size_t size, const char *fmt, ...) _printf_(5, 6);
+static void add_field(struct iovec *iov, size_t *n, char *buf, size_t size, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, size, fmt, ap);
+        va_end(ap);
+        iov[(*n)++] = (struct iovec) { buf, strlen(buf) };
+}
+
 int log_internal(int level, int error, const char *vm, const char *state, const char *file, int line, const char *fmt,
                  ...) {
-        char buf[2048];
+        char msg[sizeof("MESSAGE=") - 1 + 2048] = "MESSAGE=", *buf = msg + sizeof("MESSAGE=") - 1;
         va_list ap;
 
         if (error < 0)
@@ -70,21 +82,24 @@ int log_internal(int level, int error, const char *vm, const char *state, const 
 
         errno = error; /* so that %m prints strerror(error) */
         va_start(ap, fmt);
-        (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+        (void) vsnprintf(buf, sizeof(msg) - (size_t) (buf - msg), fmt, ap);
         va_end(ap);
 
         if (use_journal) {
-                char lf[32];
-                (void) snprintf(lf, sizeof(lf), "CODE_LINE=%d", line);
+                /* One entry, field by field: VM= and HYDRA_STATE= only when there are such. */
+                char priority[32], vm_field[64], state_field[64], code_file[512], code_line[32];
+                struct iovec iov[6];
+                size_t n = 0;
+
+                iov[n++] = (struct iovec) { msg, strlen(msg) };
+                add_field(iov, &n, priority, sizeof(priority), "PRIORITY=%i", level);
+                if (vm)
+                        add_field(iov, &n, vm_field, sizeof(vm_field), "VM=%s", vm);
                 if (vm && state)
-                        (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "VM=%s", vm,
-                                               "HYDRA_STATE=%s", state, "CODE_FILE=%s", file, lf, NULL);
-                else if (vm)
-                        (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "VM=%s", vm,
-                                               "CODE_FILE=%s", file, lf, NULL);
-                else
-                        (void) sd_journal_send("MESSAGE=%s", buf, "PRIORITY=%i", level, "CODE_FILE=%s", file, lf,
-                                               NULL);
+                        add_field(iov, &n, state_field, sizeof(state_field), "HYDRA_STATE=%s", state);
+                add_field(iov, &n, code_file, sizeof(code_file), "CODE_FILE=%s", file);
+                add_field(iov, &n, code_line, sizeof(code_line), "CODE_LINE=%d", line);
+                (void) sd_journal_sendv(iov, (int) n);
         } else {
                 struct timespec ts;
                 struct tm tm;

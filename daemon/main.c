@@ -294,14 +294,18 @@ int main(int argc, char *argv[]) {
         for (Role role = 0; role < _ROLE_MAX; role++)
                 vm_set_cri_fallback(manager_get_vm(d.manager, role), api_cri_fallback(d.api, role));
 
-        r = manager_subscribe(d.manager, -1, on_vm_event, &d, &d.status_sub);
-        if (r < 0) {
-                log_error_errno(r, "cannot follow the VMs' states: %m");
-                goto out;
+        /* STATUS= only for a service manager that listens ($NOTIFY_SOCKET, which children do not inherit). */
+        if (getenv("NOTIFY_SOCKET")) {
+                r = manager_subscribe(d.manager, -1, on_vm_event, &d, &d.status_sub);
+                if (r < 0) {
+                        log_error_errno(r, "cannot follow the VMs' states: %m");
+                        goto out;
+                }
         }
         /* Ready: the API serves, and every QEMU a previous hydrad left is adopted (manager_load). */
         (void) sd_notify(0, "READY=1");
-        notify_status(&d);
+        if (d.status_sub)
+                notify_status(&d);
         manager_autostart(d.manager);
         log_info("hydrad ready (state %s, run %s, on-exit %s)", d.config.state_dir, d.config.run_dir,
                  on_exit_to_string(d.config.on_exit));

@@ -67,18 +67,20 @@ def gone(pid):
 
 
 def qemus(*under):
-    """Live QEMU processes whose command line names a path under one of `under` (this test's own directories:
-    depending on the spec, a QEMU's command line names the state dir (disk, seed), the run dir (console socket),
-    or both)."""
+    """Live QEMU processes that run in, or whose command line names a path under, one of `under` (this test's own
+    directories: hydrad starts QEMU in its VM's state directory, and depending on the spec its command line names
+    the state dir too (disk, seed))."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             argv = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            cwd = os.readlink(f"/proc/{d}/cwd") + "/"
         except OSError:
             continue
-        if argv and b"qemu-system" in argv[0] and any(u.encode() in a for a in argv for u in under) \
+        if argv and b"qemu-system" in argv[0] and \
+                any(u.encode() in a or cwd.startswith(u.rstrip("/") + "/") for a in argv for u in under) \
                 and alive(int(d)):
             out.append(int(d))
     return sorted(out)

@@ -37,7 +37,7 @@ import time
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
-from hydra_client import Checks, Hydra, guest_spec, kill_under, note, rpc_error, wait_for  # noqa: E402
+from hydra_client import Checks, Hydra, guest_spec, kill_under, note, wait_for  # noqa: E402
 
 HYDRAD = os.environ["HYDRAD"]
 HYDRACTL = os.environ["HYDRACTL"]
