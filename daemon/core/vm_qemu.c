@@ -886,6 +886,62 @@ int vm_qemu_user_decide(Vm *vm, const ProvisionOutput *out, char ***ret_reasons)
         return 1;
 }
 
+/* file, below top (a directory): top and every directory on the way get gid with g+x, file gid with g+r. */
+static int let_group_read(const char *top, const char *file, gid_t gid) {
+        _cleanup_free_ char *p = strdup(file);
+        size_t n = strlen(top);
+        struct stat st;
+
+        if (!p)
+                return -ENOMEM;
+        if (strncmp(p, top, n) != 0 || p[n] != '/')
+                return -EINVAL;
+        for (char *slash = p + n; slash; slash = strchr(slash + 1, '/')) {
+                *slash = '\0';
+                if (lstat(p, &st) < 0)
+                        return -errno;
+                if (!S_ISDIR(st.st_mode))
+                        return -ENOTDIR;
+                if (lchown(p, (uid_t) -1, gid) < 0 || chmod(p, (st.st_mode & 07777) | S_IXGRP) < 0)
+                        return -errno;
+                *slash = '/';
+        }
+        if (lstat(file, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return -EINVAL;
+        if (lchown(file, (uid_t) -1, gid) < 0 || chmod(file, (st.st_mode & 07777) | S_IRGRP) < 0)
+                return -errno;
+        return 0;
+}
+
+/* A disk hydrad made names, if any, a backing file in the download cache (an overlay on a cloud image) or in the
+ * VM's unpacked artifact (a bare-kernel rootfs). Anything else was written into its header since: a QEMU running as
+ * qemu_user owns the disk, and a compromised one could name /etc/shadow for a later QEMU run as root to read. */
+static int vm_check_disk_backing(Vm *vm, HydraError *err) {
+        const char *disk = vm->prepared.disk_path;
+        _cleanup_free_ char *backing = NULL, *entry = NULL, *real = NULL, *artifact = NULL;
+        int r;
+
+        if (!path_under(disk, vm->state_dir))
+                return 0;
+        r = qcow2_backing_file(disk, &backing);
+        if (r <= 0)
+                return r < 0 ? hydra_error_set(err, r, "read the disk '%s': %s", disk, strerror(-r)) : 0;
+        if (cache_disk_backing_entry(vm->ctx.cache_dir, disk, &entry) > 0)
+                return 0;
+        real = realpath(backing, NULL);
+        if (asprintf(&artifact, "%s/artifact", vm->state_dir) < 0) {
+                artifact = NULL;
+                return hydra_error_set(err, -ENOMEM, "out of memory");
+        }
+        if (real && path_under(real, artifact))
+                return 0;
+        return hydra_error_set(err, -EPERM, "the disk '%s' names a backing file outside hydrad's download cache and the "
+                               "VM's artifact ('%s'): its header was changed after hydrad made it; not started "
+                               "(remove the disk: the next start makes it again)", disk, backing);
+}
+
 /* The files hydrad made that QEMU opens become qemu_user's (libvirt's DAC model: exactly these, never spec.pb or
  * state.json), the VM's directory lets its group through (0710), and the cached base of an overlay is readable by
  * that group. A QEMU that runs as hydrad's user gets the directory back at 0700. */
@@ -894,7 +950,7 @@ static int vm_qemu_hand_over(Vm *vm, bool as_user, HydraError *err) {
         const ProvisionOutput *out = &vm->prepared;
         const char *files[] = { out->disk_path, out->seed_path, out->firmware_vars, out->shmem_path, out->kernel,
                                 out->initrd };
-        _cleanup_free_ char *entry = NULL;
+        _cleanup_free_ char *entry = NULL, *base = NULL;
         int r;
 
         r = mkdir_private(vm->state_dir, as_user ? c->qemu_gid : (gid_t) -1);
@@ -910,17 +966,14 @@ static int vm_qemu_hand_over(Vm *vm, bool as_user, HydraError *err) {
                         return hydra_error_set(err, -errno, "hand '%s' to %s: %s", files[i], c->qemu_user,
                                                strerror(errno));
         }
-        if (out->disk_path && cache_disk_backing_entry(vm->ctx.cache_dir, out->disk_path, &entry) > 0) {
-                _cleanup_free_ char *data = NULL;
-
-                if (asprintf(&data, "%s/data", entry) < 0) {
-                        data = NULL;
-                        return hydra_error_set(err, -ENOMEM, "out of memory");
-                }
-                if (lchown(entry, (uid_t) -1, c->qemu_gid) < 0 || chmod(entry, 0750) < 0 ||
-                    lchown(data, (uid_t) -1, c->qemu_gid) < 0 || chmod(data, 0640) < 0)
-                        return hydra_error_set(err, -errno, "let %s read the base image in '%s': %s", c->qemu_user,
-                                               entry, strerror(errno));
+        /* The cached base: its entry and the directories down to it let the group through, the file is readable by
+         * it (vm_check_disk_backing() made sure it is in the cache). */
+        if (out->disk_path && cache_disk_backing_entry(vm->ctx.cache_dir, out->disk_path, &entry) > 0 &&
+            qcow2_backing_file(out->disk_path, &base) > 0) {
+                r = let_group_read(entry, base, c->qemu_gid);
+                if (r < 0)
+                        return hydra_error_set(err, r, "let %s read the base image '%s': %s", c->qemu_user, base,
+                                               strerror(-r));
         }
         return 0;
 }
@@ -940,6 +993,9 @@ int vm_launch(Vm *vm, HydraError *err) {
         if (r < 0)
                 return r;
 
+        r = vm_check_disk_backing(vm, err);
+        if (r < 0)
+                return r;
         r = vm_qemu_user_decide(vm, &vm->prepared, &root_reasons);
         if (r < 0)
                 return hydra_error_set(err, r, "out of memory");

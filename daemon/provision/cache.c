@@ -58,12 +58,11 @@ static char *entry_of(const char *dir, const char *path) {
         return asprintf(&s, "%.*s", (int) (slash - path), path) < 0 ? NULL : s;
 }
 
-int cache_disk_backing_entry(const char *cache_dir, const char *disk, char **ret) {
+int qcow2_backing_file(const char *disk, char **ret) {
         _cleanup_close_ int fd = open(disk, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        _cleanup_free_ char *name = NULL, *abs = NULL, *real_cache = NULL, *real_name = NULL;
+        _cleanup_free_ char *name = NULL;
         unsigned char h[20];
         uint64_t offset, size;
-        char *entry;
         ssize_t n;
 
         if (fd < 0)
@@ -89,14 +88,29 @@ int cache_disk_backing_entry(const char *cache_dir, const char *disk, char **ret
         if (name[0] != '/') {
                 /* relative to the overlay's directory */
                 const char *slash = strrchr(disk, '/');
+                char *abs;
+
                 if (asprintf(&abs, "%.*s/%s", slash ? (int) (slash - disk) : 1, slash ? disk : ".", name) < 0)
                         return -ENOMEM;
-        }
-        entry = entry_of(cache_dir, abs ?: name);
+                *ret = abs;
+        } else
+                *ret = TAKE_PTR(name);
+        return 1;
+}
+
+int cache_disk_backing_entry(const char *cache_dir, const char *disk, char **ret) {
+        _cleanup_free_ char *name = NULL, *real_cache = NULL, *real_name = NULL;
+        char *entry;
+        int r;
+
+        r = qcow2_backing_file(disk, &name);
+        if (r <= 0)
+                return r;
+        entry = entry_of(cache_dir, name);
         if (!entry) {
                 /* the same directory by another path (a symlink, "..") */
                 real_cache = realpath(cache_dir, NULL);
-                real_name = realpath(abs ?: name, NULL);
+                real_name = realpath(name, NULL);
                 if (real_cache && real_name) {
                         _cleanup_free_ char *e = entry_of(real_cache, real_name);
                         const char *key = e ? e + strlen(real_cache) + 1 : NULL;

@@ -19,6 +19,10 @@
  * none). NULL on ENOMEM. */
 char **cache_vm_disks(const char *state_dir, int except_role);
 
+/* The backing file disk's qcow2 header names, a relative name taken from disk's directory. Returns 1 with *ret, 0
+ * (none, not a qcow2, no such disk, a name longer than qcow2 allows), or -errno. */
+int qcow2_backing_file(const char *disk, char **ret);
+
 /* The entry directory that holds disk's backing file, or NULL (none, not a qcow2 overlay, not in cache_dir).
  * Reads the qcow2 header (docs/interop/qcow2.txt). Returns 1 with *ret, 0, or -errno. */
 int cache_disk_backing_entry(const char *cache_dir, const char *disk, char **ret);

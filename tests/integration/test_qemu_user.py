@@ -7,7 +7,8 @@
     the run directory); exactly the files QEMU opens became nobody's (the overlay, the seed), the cached base is
     readable by nobody's group, the VM's directory lets that group through (0710) and spec.pb / state.json stay
     root's 0600. hydrad killed -9 and its runtime record lost: the next hydrad finds the QEMU by the QMP socket it
-    holds (not by its uid or arguments) and takes it back; it stops.
+    holds (not by its uid or arguments) and takes it back; it stops. The overlay's header rewritten to name
+    /etc/shadow as its backing file (what a QEMU taken over by its guest could do): the next start is refused.
  2. A spec that keeps QEMU root (a host directory shared over 9p, a disk in a directory nobody cannot enter):
     PlanVm and `hydractl plan` say root and why, each reason naming the feature or the file; QEMU runs as root;
     hydrad's log says why.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
+import grpc  # noqa: E402
 from hydra.v1 import hydra_pb2 as pb  # noqa: E402
 from hydra_client import Checks, Daemon, HttpServer, note, wait_booted, wait_for  # noqa: E402
 
@@ -125,8 +127,9 @@ def main():
               owner(state)[2] & 0o005 == 0o001, oct(owner(state)[2]))
         check("the cache: 0710 root:nogroup", owner(f"{state}/cache") == (0, NOBODY, 0o710), owner(f"{state}/cache"))
         bases = [os.path.join(r, "data") for r, _, fs in os.walk(f"{state}/cache") if "data" in fs]
-        check("the cached base: 0640 in nobody's group, still root's",
-              len(bases) == 1 and owner(bases[0]) == (0, NOBODY, 0o640), [(b, owner(b)) for b in bases])
+        check("the cached base: in nobody's group and readable by it, still root's",
+              len(bases) == 1 and owner(bases[0])[:2] == (0, NOBODY) and owner(bases[0])[2] & 0o040,
+              [(b, owner(b)) for b in bases])
         metas = [os.path.join(r, "meta.json") for r, _, fs in os.walk(f"{state}/cache") if "meta.json" in fs]
         check("the cache's meta.json stays root's 0600", metas and all(owner(m) == (0, 0, 0o600) for m in metas),
               [(m, owner(m)) for m in metas])
@@ -146,6 +149,19 @@ def main():
         check("adopted: running, the same pid", vm.state == pb.VM_STATE_RUNNING and vm.pid == pid, (vm.state, vm.pid))
         api.StopVm(pb.StopVmRequest(role=ISO, force=True), timeout=60)
         check("stopped (QMP and signals reach nobody's QEMU)", wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20))
+
+        # The overlay is nobody's: a QEMU taken over by its guest could rewrite its header to name any file as its
+        # backing, for a later QEMU run as root to read. hydrad refuses a disk whose backing left the cache.
+        run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", f"{vmdir}/disk.qcow2")
+        try:
+            api.StartVm(pb.StartVmRequest(role=ISO), timeout=60)
+            refused = None
+        except grpc.RpcError as e:
+            refused = e.details()
+        check("a disk whose header names a backing file outside the cache is not started",
+              refused and "names a backing file outside hydrad's download cache" in refused
+              and "'/etc/shadow'" in refused, refused)
+        os.unlink(f"{vmdir}/disk.qcow2")
 
         # --- 2. a spec that keeps QEMU root ---
         os.makedirs(f"{tmp}/share")
