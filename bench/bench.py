@@ -27,12 +27,18 @@ import benchenv
 
 
 class Hydrad:
-    def __init__(self, build, tmp):
+    def __init__(self, build, tmp, qemu_user=None):
         self.sock = f"{tmp}/run/hydra.sock"
         self.ctl = f"{build}/hydractl"
         self.log = open(f"{tmp}/hydrad.log", "w")
-        self.proc = subprocess.Popen([f"{build}/hydrad", "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run"],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        conf = []
+        if qemu_user:
+            os.chmod(tmp, 0o755)  # QEMU, as that user, passes through to its VM's directory
+            with open(f"{tmp}/hydrad.conf", "w") as f:
+                f.write(f"[hydrad]\nqemu_user = {qemu_user}\n")
+            conf = ["--config", f"{tmp}/hydrad.conf"]
+        self.proc = subprocess.Popen([f"{build}/hydrad", "--state-dir", f"{tmp}/state", "--run-dir", f"{tmp}/run"]
+                                     + conf, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             if subprocess.run([self.ctl, "--socket", self.sock, "health"], capture_output=True).returncode == 0:
@@ -101,13 +107,14 @@ def write_spec(path, guest):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--qemu-user", help="hydrad.conf qemu_user (e.g. nobody): QEMU started as that user")
     args = benchenv.parse_args(ap)
     build, guest = args.build, args.guest
     from hydra_client import connect, kill_under, pb, rss_kib, wait_booted  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="hydra-bench.")
     results = {}
 
-    d = Hydrad(build, tmp)
+    d = Hydrad(build, tmp, args.qemu_user)
     try:
         time.sleep(1.0)
         results["rss_idle_kib"] = rss_kib(d.proc.pid)
