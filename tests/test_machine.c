@@ -42,7 +42,7 @@ static int read_properties(sd_bus_message *m, char *buf, size_t size) {
                 return r;
         while ((r = sd_bus_message_enter_container(m, 'r', "sv")) > 0) {
                 const char *name, *contents;
-                char value[128] = "?";
+                char value[256] = "?";
                 char type;
 
                 r = sd_bus_message_read(m, "s", &name);
@@ -66,6 +66,18 @@ static int read_properties(sd_bus_message *m, char *buf, size_t size) {
                         int b;
                         r = sd_bus_message_read(m, "b", &b);
                         (void) snprintf(value, sizeof(value), "%s", b ? "true" : "false");
+                } else if (streq(contents, "a(ss)")) {
+                        /* DeviceAllow: "PATH ACCESS;..." */
+                        const char *path, *access;
+                        size_t n = 0;
+
+                        value[0] = '\0';
+                        r = sd_bus_message_enter_container(m, 'a', "(ss)");
+                        while (r >= 0 && (r = sd_bus_message_read(m, "(ss)", &path, &access)) > 0)
+                                n += (size_t) snprintf(value + n, n < sizeof(value) ? sizeof(value) - n : 0, "%s%s %s",
+                                                       n ? ";" : "", path, access);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
                 } else
                         r = sd_bus_message_skip(m, contents);
                 if (r < 0)
@@ -381,13 +393,13 @@ static void run_until(sd_event *e, const bool *flag) {
         }
 }
 
-/* Registers name for vm_pid with limits; returns what done said. */
-static Result register_vm(sd_event *e, Machined *m, const char *name, const MachineLimits *limits) {
+/* Registers name for vm_pid with props; returns what done said. */
+static Result register_vm(sd_event *e, Machined *m, const char *name, const MachineProperties *props) {
         Result res = {};
         MachineJob *j = NULL;
         HydraError err = {};
 
-        ck_assert_msg(machine_register(m, name, vm_pid, limits, on_done, &res, &j, &err) == 0, "%s", err.message);
+        ck_assert_msg(machine_register(m, name, vm_pid, props, on_done, &res, &j, &err) == 0, "%s", err.message);
         run_until(e, &res.done);
         /* A little longer: done comes once. */
         for (int i = 0; i < 5; i++)
@@ -412,6 +424,32 @@ START_TEST(test_cpu_quota_and_scope_name) {
 }
 END_TEST
 
+/* hydrad.service's DevicePolicy=closed and DeviceAllow= lines, as the fake records them. */
+#define DEVICES                                                                                                \
+        "DevicePolicy=s:closed,DeviceAllow=a(ss):/dev/kvm rw;/dev/net/tun rw;/dev/vhost-net rw;/dev/vhost-vsock rw"
+
+/* The scope's list is the unit's: DEVICES above against systemd/hydrad.service.in's DevicePolicy= and DeviceAllow=. */
+START_TEST(test_device_list_is_the_units) {
+        char line[512], unit[4096] = "";
+        size_t n = 0;
+        FILE *f = fopen(TEST_DATA_DIR "/../../systemd/hydrad.service.in", "re");
+
+        ck_assert_ptr_nonnull(f);
+        while (fgets(line, sizeof(line), f)) {
+                line[strcspn(line, "\n")] = '\0';
+                if (strncmp(line, "DevicePolicy=", 13) == 0)
+                        n += (size_t) snprintf(unit + n, sizeof(unit) - n, "DevicePolicy=s:%s,DeviceAllow=a(ss):",
+                                               line + 13);
+                else if (strncmp(line, "DeviceAllow=", 12) == 0)
+                        n += (size_t) snprintf(unit + n, sizeof(unit) - n, "%s%s",
+                                               n == 0 || unit[n - 1] == ':' ? "" : ";", line + 12);
+                ck_assert_uint_lt(n, sizeof(unit));
+        }
+        fclose(f);
+        ck_assert_str_eq(unit, DEVICES);
+}
+END_TEST
+
 START_TEST(test_create_machine_arguments) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         Machined *m = NULL;
@@ -425,22 +463,37 @@ START_TEST(test_create_machine_arguments) {
         ck_assert_msg(why.code == 0, "%s", why.message);
 
         res = register_vm(e, m, "hydra-isolated",
-                          &(MachineLimits) { .cpu_quota_per_sec_usec = machine_cpu_quota_usec(150),
+                          &(MachineProperties) { .cpu_quota_per_sec_usec = machine_cpu_quota_usec(150),
                                              .memory_max = UINT64_C(512) * 1024 * 1024 });
         ck_assert_msg(res.r == 0, "%s", res.err.message);
         ck_assert_str_eq(res.path, "/org/freedesktop/machine1/machine/fake");
         (void) snprintf(expected, sizeof(expected),
                         "CreateMachine name=hydra-isolated id_len=0 service=hydra class=vm leader=%d root= "
-                        "props=CPUQuotaPerSecUSec=t:1500000,MemoryMax=t:536870912\n", (int) vm_pid);
+                        "props=CPUQuotaPerSecUSec=t:1500000,MemoryMax=t:536870912," DEVICES "\n", (int) vm_pid);
         ck_assert_str_eq(read_record(), expected);
 
-        /* Without limits: no properties of ours (machined adds its own: slice, delegation, collection). */
+        /* Without limits: only the device list (machined adds its own: slice, delegation, collection). */
         ck_assert_int_eq(truncate(record_path, 0), 0);
-        res = register_vm(e, m, "hydra-host", &(MachineLimits) {});
+        res = register_vm(e, m, "hydra-host", &(MachineProperties) {});
         ck_assert_msg(res.r == 0, "%s", res.err.message);
         (void) snprintf(expected, sizeof(expected),
-                        "CreateMachine name=hydra-host id_len=0 service=hydra class=vm leader=%d root= props=\n",
-                        (int) vm_pid);
+                        "CreateMachine name=hydra-host id_len=0 service=hydra class=vm leader=%d root= props=" DEVICES
+                        "\n", (int) vm_pid);
+        ck_assert_str_eq(read_record(), expected);
+
+        /* NULL: the same. */
+        ck_assert_int_eq(truncate(record_path, 0), 0);
+        res = register_vm(e, m, "hydra-host", NULL);
+        ck_assert_msg(res.r == 0, "%s", res.err.message);
+        ck_assert_str_eq(read_record(), expected);
+
+        /* devices.gpu: the DRM class too (virtio-gpu-gl's render node). */
+        ck_assert_int_eq(truncate(record_path, 0), 0);
+        res = register_vm(e, m, "hydra-host", &(MachineProperties) { .memory_max = UINT64_C(1) << 30, .gpu = true });
+        ck_assert_msg(res.r == 0, "%s", res.err.message);
+        (void) snprintf(expected, sizeof(expected),
+                        "CreateMachine name=hydra-host id_len=0 service=hydra class=vm leader=%d root= "
+                        "props=MemoryMax=t:1073741824," DEVICES ";char-drm rw\n", (int) vm_pid);
         ck_assert_str_eq(read_record(), expected);
         assert_vm_unharmed(vm_pid);
         machined_free(m);
@@ -457,7 +510,7 @@ START_TEST(test_create_machine_refused) {
         start_fake(true, 0);
         m = connect_machined(&e);
 
-        res = register_vm(e, m, "hydra-isolated", &(MachineLimits) { .memory_max = UINT64_C(1) << 30 });
+        res = register_vm(e, m, "hydra-isolated", &(MachineProperties) { .memory_max = UINT64_C(1) << 30 });
         ck_assert_int_eq(res.r, -EACCES);
         ck_assert_int_eq(res.err.code, -EACCES);
         ck_assert_msg(strstr(res.err.message, "CreateMachine('hydra-isolated'") &&
@@ -659,6 +712,7 @@ static Suite *machine_suite(void) {
         tcase_add_test(tc, test_config_machined);
         tcase_add_test(tc, test_pid_in_scope);
         tcase_add_test(tc, test_cpu_quota_and_scope_name);
+        tcase_add_test(tc, test_device_list_is_the_units);
         tcase_add_test(tc, test_create_machine_arguments);
         tcase_add_test(tc, test_create_machine_refused);
         tcase_add_test(tc, test_machined_absent);

@@ -26,7 +26,7 @@ struct MachineJob {
         Machined *machined;
         char *name;
         pid_t pid;
-        MachineLimits limits;
+        MachineProperties props;
         unsigned attempts;
         sd_bus_slot *slot;        /* the call in flight */
         sd_event_source *retry;   /* the next attempt, after MachineExists */
@@ -247,6 +247,38 @@ static int on_create_machine_reply(sd_bus_message *reply, void *userdata, sd_bus
         return 0;
 }
 
+/* hydrad.service's DevicePolicy=closed and DeviceAllow= (systemd/hydrad.service.in), again for the scope: the unit's
+ * list is its own cgroup's, and machined moves QEMU out of it, into a scope that would otherwise let it open any
+ * device node it can reach (root's QEMU: all of /dev). closed keeps systemd's pseudo-devices (/dev/null, zero, full,
+ * random, urandom, tty, ptmx, pts). A device this host lacks is skipped by systemd ("Couldn't stat device"). With
+ * devices.gpu, virtio-gpu-gl's virglrenderer opens a DRM render node (/dev/dri/renderD*): the drm class, whose
+ * nodes are numbered by the host. As nspawn does for its containers (the same two properties in CreateMachine). */
+static int append_device_allow_list(sd_bus_message *msg, bool gpu) {
+        static const char *const devices[] = { "/dev/kvm", "/dev/net/tun", "/dev/vhost-net", "/dev/vhost-vsock" };
+        int r;
+
+        r = sd_bus_message_append(msg, "(sv)", "DevicePolicy", "s", "closed");
+        if (r >= 0)
+                r = sd_bus_message_open_container(msg, 'r', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append(msg, "s", "DeviceAllow");
+        if (r >= 0)
+                r = sd_bus_message_open_container(msg, 'v', "a(ss)");
+        if (r >= 0)
+                r = sd_bus_message_open_container(msg, 'a', "(ss)");
+        for (size_t i = 0; r >= 0 && i < ELEMENTSOF(devices); i++)
+                r = sd_bus_message_append(msg, "(ss)", devices[i], "rw");
+        if (r >= 0 && gpu)
+                r = sd_bus_message_append(msg, "(ss)", "char-drm", "rw");
+        if (r >= 0)
+                r = sd_bus_message_close_container(msg);
+        if (r >= 0)
+                r = sd_bus_message_close_container(msg);
+        if (r >= 0)
+                r = sd_bus_message_close_container(msg);
+        return r;
+}
+
 /* CreateMachine(s name, ay id, s service, s class, u leader, s root_directory, a(sv) scope_properties) -> o. */
 static int job_send(MachineJob *j, HydraError *err) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *msg = NULL;
@@ -267,10 +299,12 @@ static int job_send(MachineJob *j, HydraError *err) {
                 r = sd_bus_message_append(msg, "ssus", "hydra", "vm", (uint32_t) j->pid, "");
         if (r >= 0)
                 r = sd_bus_message_open_container(msg, 'a', "(sv)");
-        if (r >= 0 && j->limits.cpu_quota_per_sec_usec > 0)
-                r = sd_bus_message_append(msg, "(sv)", "CPUQuotaPerSecUSec", "t", j->limits.cpu_quota_per_sec_usec);
-        if (r >= 0 && j->limits.memory_max > 0)
-                r = sd_bus_message_append(msg, "(sv)", "MemoryMax", "t", j->limits.memory_max);
+        if (r >= 0 && j->props.cpu_quota_per_sec_usec > 0)
+                r = sd_bus_message_append(msg, "(sv)", "CPUQuotaPerSecUSec", "t", j->props.cpu_quota_per_sec_usec);
+        if (r >= 0 && j->props.memory_max > 0)
+                r = sd_bus_message_append(msg, "(sv)", "MemoryMax", "t", j->props.memory_max);
+        if (r >= 0)
+                r = append_device_allow_list(msg, j->props.gpu);
         if (r >= 0)
                 r = sd_bus_message_close_container(msg);
         if (r < 0)
@@ -286,7 +320,7 @@ static int job_send(MachineJob *j, HydraError *err) {
         return 0;
 }
 
-int machine_register(Machined *m, const char *name, pid_t pid, const MachineLimits *limits, machine_done_t done,
+int machine_register(Machined *m, const char *name, pid_t pid, const MachineProperties *props, machine_done_t done,
                      void *userdata, MachineJob **ret, HydraError *err) {
         MachineJob *j;
         int r;
@@ -297,7 +331,7 @@ int machine_register(Machined *m, const char *name, pid_t pid, const MachineLimi
                 return hydra_error_set(err, -ENOMEM, "out of memory");
         }
         j->pid = pid;
-        j->limits = limits ? *limits : (MachineLimits) {};
+        j->props = props ? *props : (MachineProperties) {};
         j->done = done;
         j->userdata = userdata;
         j->machined = m;

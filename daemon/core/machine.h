@@ -10,8 +10,9 @@
 #include "error.h"
 
 /* Each QEMU in a transient scope of its own under machine.slice, registered with systemd-machined as a machine of
- * class vm (`machinectl list` shows hydra-host and hydra-isolated), with the spec's CPU and memory limits on the
- * scope. Over the system bus, asynchronously: the bus is attached to the loop and nothing here waits for a reply.
+ * class vm (`machinectl list` shows hydra-host and hydra-isolated), with the spec's CPU and memory limits and
+ * hydrad.service's device allow-list on the scope. Over the system bus, asynchronously: the bus is attached to the
+ * loop and nothing here waits for a reply.
  *
  * One call, machined's CreateMachine: machined starts the scope (machine-hydra\x2dROLE.scope in machine.slice, with
  * our properties added to its own) through systemd, waits for the scope's job, and only then replies. The other way,
@@ -26,11 +27,14 @@
 typedef struct Machined Machined;
 typedef struct MachineJob MachineJob;
 
-/* The scope's limits; 0: none. */
-typedef struct MachineLimits {
-        uint64_t cpu_quota_per_sec_usec;  /* systemd's CPUQuotaPerSecUSec: CPUQuota=150% is 1500000 */
-        uint64_t memory_max;              /* bytes: MemoryMax= */
-} MachineLimits;
+/* What the scope gets from us besides machined's own properties. Always DevicePolicy=closed with hydrad.service's
+ * DeviceAllow= list (/dev/kvm, /dev/net/tun, /dev/vhost-net, /dev/vhost-vsock, rw): the scope is outside the
+ * unit's cgroup, so its device list does not reach QEMU there. */
+typedef struct MachineProperties {
+        uint64_t cpu_quota_per_sec_usec;  /* systemd's CPUQuotaPerSecUSec: CPUQuota=150% is 1500000; 0: none */
+        uint64_t memory_max;              /* bytes: MemoryMax=; 0: none */
+        bool gpu;                         /* also DeviceAllow=char-drm rw (devices.gpu: the DRM render node) */
+} MachineProperties;
 
 /* CPUQuota=P% as CPUQuotaPerSecUSec (P * 10000), 0 for 0. */
 uint64_t machine_cpu_quota_usec(uint32_t percent);
@@ -54,12 +58,13 @@ Machined *machined_free(Machined *m);
  * r < 0 with err naming the call and machined's (or the bus's) error. The process is never touched either way. */
 typedef void (*machine_done_t)(MachineJob *j, int r, const char *path, const HydraError *err, void *userdata);
 
-/* Asks machined to put pid in a new scope with limits and to register it as machine name (class vm, service
- * "hydra", no id, no root directory). A name that machined still holds from a QEMU that just exited (machined
- * forgets it when the old scope goes, a moment after the exit) is asked again a few times, 300 ms apart, before the
- * job fails. Returns 0 with *ret (done follows), or a negative errno with err when nothing could be sent (no bus:
- * err says why; done is not called). The job belongs to the caller: free it once done ran, or before to cancel. */
-int machine_register(Machined *m, const char *name, pid_t pid, const MachineLimits *limits, machine_done_t done,
+/* Asks machined to put pid in a new scope with props (NULL: no limits, no GPU; the device list either way) and to
+ * register it as machine name (class vm, service "hydra", no id, no root directory). A name that machined still
+ * holds from a QEMU that just exited (machined forgets it when the old scope goes, a moment after the exit) is asked
+ * again a few times, 300 ms apart, before the job fails. Returns 0 with *ret (done follows), or a negative errno
+ * with err when nothing could be sent (no bus: err says why; done is not called). The job belongs to the caller:
+ * free it once done ran, or before to cancel. */
+int machine_register(Machined *m, const char *name, pid_t pid, const MachineProperties *props, machine_done_t done,
                      void *userdata, MachineJob **ret, HydraError *err);
 /* done will not be called. The scope and the registration, if machined made them meanwhile, stay. */
 MachineJob *machine_job_free(MachineJob *j);

@@ -783,9 +783,10 @@ static void on_machine_registered(MachineJob *j, int r, const char *path, const 
  * happens, QEMU runs on: a failure is one warning for this start. */
 static void vm_machine_register(Vm *vm) {
         _cleanup_free_ char *name = NULL;
-        MachineLimits limits = {
+        MachineProperties props = {
                 .cpu_quota_per_sec_usec = machine_cpu_quota_usec(vm->spec.resources.cpu_quota_percent),
                 .memory_max = vm->spec.resources.memory_max,
+                .gpu = vm->spec.devices.gpu,
         };
         HydraError err;
         char phrase[96];
@@ -806,7 +807,7 @@ static void vm_machine_register(Vm *vm) {
                 log_not_registered(vm, "out of memory");
                 return;
         }
-        if (machine_register(vm->ctx.machined, name, vm->pid, &limits, on_machine_registered, vm, &vm->machine_job,
+        if (machine_register(vm->ctx.machined, name, vm->pid, &props, on_machine_registered, vm, &vm->machine_job,
                              &err) < 0)
                 log_not_registered(vm, err.message);
 }

@@ -1,9 +1,10 @@
 #!/bin/bash
 # Each QEMU in a scope of its own, registered with systemd-machined (issue 13, item 2), against a private
 # dbus-daemon and the fake machined of tests/test_machine.c (sd-bus; it records every CreateMachine it gets): hydrad
-# with machined = yes sends CreateMachine for hydra-isolated with QEMU's pid and the spec's limits; a refusal leaves
-# the VM running with one warning; a restarted hydrad asks nothing for the QEMUs it adopts; without systemd as PID 1
-# (machined = auto), hydrad says once that QEMU runs as its child, and that a spec's limits are not applied.
+# with machined = yes sends CreateMachine for hydra-isolated with QEMU's pid, the spec's limits and the unit's device
+# allow-list; a refusal leaves the VM running with one warning; a restarted hydrad asks nothing for the QEMUs it
+# adopts; without systemd as PID 1 (machined = auto), hydrad says once that QEMU runs as its child, and that a spec's
+# limits are not applied.
 . "$(dirname "$0")/lib.sh"
 
 FAKE=$(dirname "$HYDRAD")/test_machine
@@ -53,8 +54,10 @@ write_guest_spec "$T/isolated.ini" "[resources]" "cpu_quota = 150%" "memory_max 
 ctl register isolated --spec "$T/isolated.ini" >/dev/null
 check "isolated starts" ctl start isolated --wait running --timeout 60
 ISO=$(ctl --json status isolated | json pid)
-LINE="CreateMachine name=hydra-isolated id_len=0 service=hydra class=vm leader=$ISO root= props=CPUQuotaPerSecUSec=t:1500000,MemoryMax=t:1073741824"
-check "machined was asked for hydra-isolated, leader QEMU's pid $ISO, CPUQuota=150% and MemoryMax=1G" \
+# The scope gets hydrad.service's device allow-list too (it is outside the unit's cgroup).
+DEVICES="DevicePolicy=s:closed,DeviceAllow=a(ss):/dev/kvm rw;/dev/net/tun rw;/dev/vhost-net rw;/dev/vhost-vsock rw"
+LINE="CreateMachine name=hydra-isolated id_len=0 service=hydra class=vm leader=$ISO root= props=CPUQuotaPerSecUSec=t:1500000,MemoryMax=t:1073741824,$DEVICES"
+check "machined was asked for hydra-isolated, leader QEMU's pid $ISO, CPUQuota=150%, MemoryMax=1G, the device list" \
     wait_until 20 grep -qxF "$LINE" "$T/calls"
 check "hydrad logs the registration and the scope" wait_until 10 grep -qF \
     "registered with systemd-machined as 'hydra-isolated' (scope machine-hydra\\x2disolated.scope in machine.slice, CPUQuota=150%, MemoryMax=1073741824)" \
@@ -70,8 +73,8 @@ write_guest_spec "$T/host.ini"
 ctl register host --spec "$T/host.ini" >/dev/null
 check "host starts although machined refuses it" ctl start host --wait running --timeout 60
 HOST=$(ctl --json status host | json pid)
-check "machined was asked for hydra-host (no limits: no properties)" wait_until 20 grep -qxF \
-    "CreateMachine name=hydra-host id_len=0 service=hydra class=vm leader=$HOST root= props=" "$T/calls"
+check "machined was asked for hydra-host (no limits: the device list only)" wait_until 20 grep -qxF \
+    "CreateMachine name=hydra-host id_len=0 service=hydra class=vm leader=$HOST root= props=$DEVICES" "$T/calls"
 check "one warning names machined's refusal" wait_until 10 sh -c \
     "test \$(grep -c \"VM 'host': QEMU (pid $HOST) is not in a scope of its own nor registered with systemd-machined: .*AccessDenied: the fake machined refuses 'hydra-host'; it runs on as hydrad's child\" '$HYDRAD_LOG') -eq 1"
 sleep 1

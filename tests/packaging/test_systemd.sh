@@ -5,8 +5,9 @@
 # namespaces and delegate the devices controller: the hardening is applied, not skipped as "container manager?").
 # Inside: `dpkg -i` of the package (postinst: sysusers, tmpfiles, the units enabled and started); hydrad.socket
 # active; a client on the socket activates hydrad.service (Type=notify: active; STATUS= text; WatchdogSec=);
-# the tiny test guest boots under TCG under the hardened unit, and each hardening setting is seen applied to its
-# QEMU (mount namespace, NoNewPrivs, seccomp, UTS namespace, hydrad.service's device list); machined registers
+# the tiny test guest boots under TCG under the hardened unit with QEMU as hydra-qemu (hydractl plan says so), and
+# each hardening setting is seen applied to its QEMU (mount namespace, NoNewPrivs, seccomp, UTS namespace); the
+# device allow-list is hydrad.service's and, exactly the same, that of QEMU's scope; machined registers
 # hydra-isolated; `systemctl restart hydrad` leaves QEMU running and the new hydrad adopts it; the journal has VM=
 # and HYDRA_STATE=; MemoryDenyWriteExecute=yes in a drop-in stops TCG from starting (the unit's comment).
 # Not tried here: /dev/kvm (this machine has none: TCG only), a host VM, cgroup v2.
@@ -152,11 +153,12 @@ else
     not_ok "postinst: sysusers made group hydra and user hydra-qemu"
     echo "$ids" | sed 's/^/#   /'
 fi
+# (/var/lib/hydra lets others pass: QEMU as hydra-qemu reaches its VM's directory through it.)
 dirs=$(in_ctr stat -c '%n %a %U %G' /run/hydra /var/lib/hydra)
-if [ "$dirs" = "$(printf '/run/hydra 750 root hydra\n/var/lib/hydra 750 root hydra')" ]; then
-    ok "postinst: tmpfiles made /run/hydra and /var/lib/hydra 0750 root:hydra"
+if [ "$dirs" = "$(printf '/run/hydra 750 root hydra\n/var/lib/hydra 751 root hydra')" ]; then
+    ok "postinst: tmpfiles made /run/hydra 0750 and /var/lib/hydra 0751, root:hydra"
 else
-    not_ok "postinst: tmpfiles made /run/hydra and /var/lib/hydra 0750 root:hydra"
+    not_ok "postinst: tmpfiles made /run/hydra 0750 and /var/lib/hydra 0751, root:hydra"
     echo "$dirs" | sed 's/^/#   /'
 fi
 en=$(in_ctr systemctl is-enabled hydrad.socket hydrad.service | xargs)
@@ -187,7 +189,7 @@ else
 fi
 
 # --- the tiny guest under the hardened unit (ProtectHome and PrivateTmp hide /root and /tmp: the spec and the
-# guest are under /srv) ---
+# guest are under /srv, which hydra-qemu may read: QEMU runs as that user, the package's qemu_user) ---
 cat >"$T/isolated.ini" <<INI
 [vm]
 cpus = 1
@@ -201,13 +203,20 @@ cmdline = console=ttyS0 panic=-1
 INI
 podman cp "$T/isolated.ini" "$NAME:/srv/isolated.ini"
 t=$SECONDS
-if out=$(in_ctr sh -c 'hydractl register isolated --spec /srv/isolated.ini && 
-        hydractl start isolated --wait running --timeout 60' 2>&1); then
+if out=$(in_ctr sh -c 'hydractl register isolated --spec /srv/isolated.ini &&
+        hydractl plan isolated >/root/plan && hydractl start isolated --wait running --timeout 60' 2>&1); then
     ok "hydractl register and start under the hardened unit"
 else
     not_ok "hydractl register and start under the hardened unit"
     echo "$out" | sed 's/^/#   /'
     finish
+fi
+plan=$(in_ctr head -1 /root/plan)
+if [ "$plan" = "# QEMU runs as hydra-qemu" ]; then
+    ok "hydractl plan isolated: '$plan' (the package's hydrad.conf qemu_user)"
+else
+    not_ok "hydractl plan isolated: '$plan'"
+    in_ctr head -5 /root/plan | sed 's/^/#   /'
 fi
 booted=
 for _ in $(seq 1 180); do
@@ -257,18 +266,42 @@ hardening "the seccomp filters (RestrictAddressFamilies=, RestrictNamespaces=, R
 RestrictSUIDSGID=, LockPersonality=, SystemCallArchitectures=, ProtectClock=, ProtectKernelModules=)" \
     grep -qx 'Seccomp:.2' "$T/status"
 hardening "LimitNOFILE=4096" grep -Eq '^Max open files +4096 +4096' <<<"$(in_ctr cat "/proc/$qpid/limits")"
-# The device allow-list is hydrad.service's cgroup's (the devices controller of cgroup v1 here); with machined,
-# QEMU runs in a scope of its own under machine.slice, which the list does not reach.
-devices=$(in_ctr cat /sys/fs/cgroup/devices/system.slice/hydrad.service/devices.list 2>&1)
-if grep -qx 'c 10:200 rw' <<<"$devices" && ! grep -q '^a ' <<<"$devices"; then
-    ok "DevicePolicy=closed, DeviceAllow=: hydrad.service may use /dev/net/tun (10:200) and the pseudo-devices only" \
-        "($(wc -l <<<"$devices") entries)"
+uid=$(in_ctr id -u hydra-qemu)
+if [ -n "$uid" ] && [ "$(awk '/^Uid:/ { print $2, $3, $4, $5 }' "$T/status")" = "$uid $uid $uid $uid" ]; then
+    ok "QEMU runs as hydra-qemu (uid $uid: real, effective, saved, file system)"
 else
-    not_ok "DevicePolicy=closed, DeviceAllow=: hydrad.service's devices.list"
-    echo "$devices" | sed 's/^/#   /'
+    not_ok "QEMU runs as hydra-qemu (uid '$uid'): $(grep '^Uid:' "$T/status")"
 fi
-echo "# QEMU's devices cgroup: $(in_ctr grep ':devices:' "/proc/$qpid/cgroup")," \
-    "uid $(awk '/^Uid:/ { print $2 }' "$T/status")"
+# The device allow-list (the devices controller of cgroup v1 here), exactly: DevicePolicy=closed's pseudo-devices
+# (systemd 252's list, rwm, and the pts class rw) and each DeviceAllow= device this container has (rw). It is
+# hydrad.service's, and machine.c gives QEMU's scope the same (the unit's list does not reach a scope under
+# machine.slice).
+want=$(in_ctr sh -c 'for d in "/dev/null rwm" "/dev/zero rwm" "/dev/full rwm" "/dev/random rwm" "/dev/urandom rwm" \
+        "/dev/tty rwm" "/dev/ptmx rwm" "/run/systemd/inaccessible/chr rwm" "/run/systemd/inaccessible/blk rwm" \
+        "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" "/dev/vhost-vsock rw"; do
+        set -- $d
+        if [ -c "$1" ]; then t=c; elif [ -b "$1" ]; then t=b; else continue; fi
+        echo "$t $((0x$(stat -L -c %t "$1"))):$((0x$(stat -L -c %T "$1"))) $2"
+    done
+    echo "c $(awk "\$2 == \"pts\" { print \$1 }" /proc/devices):* rw"' | sort)
+devlist() { in_ctr cat "/sys/fs/cgroup/devices/$1/devices.list" 2>&1 | sort; }
+unit_devices=$(devlist system.slice/hydrad.service)
+if [ "$unit_devices" = "$want" ]; then
+    ok "DevicePolicy=closed, DeviceAllow=: hydrad.service's devices.list is the allow-list" \
+        "($(wc -l <<<"$want") entries)"
+else
+    not_ok "DevicePolicy=closed, DeviceAllow=: hydrad.service's devices.list is the allow-list"
+    diff <(echo "$want") <(echo "$unit_devices") | sed 's/^/#   /'
+fi
+scope='machine.slice/machine-hydra\x2disolated.scope'
+qemu_cg=$(in_ctr grep ':devices:' "/proc/$qpid/cgroup" | cut -d: -f3)
+scope_devices=$(devlist "$scope")
+if [ "$qemu_cg" = "/$scope" ] && [ "$scope_devices" = "$want" ]; then
+    ok "QEMU's scope has the same device allow-list: $scope's devices.list ($(wc -l <<<"$want") entries)"
+else
+    not_ok "QEMU's scope has the same device allow-list (QEMU's devices cgroup: '$qemu_cg')"
+    diff <(echo "$want") <(echo "$scope_devices") | sed 's/^/#   /'
+fi
 
 # --- machined ---
 machines=$(in_ctr machinectl list --no-legend 2>&1)
