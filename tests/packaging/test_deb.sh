@@ -119,8 +119,8 @@ else
 fi
 gid=$(awk -F: '$1 == "hydra" { print $3 }' "$vroot/etc/group")
 out=$(systemd-tmpfiles --root="$vroot" --create 2>&1)
-check "tmpfiles.d: /run/hydra and /var/lib/hydra, 0750 root:hydra, no complaint" \
-    "$(printf '750 0 %s\n750 0 %s\n' "$gid" "$gid")" \
+check "tmpfiles.d: /run/hydra 0750 and /var/lib/hydra 0751 (QEMU as hydra-qemu passes), root:hydra, no complaint" \
+    "$(printf '750 0 %s\n751 0 %s\n' "$gid" "$gid")" \
     "$(stat -c '%a %u %g' "$vroot/run/hydra" "$vroot/var/lib/hydra" 2>&1)$out"
 out=$(MANPATH=$vroot/usr/share/man systemd-analyze verify --root="$vroot" hydrad.service hydrad.socket 2>&1)
 r=$?
