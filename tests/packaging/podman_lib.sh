@@ -1,8 +1,24 @@
 # shellcheck shell=bash
 # SPDX-License-Identifier: MIT
-# Sourced by the packaging tests that run podman (test_container.sh, test_systemd.sh): podman's storage and
-# settings in the shared cache, the Debian 12 base image made offline with mmdebstrap, and the Debian package of
-# the source tree, built once per tree content. The caller sets T (its scratch directory) and defines ok/not_ok.
+# Sourced by the packaging tests that run podman (test_container.sh, test_systemd.sh): TAP-like ok/not_ok and the
+# counts, podman's storage and settings in the shared cache, the Debian 12 base image made offline with
+# mmdebstrap, and the Debian package of the source tree, built once per tree content. The caller sets T (its
+# scratch directory). test_deb.sh sources it for the package cache only, after its own ok/not_ok.
+
+PASS=0
+FAIL=0
+T0=$SECONDS
+if ! declare -F ok >/dev/null; then
+    ok() { PASS=$((PASS + 1)); echo "ok - $*"; }
+    not_ok() { FAIL=$((FAIL + 1)); echo "not ok - $*"; }
+fi
+skip() { echo "skip: $*"; exit 77; }
+# require_podman WHY: exit 77 (skipped) unless root, podman and mmdebstrap are there.
+require_podman() {
+    [ "$(id -u)" -eq 0 ] || skip "needs root ($1)"
+    command -v podman >/dev/null || skip "podman is not installed (packaging/install-deps.sh)"
+    command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (packaging/install-deps.sh)"
+}
 
 CACHE=${HYDRA_CONTAINER_CACHE:-/var/cache/hydra-e2e/container}
 DEB_CACHE=${HYDRA_DEB_CACHE:-/var/cache/hydra-e2e/deb}

@@ -16,17 +16,9 @@ set -uo pipefail
 : "${HYDRAD:?HYDRAD must name the hydrad binary}"
 : "${HYDRACTL:?HYDRACTL must name the hydractl binary}"
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-PASS=0
-FAIL=0
-T0=$SECONDS
-
-ok() { PASS=$((PASS + 1)); echo "ok - $*"; }
-not_ok() { FAIL=$((FAIL + 1)); echo "not ok - $*"; }
-skip() { echo "skip: $*"; exit 77; }
-
-[ "$(id -u)" -eq 0 ] || skip "needs root (podman's storage, mmdebstrap)"
-command -v podman >/dev/null || skip "podman is not installed (packaging/install-deps.sh)"
-command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (packaging/install-deps.sh)"
+# ok/not_ok, podman's storage in the cache, the base image (tests/packaging/podman_lib.sh).
+. "$SRC/tests/packaging/podman_lib.sh"
+require_podman "podman's storage, mmdebstrap"
 BUILD_DIR=$(dirname "$(readlink -f "$HYDRAD")")
 [ "$(dirname "$(readlink -f "$HYDRACTL")")" = "$BUILD_DIR" ] || skip "hydrad and hydractl are not in one build directory"
 # The tiny test guest (tests/guest/build-guest.sh; ctest's guest fixture builds it): the build's default place.
@@ -45,8 +37,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# podman's storage in the cache, the base image (tests/packaging/podman_lib.sh).
-. "$SRC/tests/packaging/podman_lib.sh"
 podman_setup
 if ! build_base; then
     echo "$PASS passed, $FAIL failed"

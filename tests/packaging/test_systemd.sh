@@ -21,17 +21,9 @@
 set -uo pipefail
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-PASS=0
-FAIL=0
-T0=$SECONDS
-
-ok() { PASS=$((PASS + 1)); echo "ok - $*"; }
-not_ok() { FAIL=$((FAIL + 1)); echo "not ok - $*"; }
-skip() { echo "skip: $*"; exit 77; }
-
-[ "$(id -u)" -eq 0 ] || skip "needs root (podman's storage, a privileged container)"
-command -v podman >/dev/null || skip "podman is not installed (packaging/install-deps.sh)"
-command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (packaging/install-deps.sh)"
+# ok/not_ok, podman's storage in the cache, the base image, the package (tests/packaging/podman_lib.sh).
+. "$SRC/tests/packaging/podman_lib.sh"
+require_podman "podman's storage, a privileged container"
 
 T=$(mktemp -d /tmp/hydra-systemd-test.XXXXXX)
 NAME=hydra-systemd-test-$$
@@ -55,7 +47,6 @@ if [ -z "$GUEST" ] || [ ! -f "$GUEST/vmlinuz" ] || [ ! -f "$GUEST/initrd.img" ];
     finish
 fi
 
-. "$SRC/tests/packaging/podman_lib.sh"
 podman_setup
 # Containers of runs that were killed (the trap did not run).
 for c in $(podman ps -a --format '{{.Names}}' 2>/dev/null | grep '^hydra-systemd-test-'); do
