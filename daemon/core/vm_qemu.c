@@ -943,14 +943,16 @@ static int vm_check_disk_backing(Vm *vm, HydraError *err) {
                                "(remove the disk: the next start makes it again)", disk, backing);
 }
 
-/* The files hydrad made that QEMU opens become qemu_user's (libvirt's DAC model: exactly these, never spec.pb or
- * state.json), the VM's directory lets its group through (0710), and the cached base of an overlay is readable by
- * that group. A QEMU that runs as hydrad's user gets the directory back at 0700. */
+/* What hydrad made for the VM goes to qemu_user as libvirt's DAC driver does, exactly and no more: the files QEMU
+ * writes (disk, firmware variables, shared memory) become that user's; those it only reads (the seed, an unpacked
+ * kernel and initrd, the base of an overlay in the cache or the artifact) get its group and g+r, the directories
+ * down to them g+x. The VM's directory lets the group through (0710); spec.pb and state.json stay root's 0600. A
+ * QEMU that runs as hydrad's user gets the directory back at 0700. */
 static int vm_qemu_hand_over(Vm *vm, bool as_user, HydraError *err) {
         const HydraConfig *c = vm->ctx.config;
         const ProvisionOutput *out = &vm->prepared;
-        const char *files[] = { out->disk_path, out->seed_path, out->firmware_vars, out->shmem_path, out->kernel,
-                                out->initrd };
+        const char *written[] = { out->disk_path, out->firmware_vars, out->shmem_path };
+        const char *read[] = { out->seed_path, out->kernel, out->initrd };
         _cleanup_free_ char *entry = NULL, *base = NULL;
         int r;
 
@@ -959,19 +961,21 @@ static int vm_qemu_hand_over(Vm *vm, bool as_user, HydraError *err) {
                 return hydra_error_set(err, r, "'%s': %s", vm->state_dir, strerror(-r));
         if (!as_user)
                 return 0;
-        for (size_t i = 0; i < ELEMENTSOF(files); i++) {
-                if (!path_under(files[i], vm->state_dir))
-                        continue;
-                /* Directories of an unpacked artifact on the way: their group passes (they are 0755 already). */
-                if (lchown(files[i], c->qemu_uid, c->qemu_gid) < 0)
-                        return hydra_error_set(err, -errno, "hand '%s' to %s: %s", files[i], c->qemu_user,
+        for (size_t i = 0; i < ELEMENTSOF(written); i++)
+                if (path_under(written[i], vm->state_dir) && lchown(written[i], c->qemu_uid, c->qemu_gid) < 0)
+                        return hydra_error_set(err, -errno, "hand '%s' to %s: %s", written[i], c->qemu_user,
                                                strerror(errno));
-        }
-        /* The cached base: its entry and the directories down to it let the group through, the file is readable by
-         * it (vm_check_disk_backing() made sure it is in the cache). */
-        if (out->disk_path && cache_disk_backing_entry(vm->ctx.cache_dir, out->disk_path, &entry) > 0 &&
-            qcow2_backing_file(out->disk_path, &base) > 0) {
-                r = let_group_read(entry, base, c->qemu_gid);
+        for (size_t i = 0; i < ELEMENTSOF(read); i++)
+                if (path_under(read[i], vm->state_dir) && (r = let_group_read(vm->state_dir, read[i], c->qemu_gid)) < 0)
+                        return hydra_error_set(err, r, "let %s read '%s': %s", c->qemu_user, read[i], strerror(-r));
+
+        /* The base of an overlay: in the cache (its entry and the directories down to it let the group through) or
+         * in the VM's artifact; vm_check_disk_backing() made sure it is one of the two. */
+        if (out->disk_path && qcow2_backing_file(out->disk_path, &base) > 0) {
+                if (cache_disk_backing_entry(vm->ctx.cache_dir, out->disk_path, &entry) > 0)
+                        r = let_group_read(entry, base, c->qemu_gid);
+                else
+                        r = path_under(base, vm->state_dir) ? let_group_read(vm->state_dir, base, c->qemu_gid) : 0;
                 if (r < 0)
                         return hydra_error_set(err, r, "let %s read the base image '%s': %s", c->qemu_user, base,
                                                strerror(-r));

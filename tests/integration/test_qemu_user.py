@@ -4,11 +4,12 @@
  1. A cloud-image VM (a qcow2 overlay on the cached download, a cloud-init seed) whose spec needs nothing of root's:
     PlanVm says QEMU runs as nobody, with no reason to stay root; QEMU runs with uid, gid and groups nobody's only;
     the guest boots and its console works (hydrad binds the console socket and passes it, QEMU writes nothing in
-    the run directory); exactly the files QEMU opens became nobody's (the overlay, the seed), the cached base is
-    readable by nobody's group, the VM's directory lets that group through (0710) and spec.pb / state.json stay
+    the run directory); the overlay QEMU writes became nobody's, the seed and the cached base it only reads are
+    readable by nobody's group (still root's), the VM's directory lets that group through (0710) and spec.pb / state.json stay
     root's 0600. hydrad killed -9 and its runtime record lost: the next hydrad finds the QEMU by the QMP socket it
     holds (not by its uid or arguments) and takes it back; it stops. The overlay's header rewritten to name
     /etc/shadow as its backing file (what a QEMU taken over by its guest could do): the next start is refused.
+    A bare-kernel VM (its artifact unpacked in the VM's directory) runs as nobody too.
  2. A spec that keeps QEMU root (a host directory shared over 9p, a disk in a directory nobody cannot enter):
     PlanVm and `hydractl plan` say root and why, each reason naming the feature or the file; QEMU runs as root;
     hydrad's log says why.
@@ -20,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 sys.path.insert(0, os.environ["HYDRA_PYTHONPATH"])
 import grpc  # noqa: E402
@@ -82,6 +84,13 @@ def main():
     os.makedirs(private, mode=0o700)
     run("qemu-img", "create", "-q", "-f", "raw", f"{private}/disk.raw", "16M")
 
+    # A bare-kernel artifact: tiny/{vmlinuz, initrd.img, rootfs.qcow2}, unpacked into the VM's directory.
+    run("qemu-img", "create", "-q", "-f", "qcow2", f"{tmp}/rootfs.qcow2", "32M")
+    with tarfile.open(f"{www}/rimd.tar.gz", "w:gz") as t:
+        t.add(f"{guest}/vmlinuz", "tiny/vmlinuz")
+        t.add(f"{guest}/initrd.img", "tiny/initrd.img")
+        t.add(f"{tmp}/rootfs.qcow2", "tiny/rootfs.qcow2")
+
     http = HttpServer(tmp, "www", www)
     try:
         api = d.start(timeout=60)
@@ -116,9 +125,11 @@ def main():
               os.readlink(f"/proc/{pid}/fd/4").startswith("socket:"), os.readlink(f"/proc/{pid}/fd/4"))
 
         vmdir = f"{state}/isolated"
-        check("the overlay and the seed are nobody's",
-              owner(f"{vmdir}/disk.qcow2")[:2] == (NOBODY, NOBODY) and owner(f"{vmdir}/seed.iso")[:2] == (NOBODY, NOBODY),
-              (owner(f"{vmdir}/disk.qcow2"), owner(f"{vmdir}/seed.iso")))
+        check("the overlay (QEMU writes it) is nobody's", owner(f"{vmdir}/disk.qcow2")[:2] == (NOBODY, NOBODY),
+              owner(f"{vmdir}/disk.qcow2"))
+        check("the seed (QEMU only reads it) stays root's, readable by nobody's group",
+              owner(f"{vmdir}/seed.iso")[:2] == (0, NOBODY) and owner(f"{vmdir}/seed.iso")[2] & 0o040,
+              owner(f"{vmdir}/seed.iso"))
         check("spec.pb and state.json stay root's, 0600",
               owner(f"{vmdir}/spec.pb") == (0, 0, 0o600) and owner(f"{vmdir}/state.json")[:2] == (0, 0)
               and owner(f"{vmdir}/state.json")[2] & 0o077 == 0, (owner(f"{vmdir}/spec.pb"), owner(f"{vmdir}/state.json")))
@@ -162,6 +173,25 @@ def main():
               refused and "names a backing file outside hydrad's download cache" in refused
               and "'/etc/shadow'" in refused, refused)
         os.unlink(f"{vmdir}/disk.qcow2")
+
+        # A bare-kernel VM: QEMU as nobody reads the kernel and initrd unpacked in the VM's directory (still root's)
+        # and writes its disk (an overlay on the artifact's rootfs: nobody's).
+        bare = pb.VmSpec(cpus=1, memory_mib=256, accel=pb.ACCEL_TCG, keep_pristine=True,
+                         bare=pb.BareKernel(artifact=pb.Source(url=f"{http.url}/rimd.tar.gz"), dir="tiny",
+                                            kernel="vmlinuz", initrd="initrd.img", rootfs="rootfs.qcow2"),
+                         kernel=pb.KernelBoot(cmdline="panic=-1"), shares=pb.Shares(kubelet=pb.KUBELET_SHARES_NONE))
+        api.RegisterVm(pb.RegisterVmRequest(role=ISO, spec=bare), timeout=30)
+        vm = api.StartVm(pb.StartVmRequest(role=ISO, timeout_seconds=120), timeout=150)
+        unpacked = [os.path.join(r, f) for r, _, fs in os.walk(f"{vmdir}/artifact") for f in fs
+                    if f in ("vmlinuz", "initrd.img")]
+        check("bare kernel: QEMU runs as nobody, the guest boots",
+              vm.state == pb.VM_STATE_RUNNING and status_ids(vm.pid, "Uid") == [str(NOBODY)] * 4
+              and wait_booted(f"{vmdir}/console.log"), (vm.state, vm.last_error, status_ids(vm.pid, "Uid")))
+        check("bare kernel: the unpacked kernel and initrd stay root's, readable by nobody's group; the disk is "
+              "nobody's", len(unpacked) == 2 and all(owner(u)[:2] == (0, NOBODY) and owner(u)[2] & 0o040
+                                                     for u in unpacked)
+              and owner(vm.disk_path)[:2] == (NOBODY, NOBODY), [(u, owner(u)) for u in unpacked])
+        api.StopVm(pb.StopVmRequest(role=ISO, force=True), timeout=60)
 
         # --- 2. a spec that keeps QEMU root ---
         os.makedirs(f"{tmp}/share")
